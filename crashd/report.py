@@ -1,0 +1,467 @@
+"""The problem-report format: a streaming reader and writer, with no I/O policy.
+
+A report is apport's RFC 822-like file (``research/apport.md`` §1). Reading is
+two-stage so that memory never depends on the size of a value:
+
+1. :func:`read_report` makes one bounded pass over the file and builds an
+   *index* — every key with the byte range of its entry, its line number and its
+   decoded size — checking the syntax and the :class:`Limits` as it goes.
+2. Values are decoded on demand from that index: text values whole (each is
+   bounded), binary values as a stream of decompressed chunks
+   (:meth:`Report.chunks`) or as their stored base64 lines
+   (:meth:`Report.base64_body`, which is what daisy wants for a core).
+
+Everything follows apport 2.36's loader: file order of keys, a duplicated key
+keeps its first position and takes its last value, single-line values are
+stripped, leading empty continuation lines vanish, every base64 line is its own
+base64 string, and a binary block is gzip, bare zlib or zstd by its first bytes.
+
+Exceptions — every refusal of input is a :class:`ReportError`, a ``ValueError``::
+
+    ReportError                 names the file (when known), the line and the reason
+    ├── MalformedReportError    the bytes break the format, or a compressed value is corrupt
+    └── ReportLimitError        a bound in Limits was exceeded (found while streaming)
+
+``OSError`` from the file itself passes through unchanged.
+
+Usage::
+
+    with open(path, "rb") as f:
+        report = read_report(f, name=path)
+        report.problem_type, report.text("ExecutablePath")
+        for chunk in report.chunks("CoreDump"): ...
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import hashlib
+import io
+import re
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from crashd._codec import Base64Line, CodecError, decompressor_for
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "STRING_KEYS",
+    "Digest",
+    "Entry",
+    "Limits",
+    "MalformedReportError",
+    "Report",
+    "ReportError",
+    "ReportLimitError",
+    "is_text",
+    "read_report",
+    "write_report",
+]
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+# How much of one physical line is read at a time: lines have no length limit
+# (a bytes CoreDump is one line of its whole compressed size).
+_PIECE = 1 * MiB
+
+# Keys apport decodes strictly as UTF-8 (2.35+): invalid UTF-8 in one of them is a
+# load error, not a bytes value. Every one is written by apport itself as text.
+STRING_KEYS = frozenset(
+    {
+        "ApportVersion", "Architecture", "AssertionMessage", "CrashCounter", "CrashDB", "Date",
+        "Dependencies", "Disassembly", "DistroRelease", "DuplicateSignature", "ExecutablePath",
+        "ExecutableTimestamp", "InterpreterPath", "Package", "PackageArchitecture", "ProblemType",
+        "ProcAttrCurrent", "ProcCmdline", "ProcCwd", "ProcEnviron", "ProcMaps", "ProcStatus",
+        "PythonArgs", "Registers", "Signal", "SignalName", "SourcePackage", "Stacktrace",
+        "StacktraceAddressSignature", "StacktraceTop", "Tags", "ThreadStacktrace", "Title", "Traceback",
+        "Uname", "UnreportableReason", "UserGroups",
+    }
+)
+
+# Bytes below 0x20 that Python does not count as white space: a value holding one
+# is binary to apport (``ProblemReport.is_binary``).
+_CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1b]")
+_KEY = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class ReportError(ValueError):
+    """A report that crashd refuses; the message names the file, the line and the reason."""
+
+    def __init__(self, reason: str, *, line: int | None = None, name: str | None = None) -> None:
+        self.reason, self.line, self.name = reason, line, name
+        where = [part for part in (name, f"line {line}" if line else None) if part]
+        super().__init__(": ".join([*where, reason]))
+
+
+class MalformedReportError(ReportError):
+    """The bytes break the report format, or a binary value does not decode."""
+
+
+class ReportLimitError(ReportError):
+    """A value, a key or the file is larger than a configured bound allows."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on a report (DESIGN.md §7 rule 3); every one is checked while streaming."""
+
+    file_size: int = 2 * GiB
+    keys: int = 10_000
+    key_length: int = 256
+    text_value: int = 16 * MiB
+    binary_value: int = 4 * GiB
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """Where one key's (last) entry lies in the file, and what it holds."""
+
+    key: str
+    line: int  # line number of the header line
+    binary: bool  # stored as a ``base64`` block
+    start: int  # offset of the header line
+    end: int  # offset just past the entry's last line
+    size: int  # text: decoded length; binary: length of base64_body()
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """Size, sha256 and (for text up to ``head_limit``) the text of a decoded value."""
+
+    size: int
+    sha256: str
+    text: str | None  # None when the value is not text or is longer than the limit
+    is_text: bool
+
+
+def is_text(value: bytes) -> bool:
+    """True when apport's loader would return *value* as ``str`` rather than ``bytes``."""
+    if _CONTROL.search(value):
+        return False
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class Report:
+    """An indexed report file: keys in loader order, values decoded on demand.
+
+    The report reads from the file object it was given, so that file must stay
+    open and must not be read by anyone else while the report is in use.
+    """
+
+    def __init__(self, file: BinaryIO, entries: dict[str, Entry], limits: Limits, name: str | None):
+        self._file, self.entries, self.limits, self.name = file, entries, limits, name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    @property
+    def problem_type(self) -> str | None:
+        """The ``ProblemType`` value, or None when the report has none (or stores it as binary)."""
+        entry = self.entries.get("ProblemType")
+        return self.string("ProblemType") if entry and not entry.binary else None
+
+    def text(self, key: str) -> bytes:
+        """The decoded bytes of a text entry (``KeyError`` if absent, ``TypeError`` if binary)."""
+        entry = self.entries[key]
+        if entry.binary:
+            raise TypeError(f"{key} is a binary value; use chunks() or base64_body()")
+        self._file.seek(entry.start)
+        raw = self._file.read(entry.end - entry.start)
+        lines = raw.split(b"\n")
+        if lines and not lines[-1]:
+            lines.pop()  # the entry's final newline
+        parts = [lines[0].split(b":", 1)[1].strip(), *(line[1:] for line in lines[1:])]
+        # apport appends "\n" only once the value is non-empty: leading empty lines vanish.
+        first = next((i for i, part in enumerate(parts) if part), len(parts))
+        return b"\n".join(parts[first:])
+
+    def string(self, key: str) -> str:
+        """A text entry as ``str``; ``MalformedReportError`` when it is not valid UTF-8."""
+        value = self.text(key)
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as error:
+            reason = f"{key} is not valid UTF-8 ({error.reason} at byte {error.start})"
+            raise self._error(reason, key) from None
+
+    def chunks(self, key: str) -> Iterator[bytes]:
+        """The decoded value as a stream of chunks: decompressed for a binary entry."""
+        entry = self.entries[key]
+        if not entry.binary:
+            yield self.text(key)
+            return
+        decompressor, total = None, 0
+        try:
+            for block in self._base64_blocks(entry):
+                decompressor = decompressor or decompressor_for(block)  # apport decides on line one
+                for chunk in decompressor.feed(block):
+                    total += len(chunk)
+                    if total > self.limits.binary_value:
+                        limit = _size(self.limits.binary_value)
+                        reason = f"{key} decompresses to more than {limit} (the binary_value limit)"
+                        raise ReportLimitError(reason, line=entry.line, name=self.name)
+                    yield chunk
+        except CodecError as error:
+            raise self._error(f"{key}: {error}", key) from None
+        if decompressor is not None and not decompressor.eof:
+            raise self._error(f"the compressed data of {key} is truncated", key)
+
+    def base64_body(self, key: str) -> Iterator[bytes]:
+        """The stored base64 lines of a binary entry joined with ``\\n``, streamed.
+
+        This is the exact body daisy's submit-core expects; its length is
+        ``entries[key].size``.
+        """
+        entry = self.entries[key]
+        if not entry.binary:
+            raise TypeError(f"{key} is a text value")
+        first = True
+        for piece, line_start, _ in self._lines(entry):
+            if line_start:
+                if not first:
+                    yield b"\n"
+                first, piece = False, piece[1:]
+            piece = piece.removesuffix(b"\n")
+            if piece:
+                yield piece
+
+
+    def digest(self, key: str, head_limit: int = 64 * KiB) -> Digest:
+        """Stream a value once: its size, its sha256, and its text if apport would load it as text.
+
+        apport returns ``str`` for valid UTF-8 without control bytes, and for any
+        valid UTF-8 in a :data:`STRING_KEYS` key; invalid UTF-8 there is an error.
+        """
+        sha, size, head = hashlib.sha256(), 0, bytearray()
+        utf8, valid_utf8, controls = codecs.getincrementaldecoder("utf-8")(), True, False
+        for chunk in self.chunks(key):
+            sha.update(chunk)
+            size += len(chunk)
+            if len(head) <= head_limit:
+                head += chunk[: head_limit + 1 - len(head)]
+            controls = controls or _CONTROL.search(chunk) is not None
+            if valid_utf8 and (key in STRING_KEYS or not controls):  # else the answer is known
+                valid_utf8 = _decodes(utf8, chunk)
+        valid_utf8 = valid_utf8 and _decodes(utf8, b"", final=True)
+        if key in STRING_KEYS and not valid_utf8:
+            raise self._error(f"{key} is not valid UTF-8", key)
+        text_value = valid_utf8 and (key in STRING_KEYS or not controls)
+        text = head.decode("utf-8") if text_value and size <= head_limit else None
+        return Digest(size=size, sha256=sha.hexdigest(), text=text, is_text=text_value)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _lines(self, entry: Entry) -> Iterator[tuple[bytes, bool, bool]]:
+        """(piece, starts a line, ends a line) over the continuation lines of *entry*."""
+        self._file.seek(entry.start)
+        self._file.readline(_PIECE)  # the header line: "Key: base64"
+        position, line_start = self._file.tell(), True
+        while position < entry.end:
+            piece = self._file.readline(min(_PIECE, entry.end - position))
+            if not piece:
+                raise MalformedReportError("the file changed while it was read", name=self.name)
+            position += len(piece)
+            ends = piece.endswith(b"\n")
+            yield piece, line_start, ends
+            line_start = ends
+
+    def _base64_blocks(self, entry: Entry) -> Iterator[bytes]:
+        """Each stored line decoded as its own base64 string, in pieces."""
+        decoder, line = Base64Line(), entry.line
+        try:
+            for piece, line_start, ends in self._lines(entry):
+                line += line_start
+                yield decoder.feed(piece)
+                if ends:
+                    decoder.finish()
+            decoder.finish()  # a last line without a newline at the end of the file
+        except CodecError as error:
+            raise MalformedReportError(f"{entry.key}: {error}", line=line, name=self.name) from None
+
+    def _error(self, reason: str, key: str) -> MalformedReportError:
+        return MalformedReportError(reason, line=self.entries[key].line, name=self.name)
+
+
+def _decodes(decoder: codecs.IncrementalDecoder, data: bytes, final: bool = False) -> bool:
+    try:
+        decoder.decode(data, final)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} bytes"
+
+
+def _too_large(key: str, limits: Limits) -> str:
+    return f"the value of {key} is larger than {_size(limits.text_value)} (the text_value limit)"
+
+
+def _show(data: bytes, limit: int = 40) -> str:
+    """A short, printable rendering of untrusted bytes for an error message."""
+    text = repr(data[:limit])[2:-1]
+    return text + ("..." if len(data) > limit else "")
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+def read_report(file: BinaryIO, *, limits: Limits = DEFAULT_LIMITS, name: str | None = None) -> Report:
+    """Index the report in *file* (binary, seekable, at offset 0) in one bounded pass.
+
+    Raises :class:`ReportError` for input apport's loader would refuse and for
+    anything over *limits*; *name* (usually the path) prefixes every message.
+    """
+    entries: dict[str, Entry] = {}
+    builder: _EntryBuilder | None = None
+    position = line = 0
+
+    def fail(kind: type[ReportError], reason: str) -> ReportError:
+        return kind(reason, line=line, name=name)
+
+    while first := file.readline(_PIECE):
+        line += 1
+        start, length, last, ends = position, len(first), first, first.endswith(b"\n")
+        while not ends and (piece := file.readline(_PIECE)):  # the rest of a long line
+            length += len(piece)
+            last, ends = piece, piece.endswith(b"\n")
+        position += length
+        if position > limits.file_size:
+            raise fail(ReportLimitError, f"the file is larger than {_size(limits.file_size)}")
+        if first.startswith(b" ") and builder is not None:
+            builder.add_line(length - 1 - ends, fail)
+            continue
+        if builder is not None:
+            entries[builder.key] = builder.finish(start)
+        builder = _header(first, last, length - ends, line, start, limits, fail)
+        if builder.key not in entries and len(entries) >= limits.keys:
+            raise fail(ReportLimitError, f"more than {limits.keys} keys")
+    if builder is not None:
+        entries[builder.key] = builder.finish(position)
+    return Report(file, entries, limits, name)
+
+
+_Fail = Callable[[type[ReportError], str], ReportError]
+
+
+class _EntryBuilder:
+    """Accumulates one entry's decoded size while its lines stream past."""
+
+    def __init__(self, key: str, line: int, binary: bool, start: int, size: int, limits: Limits):
+        self.key, self.line, self.binary, self.start, self.size = key, line, binary, start, size
+        self.stored, self.lines, self.limits = 0, 0, limits
+
+    def add_line(self, body: int, fail: _Fail) -> None:
+        self.lines += 1
+        self.stored += body + 2
+        if self.binary:
+            self.size += body + (self.lines > 1)  # base64 lines joined with "\n"
+            return
+        self.size += body + (self.size > 0)  # apport adds "\n" once the value is non-empty
+        # The stored form is bounded too: a value of empty lines takes two bytes a line.
+        if self.size > self.limits.text_value or self.stored > 2 * self.limits.text_value:
+            raise fail(ReportLimitError, _too_large(self.key, self.limits))
+
+    def finish(self, end: int) -> Entry:
+        return Entry(self.key, self.line, self.binary, self.start, end, self.size)
+
+
+def _header(
+    first: bytes, last: bytes, length: int, line: int, start: int, limits: Limits, fail: _Fail
+) -> _EntryBuilder:
+    """Parse a header line ("Key: value") from its first and last pieces; *length* excludes the newline."""
+    colon = first.find(b":")
+    if colon < 0:
+        if first in (b"\n", b""):
+            raise fail(MalformedReportError, "an empty line (a value's lines must start with a space)")
+        if len(first) >= _PIECE:
+            raise fail(ReportLimitError, f"a key longer than {limits.key_length} characters")
+        raise fail(MalformedReportError, f"no colon between key and value in '{_show(first)}'")
+    raw_key = first[:colon]
+    if colon > limits.key_length:
+        raise fail(ReportLimitError, f"a key of {colon} characters (the limit is {limits.key_length})")
+    if not raw_key.isascii():
+        raise fail(MalformedReportError, f"the key '{_show(raw_key)}' is not ASCII")
+    if not _KEY.fullmatch(raw_key):
+        raise fail(MalformedReportError, f"invalid key '{_show(raw_key)}' (allowed: letters, digits, . - _)")
+    key = raw_key.decode("ascii")
+    if length <= len(first):  # the whole line is in hand: strip exactly as apport does
+        value = first[colon + 1 :].strip()
+        size, binary = len(value), value == b"base64"
+    else:  # a line longer than one piece: count it, don't hold it
+        value, tail = first[colon + 1 :], last.removesuffix(b"\n")
+        blank = len(value) - len(value.lstrip()) + len(tail) - len(tail.rstrip())
+        size, binary = length - colon - 1 - blank, False
+    if binary:
+        size = 0
+    elif size > limits.text_value:
+        raise fail(ReportLimitError, _too_large(key, limits))
+    return _EntryBuilder(key, line, binary, start, size, limits)
+
+
+# -- writing --------------------------------------------------------------------------
+
+FieldValue = str | bytes | BinaryIO
+_WRITE_BLOCK = 128 * KiB
+
+
+def write_report(file: BinaryIO, fields: Mapping[str, FieldValue] | Iterable[tuple[str, FieldValue]]) -> None:
+    """Write *fields*, in the given order, so that apport's loader reads back the same bytes.
+
+    ``str`` and ``bytes`` values are written as text when the text form reads back
+    unchanged; otherwise — control bytes, leading or trailing white space on one
+    line, leading empty lines, a lone ``base64`` — as a gzip base64 block, which
+    apport decodes to the same bytes. (apport's own writer loses such values.) A
+    readable binary file object is streamed into a block without being held in
+    memory.
+    """
+    for key, value in fields.items() if isinstance(fields, Mapping) else fields:
+        raw_key = key.encode("ascii", "replace")
+        if not key.isascii() or not _KEY.fullmatch(raw_key):
+            raise ValueError(f"invalid report key {key!r} (allowed: letters, digits, . - _)")
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        if isinstance(value, bytes) and _text_round_trips(value):
+            if b"\n" in value:
+                file.write(raw_key + b":\n " + value.replace(b"\n", b"\n ") + b"\n")
+            else:
+                file.write(raw_key + b": " + value + b"\n")
+        else:
+            _write_binary(file, raw_key, io.BytesIO(value) if isinstance(value, bytes) else value)
+
+
+def _text_round_trips(value: bytes) -> bool:
+    if _CONTROL.search(value):
+        return False  # binary to apport: keep it in a block, as apport does
+    if b"\n" in value:
+        return not value.startswith(b"\n")  # the loader drops leading empty lines
+    return value == value.strip() and value != b"base64"
+
+
+def _write_binary(file: BinaryIO, raw_key: bytes, source: BinaryIO) -> None:
+    file.write(raw_key + b": base64\n")
+    gzip = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    while block := source.read(_WRITE_BLOCK):
+        if out := gzip.compress(block):
+            file.write(b" " + base64.b64encode(out) + b"\n")
+    file.write(b" " + base64.b64encode(gzip.flush()) + b"\n")

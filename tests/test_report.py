@@ -1,0 +1,381 @@
+"""The report format against apport's own files, whoopsie's parser fixtures, tables and properties."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import io
+import os
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crashd._codec import zstd
+from crashd.report import (
+    STRING_KEYS,
+    Limits,
+    MalformedReportError,
+    ReportError,
+    ReportLimitError,
+    is_text,
+    read_report,
+    write_report,
+)
+from tests.fixtures import APPORT, WHOOPSIE, apport_manifest, require
+
+
+def parse(data: bytes, **limits: int):
+    return read_report(io.BytesIO(data), limits=Limits(**limits), name="t.crash")
+
+
+def value(data: bytes, key: str) -> bytes:
+    return b"".join(parse(data).chunks(key))
+
+
+def block(payload: bytes, *, line: int = 76) -> bytes:
+    """A binary entry body as apport writes it: each line its own base64 string."""
+    return b"".join(b" " + base64.b64encode(payload[i : i + line]) + b"\n" for i in range(0, len(payload), line))
+
+
+# -- apport's corpus: every key's decoded size and sha256, key order, type -------------
+
+
+def manifest_cases():
+    manifest = apport_manifest()
+    return [pytest.param(record, id=record["file"]) for record in manifest["files"]] if manifest else []
+
+
+@pytest.mark.parametrize("record", manifest_cases())
+def test_apport_fixture_decodes_as_apport_loader(record):
+    with open(APPORT / record["file"], "rb") as f:
+        report = read_report(f, name=record["file"])
+        assert list(report) == record["key_order"]
+        assert report.problem_type == record["ProblemType"]
+        for key, expected in record["keys"].items():
+            digest = report.digest(key)
+            assert (digest.size, digest.sha256) == (expected["len"], expected["sha256"]), key
+            assert report.entries[key].binary == expected["binary"], key
+            assert digest.is_text == (expected["type"] == "str"), key
+
+
+def test_apport_manifest_is_present_or_skipped_with_reason():
+    require(APPORT / "manifest.json")
+    assert len(apport_manifest()["files"]) >= 40
+
+
+# -- whoopsie's parser fixtures, judged by apport's loader -----------------------------
+
+WHOOPSIE_ACCEPTED = {
+    "valid": 5, "valid_empty_value": 3, "unicode": 13, "invalid_trailing2": 4,
+    "invalid_key_no_value2": 5, "invalid_key_special_chars": 5, "invalid_value2": 5,
+    "invalid_value_embedded_nul": 5,
+}  # fmt: skip
+WHOOPSIE_REFUSED = {
+    "invalid_key_embedded_nul": (1, "invalid key"),
+    "invalid_key_leading_spaces": (1, "invalid key"),
+    "invalid_key_leading_spaces2": (1, "invalid key"),
+    "invalid_key_no_value": (1, "no colon"),
+    "invalid_no_spaces": (5, "invalid key"),
+    "invalid_value": (2, "an empty line"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WHOOPSIE_ACCEPTED))
+def test_whoopsie_fixture_accepted(name):
+    path = require(WHOOPSIE / "crash" / name)
+    with open(path, "rb") as f:
+        report = read_report(f, name=str(path))
+        assert len(report) == WHOOPSIE_ACCEPTED[name]
+        for key in report:
+            report.digest(key)
+
+
+@pytest.mark.parametrize("name", sorted(WHOOPSIE_REFUSED))
+def test_whoopsie_fixture_refused_naming_file_line_and_reason(name):
+    path = require(WHOOPSIE / "crash" / name)
+    line, reason = WHOOPSIE_REFUSED[name]
+    with open(path, "rb") as f, pytest.raises(MalformedReportError) as caught:
+        read_report(f, name=str(path))
+    assert caught.value.line == line
+    assert str(caught.value).startswith(f"{path}: line {line}: ")
+    assert reason in str(caught.value)
+
+
+def test_whoopsie_exact_values():
+    with open(require(WHOOPSIE / "crash" / "valid"), "rb") as f:
+        report = read_report(f)
+        assert report.text("Date") == b"Thu Feb  2 17:09:31 2012"
+        assert report.text("ProcEnviron").count(b"\n") == 6
+        assert not report.text("ProcEnviron").startswith(b"\n")
+    with open(require(WHOOPSIE / "crash" / "invalid_value_embedded_nul"), "rb") as f:
+        assert read_report(f).text("ProblemType") == b"Cr\x00ash"
+    with open(require(WHOOPSIE / "crash" / "unicode"), "rb") as f:
+        assert read_report(f).string("ProcCmdline") == "gedit ♥"
+
+
+def test_whoopsie_gedit_core_decodes_to_an_elf_core():
+    with open(require(WHOOPSIE / "_usr_bin_gedit.1000.crash"), "rb") as f:
+        core = b"".join(read_report(f).chunks("CoreDump"))
+    assert core.startswith(b"\x7fELF") and len(core) == 233472
+
+
+# -- the grammar, as tables -------------------------------------------------------------
+
+TEXT_CASES = [
+    (b"A: v\n", b"v"),
+    (b"A:v", b"v"),  # no space needed, no final newline needed
+    (b"A:   v  \n", b"v"),  # single-line values are stripped
+    (b"A: \n", b""),
+    (b"A:\n a\n b\n", b"a\nb"),
+    (b"A: a\n b\n", b"a\nb"),  # a value may start on the header line
+    (b"A:\n \n \n x\n", b"x"),  # leading empty lines vanish
+    (b"A:\n x\n \n", b"x\n"),  # a trailing one stays
+    (b"A:\n a\n \n b\n", b"a\n\nb"),
+    (b"A:\n  indented\n", b" indented"),
+    (b"A: Cr\rash\n", b"Cr\rash"),  # CR is data
+    (b"A: x\nA: y\n", b"y"),  # last value wins
+]
+
+
+@pytest.mark.parametrize(("data", "expected"), TEXT_CASES)
+def test_text_decoding(data, expected):
+    assert parse(data).text("A") == expected
+
+
+def test_duplicate_key_keeps_first_position_and_last_value():
+    report = parse(b"A: 1\nB: 2\nA: 3\n")
+    assert list(report) == ["A", "B"]
+    assert report.text("A") == b"3"
+
+
+def test_empty_file_is_an_empty_report():
+    assert len(parse(b"")) == 0
+
+
+ERROR_CASES = [
+    (b"A: 1\n\nB: 2\n", 2, "an empty line"),
+    (b"A: 1\n", None, None),
+    (b"A: 1\nB 2\n", 2, "no colon"),
+    (b"A: 1\n\tB: 2\n", 2, "invalid key"),
+    (b" A: 1\n", 1, "invalid key"),
+    (b"a b: 1\n", 1, "invalid key"),
+    (b"-: 1\n", 1, "invalid key"),
+    ("Ké: 1\n".encode(), 1, "not ASCII"),
+    (b"A: 1\n\n", 2, "an empty line"),  # a trailing empty line too
+]
+
+
+@pytest.mark.parametrize(("data", "line", "reason"), ERROR_CASES)
+def test_syntax_errors_name_the_line(data, line, reason):
+    if line is None:
+        parse(data)
+        return
+    with pytest.raises(MalformedReportError) as caught:
+        parse(data)
+    assert caught.value.line == line and reason in caught.value.reason
+    assert str(caught.value).startswith(f"t.crash: line {line}: ")
+
+
+@pytest.mark.parametrize("key", [".x", "_9", "a-", "123", "-a", "dmi.bios.version"])
+def test_unusual_but_valid_keys(key):
+    assert list(parse(key.encode() + b": v\n")) == [key]
+
+
+# -- binary blocks ----------------------------------------------------------------------
+
+PAYLOAD = os.urandom(3000) + b"\0" * 100_000
+
+
+@pytest.mark.parametrize(
+    "compress",
+    [gzip.compress, zlib.compress, zstd.compress],
+    ids=["gzip", "zlib", "zstd"],
+)
+def test_binary_block_formats(compress):
+    assert value(b"B: base64\n" + block(compress(PAYLOAD)), "B") == PAYLOAD
+
+
+def test_each_base64_line_has_its_own_padding():
+    compressed = gzip.compress(b"hello world, hello crashd")
+    lines = b"".join(b" " + base64.b64encode(compressed[i : i + 5]) + b"\n" for i in range(0, len(compressed), 5))
+    assert b"=\n" in lines
+    assert value(b"B: base64\n" + lines, "B") == b"hello world, hello crashd"
+
+
+def test_non_alphabet_characters_in_base64_are_skipped_as_apport_does():
+    encoded = base64.b64encode(gzip.compress(b"data"))
+    assert value(b"B: base64\n " + encoded[:8] + b"!!!" + encoded[8:] + b"\n", "B") == b"data"
+
+
+def test_data_after_padding_on_a_line_is_ignored_as_b64decode_does():
+    data = gzip.compress(b"x")
+    line = base64.b64encode(data[:4]) + b"QUJD"  # "AAAA==" ends the line's data
+    assert base64.b64decode(line) == data[:4]
+    assert value(b"B: base64\n " + line + b"\n" + block(data[4:]), "B") == b"x"
+
+
+def test_empty_block_is_an_empty_value():
+    report = parse(b"B: base64\nC: after\n")
+    assert value(b"B: base64\nC: after\n", "B") == b""
+    assert report.text("C") == b"after"
+
+
+BINARY_ERRORS = [
+    (b"B: base64\n QUJD\n", "corrupt"),  # "ABC" is no zlib header
+    (b"B: base64\n" + block(zlib.compress(PAYLOAD)[:-30]), "truncated"),
+    (b"B: base64\n " + base64.b64encode(gzip.compress(b"abc"))[:-5] + b"\n", "padding"),
+    (b"B: base64\n" + block(gzip.compress(PAYLOAD)[:-20]), "truncated"),
+    (b"B: base64\n" + block(zstd.compress(PAYLOAD)[:-20]), "truncated"),
+    (b"B: base64\n" + block(b"\x1f\x8b\x08" + os.urandom(50)), "corrupt"),
+]
+
+
+@pytest.mark.parametrize(("data", "reason"), BINARY_ERRORS)
+def test_corrupt_binary_values_are_refused(data, reason):
+    with pytest.raises(MalformedReportError) as caught:
+        value(data, "B")
+    assert reason in str(caught.value) and "B" in str(caught.value)
+
+
+def test_gzip_crc_is_checked():
+    data = bytearray(gzip.compress(b"payload"))
+    data[-8] ^= 0xFF
+    with pytest.raises(MalformedReportError, match="corrupt"):
+        value(b"B: base64\n" + block(bytes(data)), "B")
+
+
+def test_base64_body_is_the_stored_lines_joined():
+    stored = block(gzip.compress(PAYLOAD), line=999)
+    report = parse(b"A: 1\nCoreDump: base64\n" + stored + b"Z: 2\n")
+    body = b"".join(report.base64_body("CoreDump"))
+    assert body == b"\n".join(line[1:] for line in stored.splitlines())
+    assert len(body) == report.entries["CoreDump"].size
+    assert report.text("Z") == b"2"
+
+
+def test_long_lines_are_read_in_pieces(tmp_path):
+    big = os.urandom(3 << 20)
+    data = b"CoreDump: base64\n " + base64.b64encode(gzip.compress(big)) + b"\nTitle: " + b"t" * (3 << 20) + b"\n"
+    report = parse(data)
+    assert b"".join(report.chunks("CoreDump")) == big
+    assert report.entries["Title"].size == 3 << 20
+
+
+# -- limits -----------------------------------------------------------------------------
+
+LIMIT_CASES = [
+    (dict(file_size=100), b"A: " + b"x" * 200 + b"\n", "larger than 100 bytes"),
+    (dict(keys=2), b"A: 1\nB: 2\nC: 3\n", "more than 2 keys"),
+    (dict(key_length=4), b"Abcde: 1\n", "key of 5 characters"),
+    (dict(text_value=10), b"A: " + b"x" * 11 + b"\n", "larger than 10 bytes"),
+    (dict(text_value=10), b"A:\n" + b" xx\n" * 4, "larger than 10 bytes"),
+    (dict(text_value=10), b"A:\n" + b" \n" * 11, "larger than 10 bytes"),
+]
+
+
+@pytest.mark.parametrize(("limits", "data", "reason"), LIMIT_CASES)
+def test_limits_refuse_while_indexing(limits, data, reason):
+    with pytest.raises(ReportLimitError, match=reason):
+        parse(data, **limits)
+
+
+def test_duplicates_do_not_count_against_the_key_limit():
+    assert len(parse(b"A: 1\nA: 2\nB: 3\n", keys=2)) == 2
+
+
+def test_decompression_bomb_is_refused_while_streaming():
+    bomb = zstd.compress(b"\0" * (64 << 20))  # a few KiB that would become 64 MiB
+    report = parse(b"B: base64\n" + block(bomb), binary_value=8 << 20)
+    seen = 0
+    with pytest.raises(ReportLimitError, match="decompresses to more than 8 MiB"):
+        for chunk in report.chunks("B"):
+            assert len(chunk) <= 1 << 20  # never more than one bounded step in memory
+            seen += len(chunk)
+    assert seen <= 8 << 20
+
+
+def test_string_keys_must_be_utf8():
+    report = parse(b"Stacktrace: \xff\xfe\nOther: \xff\xfe\n")
+    with pytest.raises(MalformedReportError, match="Stacktrace is not valid UTF-8"):
+        report.digest("Stacktrace")
+    assert report.digest("Other").is_text is False
+
+
+# -- writer -----------------------------------------------------------------------------
+
+WRITER_CASES = [
+    "plain", "", "  lead", "trail  ", "a\r", "\nfoo", "x\n", "a\n\nb", "base64", " base64 ",
+    "before\x00after", "\t", "unicode ♥", "multi\nline\n value",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", WRITER_CASES)
+def test_writer_is_lossless_where_apport_is_lossy(text):
+    out = io.BytesIO()
+    write_report(out, {"ProblemType": "Crash", "Value": text})
+    report = read_report(io.BytesIO(out.getvalue()))
+    assert b"".join(report.chunks("Value")) == text.encode()
+
+
+def test_writer_streams_a_file_into_a_block(tmp_path):
+    core = tmp_path / "core"
+    core.write_bytes(PAYLOAD)
+    out = io.BytesIO()
+    with core.open("rb") as source:
+        write_report(out, [("ProblemType", "Crash"), ("CoreDump", source)])
+    report = read_report(io.BytesIO(out.getvalue()))
+    assert report.entries["CoreDump"].binary
+    assert hashlib.sha256(b"".join(report.chunks("CoreDump"))).digest() == hashlib.sha256(PAYLOAD).digest()
+
+
+def test_writer_refuses_invalid_keys():
+    for key in ("a b", "", "-", "Ké", "a:b"):
+        with pytest.raises(ValueError, match="invalid report key"):
+            write_report(io.BytesIO(), {key: "x"})
+
+
+keys = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,15}", fullmatch=True).filter(lambda k: k not in STRING_KEYS)
+values = st.one_of(st.text(max_size=200), st.binary(max_size=200))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(keys, values, max_size=12))
+def test_write_then_read_round_trips(fields):
+    out = io.BytesIO()
+    write_report(out, fields)
+    report = read_report(io.BytesIO(out.getvalue()))
+    assert list(report) == list(fields)
+    for key, original in fields.items():
+        raw = original.encode() if isinstance(original, str) else original
+        assert b"".join(report.chunks(key)) == raw
+        assert report.digest(key).is_text == is_text(raw)
+
+
+def exercise(data: bytes) -> None:
+    """Index *data* and decode every value every way; only ReportError may escape."""
+    try:
+        report = parse(data, text_value=64, keys=8, key_length=12, binary_value=1024)
+        for key in report:
+            report.digest(key)
+            if report.entries[key].binary:
+                b"".join(report.base64_body(key))
+    except ReportError:
+        pass
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=400))
+def test_reader_raises_only_its_documented_errors(data):
+    exercise(data)
+
+
+LINE_SOUP = [b"A: x\n", b" y\n", b"B: base64\n", b" H4sI\n", b" QUJD==\n", b" KLUv/Q==\n", b"\n", b" \n", b"C:"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(LINE_SOUP), max_size=20))
+def test_reader_on_plausible_line_soup(lines):
+    exercise(b"".join(lines))
