@@ -1,0 +1,131 @@
+"""Shared fixtures for tests that switch uids: throwaway users, a way to run
+Python as one of them, and a tmp_path they can reach.
+
+The suite runs as root (DESIGN.md §11); these fixtures skip their tests otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import secrets
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+_SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name, path=_SBIN_PATH)
+    if path is None:
+        pytest.skip(f"{name} not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_user() -> Iterator[Callable[[], pwd.struct_passwd]]:
+    """A factory for throwaway users ``crashdt-<random>``, each with its own
+    group and no home; all of them (and their groups) are deleted at the end of
+    the session, whatever happened."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create throwaway users")
+    useradd, userdel, groupdel = _tool("useradd"), _tool("userdel"), _tool("groupdel")
+    created: list[str] = []
+
+    def make() -> pwd.struct_passwd:
+        name = f"crashdt-{secrets.token_hex(4)}"
+        created.append(name)  # before useradd: clean up even after a partial failure
+        subprocess.run(
+            [useradd, "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(name)
+
+    try:
+        yield make
+    finally:
+        for name in created:
+            subprocess.run([userdel, name], capture_output=True, check=False)
+            with contextlib.suppress(KeyError):
+                grp.getgrnam(name)
+                subprocess.run([groupdel, name], capture_output=True, check=False)
+
+
+RunAs = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture(scope="session")
+def run_as(make_user: Callable[[], pwd.struct_passwd]) -> RunAs:
+    """``run_as(user, code, *args, cwd=None)`` runs ``python -I -c code args``
+    as ``user`` (its uid, primary gid and no other groups) with ``crashd``
+    importable, and returns the completed process (text output, not checked).
+
+    The test interpreter may live under a 0700 directory (pyenv in /root), so
+    the first interpreter of at least 3.11 that a throwaway user can execute
+    is used.
+    """
+    probe = make_user()
+    python = None
+    for candidate in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
+        with contextlib.suppress(OSError):
+            done = subprocess.run(
+                [candidate, "-I", "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
+                user=probe.pw_uid,
+                group=probe.pw_gid,
+                extra_groups=[],
+                cwd="/",
+                capture_output=True,
+                check=False,
+            )
+            if done.returncode == 0:
+                python = candidate
+                break
+    if python is None:
+        pytest.skip("no Python >= 3.11 that an unprivileged user can run")
+
+    def run(
+        user: pwd.struct_passwd, code: str, *args: str, cwd: str | os.PathLike[str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        prelude = f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+        return subprocess.run(
+            [python, "-I", "-c", prelude + code, *args],
+            user=user.pw_uid,
+            group=user.pw_gid,
+            extra_groups=[],
+            cwd=cwd or "/",
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture
+def user_tmp_path(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path``, made reachable by other users: search permission (o+x,
+    never read) is added to it and each ancestor that lacks it — pytest makes
+    them 0700 — and removed again afterwards."""
+    changed: list[tuple[Path, int]] = []
+    for directory in [tmp_path, *tmp_path.parents]:
+        mode = stat.S_IMODE(directory.stat().st_mode)
+        if not mode & stat.S_IXOTH:
+            directory.chmod(mode | stat.S_IXOTH)
+            changed.append((directory, mode))
+    try:
+        yield tmp_path
+    finally:
+        for directory, mode in changed:
+            directory.chmod(mode)
