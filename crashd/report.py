@@ -71,13 +71,43 @@ _PIECE = 1 * MiB
 # load error, not a bytes value. Every one is written by apport itself as text.
 STRING_KEYS = frozenset(
     {
-        "ApportVersion", "Architecture", "AssertionMessage", "CrashCounter", "CrashDB", "Date",
-        "Dependencies", "Disassembly", "DistroRelease", "DuplicateSignature", "ExecutablePath",
-        "ExecutableTimestamp", "InterpreterPath", "Package", "PackageArchitecture", "ProblemType",
-        "ProcAttrCurrent", "ProcCmdline", "ProcCwd", "ProcEnviron", "ProcMaps", "ProcStatus",
-        "PythonArgs", "Registers", "Signal", "SignalName", "SourcePackage", "Stacktrace",
-        "StacktraceAddressSignature", "StacktraceTop", "Tags", "ThreadStacktrace", "Title", "Traceback",
-        "Uname", "UnreportableReason", "UserGroups",
+        "ApportVersion",
+        "Architecture",
+        "AssertionMessage",
+        "CrashCounter",
+        "CrashDB",
+        "Date",
+        "Dependencies",
+        "Disassembly",
+        "DistroRelease",
+        "DuplicateSignature",
+        "ExecutablePath",
+        "ExecutableTimestamp",
+        "InterpreterPath",
+        "Package",
+        "PackageArchitecture",
+        "ProblemType",
+        "ProcAttrCurrent",
+        "ProcCmdline",
+        "ProcCwd",
+        "ProcEnviron",
+        "ProcMaps",
+        "ProcStatus",
+        "PythonArgs",
+        "Registers",
+        "Signal",
+        "SignalName",
+        "SourcePackage",
+        "Stacktrace",
+        "StacktraceAddressSignature",
+        "StacktraceTop",
+        "Tags",
+        "ThreadStacktrace",
+        "Title",
+        "Traceback",
+        "Uname",
+        "UnreportableReason",
+        "UserGroups",
     }
 )
 
@@ -92,8 +122,12 @@ class ReportError(ValueError):
 
     def __init__(self, reason: str, *, line: int | None = None, name: str | None = None) -> None:
         self.reason, self.line, self.name = reason, line, name
-        where = [part for part in (name, f"line {line}" if line else None) if part]
-        super().__init__(": ".join([*where, reason]))
+        super().__init__(f"{name}: {self.detail}" if name else self.detail)
+
+    @property
+    def detail(self) -> str:
+        """The message without the file name: ``"line 3: no colon …"``."""
+        return f"line {self.line}: {self.reason}" if self.line else self.reason
 
 
 class MalformedReportError(ReportError):
@@ -240,7 +274,6 @@ class Report:
             piece = piece.removesuffix(b"\n")
             if piece:
                 yield piece
-
 
     def digest(self, key: str, head_limit: int = 64 * KiB) -> Digest:
         """Stream a value once: its size, its sha256, and its text if apport would load it as text.

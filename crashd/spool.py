@@ -195,12 +195,20 @@ class OpenReport(OpenFile):
 def open_file(path: str | os.PathLike[str], max_size: int = MAX_REPORT_SIZE) -> OpenFile:
     """Open a report file named on the command line (``crashd show``, ``hook-test``).
 
-    Not a crash-directory file, so no name, owner or link rules, and a symlink
-    is followed: the caller chose the path and reads it with its own rights.
-    It must still be a regular file of at most ``max_size`` bytes (else
-    UnsafeFileError), and a FIFO cannot make the open block.
+    Not a crash-directory file, so no name, owner or link rules. But the last
+    component must not be a symbolic link: ``crashd show /var/crash/x.crash``
+    is often run as root on a file any user could have planted there, and a
+    link to ``/etc/shadow`` must not be printed. It must be a regular file of
+    at most ``max_size`` bytes (else UnsafeFileError), and a FIFO cannot make
+    the open block.
     """
-    fd = os.open(path, _READ_FLAGS & ~os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as err:
+        reason = _open_refusal(err)
+        if reason is None:
+            raise
+        raise UnsafeFileError(os.fspath(path), reason) from None
     try:
         st = os.fstat(fd)
         reason = _kind_refusal(st) or _size_refusal(st.st_size, max_size)

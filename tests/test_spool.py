@@ -590,10 +590,13 @@ def test_failed_fchown_leaves_no_temporary_file(
 # --- open_file: a report named on the command line ---------------------------------------------------
 
 
-def test_open_file_follows_a_symlink_the_caller_chose(tmp_path: Path) -> None:
+def test_open_file_reads_a_regular_file_but_refuses_a_final_symlink(tmp_path: Path) -> None:
     (tmp_path / "report").write_bytes(BODY)
     (tmp_path / "latest.crash").symlink_to("report")
-    with open_file(tmp_path / "latest.crash") as opened, opened.file() as f:
+    with pytest.raises(UnsafeFileError, match="latest.crash: is a symbolic link"):
+        open_file(tmp_path / "latest.crash")
+    (tmp_path / "dir").symlink_to(tmp_path)  # a link earlier in the path is the caller's choice
+    with open_file(tmp_path / "dir" / "report") as opened, opened.file() as f:
         assert isinstance(opened, OpenFile) and not isinstance(opened, OpenReport)
         assert not fcntl.fcntl(opened.fd, fcntl.F_GETFL) & os.O_NONBLOCK
         assert f.read() == BODY

@@ -1,0 +1,250 @@
+"""``crashd COMMAND …``: the command line (DESIGN.md §9 is the contract scripts rely on).
+
+Only this module decides exit codes and wording: the library raises, and
+:func:`main` turns each error into one ``crashd: …`` line on stderr and a code:
+
+    0  success, or nothing to do
+    1  some report failed, was rejected or refused, or is still pending at the timeout
+    2  usage or configuration error
+    3  reporting is switched off by consent
+    4  an input file is invalid (``show``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from crashd import __version__
+from crashd.config import ConfigError, Settings, load_settings
+from crashd.identity import system_identifier
+from crashd.report import DEFAULT_LIMITS, Digest, Report, ReportError, read_report
+from crashd.spool import Spool, UnsafeFileError, open_file
+from crashd.upload_all import upload_all
+from crashd.uploader import HttpTransport
+
+log = logging.getLogger("crashd")
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_CONSENT, EXIT_INVALID = 0, 1, 2, 3, 4
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"crashd: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="crashd",
+        description="Collect crash reports from the crash directory and send them to a crash database "
+        "speaking the Ubuntu Error Tracker (daisy) protocol.",
+        epilog="Exit codes: 0 success or nothing to do; 1 a report failed, was rejected or refused, or is "
+        "still pending; 2 usage or configuration error; 3 reporting is switched off; 4 invalid input file.",
+    )
+    parser.add_argument("--version", action="version", version=f"crashd {__version__}")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="configuration file (default /etc/crashd/crashd.conf)"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="say more (repeat for debug output)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    show = commands.add_parser(
+        "show",
+        help="decode one report",
+        description="Decode one report file as apport's loader reads it. Text fields are printed; binary "
+        "fields are summarised by decoded size and sha256 (they are streamed, never loaded whole).",
+    )
+    show.add_argument("file", type=Path, metavar="FILE", help="a .crash report (symbolic links are refused)")
+    show.add_argument("--json", action="store_true", help="print one JSON object: path, problem_type, fields")
+
+    upload = commands.add_parser(
+        "upload-all",
+        help="send every report in the crash directory now (for CI)",
+        description="Validate every .crash report in the crash directory, stamp it .upload, send it to the "
+        "crash database (and its core when the server asks), and stamp it .uploaded with the OOPS id. "
+        "Invalid reports are listed with the reason and left untouched. Exits 0 only when every report "
+        "was sent (or is a kind that is never sent: Bug, KernelCrash).",
+    )
+    upload.add_argument(
+        "--timeout", type=_seconds, metavar="S", help="give up after S seconds; what is left is pending"
+    )
+    upload.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    _add_locations(upload, url=True)
+
+    identifier = commands.add_parser(
+        "identifier",
+        help="print the system identifier",
+        description="Print the anonymous system identifier sent with every report (whoopsie-compatible: "
+        "SHA-512 of the DMI product UUID; override with CRASH_DB_IDENTIFIER).",
+    )
+    identifier.add_argument("--state-dir", metavar="DIR", help="where the identifier is cached")
+    return parser
+
+
+def _add_locations(parser: argparse.ArgumentParser, *, url: bool) -> None:
+    parser.add_argument(
+        "--crash-dir", metavar="DIR", help="crash directory (default /var/crash, $APPORT_REPORT_DIR)"
+    )
+    parser.add_argument(
+        "--state-dir", metavar="DIR", help="crashd's state directory (default /var/lib/crashd)"
+    )
+    if url:
+        parser.add_argument(
+            "--url", metavar="URL", help="crash database (default https://daisy.ubuntu.com, $CRASH_DB_URL)"
+        )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+        format="crashd: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _COMMANDS[args.command](args)
+    except UsageError as error:
+        return _fail(EXIT_USAGE, str(error))
+    except ConfigError as error:
+        return _fail(EXIT_USAGE, f"configuration error: {error}")
+    except (ReportError, UnsafeFileError) as error:
+        return _fail(EXIT_INVALID, str(error))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"crashd: {message}", file=sys.stderr)
+    return code
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = ("url", "crash_dir", "state_dir")
+    return load_settings(args.config, overrides={name: getattr(args, name, None) for name in names})
+
+
+# -- show -----------------------------------------------------------------------------
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    try:
+        opened = open_file(args.file)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
+        raise UsageError(f"{args.file}: {error.strerror}") from None
+    with opened, opened.file() as f:
+        report = read_report(f, name=str(args.file))
+        digests = {key: report.digest(key) for key in report}
+    if args.json:
+        print(json.dumps(_show_json(str(args.file), report, digests)))
+    else:
+        _show_text(str(args.file), report, digests)
+    return EXIT_OK
+
+
+def _show_json(path: str, report: Report, digests: dict[str, Digest]) -> dict[str, object]:
+    fields: dict[str, dict[str, object]] = {}
+    for key, digest in digests.items():
+        field: dict[str, object] = {
+            "binary": report.entries[key].binary,
+            "size": digest.size,
+            "sha256": digest.sha256,
+        }
+        if digest.text is not None:
+            field["text"] = digest.text
+        fields[key] = field
+    problem_type = digests["ProblemType"].text if "ProblemType" in digests else None
+    return {"path": path, "problem_type": problem_type, "fields": fields}
+
+
+def _show_text(path: str, report: Report, digests: dict[str, Digest]) -> None:
+    kind = digests["ProblemType"].text if "ProblemType" in digests else None
+    print(f"# {path}: {kind or 'no ProblemType'}, {len(report)} fields")
+    for key, digest in digests.items():
+        binary = "binary, " if report.entries[key].binary else ""
+        if digest.text is None:
+            what = "text" if digest.is_text else "data"
+            print(f"{key}: <{binary}{what}, {digest.size} bytes, sha256 {digest.sha256}>")
+        elif "\n" in digest.text:
+            print(f"{key}:\n " + digest.text.replace("\n", "\n "))
+        else:
+            print(f"{key}: {digest.text}")
+
+
+# -- upload-all -----------------------------------------------------------------------
+
+
+def cmd_upload_all(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    system_id = _identifier(settings)
+    transport = HttpTransport(settings.connect_timeout, settings.read_timeout, deadline)
+    with _spool(settings.crash_dir) as spool:
+        if os.geteuid() != 0:
+            log.info("not running as root: only reports this user may read can be sent")
+        summary = upload_all(
+            spool, transport, settings.url, system_id, limits=DEFAULT_LIMITS, deadline=deadline
+        )
+    transport.close()
+    if args.json:
+        print(json.dumps(summary.as_json()))
+    else:
+        for status in summary.reports:
+            extra = f"OOPS {status.oops_id}" if status.oops_id else ""
+            detail = f"({status.detail})" if status.detail else ""
+            print(
+                f"{status.state.value:<9} {status.name}  {' '.join(filter(None, (extra, detail)))}".rstrip()
+            )
+        if not summary.reports:
+            print(f"no reports in {settings.crash_dir}")
+    return EXIT_OK if summary.complete else EXIT_INCOMPLETE
+
+
+def _spool(directory: Path) -> Spool:
+    try:
+        return Spool(directory)
+    except FileNotFoundError:
+        raise UsageError(f"the crash directory {directory} does not exist") from None
+    except (NotADirectoryError, PermissionError) as error:
+        raise UsageError(f"the crash directory {directory} cannot be used: {error.strerror}") from None
+    except UnsafeFileError as error:
+        raise UsageError(f"the crash directory {error}") from None
+
+
+# -- identifier -----------------------------------------------------------------------
+
+
+def cmd_identifier(args: argparse.Namespace) -> int:
+    print(_identifier(_settings(args)))
+    return EXIT_OK
+
+
+def _identifier(settings: Settings) -> str:
+    try:
+        return system_identifier(settings.state_dir)
+    except (LookupError, ValueError) as error:
+        raise UsageError(f"{error} (set CRASH_DB_IDENTIFIER to choose one)") from None
+
+
+_COMMANDS = {"show": cmd_show, "upload-all": cmd_upload_all, "identifier": cmd_identifier}

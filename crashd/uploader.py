@@ -1,0 +1,287 @@
+"""The daisy protocol (DESIGN.md §4): BSON report, answer classification, core upload.
+
+The protocol is a pure function of an indexed report and a :class:`Transport`
+(one ``post(url, body) -> Answer`` call), so it can later move into the
+unprivileged upload worker unchanged, and tests can drive it against a real
+loopback server. Only this module imports ``requests`` and ``bson``.
+
+Exceptions — talking to the server::
+
+    UploadError            the server could not be reached or the exchange broke; try later
+    ├── ConnectError       refused, unreachable, DNS, TLS, proxy
+    ├── UploadTimeout      no connection or no answer within the timeout
+    └── ExchangeError      the connection broke mid-exchange, or the answer was unusable
+
+A report crashd refuses to send (not UTF-8, too much text) raises
+:class:`crashd.report.ReportError` instead: that is the report's fault, not the
+network's, and retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+import bson
+import requests
+
+from crashd import __version__
+from crashd.report import MalformedReportError, Report, ReportLimitError
+
+MiB = 1 << 20
+MAX_TEXT = 32 * MiB  # text sent in one report (DESIGN.md §7 rule 3)
+MAX_ANSWER = 64 * 1024  # daisy answers a line; anything longer is cut
+VERSION_HEADER = f"crashd {__version__}"
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")  # OOPS ids, architectures in URLs
+
+
+class UploadError(Exception):
+    """The report could not be delivered this time; it stays pending."""
+
+
+class ConnectError(UploadError):
+    """No connection: refused, unreachable, name resolution, TLS or proxy failure."""
+
+
+class UploadTimeout(UploadError):
+    """The server did not accept the connection or did not answer in time."""
+
+
+class ExchangeError(UploadError):
+    """The connection broke during the exchange, or the answer could not be read."""
+
+
+class Verdict(StrEnum):
+    SENT = "sent"  # the server has the report (2xx, or 409 "already reported")
+    REJECTED = "rejected"  # the server refused it for good; its text says why
+    RETRY = "retry"  # a passing failure: try again later
+    MISCONFIGURED = "misconfigured"  # the URL looks wrong (404, redirects)
+
+
+class CoreState(StrEnum):
+    SENT = "sent"
+    FAILED = "failed"  # the submit-core call failed; the report itself is sent
+    UNAVAILABLE = "unavailable"  # asked for, but the report has no usable CoreDump/Architecture
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the server said: status, the start of the body, headers."""
+
+    status: int
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one upload came to; ``detail`` carries the server's words or the error."""
+
+    verdict: Verdict
+    oops_id: str | None = None
+    core_requested: bool = False
+    detail: str | None = None
+    core: CoreState | None = None
+    core_detail: str | None = None
+
+
+_REJECTED = frozenset({400, 401, 403, 413, 422})
+_RETRY = frozenset({408, 425, 429})
+
+
+def classify(answer: Answer) -> Outcome:
+    """Turn the server's answer to a report POST into an :class:`Outcome` (no I/O)."""
+    text = answer.body.decode("utf-8", "replace").strip()
+    summary = f"{answer.status}: {text}" if text else str(answer.status)
+    if 200 <= answer.status < 300:
+        oops_id, command = _parse_command(text)
+        return Outcome(Verdict.SENT, oops_id, command == "CORE", None if oops_id else text or None)
+    if answer.status == 409:
+        return Outcome(Verdict.SENT, detail=f"the server already has this report ({summary})")
+    if answer.status in _REJECTED:
+        return Outcome(Verdict.REJECTED, detail=summary)
+    if answer.status in _RETRY or answer.status >= 500:
+        return Outcome(Verdict.RETRY, detail=summary)
+    if answer.status == 404 or 300 <= answer.status < 400:
+        return Outcome(Verdict.MISCONFIGURED, detail=f"the crash database URL looks wrong ({summary})")
+    return Outcome(Verdict.REJECTED, detail=summary)
+
+
+def _parse_command(text: str) -> tuple[str | None, str | None]:
+    """``"<oops-id> OOPSID"`` / ``"<oops-id> CORE"`` → (id, command); anything else → (None, None)."""
+    oops_id, _, command = text.partition(" ")
+    if command in ("OOPSID", "CORE") and _TOKEN.fullmatch(oops_id):
+        return oops_id, command
+    return None, None
+
+
+def encode_report(report: Report, max_text: int = MAX_TEXT) -> bytes:
+    """The first POST's body: every text field, in file order, as a BSON string.
+
+    Binary fields (the core, attachments) never go in the first upload; daisy
+    asks for the core separately.
+    """
+    document, total = {}, 0
+    for key, entry in report.entries.items():
+        if entry.binary:
+            continue
+        total += entry.size
+        if total > max_text:
+            reason = f"the report has more than {max_text // MiB} MiB of text to send"
+            raise ReportLimitError(reason, line=entry.line, name=report.name)
+        document[key] = report.string(key)  # raises for text that is not UTF-8
+    return bson.encode(document)
+
+
+class StreamBody:
+    """A request body streamed from an iterator, with its length known up front.
+
+    ``requests`` sends ``Content-Length`` for an object with ``__len__`` and
+    iterates it for the bytes, so a gigabyte core never sits in memory.
+    """
+
+    def __init__(self, chunks: Iterable[bytes], length: int) -> None:
+        self._chunks, self._length = chunks, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = 0
+        for chunk in self._chunks:
+            sent += len(chunk)
+            yield chunk
+        if sent != self._length:  # the file changed under us: never send a short body
+            raise MalformedReportError(f"the stored core was {sent} bytes, not {self._length}")
+
+
+class Transport(Protocol):
+    def post(self, url: str, body: bytes | StreamBody) -> Answer: ...
+
+
+def upload(report: Report, transport: Transport, url: str, system_id: str) -> Outcome:
+    """POST the report; if the server asks for the core, send it. Raises :class:`UploadError`."""
+    outcome = classify(transport.post(f"{url}/{system_id}", encode_report(report)))
+    if outcome.verdict is not Verdict.SENT or not outcome.core_requested:
+        return outcome
+    core, detail = send_core(report, transport, url, system_id, outcome.oops_id or "")
+    return Outcome(outcome.verdict, outcome.oops_id, True, outcome.detail, core, detail)
+
+
+def send_core(
+    report: Report, transport: Transport, url: str, system_id: str, oops_id: str
+) -> tuple[CoreState, str | None]:
+    """Stream the CoreDump's stored base64 lines to daisy's submit-core endpoint."""
+    entry = report.entries.get("CoreDump")
+    if entry is None or not entry.binary:
+        return CoreState.UNAVAILABLE, "the server asked for the core, but the report has none"
+    architecture = report.string("Architecture") if "Architecture" in report else ""
+    if not _TOKEN.fullmatch(architecture):
+        return CoreState.UNAVAILABLE, f"the report's Architecture {architecture!r} cannot name a core upload"
+    body = StreamBody(report.base64_body("CoreDump"), entry.size)
+    try:
+        answer = transport.post(f"{url}/{oops_id}/submit-core/{architecture}/{system_id}", body)
+    except UploadError as error:
+        return CoreState.FAILED, str(error)
+    if 200 <= answer.status < 300:
+        return CoreState.SENT, None
+    text = answer.body.decode("utf-8", "replace").strip()
+    return CoreState.FAILED, f"submit-core answered {answer.status}: {text}"
+
+
+class HttpTransport:
+    """:class:`Transport` over ``requests``: keep-alive per thread, timeouts on every call."""
+
+    def __init__(self, connect_timeout: float = 10, read_timeout: float = 60, deadline: float | None = None):
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self.deadline = deadline  # a time.monotonic() value no call may outlast
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+
+    def post(self, url: str, body: bytes | StreamBody) -> Answer:
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-Whoopsie-Version": VERSION_HEADER,
+            "User-Agent": VERSION_HEADER,
+        }
+        timeout = (self.connect_timeout, self.read_timeout)
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise UploadTimeout("the deadline passed before the upload could start")
+            timeout = (min(self.connect_timeout, left), min(self.read_timeout, left))
+        try:
+            with self._session().post(
+                url, data=body, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+            ) as response:
+                text = b""
+                for chunk in response.iter_content(8192):
+                    text += chunk
+                    if len(text) >= MAX_ANSWER:
+                        break
+                return Answer(response.status_code, text[:MAX_ANSWER], dict(response.headers))
+        except requests.RequestException as error:
+            raise translate(error) from error
+
+    def close(self) -> None:
+        for session in self._sessions:
+            session.close()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.trust_env = True  # honour the administrator's proxy settings
+            self._sessions.append(session)
+        return session
+
+
+# requests' exceptions, most specific first: each maps to the crashd error a caller handles.
+_ERRORS: tuple[tuple[type[Exception], type[UploadError]], ...] = (
+    (requests.exceptions.ConnectTimeout, UploadTimeout),
+    (requests.exceptions.ReadTimeout, UploadTimeout),
+    (requests.exceptions.Timeout, UploadTimeout),
+    (requests.exceptions.SSLError, ConnectError),
+    (requests.exceptions.ProxyError, ConnectError),
+    (requests.exceptions.ConnectionError, ConnectError),
+    (requests.exceptions.ChunkedEncodingError, ExchangeError),
+    (requests.exceptions.ContentDecodingError, ExchangeError),
+    (requests.exceptions.StreamConsumedError, ExchangeError),
+    (requests.exceptions.RetryError, ExchangeError),
+    (requests.exceptions.TooManyRedirects, ExchangeError),
+    (requests.exceptions.JSONDecodeError, ExchangeError),
+    (requests.exceptions.InvalidJSONError, ExchangeError),
+    (requests.exceptions.URLRequired, ConnectError),
+    (requests.exceptions.MissingSchema, ConnectError),
+    (requests.exceptions.InvalidSchema, ConnectError),
+    (requests.exceptions.InvalidProxyURL, ConnectError),
+    (requests.exceptions.InvalidURL, ConnectError),
+    (requests.exceptions.InvalidHeader, ExchangeError),
+    (requests.exceptions.UnrewindableBodyError, ExchangeError),
+    (requests.exceptions.HTTPError, ExchangeError),
+    (requests.exceptions.RequestException, ExchangeError),
+)
+
+
+def translate(error: requests.RequestException) -> UploadError:
+    """The crashd error for a ``requests`` exception, with a message naming the cause."""
+    for source, target in _ERRORS:
+        if isinstance(error, source):
+            return target(_describe(error))
+    raise AssertionError("unreachable: RequestException is the last entry")
+
+
+def _describe(error: BaseException) -> str:
+    """requests nests urllib3's errors several deep; the innermost one says what happened."""
+    while True:
+        inner = getattr(error, "reason", None)
+        if not isinstance(inner, BaseException) and error.args and isinstance(error.args[0], BaseException):
+            inner = error.args[0]
+        if not isinstance(inner, BaseException) or inner is error:
+            return str(error)[:300]
+        error = inner
