@@ -593,7 +593,7 @@ def test_failed_fchown_leaves_no_temporary_file(
 def test_open_file_reads_a_regular_file_but_refuses_a_final_symlink(tmp_path: Path) -> None:
     (tmp_path / "report").write_bytes(BODY)
     (tmp_path / "latest.crash").symlink_to("report")
-    with pytest.raises(UnsafeFileError, match="latest.crash: is a symbolic link"):
+    with pytest.raises(UnsafeFileError, match=r"latest\.crash: is a symbolic link"):
         open_file(tmp_path / "latest.crash")
     (tmp_path / "dir").symlink_to(tmp_path)  # a link earlier in the path is the caller's choice
     with open_file(tmp_path / "dir" / "report") as opened, opened.file() as f:
