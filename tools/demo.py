@@ -1,0 +1,215 @@
+"""`make demo`: crashd's main job end to end, on loopback, in about ten seconds.
+
+1. start a daisy-compatible crash database on 127.0.0.1 (tests/daisy.py);
+2. crash two real programs into a scratch crash directory: /usr/bin/sleep, cored
+   with gdb's gcore and killed by SIGSEGV, and a Python program dying on an
+   uncaught exception — each written as an apport-format report;
+3. plant a hostile file (a symlink to /etc/shadow) beside them;
+4. run `crashd upload-all` and show what the server received: the OOPS ids, the
+   core the server asked for, and the refusal of the hostile file.
+
+Nothing outside the scratch directory is touched; it is removed at the end
+unless --keep is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from crashd.report import write_report
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_ALLOW = ("LANG", "LANGUAGE", "LC_ALL", "PATH", "SHELL", "TERM")  # apport's ProcEnviron keeps few
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory for a look afterwards")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="crashd-demo-"))
+    crash_dir = scratch / "crash"
+    crash_dir.mkdir()
+    crash_dir.chmod(0o3777)  # as /var/crash
+    server = None
+    try:
+        step(1, "a daisy-compatible crash database on loopback")
+        server, url = start_server(scratch / "received")
+        say(f"listening on {url}")
+
+        step(2, "crash two real programs into the crash directory")
+        native = crash_native_program(crash_dir, scratch)
+        python = crash_python_program(crash_dir)
+        step(3, "plant a hostile file: a symbolic link to /etc/shadow")
+        (crash_dir / "_usr_sbin_evil.0.crash").symlink_to("/etc/shadow")
+        for path in sorted(crash_dir.iterdir()):
+            say(f"{path.name}  ({'symlink' if path.is_symlink() else f'{path.stat().st_size} bytes'})")
+
+        step(4, f"crashd show {native.name}  (first lines)")
+        shown = crashd("show", str(native))
+        for line in shown.stdout.splitlines()[:8]:
+            say(line[:110])
+
+        step(5, "crashd upload-all")
+        result = crashd("upload-all", "--crash-dir", str(crash_dir), "--url", url, "--json")
+        summary = json.loads(result.stdout)
+        for entry in summary["reports"]:
+            oops = f"OOPS {entry['oops_id']}" if entry["oops_id"] else ""
+            say(f"{entry['state']:<8} {entry['name']}  {oops}  {entry['detail'] or ''}".rstrip())
+        say(f"exit status {result.returncode} (1: not every report was sent — the symlink was refused)")
+
+        step(6, "what the crash database received")
+        ok = show_received(scratch / "received", crash_dir, summary)
+        return 0 if ok and summary["sent"] == 2 and summary["invalid"] == 1 else 1
+    finally:
+        if server is not None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=10)
+        if args.keep:
+            print(f"\nscratch directory kept: {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def step(number: int, title: str) -> None:
+    print(f"\n== {number}. {title}")
+
+
+def say(text: str) -> None:
+    print(f"   {text}")
+
+
+def crashd(*args: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"PYTHONPATH": str(REPO), "CRASH_DB_IDENTIFIER": "deadbeef-crashd-demo"}
+    return subprocess.run([sys.executable, "-m", "crashd", *args], capture_output=True, text=True, env=env)
+
+
+def start_server(record_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    record_dir.mkdir()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.daisy", "--port", "0", "--record-dir", str(record_dir)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
+    assert server.stdout is not None
+    line = server.stdout.readline()  # the readiness line
+    if not line.startswith("listening on "):
+        raise SystemExit(f"demo: the crash database did not start: {line!r}")
+    return server, line.removeprefix("listening on ").strip()
+
+
+def crash_native_program(crash_dir: Path, scratch: Path) -> Path:
+    """Run sleep, take a real core of it with gcore, kill it with SIGSEGV, write apport's report."""
+    executable = "/usr/bin/sleep"
+    victim = subprocess.Popen([executable, "600"])
+    proc = Path(f"/proc/{victim.pid}")
+    fields = {
+        "ProblemType": "Crash",
+        "Date": time.asctime(),
+        "ExecutablePath": executable,
+        "ProcCmdline": (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip(),
+        "ProcCwd": os.readlink(proc / "cwd"),
+        "ProcEnviron": environment(),
+        "ProcStatus": (proc / "status").read_text().strip(),
+        "ProcMaps": (proc / "maps").read_text().strip(),
+    }
+    core = capture_core(victim.pid, scratch / "core")
+    victim.send_signal(signal.SIGSEGV)
+    fields["Signal"] = str(-victim.wait())  # the kernel's word that it died of SIGSEGV
+    fields.update(system_fields(executable))
+    report = crash_dir / f"{executable.replace('/', '_')}.{os.getuid()}.crash"
+    with report.open("wb") as out, core.open("rb") as core_file:
+        write_report(out, [*fields.items(), ("CoreDump", core_file)])
+    say(f"{executable} (pid {victim.pid}): core of {core.stat().st_size} bytes by gcore, killed by signal {fields['Signal']}")
+    return report
+
+
+def capture_core(pid: int, prefix: Path) -> Path:
+    gcore = shutil.which("gcore")
+    if gcore is None:
+        raise SystemExit("demo: gcore (Debian package gdb) is needed to take a real core; run `make deps` as root")
+    subprocess.run([gcore, "-o", str(prefix), str(pid)], check=True, capture_output=True, timeout=120)
+    return prefix.with_name(f"{prefix.name}.{pid}")
+
+
+def crash_python_program(crash_dir: Path) -> Path:
+    """Run a Python program that dies on an uncaught exception; keep its traceback."""
+    program = "import json\njson.loads('{\"unterminated\": ')\n"
+    died = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    traceback = died.stderr.strip()
+    interpreter = os.path.realpath(sys.executable)
+    fields = {
+        "ProblemType": "Crash",
+        "Date": time.asctime(),
+        "ExecutablePath": "/usr/local/bin/demo-json-tool",
+        "InterpreterPath": interpreter,
+        "PythonArgs": "['/usr/local/bin/demo-json-tool']",
+        "Traceback": traceback,
+        "ProcEnviron": environment(),
+        **system_fields(interpreter),
+    }
+    report = crash_dir / f"_usr_local_bin_demo-json-tool.{os.getuid()}.crash"
+    with report.open("wb") as out:
+        write_report(out, fields)
+    say(f"python program exited {died.returncode}: {traceback.splitlines()[-1]}")
+    return report
+
+
+def environment() -> str:
+    return "\n".join(f"{key}={os.environ[key]}" for key in ENV_ALLOW if key in os.environ)
+
+
+def system_fields(executable: str) -> dict[str, str]:
+    """What apport adds from the system: package, architecture, release, kernel."""
+    package = command("dpkg", "-S", executable).partition(":")[0] or "crashd-demo"
+    version = command("dpkg-query", "-W", "-f", "${Version}", package) or "(not installed)"
+    release = dict(
+        line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line
+    )
+    return {
+        "Package": f"{package} {version}",
+        "Architecture": command("dpkg", "--print-architecture") or platform.machine(),
+        "DistroRelease": f"{release.get('NAME', 'Linux').strip(chr(34))} {release.get('VERSION_ID', '').strip(chr(34))}",
+        "Uname": f"{platform.system()} {platform.release()} {platform.machine()}",
+    }
+
+
+def command(*argv: str) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
+    except OSError:
+        return ""
+
+
+def show_received(record_dir: Path, crash_dir: Path, summary: dict) -> bool:
+    records = [json.loads(path.read_text()) for path in sorted(record_dir.glob("*.json"))]
+    reports = [r for r in records if "document" in r]
+    cores = [r for r in records if "decoded_size" in r]
+    for record in reports:
+        document = record["document"] or {}
+        say(f"report POST /{record['token'][:16]}…  {len(document)} text fields, "
+            f"no CoreDump: {'CoreDump' not in document}, answered {record['answer']!r}")
+    for core in cores:
+        say(f"core POST /{core['oops_id']}/submit-core/{core['arch']}/…  {core['body_size']} bytes of base64, "
+            f"{core['compression']} → {core['decoded_size']} bytes decoded: {core['verdict']}")
+    for entry in summary["reports"]:
+        stamp = crash_dir / (entry["name"].removesuffix(".crash") + ".uploaded")
+        if stamp.exists():
+            say(f"cat {stamp.name}: {stamp.read_text()}")
+    return len(reports) == 2 and len(cores) == 1 and cores[0]["verdict"] == "ok"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
