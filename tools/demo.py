@@ -34,7 +34,7 @@ ENV_ALLOW = ("LANG", "LANGUAGE", "LC_ALL", "PATH", "SHELL", "TERM")  # apport's 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keep", action="store_true", help="keep the scratch directory for a look afterwards")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory to look at")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="crashd-demo-"))
     crash_dir = scratch / "crash"
@@ -48,7 +48,7 @@ def main() -> int:
 
         step(2, "crash two real programs into the crash directory")
         native = crash_native_program(crash_dir, scratch)
-        python = crash_python_program(crash_dir)
+        crash_python_program(crash_dir)
         step(3, "plant a hostile file: a symbolic link to /etc/shadow")
         (crash_dir / "_usr_sbin_evil.0.crash").symlink_to("/etc/shadow")
         for path in sorted(crash_dir.iterdir()):
@@ -132,14 +132,15 @@ def crash_native_program(crash_dir: Path, scratch: Path) -> Path:
     report = crash_dir / f"{executable.replace('/', '_')}.{os.getuid()}.crash"
     with report.open("wb") as out, core.open("rb") as core_file:
         write_report(out, [*fields.items(), ("CoreDump", core_file)])
-    say(f"{executable} (pid {victim.pid}): core of {core.stat().st_size} bytes by gcore, killed by signal {fields['Signal']}")
+    size = core.stat().st_size
+    say(f"{executable} (pid {victim.pid}): a {size}-byte core by gcore, killed by signal {fields['Signal']}")
     return report
 
 
 def capture_core(pid: int, prefix: Path) -> Path:
     gcore = shutil.which("gcore")
     if gcore is None:
-        raise SystemExit("demo: gcore (Debian package gdb) is needed to take a real core; run `make deps` as root")
+        raise SystemExit("demo: gcore (Debian package gdb) takes the real core; run `make deps` as root")
     subprocess.run([gcore, "-o", str(prefix), str(pid)], check=True, capture_output=True, timeout=120)
     return prefix.with_name(f"{prefix.name}.{pid}")
 
@@ -175,13 +176,12 @@ def system_fields(executable: str) -> dict[str, str]:
     """What apport adds from the system: package, architecture, release, kernel."""
     package = command("dpkg", "-S", executable).partition(":")[0] or "crashd-demo"
     version = command("dpkg-query", "-W", "-f", "${Version}", package) or "(not installed)"
-    release = dict(
-        line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line
-    )
+    lines = Path("/etc/os-release").read_text().splitlines()
+    release = {key: value.strip('"') for key, _, value in (line.partition("=") for line in lines)}
     return {
         "Package": f"{package} {version}",
         "Architecture": command("dpkg", "--print-architecture") or platform.machine(),
-        "DistroRelease": f"{release.get('NAME', 'Linux').strip(chr(34))} {release.get('VERSION_ID', '').strip(chr(34))}",
+        "DistroRelease": f"{release.get('NAME', 'Linux')} {release.get('VERSION_ID', '')}".strip(),
         "Uname": f"{platform.system()} {platform.release()} {platform.machine()}",
     }
 
@@ -199,11 +199,15 @@ def show_received(record_dir: Path, crash_dir: Path, summary: dict) -> bool:
     cores = [r for r in records if "decoded_size" in r]
     for record in reports:
         document = record["document"] or {}
-        say(f"report POST /{record['token'][:16]}…  {len(document)} text fields, "
-            f"no CoreDump: {'CoreDump' not in document}, answered {record['answer']!r}")
+        say(
+            f"report POST /{record['token'][:16]}…  {len(document)} text fields, "
+            f"no CoreDump: {'CoreDump' not in document}, answered {record['answer']!r}"
+        )
     for core in cores:
-        say(f"core POST /{core['oops_id']}/submit-core/{core['arch']}/…  {core['body_size']} bytes of base64, "
-            f"{core['compression']} → {core['decoded_size']} bytes decoded: {core['verdict']}")
+        say(
+            f"core POST /{core['oops_id']}/submit-core/{core['arch']}/…  {core['body_size']} base64 bytes, "
+            f"{core['compression']} → {core['decoded_size']} bytes decoded: {core['verdict']}"
+        )
     for entry in summary["reports"]:
         stamp = crash_dir / (entry["name"].removesuffix(".crash") + ".uploaded")
         if stamp.exists():
