@@ -16,16 +16,22 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from crashd import __version__
+from crashd.collector import Status
 from crashd.config import ConfigError, Settings, load_settings
+from crashd.delivery import Courier
 from crashd.identity import system_identifier
+from crashd.policy import Backoff
 from crashd.report import DEFAULT_LIMITS, Digest, Report, ReportError, read_report
 from crashd.spool import Spool, UnsafeFileError, open_file
+from crashd.state import StateStore
+from crashd.status import survey
 from crashd.upload_all import upload_all
 from crashd.uploader import HttpTransport
 
@@ -82,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upload.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     _add_locations(upload, url=True)
+
+    status = commands.add_parser(
+        "status",
+        help="every report with its state",
+        description="List every report in the crash directory with its delivery state, attempts, next "
+        "attempt, OOPS id and last error. Sends nothing.",
+    )
+    status.add_argument("--json", action="store_true", help='print {"reports": [...]} as one JSON object')
+    _add_locations(status, url=False)
 
     identifier = commands.add_parser(
         "identifier",
@@ -197,28 +212,82 @@ def _show_text(path: str, report: Report, digests: dict[str, Digest]) -> None:
 
 def cmd_upload_all(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    _exit_on_signals()
     system_id = _identifier(settings)
-    transport = HttpTransport(settings.connect_timeout, settings.read_timeout, deadline)
+    deadline = None if args.timeout is None else time.time() + args.timeout
+    transport = HttpTransport(
+        settings.connect_timeout,
+        settings.read_timeout,
+        None if args.timeout is None else time.monotonic() + args.timeout,
+    )
+    store = StateStore.open(settings.state_dir)
+    backoff = _backoff(settings)
+    if args.timeout is not None:
+        backoff = backoff.interactive(args.timeout)
+    courier = Courier(transport, settings.url, system_id, store, backoff)
     with _spool(settings.crash_dir) as spool:
         if os.geteuid() != 0:
             log.info("not running as root: only reports this user may read can be sent")
-        summary = upload_all(
-            spool, transport, settings.url, system_id, limits=DEFAULT_LIMITS, deadline=deadline
-        )
+        summary = upload_all(spool, courier, limits=DEFAULT_LIMITS, deadline=deadline)
     transport.close()
     if args.json:
         print(json.dumps(summary.as_json()))
     else:
-        for status in summary.reports:
-            extra = f"OOPS {status.oops_id}" if status.oops_id else ""
-            detail = f"({status.detail})" if status.detail else ""
-            print(
-                f"{status.state.value:<9} {status.name}  {' '.join(filter(None, (extra, detail)))}".rstrip()
-            )
-        if not summary.reports:
-            print(f"no reports in {settings.crash_dir}")
+        _print_statuses(summary.reports, settings.crash_dir)
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
+
+
+def _exit_on_signals() -> None:
+    """Stop at once on SIGTERM/SIGINT, even mid-upload: every step is recorded before it is taken.
+
+    Waiting for a hung server to time out would break "stop within a second";
+    a report cut off mid-POST is resent next time and daisy answers 409.
+    """
+
+    def stop(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        print(f"crashd: stopped by {name}; unfinished reports stay pending", file=sys.stderr)
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+
+
+def _backoff(settings: Settings) -> Backoff:
+    return Backoff(
+        base=settings.backoff_base,
+        cap=settings.backoff_cap,
+        expire_after=settings.expire_after,
+        server_base=settings.backoff_server_base,
+    )
+
+
+def _print_statuses(statuses: list[Status], crash_dir: Path) -> None:
+    if not statuses:
+        print(f"no reports in {crash_dir}")
+    for status in statuses:
+        notes = [f"OOPS {status.oops_id}" if status.oops_id else ""]
+        if status.attempts:
+            notes.append(f"{status.attempts} attempt{'s' if status.attempts > 1 else ''}")
+        if status.next_attempt:
+            notes.append(f"next {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status.next_attempt))}")
+        if status.detail:
+            notes.append(f"({status.detail})")
+        print(f"{status.state.value:<9} {status.name}  {'  '.join(filter(None, notes))}".rstrip())
+
+
+# -- status -----------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with _spool(settings.crash_dir) as spool:
+        statuses = survey(spool, StateStore.reader(settings.state_dir))
+    if args.json:
+        print(json.dumps({"reports": [status.as_json() for status in statuses]}))
+    else:
+        _print_statuses(statuses, settings.crash_dir)
+    return EXIT_OK
 
 
 def _spool(directory: Path) -> Spool:
@@ -247,4 +316,9 @@ def _identifier(settings: Settings) -> str:
         raise UsageError(f"{error} (set CRASH_DB_IDENTIFIER to choose one)") from None
 
 
-_COMMANDS = {"show": cmd_show, "upload-all": cmd_upload_all, "identifier": cmd_identifier}
+_COMMANDS = {
+    "show": cmd_show,
+    "upload-all": cmd_upload_all,
+    "status": cmd_status,
+    "identifier": cmd_identifier,
+}

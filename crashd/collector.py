@@ -1,8 +1,9 @@
 """Collection: from a name in the crash directory to a report ready to send, or the reason it is not.
 
 Each report goes through the same steps whoever asks (``upload-all`` now, the
-daemon later): open it safely, see whether it was already sent, index it, check
-it is a kind the crash database takes, and stamp it ``.upload``. Enrichment
+daemon later): open it safely (:func:`open_report`), see whether it was already
+sent (:func:`read_stamps`, :func:`sent_before`), then :func:`collect` it: index it, check it is a
+kind the crash database takes, and stamp it ``.upload``. Enrichment
 (package information and hooks) will slot in before the stamp. Every report
 that is not collected comes back as a :class:`Status` with a reason — nothing
 is dropped silently, and a refused file is left exactly as it was.
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import BinaryIO
 
 from crashd.report import Limits, Report, ReportError, read_report
-from crashd.spool import OpenReport, ReportName, Spool, UnsafeFileError
+from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +31,13 @@ SENT_KINDS = frozenset({"Crash", "Package", "KernelOops", "Hang", "RecoverablePr
 class State(StrEnum):
     """Where a report stands (DESIGN.md §3); ``crashd status`` and ``upload-all`` print these."""
 
-    QUEUED = "queued"  # collected and stamped .upload; not sent yet
+    NEW = "new"  # not collected yet
+    QUEUED = "queued"  # collected and stamped .upload; waiting for its next attempt
+    POSTING = "posting"  # an upload was under way when crashd last stopped
     SENT = "sent"
     REJECTED = "rejected"  # the server refused it for good
-    FAILED = "failed"  # this attempt failed; the report stays pending
+    EXPIRED = "expired"  # unsent for longer than expire_after; given up
+    FAILED = "failed"  # an attempt in this run failed; the report stays pending
     PENDING = "pending"  # not attempted before the deadline
     INVALID = "invalid"  # refused input, left untouched
     SKIPPED = "skipped"  # a kind that is not sent to the crash database
@@ -46,14 +51,19 @@ class Status:
     state: State
     oops_id: str | None = None
     detail: str | None = None
+    attempts: int = 0
+    next_attempt: float | None = None  # seconds since the epoch
 
-    def as_json(self) -> dict[str, str | None]:
-        return {"name": self.name, "state": self.state.value, "oops_id": self.oops_id, "detail": self.detail}
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name, "state": self.state.value, "oops_id": self.oops_id, "detail": self.detail,
+            "attempts": self.attempts, "next_attempt": self.next_attempt,
+        }  # fmt: skip
 
 
 @dataclass
 class Collected:
-    """A validated, indexed report, stamped ``.upload``; the caller must :meth:`close` it."""
+    """An indexed report of a kind that is sent, stamped ``.upload``; close it (or use ``with``)."""
 
     opened: OpenReport
     file: BinaryIO
@@ -65,27 +75,55 @@ class Collected:
 
     def close(self) -> None:
         self.file.close()
-        self.opened.close()
+
+    def __enter__(self) -> Collected:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def collect(spool: Spool, name: ReportName, limits: Limits) -> Collected | Status | None:
-    """Collect one report; None when it vanished meanwhile (apport or a user removed it)."""
+def open_report(spool: Spool, name: ReportName) -> OpenReport | Status | None:
+    """Open a report safely; a :class:`Status` saying why not, or None when it vanished meanwhile."""
     try:
-        opened = spool.open_report(name)
+        return spool.open_report(name)
     except FileNotFoundError:
         return None
     except UnsafeFileError as error:
-        return _invalid(name, error.reason)
+        return invalid(name, error.reason)
+
+
+def read_stamps(spool: Spool, opened: OpenReport) -> Stamps:
+    """The report's ``.upload``/``.uploaded`` times; a stamp crashd cannot trust counts as absent."""
+    try:
+        return spool.stamps(opened.name, opened.stat.st_uid)
+    except UnsafeFileError as error:
+        # A stamp planted by another user, or left by whoopsie under its own uid:
+        # ignore it; crashd's own stamps replace it (a resend is answered 409).
+        log.info("%s: ignoring a stamp crashd cannot trust: %s", opened.name.crash, error)
+        return Stamps(None, None)
+
+
+def sent_before(stamps: Stamps, report: os.stat_result) -> bool:
+    """True when ``.uploaded`` is newer than the report and no newer ``.upload`` asks again."""
+    if stamps.uploaded_ns is None or stamps.pending:
+        return False
+    return stamps.uploaded_ns >= report.st_mtime_ns  # an older one marks an earlier crash
+
+
+def collect(spool: Spool, opened: OpenReport, limits: Limits) -> Collected | Status:
+    """Index an opened report, check that it is a kind daisy takes, and stamp it ``.upload``.
+
+    The caller keeps *opened*; on success the returned :class:`Collected` owns a reader of it.
+    """
+    name = opened.name
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(opened.close)
-        if _already_sent(spool, opened):
-            return Status(name.crash, State.SENT, spool.oops_id(name, opened.stat.st_uid), "uploaded before")
         file = cleanup.enter_context(opened.file())
         try:
             report = read_report(file, limits=limits, name=name.crash)
             kind = report.problem_type
         except ReportError as error:
-            return _invalid(name, error.detail)
+            return invalid(name, error.detail)
         if kind not in SENT_KINDS:
             what = f"ProblemType {kind}" if kind else "a report without a ProblemType"
             return Status(name.crash, State.SKIPPED, detail=f"{what} is not sent to the crash database")
@@ -98,19 +136,6 @@ def collect(spool: Spool, name: ReportName, limits: Limits) -> Collected | Statu
         return Collected(opened, file, report)
 
 
-def _already_sent(spool: Spool, opened: OpenReport) -> bool:
-    """True when ``.uploaded`` is newer than the report and no newer ``.upload`` asks again."""
-    try:
-        stamps = spool.stamps(opened.name, opened.stat.st_uid)
-    except UnsafeFileError as error:
-        # A stamp planted by another user, or left by whoopsie under its own uid:
-        # ignore it; crashd's own stamps replace it (a resend is answered 409).
-        log.info("%s: ignoring a stamp crashd cannot trust: %s", opened.name.crash, error)
-        return False
-    sent = stamps.uploaded_ns is not None and not stamps.pending
-    return sent and stamps.uploaded_ns >= opened.stat.st_mtime_ns  # else it marks an earlier crash
-
-
-def _invalid(name: ReportName, reason: str) -> Status:
+def invalid(name: ReportName, reason: str) -> Status:
     log.info("%s: refused: %s", name.crash, reason)
     return Status(name.crash, State.INVALID, detail=reason)

@@ -37,6 +37,7 @@ class Settings:
     hook_timeout: float = 30
     idle_timeout: float = 30
     backoff_base: float = 60
+    backoff_server_base: float = 7200
     backoff_cap: float = 21600
     expire_after: float = 1209600
     connect_timeout: float = 10

@@ -1,28 +1,36 @@
 """``crashd upload-all``: every report in the crash directory collected, sent and stamped, now.
 
 A CI box runs this after a test run and wants one answer: did every crash reach
-the crash database? Reports are handled by a few worker threads (HTTP waits
-dominate; keep-alive connections are reused per thread), and an optional
-deadline bounds the whole run: what has not been attempted by then is
-``pending``, and calls in flight get no more than the time that is left.
+the crash database? The first round attempts every report at once, whatever
+backoff an earlier run recorded (the user asked for *now*). With a deadline,
+reports that failed are retried when their backoff says, until each is final
+or the deadline passes; the loop sleeps until the next retry is due, it never
+polls. Without one, a single round is made and failures stay pending.
+
+Preparation (opening, indexing, encoding) runs on a few threads; the POSTs
+themselves go out one at a time (see :mod:`crashd.delivery`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
-from crashd.collector import Collected, State, Status, collect
+from crashd import collector, delivery
+from crashd.collector import State, Status
+from crashd.delivery import Courier
 from crashd.report import Limits, ReportError
-from crashd.spool import ReportName, Spool, UnsafeFileError
-from crashd.uploader import CoreState, Outcome, Transport, UploadError, Verdict, upload
+from crashd.spool import OpenReport, ReportName, Spool
+from crashd.state import Fingerprint, Phase, Record
+from crashd.status import stamped_id
 
 log = logging.getLogger(__name__)
 
-WORKERS = 4  # enough to hide loopback and WAN latency; daisy is one server
+WORKERS = 4  # enough to prepare reports while one is on the wire
+_COUNTED = ("sent", "rejected", "failed", "pending", "expired", "invalid", "skipped")
 
 
 @dataclass(frozen=True)
@@ -40,92 +48,87 @@ class Summary:
         return all(status.state in (State.SENT, State.SKIPPED) for status in self.reports)
 
     def as_json(self) -> dict[str, object]:
-        """The document ``upload-all --json`` prints (DESIGN.md §9)."""
+        """The document ``upload-all --json`` prints (DESIGN.md §9, plus the extra counts)."""
         counts = Counter(status.state.value for status in self.reports)
-        document: dict[str, object] = {
-            name: counts[name] for name in ("sent", "rejected", "failed", "pending", "invalid", "skipped")
-        }
+        document: dict[str, object] = {name: counts[name] for name in _COUNTED}
         document["reports"] = [status.as_json() for status in self.reports]
         return document
 
 
 def upload_all(
     spool: Spool,
-    transport: Transport,
-    url: str,
-    system_id: str,
+    courier: Courier,
     *,
     limits: Limits,
     deadline: float | None = None,
+    stop: threading.Event | None = None,
     workers: int = WORKERS,
 ) -> Summary:
-    """Collect and send every report in *spool*; *deadline* is a ``time.monotonic()`` value."""
+    """Collect and deliver every report in *spool*; *deadline* is in ``courier.clock()`` time."""
+    stop = stop or threading.Event()
 
-    def one(name: ReportName) -> Status | None:
-        if deadline is not None and time.monotonic() >= deadline:
-            return _pending(name)
-        collected = collect(spool, name, limits)
-        if not isinstance(collected, Collected):
-            return collected
-        try:
-            return _send(spool, collected, transport, url, system_id)
-        finally:
-            collected.close()
+    def attempt(name: ReportName) -> Status | None:
+        if stop.is_set() or (deadline is not None and courier.clock() >= deadline):
+            return Status(name.crash, State.PENDING, detail="the timeout ran out before it was sent")
+        return _step(spool, courier, name, limits)
 
     names = spool.report_names()
     results: dict[ReportName, Status] = {}
+    due = dict.fromkeys(names, 0.0)  # round one: everything, now
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload") as pool:
-        futures = {pool.submit(one, name): name for name in names}
-        waiting = set(futures)
-        while waiting and (deadline is None or time.monotonic() < deadline):
-            left = None if deadline is None else deadline - time.monotonic()
-            _, waiting = wait(waiting, timeout=left, return_when=FIRST_COMPLETED)
-        for future in waiting:  # the deadline passed: what has not started never will
-            future.cancel()
-        for future, name in futures.items():
-            if future.cancelled():
-                results[name] = _pending(name)
-            elif (status := future.result()) is not None:  # in flight: bounded by the deadline too
+        while due and not stop.is_set():
+            now = courier.clock()
+            ready = [name for name, when in due.items() if when <= now]
+            if not ready:
+                wake = min(due.values())
+                if deadline is None or wake >= deadline:
+                    break  # nothing more can happen before the deadline (or there is none)
+                stop.wait(wake - now)
+                continue
+            for name, status in zip(ready, pool.map(attempt, ready), strict=True):
+                del due[name]
+                if status is None:
+                    continue  # the report vanished
+                if status.state is State.QUEUED:
+                    status = replace(status, state=State.FAILED)  # tried in this run, and will be again
+                    if status.next_attempt is not None:
+                        due[name] = status.next_attempt
                 results[name] = status
     return Summary([results[name] for name in names if name in results])
 
 
-def _pending(name: ReportName) -> Status:
-    return Status(name.crash, State.PENDING, detail="the timeout ran out before it was sent")
+def _step(spool: Spool, courier: Courier, name: ReportName, limits: Limits) -> Status | None:
+    """Do what one report needs next; its status afterwards."""
+    opened = collector.open_report(spool, name)
+    if not isinstance(opened, OpenReport):
+        return opened
+    with opened:
+        record = courier.store.load(name.crash, Fingerprint.of(opened.stat), courier.clock())
+        core_due = delivery.due(record) is not None and record.phase is Phase.SENT
+        stamps = collector.read_stamps(spool, opened)
+        if collector.sent_before(stamps, opened.stat) and not core_due:
+            oops_id = record.oops_id or stamped_id(spool, opened)
+            return Status(name.crash, State.SENT, oops_id, "uploaded before")
+        if record.phase is Phase.SENT and stamps.uploaded_ns is not None and stamps.pending:
+            record = replace(record, phase=Phase.QUEUED, core=None)  # a newer .upload asks to send it again
+        if record.phase.final and record.phase is not Phase.SENT:
+            return delivery.status(record)  # rejected, expired, invalid or skipped: this file, for good
+        collected = collector.collect(spool, opened, limits)
+        if isinstance(collected, Status):
+            _remember(courier, record, collected)
+            return collected
+        with collected:
+            try:
+                record = courier.deliver(spool, collected, record)
+            except ReportError as error:  # found only when encoding: text that is not UTF-8, too much text
+                status = collector.invalid(name, error.detail)
+                _remember(courier, record, status)
+                return status
+    return delivery.status(record)
 
 
-def _send(spool: Spool, collected: Collected, transport: Transport, url: str, system_id: str) -> Status:
-    name = collected.name
-    try:
-        outcome = upload(collected.report, transport, url, system_id)
-    except ReportError as error:
-        log.info("%s: not sent: %s", name, error.detail)
-        return Status(name, State.INVALID, detail=error.detail)
-    except UploadError as error:
-        log.info("%s: upload failed, it stays pending: %s", name, error)
-        return Status(name, State.FAILED, detail=str(error))
-    if outcome.verdict is Verdict.SENT:
-        try:
-            spool.mark_uploaded(collected.opened, outcome.oops_id or "")
-        except (OSError, UnsafeFileError) as error:  # sent, but the stamp could not be written
-            log.error("%s: sent as %s, but the .uploaded stamp failed: %s", name, outcome.oops_id, error)
-        log.info("%s: sent, OOPS id %s%s", name, outcome.oops_id or "(none)", _core_note(outcome))
-        return Status(name, State.SENT, outcome.oops_id, _sent_detail(outcome))
-    if outcome.verdict is Verdict.REJECTED:
-        log.info("%s: rejected by the server: %s", name, outcome.detail)
-        return Status(name, State.REJECTED, detail=outcome.detail)
-    log.warning("%s: not accepted this time, it stays pending: %s", name, outcome.detail)
-    return Status(name, State.FAILED, detail=outcome.detail)
-
-
-def _sent_detail(outcome: Outcome) -> str | None:
-    notes = [note for note in (outcome.detail, _core_note(outcome).removeprefix("; ")) if note]
-    return "; ".join(notes) or None
-
-
-def _core_note(outcome: Outcome) -> str:
-    if outcome.core is CoreState.SENT:
-        return "; core sent on request"
-    if outcome.core is not None:
-        return f"; core {outcome.core.value}: {outcome.core_detail}"
-    return ""
+def _remember(courier: Courier, record: Record, status: Status) -> None:
+    """Record a final verdict on this very file, so nobody parses it again to reach it."""
+    phase = {State.INVALID: Phase.INVALID, State.SKIPPED: Phase.SKIPPED}.get(status.state)
+    if phase is not None:
+        courier.store.save(replace(record, phase=phase, last_error=status.detail), courier.clock())

@@ -1,14 +1,16 @@
-"""The daisy protocol (DESIGN.md §4): BSON report, answer classification, core upload.
+"""The daisy protocol (DESIGN.md §4): the BSON report, the core upload, the HTTP transport.
 
 The protocol is a pure function of an indexed report and a :class:`Transport`
 (one ``post(url, body) -> Answer`` call), so it can later move into the
 unprivileged upload worker unchanged, and tests can drive it against a real
-loopback server. Only this module imports ``requests`` and ``bson``.
+loopback server. What an answer *means* is :mod:`crashd.policy`'s business.
+Only this module imports ``requests`` and ``bson``.
 
 Exceptions — talking to the server::
 
     UploadError            the server could not be reached or the exchange broke; try later
-    ├── ConnectError       refused, unreachable, DNS, TLS, proxy
+    ├── ConnectError       refused, TLS, proxy, bad URL
+    │   └── OfflineError   this device has no network: no DNS answer, no route
     ├── UploadTimeout      no connection or no answer within the timeout
     └── ExchangeError      the connection broke mid-exchange, or the answer was unusable
 
@@ -19,12 +21,13 @@ network's, and retrying cannot help.
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
 import bson
@@ -48,6 +51,10 @@ class ConnectError(UploadError):
     """No connection: refused, unreachable, name resolution, TLS or proxy failure."""
 
 
+class OfflineError(ConnectError):
+    """This device cannot reach the network at all; the server and the rest of the fleet are fine."""
+
+
 class UploadTimeout(UploadError):
     """The server did not accept the connection or did not answer in time."""
 
@@ -56,17 +63,8 @@ class ExchangeError(UploadError):
     """The connection broke during the exchange, or the answer could not be read."""
 
 
-class Verdict(StrEnum):
-    SENT = "sent"  # the server has the report (2xx, or 409 "already reported")
-    REJECTED = "rejected"  # the server refused it for good; its text says why
-    RETRY = "retry"  # a passing failure: try again later
-    MISCONFIGURED = "misconfigured"  # the URL looks wrong (404, redirects)
-
-
-class CoreState(StrEnum):
-    SENT = "sent"
-    FAILED = "failed"  # the submit-core call failed; the report itself is sent
-    UNAVAILABLE = "unavailable"  # asked for, but the report has no usable CoreDump/Architecture
+class CoreUnavailable(Exception):
+    """The server asked for the core, but the report has no CoreDump or no usable Architecture."""
 
 
 @dataclass(frozen=True)
@@ -76,48 +74,6 @@ class Answer:
     status: int
     body: bytes = b""
     headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one upload came to; ``detail`` carries the server's words or the error."""
-
-    verdict: Verdict
-    oops_id: str | None = None
-    core_requested: bool = False
-    detail: str | None = None
-    core: CoreState | None = None
-    core_detail: str | None = None
-
-
-_REJECTED = frozenset({400, 401, 403, 413, 422})
-_RETRY = frozenset({408, 425, 429})
-
-
-def classify(answer: Answer) -> Outcome:
-    """Turn the server's answer to a report POST into an :class:`Outcome` (no I/O)."""
-    text = answer.body.decode("utf-8", "replace").strip()
-    summary = f"{answer.status}: {text}" if text else str(answer.status)
-    if 200 <= answer.status < 300:
-        oops_id, command = _parse_command(text)
-        return Outcome(Verdict.SENT, oops_id, command == "CORE", None if oops_id else text or None)
-    if answer.status == 409:
-        return Outcome(Verdict.SENT, detail=f"the server already has this report ({summary})")
-    if answer.status in _REJECTED:
-        return Outcome(Verdict.REJECTED, detail=summary)
-    if answer.status in _RETRY or answer.status >= 500:
-        return Outcome(Verdict.RETRY, detail=summary)
-    if answer.status == 404 or 300 <= answer.status < 400:
-        return Outcome(Verdict.MISCONFIGURED, detail=f"the crash database URL looks wrong ({summary})")
-    return Outcome(Verdict.REJECTED, detail=summary)
-
-
-def _parse_command(text: str) -> tuple[str | None, str | None]:
-    """``"<oops-id> OOPSID"`` / ``"<oops-id> CORE"`` → (id, command); anything else → (None, None)."""
-    oops_id, _, command = text.partition(" ")
-    if command in ("OOPSID", "CORE") and _TOKEN.fullmatch(oops_id):
-        return oops_id, command
-    return None, None
 
 
 def encode_report(report: Report, max_text: int = MAX_TEXT) -> bytes:
@@ -164,34 +120,29 @@ class Transport(Protocol):
     def post(self, url: str, body: bytes | StreamBody) -> Answer: ...
 
 
-def upload(report: Report, transport: Transport, url: str, system_id: str) -> Outcome:
-    """POST the report; if the server asks for the core, send it. Raises :class:`UploadError`."""
-    outcome = classify(transport.post(f"{url}/{system_id}", encode_report(report)))
-    if outcome.verdict is not Verdict.SENT or not outcome.core_requested:
-        return outcome
-    core, detail = send_core(report, transport, url, system_id, outcome.oops_id or "")
-    return Outcome(outcome.verdict, outcome.oops_id, True, outcome.detail, core, detail)
+def post_report(body: bytes, transport: Transport, url: str, system_id: str) -> Answer:
+    """POST a report's body (:func:`encode_report`) to ``{url}/{system_id}``; raises :class:`UploadError`."""
+    return transport.post(f"{url}/{system_id}", body)
 
 
-def send_core(
-    report: Report, transport: Transport, url: str, system_id: str, oops_id: str
-) -> tuple[CoreState, str | None]:
-    """Stream the CoreDump's stored base64 lines to daisy's submit-core endpoint."""
+def post_core(report: Report, transport: Transport, url: str, system_id: str, oops_id: str) -> Answer:
+    """Stream the CoreDump's stored base64 lines to ``{url}/{oops_id}/submit-core/{arch}/{system_id}``.
+
+    Raises :class:`CoreUnavailable` when the report cannot supply what daisy asked
+    for, :class:`UploadError` when the exchange fails.
+    """
     entry = report.entries.get("CoreDump")
     if entry is None or not entry.binary:
-        return CoreState.UNAVAILABLE, "the server asked for the core, but the report has none"
-    architecture = report.string("Architecture") if "Architecture" in report else ""
+        raise CoreUnavailable("the server asked for the core, but the report has none")
+    if "Architecture" not in report:
+        raise CoreUnavailable("the server asked for the core, but the report has no Architecture")
+    architecture = report.string("Architecture")
     if not _TOKEN.fullmatch(architecture):
-        return CoreState.UNAVAILABLE, f"the report's Architecture {architecture!r} cannot name a core upload"
+        raise CoreUnavailable(f"the report's Architecture {architecture!r} cannot name a core upload")
+    if not _TOKEN.fullmatch(oops_id):
+        raise CoreUnavailable(f"the OOPS id {oops_id!r} cannot name a core upload")
     body = StreamBody(report.base64_body("CoreDump"), entry.size)
-    try:
-        answer = transport.post(f"{url}/{oops_id}/submit-core/{architecture}/{system_id}", body)
-    except UploadError as error:
-        return CoreState.FAILED, str(error)
-    if 200 <= answer.status < 300:
-        return CoreState.SENT, None
-    text = answer.body.decode("utf-8", "replace").strip()
-    return CoreState.FAILED, f"submit-core answered {answer.status}: {text}"
+    return transport.post(f"{url}/{oops_id}/submit-core/{architecture}/{system_id}", body)
 
 
 class HttpTransport:
@@ -270,18 +221,33 @@ _ERRORS: tuple[tuple[type[Exception], type[UploadError]], ...] = (
 
 def translate(error: requests.RequestException) -> UploadError:
     """The crashd error for a ``requests`` exception, with a message naming the cause."""
+    cause = _innermost(error)
+    if isinstance(error, requests.exceptions.ConnectionError) and _offline(cause):
+        return OfflineError(str(cause)[:300])
     for source, target in _ERRORS:
         if isinstance(error, source):
-            return target(_describe(error))
+            return target(str(cause)[:300])
     raise AssertionError("unreachable: RequestException is the last entry")
 
 
-def _describe(error: BaseException) -> str:
+_OFFLINE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN})
+
+
+def _offline(cause: BaseException) -> bool:
+    """No DNS answer or no route: the trouble is on this side."""
+    if isinstance(cause, socket.gaierror):
+        return True
+    if isinstance(cause, OSError) and cause.errno in _OFFLINE_ERRNOS:
+        return True
+    return "Name or service not known" in str(cause) or "Temporary failure in name resolution" in str(cause)
+
+
+def _innermost(error: BaseException) -> BaseException:
     """requests nests urllib3's errors several deep; the innermost one says what happened."""
     while True:
         inner = getattr(error, "reason", None)
         if not isinstance(inner, BaseException) and error.args and isinstance(error.args[0], BaseException):
             inner = error.args[0]
         if not isinstance(inner, BaseException) or inner is error:
-            return str(error)[:300]
+            return error
         error = inner

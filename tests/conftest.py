@@ -129,3 +129,12 @@ def user_tmp_path(tmp_path: Path) -> Iterator[Path]:
     finally:
         for directory, mode in changed:
             directory.chmod(mode)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def system_state_untouched() -> Iterator[None]:
+    """No test may write crashd's real state directory: every run passes a scratch --state-dir."""
+    real = Path("/var/lib/crashd")
+    existed = real.exists()
+    yield
+    assert existed or not real.exists(), f"a test created {real}; pass --state-dir"

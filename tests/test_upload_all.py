@@ -37,6 +37,7 @@ def crash_dir(tmp_path: Path) -> Path:
 
 
 def upload_all(crash_dir: Path, url: str, *args: str, timeout: float = 120) -> tuple[int, dict]:
+    """Run `crashd upload-all --json` on *crash_dir*, with its state beside it (never /var/lib/crashd)."""
     env = {k: v for k, v in os.environ.items() if k not in ("CRASH_DB_URL", "APPORT_REPORT_DIR")}
     env |= {"PYTHONPATH": str(REPO), "CRASH_DB_IDENTIFIER": TOKEN}
     result = subprocess.run(
@@ -48,6 +49,8 @@ def upload_all(crash_dir: Path, url: str, *args: str, timeout: float = 120) -> t
             "--json",
             "--crash-dir",
             str(crash_dir),
+            "--state-dir",
+            str(crash_dir.parent / "state"),
             "--url",
             url,
             *args,
@@ -285,6 +288,8 @@ def test_core_upload_memory_is_flat(daisy, crash_dir, tmp_path):
         "upload-all",
         "--crash-dir",
         str(crash_dir),
+        "--state-dir",
+        str(tmp_path / "state"),
         "--url",
         daisy.url,
     ]

@@ -1,4 +1,4 @@
-"""The daisy protocol: classification tables, the BSON body, the error map, and real HTTP."""
+"""The daisy protocol: the BSON body, the core upload, the error map, and real HTTP."""
 
 from __future__ import annotations
 
@@ -13,58 +13,18 @@ import requests
 from crashd.report import MalformedReportError, ReportLimitError, read_report, write_report
 from crashd.uploader import (
     _ERRORS,
-    Answer,
     ConnectError,
-    CoreState,
+    CoreUnavailable,
     ExchangeError,
     HttpTransport,
     UploadError,
     UploadTimeout,
-    Verdict,
-    classify,
     encode_report,
+    post_core,
+    post_report,
     translate,
-    upload,
 )
 from tests.daisy import DaisyServer, Delay, Reset, Respond
-
-OOPS = "3a1e5c2e-97d4-11ef-8d5b-0242ac120002"
-
-CLASSIFY = [
-    (200, f"{OOPS} OOPSID", Verdict.SENT, OOPS, False),
-    (200, f"{OOPS} CORE", Verdict.SENT, OOPS, True),
-    (200, f"{OOPS} CORE\n", Verdict.SENT, OOPS, True),
-    (200, "Crash report successfully submitted.", Verdict.SENT, None, False),  # Snap
-    (200, "", Verdict.SENT, None, False),
-    (200, f"{OOPS} BUG 123", Verdict.SENT, None, False),  # a command we do not know
-    (200, "../../etc CORE", Verdict.SENT, None, False),  # an id that cannot go in a URL
-    (201, f"{OOPS} OOPSID", Verdict.SENT, OOPS, False),
-    (409, "Crash already reported.", Verdict.SENT, None, False),
-    (400, "Invalid BSON.", Verdict.REJECTED, None, False),
-    (401, "Device blocked from sending crash reports.", Verdict.REJECTED, None, False),
-    (403, "", Verdict.REJECTED, None, False),
-    (413, "", Verdict.REJECTED, None, False),
-    (422, "", Verdict.REJECTED, None, False),
-    (404, "Not Found", Verdict.MISCONFIGURED, None, False),
-    (301, "", Verdict.MISCONFIGURED, None, False),
-    (408, "", Verdict.RETRY, None, False),
-    (425, "", Verdict.RETRY, None, False),
-    (429, "", Verdict.RETRY, None, False),
-    (500, "", Verdict.RETRY, None, False),
-    (503, "busy", Verdict.RETRY, None, False),
-    (418, "teapot", Verdict.REJECTED, None, False),
-]
-
-
-@pytest.mark.parametrize(("status", "body", "verdict", "oops_id", "core"), CLASSIFY)
-def test_classify(status, body, verdict, oops_id, core):
-    outcome = classify(Answer(status, body.encode()))
-    assert (outcome.verdict, outcome.oops_id, outcome.core_requested) == (verdict, oops_id, core)
-
-
-def test_classify_keeps_the_servers_words():
-    assert "Incomplete crash report." in classify(Answer(400, b"Incomplete crash report.")).detail
-    assert "404" in classify(Answer(404, b"")).detail
 
 
 def test_every_requests_exception_maps_to_a_crashd_error():
@@ -125,25 +85,35 @@ def daisy():
         yield server
 
 
-def test_upload_and_core_round_trip(daisy):
+def test_report_and_core_round_trip(daisy):
     core = b"\x7fELF" + os.urandom(50_000) + b"\0" * 200_000
     report = make_report({**CRASH, "StacktraceAddressSignature": "sig", "CoreDump": core})
-    outcome = upload(report, HttpTransport(), daisy.url, "a" * 128)
-    assert outcome.verdict is Verdict.SENT and outcome.core_requested
-    assert outcome.core is CoreState.SENT, outcome.core_detail
+    transport = HttpTransport()
+    answer = post_report(encode_report(report), transport, daisy.url, "a" * 128)
+    oops_id, _, command = answer.body.decode().partition(" ")
+    assert (answer.status, command) == (200, "CORE")
     received = daisy.reports[0]
     assert received.document == CRASH | {"StacktraceAddressSignature": "sig"}
     assert received.headers["Content-Type"] == "application/octet-stream"
     assert "crashd" in received.headers["X-Whoopsie-Version"]
+    assert post_core(report, transport, daisy.url, "a" * 128, oops_id).status == 200
     (stored,) = daisy.cores
     assert stored.verdict == "ok" and stored.decoded_size == len(core) and stored.arch == "amd64"
     assert stored.body == b"".join(report.base64_body("CoreDump"))
+    assert int(stored.headers["Content-Length"]) == report.entries["CoreDump"].size
 
 
-def test_core_requested_but_absent(daisy):
-    report = make_report({**CRASH, "StacktraceAddressSignature": "sig2"})
-    outcome = upload(report, HttpTransport(), daisy.url, "b" * 128)
-    assert outcome.core is CoreState.UNAVAILABLE
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        (CRASH, "has none"),
+        ({**CRASH, "Architecture": "../x", "CoreDump": b"\0\1"}, "cannot name a core upload"),
+        ({k: v for k, v in CRASH.items() if k != "Architecture"} | {"CoreDump": b"\0\1"}, "no Architecture"),
+    ],
+)
+def test_core_that_cannot_be_sent(daisy, fields, reason):
+    with pytest.raises(CoreUnavailable, match=reason):
+        post_core(make_report(fields), HttpTransport(), daisy.url, "b" * 128, "3a1e5c2e-97d4")
     assert not daisy.cores
 
 

@@ -60,7 +60,8 @@ def main() -> int:
             say(line[:110])
 
         step(5, "crashd upload-all")
-        result = crashd("upload-all", "--crash-dir", str(crash_dir), "--url", url, "--json")
+        places = ["--crash-dir", str(crash_dir), "--state-dir", str(scratch / "state")]
+        result = crashd("upload-all", *places, "--url", url, "--json")
         summary = json.loads(result.stdout)
         for entry in summary["reports"]:
             oops = f"OOPS {entry['oops_id']}" if entry["oops_id"] else ""

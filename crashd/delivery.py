@@ -1,0 +1,175 @@
+"""Delivery: advance one report by at most one report POST and one core POST, durably.
+
+The order of writes is what makes a ``kill -9`` at any point harmless:
+
+1. the record says ``posting`` (fsynced) before the POST goes out;
+2. the server's answer is classified (:mod:`crashd.policy`) and the record
+   updated before anything else happens;
+3. only then is ``.uploaded`` written.
+
+A kill before 2 leaves ``posting``: the next run resends, and daisy's 409
+("already reported") counts as sent — at most one duplicate POST per kill,
+because only one POST is on the wire at a time (the ``wire`` lock). A kill
+between 2 and 3 leaves a ``sent`` record without a stamp: the next run writes
+the stamp and sends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import random as _random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from crashd import policy
+from crashd.collector import Collected, State, Status
+from crashd.policy import Backoff, Decision, Rejected, RetryAt, Sent
+from crashd.spool import Spool, UnsafeFileError
+from crashd.state import Core, CorePhase, Phase, Record, StateStore
+from crashd.uploader import (
+    CoreUnavailable,
+    OfflineError,
+    Transport,
+    UploadError,
+    encode_report,
+    post_core,
+    post_report,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Courier:
+    """Everything needed to deliver reports to one crash database."""
+
+    transport: Transport
+    url: str
+    system_id: str
+    store: StateStore
+    backoff: Backoff = field(default_factory=Backoff)
+    clock: Callable[[], float] = time.time
+    random: Callable[[], float] = _random.random
+    wire: threading.Lock = field(default_factory=threading.Lock)  # one POST in flight at a time
+
+    def deliver(self, spool: Spool, collected: Collected, record: Record) -> Record:
+        """Send the report if it is not sent yet, write its stamp, then its core if one is due."""
+        if record.phase in (Phase.QUEUED, Phase.POSTING):
+            record = self._post_report(collected, record)
+        if record.phase is Phase.SENT:
+            _stamp(spool, collected, record)
+            if record.core is not None and not record.core.phase.final:
+                record = self._post_core(collected, record)
+        return record
+
+    def _post_report(self, collected: Collected, record: Record) -> Record:
+        body = encode_report(collected.report)  # a report crashd refuses fails here, before any state
+        with self.wire:
+            record = self._save(replace(record, phase=Phase.POSTING, attempts=record.attempts + 1))
+            try:
+                answer = post_report(body, self.transport, self.url, self.system_id)
+            except UploadError as error:
+                decision: Decision = self._retry(error, record.attempts)
+            else:
+                decision = policy.classify(
+                    answer.status, answer.headers, answer.body, self.clock(),
+                    attempts=record.attempts, backoff=self.backoff, random=self.random,
+                )  # fmt: skip
+            return self._save(self._apply(record, decision))
+
+    def _apply(self, record: Record, decision: Decision) -> Record:
+        name = record.name
+        if isinstance(decision, Sent):
+            log.info("%s: sent, OOPS id %s", name, decision.oops_id or "(none)")
+            core = Core() if decision.core_requested else None
+            return replace(record, phase=Phase.SENT, oops_id=decision.oops_id, next_attempt=None,
+                           last_error=decision.detail, core=core)  # fmt: skip
+        if isinstance(decision, Rejected):
+            log.info("%s: rejected by the server: %s", name, decision.reason)
+            return replace(record, phase=Phase.REJECTED, next_attempt=None, last_error=decision.reason)
+        if policy.expired(record.first_seen, decision.when, self.backoff):
+            since = time.ctime(record.first_seen)
+            log.warning("%s: expired, unsent since %s: %s", name, since, decision.reason)
+            return replace(record, phase=Phase.EXPIRED, next_attempt=None, last_error=decision.reason)
+        level = logging.ERROR if decision.misconfigured else logging.INFO
+        next_try = time.ctime(decision.when)
+        log.log(level, "%s: not delivered (%s); next try %s", name, decision.reason, next_try)
+        return replace(record, phase=Phase.QUEUED, next_attempt=decision.when, last_error=decision.reason)
+
+    def _post_core(self, collected: Collected, record: Record) -> Record:
+        assert record.core is not None and record.oops_id is not None
+        core = record.core
+        with self.wire:
+            core = replace(core, phase=CorePhase.POSTING, attempts=core.attempts + 1)
+            record = self._save(replace(record, core=core))
+            try:
+                answer = post_core(collected.report, self.transport, self.url, self.system_id, record.oops_id)
+            except CoreUnavailable as error:
+                log.info("%s: %s", record.name, error)
+                core = replace(core, phase=CorePhase.UNAVAILABLE, next_attempt=None, last_error=str(error))
+                return self._save(replace(record, core=core))
+            except UploadError as error:
+                decision: Decision = self._retry(error, core.attempts)
+            else:
+                decision = policy.classify_core(
+                    answer.status, answer.body, self.clock(),
+                    attempts=core.attempts, backoff=self.backoff, random=self.random,
+                )  # fmt: skip
+            return self._save(replace(record, core=self._apply_core(record, core, decision)))
+
+    def _save(self, record: Record) -> Record:
+        return self.store.save(record, self.clock())
+
+    def _retry(self, error: UploadError, attempts: int) -> RetryAt:
+        server = not isinstance(error, OfflineError)  # an offline device retries soon; a failing server, not
+        return policy.retry(str(error), self.clock(), attempts, self.backoff, self.random, server=server)
+
+    def _apply_core(self, record: Record, core: Core, decision: Decision) -> Core:
+        if isinstance(decision, Sent):
+            log.info("%s: core sent on request", record.name)
+            return replace(core, phase=CorePhase.SENT, next_attempt=None, last_error=None)
+        if isinstance(decision, Rejected):
+            return replace(core, phase=CorePhase.REJECTED, next_attempt=None, last_error=decision.reason)
+        assert isinstance(decision, RetryAt)
+        if policy.expired(record.first_seen, decision.when, self.backoff):
+            return replace(core, phase=CorePhase.EXPIRED, next_attempt=None, last_error=decision.reason)
+        return replace(core, phase=CorePhase.PENDING, next_attempt=decision.when, last_error=decision.reason)
+
+
+def _stamp(spool: Spool, collected: Collected, record: Record) -> None:
+    """``.uploaded`` with the OOPS id; a failure is logged, the record already says sent."""
+    try:
+        spool.mark_uploaded(collected.opened, record.oops_id or "")
+    except (OSError, UnsafeFileError) as error:
+        log.error("%s: sent as %s, but the .uploaded stamp failed: %s", record.name, record.oops_id, error)
+
+
+def due(record: Record) -> float | None:
+    """When this record next needs work (seconds since the epoch), or None if it needs none."""
+    if record.phase in (Phase.QUEUED, Phase.POSTING):
+        return record.next_attempt or 0.0
+    if record.phase is Phase.SENT and record.core is not None and not record.core.phase.final:
+        return record.core.next_attempt or 0.0
+    return None
+
+
+_STATES = {
+    Phase.QUEUED: State.QUEUED, Phase.POSTING: State.POSTING, Phase.SENT: State.SENT,
+    Phase.REJECTED: State.REJECTED, Phase.EXPIRED: State.EXPIRED, Phase.INVALID: State.INVALID,
+    Phase.SKIPPED: State.SKIPPED,
+}  # fmt: skip
+
+
+def status(record: Record) -> Status:
+    """How a record reads in ``crashd status`` and ``upload-all``."""
+    notes = [record.last_error]
+    core = record.core
+    if record.phase is Phase.SENT and core is not None:
+        if core.phase is CorePhase.SENT:
+            notes.append("core sent on request")
+        else:
+            notes.append(f"core {core.phase.value}" + (f": {core.last_error}" if core.last_error else ""))
+    detail = "; ".join(note for note in notes if note) or None
+    return Status(record.name, _STATES[record.phase], record.oops_id, detail, record.attempts, due(record))

@@ -1,0 +1,221 @@
+"""Per-report delivery state: one small JSON record per report in ``STATE_DIR/reports/``.
+
+A record says how far a report got — attempts, when to try next, the last
+error, the OOPS id, the core upload — so that a restart, or a ``kill -9`` at any
+point, neither loses a report nor sends it again without need. Records are
+written atomically (temporary file, fsync, rename). A record carries the
+report's fingerprint (device, inode, size, mtime): when the file changes — a
+new crash of the same program replaced it — the old record is stale and is
+started afresh.
+
+The state directory is crashd's own (root, 0700); a user flushing their own
+reports without access to it gets a :class:`StateStore` with no directory,
+which keeps records in memory for that run only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_RECORD = 64 * 1024  # a record is a few hundred bytes; anything bigger is not ours
+
+
+class Phase(StrEnum):
+    """Where a report's delivery stands; the final phases are never retried."""
+
+    QUEUED = "queued"  # waiting for its first or next attempt
+    POSTING = "posting"  # a POST was under way: if we find this after a restart, resend (daisy answers 409)
+    SENT = "sent"
+    REJECTED = "rejected"  # final: the server refused it
+    EXPIRED = "expired"  # final: unsent for longer than expire_after
+    INVALID = "invalid"  # final: crashd refuses to send this file (the reason is in last_error)
+    SKIPPED = "skipped"  # final: a kind the crash database does not take
+
+    @property
+    def final(self) -> bool:
+        return self not in (Phase.QUEUED, Phase.POSTING)
+
+
+class CorePhase(StrEnum):
+    PENDING = "pending"  # the server asked for the core; not delivered yet
+    POSTING = "posting"
+    SENT = "sent"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    UNAVAILABLE = "unavailable"  # asked for, but the report has no usable CoreDump/Architecture
+
+    @property
+    def final(self) -> bool:
+        return self not in (CorePhase.PENDING, CorePhase.POSTING)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Fingerprint:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class Core:
+    """The core upload daisy asked for: it has its own attempts and backoff."""
+
+    phase: CorePhase = CorePhase.PENDING
+    attempts: int = 0
+    next_attempt: float | None = None
+    last_error: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Core:
+        return cls(
+            CorePhase(data["phase"]), int(data["attempts"]), _optional_float(data.get("next_attempt")),
+            data.get("last_error"),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Record:
+    """What crashd knows of one report's delivery. Immutable: update with :func:`dataclasses.replace`."""
+
+    name: str
+    fingerprint: Fingerprint
+    first_seen: float
+    phase: Phase = Phase.QUEUED
+    attempts: int = 0
+    next_attempt: float | None = None
+    last_error: str | None = None
+    oops_id: str | None = None
+    core: Core | None = None
+    updated: float = field(default=0.0, compare=False)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        core = data.get("core")
+        return cls(
+            name=str(data["name"]),
+            fingerprint=Fingerprint(**data["fingerprint"]),
+            first_seen=float(data["first_seen"]),
+            phase=Phase(data["phase"]),
+            attempts=int(data["attempts"]),
+            next_attempt=_optional_float(data.get("next_attempt")),
+            last_error=data.get("last_error"),
+            oops_id=data.get("oops_id"),
+            core=None if core is None else Core.from_json(core),
+            updated=float(data.get("updated", 0.0)),
+        )
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+class StateStore:
+    """Records by report name, in *directory* (created 0700 if missing) or, with None, in memory."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self._memory: dict[str, Record] = {}
+        if directory is not None:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._remove_leftovers()
+
+    @classmethod
+    def open(cls, state_dir: Path) -> StateStore:
+        """The store under *state_dir*, or an in-memory one (with a log line) when it cannot be used."""
+        try:
+            return cls(state_dir / "reports")
+        except OSError as error:
+            log.info("state directory %s is not usable (%s): delivery state is kept for this run only",
+                     state_dir, error.strerror or error)  # fmt: skip
+            return cls(None)
+
+    @classmethod
+    def reader(cls, state_dir: Path) -> StateStore:
+        """The store under *state_dir* for reading only: nothing is created; unreadable means empty."""
+        store = cls(None)
+        directory = state_dir / "reports"
+        if os.access(directory, os.R_OK | os.X_OK):
+            store.directory = directory
+        return store
+
+    def load(self, name: str, fingerprint: Fingerprint, now: float) -> Record:
+        """The record for *name*; a fresh one if there is none, it is unreadable, or the report changed."""
+        record = self._memory.get(name) if self.directory is None else self._read(name)
+        if record is not None and record.fingerprint == fingerprint:
+            return record
+        if record is not None:
+            log.info("%s changed since crashd last saw it: its delivery starts afresh", name)
+        return Record(name=name, fingerprint=fingerprint, first_seen=now)
+
+    def peek(self, name: str) -> Record | None:
+        """The stored record, whatever the report's state on disk (for ``crashd status``)."""
+        return self._memory.get(name) if self.directory is None else self._read(name)
+
+    def save(self, record: Record, now: float) -> Record:
+        record = replace(record, updated=now)
+        if self.directory is None:
+            self._memory[record.name] = record
+            return record
+        data = json.dumps(record.as_json(), sort_keys=True).encode()
+        temporary = self.directory / f".{record.name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(temporary, self.directory / f"{record.name}.json")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        return record
+
+    def _read(self, name: str) -> Record | None:
+        assert self.directory is not None
+        try:
+            fd = os.open(self.directory / f"{name}.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            data = os.read(fd, MAX_RECORD + 1)
+        finally:
+            os.close(fd)
+        try:
+            if len(data) > MAX_RECORD:
+                raise ValueError("too large")
+            return Record.from_json(json.loads(data))
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("state record for %s is unreadable (%s): starting it afresh", name, error)
+            return None
+
+    def _remove_leftovers(self) -> None:
+        """Temporary files of writes that a kill interrupted: never complete, never needed.
+
+        Only old ones: another crashd process may be writing a fresh one right now.
+        """
+        assert self.directory is not None
+        for leftover in self.directory.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                if leftover.lstat().st_mtime < time.time() - 3600:
+                    leftover.unlink()

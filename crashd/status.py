@@ -1,0 +1,45 @@
+"""``crashd status``: what crashd knows of every report in the crash directory, sending nothing.
+
+Each report's line comes from its delivery record when one matches the file
+(attempts, next attempt, OOPS id, last error), else from the stamps beside it:
+sent by someone before, marked for upload, or new. Unsafe files are listed as
+invalid with the reason, exactly as an upload would refuse them.
+"""
+
+from __future__ import annotations
+
+from crashd import collector, delivery
+from crashd.collector import State, Status
+from crashd.spool import OpenReport, Spool, UnsafeFileError
+from crashd.state import Fingerprint, StateStore
+
+
+def survey(spool: Spool, store: StateStore) -> list[Status]:
+    statuses = []
+    for name in spool.report_names():
+        opened = collector.open_report(spool, name)
+        if not isinstance(opened, OpenReport):
+            if opened is not None:
+                statuses.append(opened)
+            continue
+        with opened:
+            record = store.peek(name.crash)
+            if record is not None and record.fingerprint == Fingerprint.of(opened.stat):
+                statuses.append(delivery.status(record))
+                continue
+            stamps = collector.read_stamps(spool, opened)
+            if collector.sent_before(stamps, opened.stat):
+                statuses.append(Status(name.crash, State.SENT, stamped_id(spool, opened), "uploaded before"))
+            elif stamps.upload_ns is not None:
+                statuses.append(Status(name.crash, State.QUEUED, detail="marked for upload"))
+            else:
+                statuses.append(Status(name.crash, State.NEW))
+    return statuses
+
+
+def stamped_id(spool: Spool, opened: OpenReport) -> str | None:
+    """The OOPS id another run (or whoopsie) wrote into ``.uploaded``, if it can be read."""
+    try:
+        return spool.oops_id(opened.name, opened.stat.st_uid)
+    except (OSError, UnsafeFileError):
+        return None
