@@ -22,6 +22,7 @@ import io
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from stat import S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFSOCK, S_ISLNK, S_ISREG
 from typing import TYPE_CHECKING, BinaryIO, Self
@@ -202,23 +203,42 @@ def open_file(path: str | os.PathLike[str], max_size: int = MAX_REPORT_SIZE) -> 
     at most ``max_size`` bytes (else UnsafeFileError), and a FIFO cannot make
     the open block.
     """
+    fd, st = _open_checked(
+        os.fspath(path), _READ_FLAGS, lambda st: _kind_refusal(st) or _size_refusal(st.st_size, max_size)
+    )
     try:
-        fd = os.open(path, _READ_FLAGS)
-    except OSError as err:
-        reason = _open_refusal(err)
-        if reason is None:
-            raise
-        raise UnsafeFileError(os.fspath(path), reason) from None
-    try:
-        st = os.fstat(fd)
-        reason = _kind_refusal(st) or _size_refusal(st.st_size, max_size)
-        if reason:
-            raise UnsafeFileError(os.fspath(path), reason)
         _set_blocking(fd)
     except BaseException:
         os.close(fd)
         raise
     return OpenFile(fd, st)
+
+
+def _open_checked(
+    path: str,
+    flags: int,
+    refusal: Callable[[os.stat_result], str | None],
+    *,
+    dir_fd: int | None = None,
+    shown: str | None = None,
+) -> tuple[int, os.stat_result]:
+    """Open once, then decide on ``fstat`` of that descriptor: (fd, stat), or UnsafeFileError."""
+    try:
+        fd = os.open(path, flags, dir_fd=dir_fd)
+    except OSError as err:
+        reason = _open_refusal(err)
+        if reason is None:
+            raise
+        raise UnsafeFileError(shown or path, reason) from None
+    try:
+        st = os.fstat(fd)
+        reason = refusal(st)
+        if reason:
+            raise UnsafeFileError(shown or path, reason)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 class _PositionalReader(io.RawIOBase):
@@ -437,22 +457,8 @@ class Spool:
     def _open_regular(self, filename: str, flags: int = _READ_FLAGS) -> tuple[int, os.stat_result]:
         """Open ``filename`` (read-only and non-blocking, or ``_LOOK_FLAGS``) and
         require a regular file with exactly one link.  Returns fd and fstat."""
-        try:
-            fd = os.open(filename, flags, dir_fd=self._dirfd())
-        except OSError as err:
-            reason = _open_refusal(err)
-            if reason is None:
-                raise
-            raise UnsafeFileError(self._path(filename), reason) from None
-        try:
-            st = os.fstat(fd)
-            reason = _shape_refusal(st)
-            if reason:
-                raise UnsafeFileError(self._path(filename), reason)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd, st
+        shown = self._path(filename)
+        return _open_checked(filename, flags, _shape_refusal, dir_fd=self._dirfd(), shown=shown)
 
     def _stamp_mtime(self, filename: str, owner_uid: int) -> int | None:
         """mtime_ns of a stamp, None if it does not exist; refuses unsafe ones."""
