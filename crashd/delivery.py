@@ -67,6 +67,8 @@ class Courier:
     def _post_report(self, collected: Collected, record: Record) -> Record:
         body = encode_report(collected.report)  # a report crashd refuses fails here, before any state
         with self.wire:
+            # Unsynced inside the lock: in the page cache, a record survives kill -9; the fsync
+            # (against power cuts, where the worst case is a resend answered 409) comes after it.
             record = self._save(replace(record, phase=Phase.POSTING, attempts=record.attempts + 1))
             try:
                 answer = post_report(body, self.transport, self.url, self.system_id)
@@ -77,7 +79,9 @@ class Courier:
                     answer.status, answer.headers, answer.body, self.clock(),
                     attempts=record.attempts, backoff=self.backoff, random=self.random,
                 )  # fmt: skip
-            return self._save(self._apply(record, decision))
+            record = self._save(self._apply(record, decision))
+        self.store.sync(record.name)
+        return record
 
     def _apply(self, record: Record, decision: Decision) -> Record:
         name = record.name
@@ -109,7 +113,7 @@ class Courier:
             except CoreUnavailable as error:
                 log.info("%s: %s", record.name, error)
                 core = replace(core, phase=CorePhase.UNAVAILABLE, next_attempt=None, last_error=str(error))
-                return self._save(replace(record, core=core))
+                return self.store.save(replace(record, core=core), self.clock())
             except UploadError as error:
                 decision: Decision = self._retry(error, core.attempts)
             else:
@@ -117,10 +121,12 @@ class Courier:
                     answer.status, answer.body, self.clock(),
                     attempts=core.attempts, backoff=self.backoff, random=self.random,
                 )  # fmt: skip
-            return self._save(replace(record, core=self._apply_core(record, core, decision)))
+            record = self._save(replace(record, core=self._apply_core(record, core, decision)))
+        self.store.sync(record.name)
+        return record
 
     def _save(self, record: Record) -> Record:
-        return self.store.save(record, self.clock())
+        return self.store.save(record, self.clock(), sync=False)
 
     def _retry(self, error: UploadError, attempts: int) -> RetryAt:
         server = not isinstance(error, OfflineError)  # an offline device retries soon; a failing server, not

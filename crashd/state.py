@@ -170,7 +170,14 @@ class StateStore:
         """The stored record, whatever the report's state on disk (for ``crashd status``)."""
         return self._memory.get(name) if self.directory is None else self._read(name)
 
-    def save(self, record: Record, now: float) -> Record:
+    def save(self, record: Record, now: float, *, sync: bool = True) -> Record:
+        """Replace the record atomically (temporary file, rename); with *sync*, fsync it first.
+
+        Without *sync* the record survives a killed process (it is in the page
+        cache) but not a power cut; :meth:`sync` makes it durable later. The
+        delivery loop uses that to keep fsyncs out of its one-POST-at-a-time
+        section.
+        """
         record = replace(record, updated=now)
         if self.directory is None:
             self._memory[record.name] = record
@@ -181,7 +188,8 @@ class StateStore:
         try:
             try:
                 os.write(fd, data)
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.rename(temporary, self.directory / f"{record.name}.json")
@@ -190,6 +198,18 @@ class StateStore:
                 os.unlink(temporary)
             raise
         return record
+
+    def sync(self, name: str) -> None:
+        """Make the record for *name* (saved without *sync*) durable: fsync it and the directory."""
+        if self.directory is None:
+            return
+        record = self.directory / f"{name}.json"
+        for path, flags in ((record, os.O_NOFOLLOW), (self.directory, os.O_DIRECTORY)):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _read(self, name: str) -> Record | None:
         assert self.directory is not None

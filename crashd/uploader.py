@@ -22,10 +22,12 @@ network's, and retrying cannot help.
 from __future__ import annotations
 
 import errno
+import functools
 import re
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -168,7 +170,13 @@ class HttpTransport:
             timeout = (min(self.connect_timeout, left), min(self.read_timeout, left))
         try:
             with self._session().post(
-                url, data=body, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+                url,
+                data=body,
+                headers=headers,
+                timeout=timeout,
+                stream=True,
+                allow_redirects=False,
+                proxies=_proxies(url),
             ) as response:
                 text = b""
                 for chunk in response.iter_content(8192):
@@ -187,9 +195,22 @@ class HttpTransport:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
-            session.trust_env = True  # honour the administrator's proxy settings
+            # Proxies come from _proxies(), looked up once per server: with trust_env, requests
+            # would scan the environment and read ~/.netrc again on every single request.
+            session.trust_env = False
             self._sessions.append(session)
         return session
+
+
+@functools.cache
+def _server_proxies(scheme: str, host: str) -> dict[str, str]:
+    return requests.utils.get_environ_proxies(f"{scheme}://{host}/")
+
+
+def _proxies(url: str) -> dict[str, str]:
+    """The administrator's proxy settings (``https_proxy``, ``no_proxy``, …) for *url*'s server."""
+    parts = urllib.parse.urlsplit(url)
+    return _server_proxies(parts.scheme, parts.netloc)
 
 
 # requests' exceptions, most specific first: each maps to the crashd error a caller handles.
