@@ -201,10 +201,14 @@ fix: deps
 	$(VENV)/bin/ruff check --fix .
 
 demo: deps
-	@if [ ! -f tools/demo.py ]; then echo "make demo: tools/demo.py does not exist yet" >&2; exit 1; fi
 	$(RUN) $(VENV_PY) tools/demo.py
 
+# The fleet simulation needs numpy and matplotlib (the `bench` extra): installed into .venv on demand,
+# so that `make check` and CI do not carry them.
 bench: deps
+	@$(VENV_PY) -c 'import numpy, matplotlib' 2>/dev/null || $(VENV_PY) -m pip install \
+	  --disable-pip-version-check -q $$($(VENV_PY) -c 'import tomllib; \
+	  print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"])')
 	$(RUN) $(VENV_PY) -m bench
 
 # Optional, not run by CI: the suite under other interpreters.  pythonX.Y from PATH, else the newest

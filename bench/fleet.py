@@ -176,7 +176,7 @@ def plot(results: Sequence[Outcome], outage: float, steady: float, path: str) ->
     print(f"plot written to {path}")
 
 
-def run(devices: int = 100_000, outage_hours: float = 1.0, plot_path: str | None = None) -> dict[str, dict]:
+def figures(devices: int = 100_000, outage_hours: float = 1.0, plot_path: str | None = None) -> dict[str, dict]:
     """Simulate, print the summary table, optionally plot; returns the figures per policy."""
     outage = outage_hours * HOUR
     results = simulate(devices, outage)
@@ -201,6 +201,11 @@ def run(devices: int = 100_000, outage_hours: float = 1.0, plot_path: str | None
     return figures
 
 
+def run(quick: bool) -> dict[str, dict]:
+    """For ``python -m bench``: the figures, without redrawing the committed plot."""
+    return figures(10_000 if quick else 100_000)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__.split("\n")[0])
     parser.add_argument("--devices", type=int, default=100_000)
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.devices < 1 or not math.isfinite(args.outage) or args.outage <= 0:
         parser.error("--devices must be ≥ 1 and --outage > 0")
-    run(10_000 if args.quick else args.devices, args.outage, args.plot)
+    figures(10_000 if args.quick else args.devices, args.outage, args.plot)
     return 0
 
 

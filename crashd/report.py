@@ -216,14 +216,15 @@ class Report:
         if entry.binary:
             raise TypeError(f"{key} is a binary value; use chunks() or base64_body()")
         self._file.seek(entry.start)
-        raw = self._file.read(entry.end - entry.start)
-        lines = raw.split(b"\n")
-        if lines and not lines[-1]:
-            lines.pop()  # the entry's final newline
-        parts = [lines[0].split(b":", 1)[1].strip(), *(line[1:] for line in lines[1:])]
-        # apport appends "\n" only once the value is non-empty: leading empty lines vanish.
-        first = next((i for i, part in enumerate(parts) if part), len(parts))
-        return b"\n".join(parts[first:])
+        raw = self._file.read(entry.end - entry.start).removesuffix(b"\n")
+        header, more, lines = raw.partition(b"\n")
+        first = header.split(b":", 1)[1].strip()
+        if not more:
+            return first
+        # Every continuation line loses its one leading space; apport adds "\n" only once the value
+        # is non-empty, so leading empty lines vanish.
+        rest = lines[1:].replace(b"\n ", b"\n")
+        return first + b"\n" + rest if first else rest.lstrip(b"\n")
 
     def string(self, key: str) -> str:
         """A text entry as ``str``; ``MalformedReportError`` when it is not valid UTF-8."""
@@ -281,6 +282,8 @@ class Report:
         apport returns ``str`` for valid UTF-8 without control bytes, and for any
         valid UTF-8 in a :data:`STRING_KEYS` key; invalid UTF-8 there is an error.
         """
+        if not self.entries[key].binary:  # bounded by the text_value limit: in memory, all at once
+            return self._digest_text(key, self.text(key), head_limit)
         sha, size, head = hashlib.sha256(), 0, bytearray()
         utf8, valid_utf8, controls = codecs.getincrementaldecoder("utf-8")(), True, False
         for chunk in self.chunks(key):
@@ -297,6 +300,18 @@ class Report:
         text_value = valid_utf8 and (key in STRING_KEYS or not controls)
         text = head.decode("utf-8") if text_value and size <= head_limit else None
         return Digest(size=size, sha256=sha.hexdigest(), text=text, is_text=text_value)
+
+    def _digest_text(self, key: str, value: bytes, head_limit: int) -> Digest:
+        try:
+            text: str | None = value.decode("utf-8")
+        except UnicodeDecodeError:
+            if key in STRING_KEYS:
+                raise self._error(f"{key} is not valid UTF-8", key) from None
+            text = None
+        text_value = text is not None and (key in STRING_KEYS or not _CONTROL.search(value))
+        shown = text if text_value and len(value) <= head_limit else None
+        digest = hashlib.sha256(value).hexdigest()
+        return Digest(size=len(value), sha256=digest, text=shown, is_text=text_value)
 
     # -- internals ----------------------------------------------------------------------
 
