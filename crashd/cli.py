@@ -24,7 +24,10 @@ from pathlib import Path
 
 from crashd import __version__
 from crashd.collector import Status
-from crashd.config import ConfigError, Settings, load_settings
+from crashd.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
+from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_preference
+from crashd.daemon import Daemon, journal_logging
+from crashd.daemon import run as run_daemon
 from crashd.delivery import Courier
 from crashd.identity import system_identifier
 from crashd.policy import Backoff
@@ -88,6 +91,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upload.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     _add_locations(upload, url=True)
+
+    daemon = commands.add_parser(
+        "daemon",
+        help="the service: watch the crash directory and send reports (systemd starts it)",
+        description="Watch the crash directory with inotify and deliver reports as consent allows: with "
+        "automatic reporting every new report, otherwise those a UI marked .upload; failures are retried "
+        "with backoff. Exits 0 when nothing is due within the idle timeout (crashd.path and crashd.timer "
+        "start it again). Honours SIGTERM at once.",
+    )
+    daemon.add_argument("--once", action="store_true", help="process what is there now, then exit")
+    daemon.add_argument("--idle-timeout", type=_seconds, metavar="S", help="exit after S idle seconds (30)")
+    _add_locations(daemon, url=True)
+
+    prefs = commands.add_parser(
+        "prefs",
+        help="show or change the crash-reporting preferences",
+        description="Show the consent preferences (ReportCrashes: may anything be sent at all; "
+        "AutomaticallyReportCrashes: send without asking; ReportMetrics, kept for whoopsie's clients), "
+        "or set one. Settings UIs change the same values over D-Bus. The file lives in the state directory; "
+        "an administrator can lock it in /etc/crashd/crashd.conf ([consent] locked = true).",
+    )
+    prefs.add_argument("action", nargs="?", choices=["get", "set"], default="get")
+    prefs.add_argument("name", nargs="?", choices=list(PREFERENCES), help="with set: the preference")
+    prefs.add_argument("value", nargs="?", choices=["on", "off"], help="with set: on or off")
+    prefs.add_argument("--json", action="store_true", help="print the preferences as one JSON object")
+    prefs.add_argument("--offline", action="store_true", help="edit the file directly (the only way for now)")
+    prefs.add_argument(
+        "--state-dir", metavar="DIR", help="crashd's state directory (default /var/lib/crashd)"
+    )
 
     status = commands.add_parser(
         "status",
@@ -212,6 +244,9 @@ def _show_text(path: str, report: Report, digests: dict[str, Digest]) -> None:
 
 def cmd_upload_all(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    consent = load_consent(settings.state_dir, config=args.config or DEFAULT_CONFIG)
+    if not consent.report_crashes:
+        return _fail(EXIT_CONSENT, f"{_switched_off(consent)}: nothing was sent")
     _exit_on_signals()
     system_id = _identifier(settings)
     deadline = None if args.timeout is None else time.time() + args.timeout
@@ -276,6 +311,68 @@ def _print_statuses(statuses: list[Status], crash_dir: Path) -> None:
         print(f"{status.state.value:<9} {status.name}  {'  '.join(filter(None, notes))}".rstrip())
 
 
+# -- daemon -----------------------------------------------------------------------------
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not journal_logging(logging.INFO) and not args.verbose:
+        logging.getLogger().setLevel(logging.INFO)  # a service says what it does
+    config = args.config or DEFAULT_CONFIG
+    system_id = _identifier(settings)
+    transport = HttpTransport(settings.connect_timeout, settings.read_timeout)
+    courier = Courier(
+        transport, settings.url, system_id, StateStore.open(settings.state_dir), _backoff(settings)
+    )
+
+    def gate(marked_for_upload: bool) -> str | None:
+        """Consent, read afresh for every report, so a change applies to the next one."""
+        consent = load_consent(settings.state_dir, config=config)
+        if may_send(consent, marked_for_upload=marked_for_upload):
+            return None
+        if not consent.report_crashes:
+            return _switched_off(consent)
+        return "waiting for someone to send it: automatic reporting is off"
+
+    with _spool(settings.crash_dir) as spool:
+        idle = args.idle_timeout or settings.idle_timeout
+        return run_daemon(
+            lambda: Daemon(spool, courier, DEFAULT_LIMITS, gate, idle_timeout=idle, once=args.once)
+        )
+
+
+def _switched_off(consent: Consent) -> str:
+    why = consent.reason or "ReportCrashes is off; 'crashd prefs set ReportCrashes on' switches it on"
+    return f"reporting is switched off ({why})"
+
+
+# -- prefs ------------------------------------------------------------------------------
+
+
+def cmd_prefs(args: argparse.Namespace) -> int:
+    settings, config = _settings(args), args.config or DEFAULT_CONFIG
+    if args.action == "set":
+        if args.name is None or args.value is None:
+            raise UsageError(f"prefs set needs NAME on|off (NAME: {', '.join(PREFERENCES)})")
+        try:
+            consent = set_preference(settings.state_dir, args.name, args.value == "on", config=config)
+        except PermissionError as error:  # ConsentLocked, or not root
+            raise UsageError(f"cannot change {args.name}: {error}") from None
+        if args.name == "ReportCrashes" and args.value == "on" and not consent.report_crashes:
+            print(f"crashd: stored, but {_switched_off(consent)}", file=sys.stderr)
+    else:
+        consent = load_consent(settings.state_dir, config=config)
+    if args.json:
+        print(json.dumps({**consent.as_properties(), "Locked": consent.locked, "Reason": consent.reason}))
+        return EXIT_OK
+    for name, value in consent.as_properties().items():
+        print(f"{name}: {'on' if value else 'off'}")
+    print(
+        f"Locked: {'yes' if consent.locked else 'no'}" + (f"  ({consent.reason})" if consent.reason else "")
+    )
+    return EXIT_OK
+
+
 # -- status -----------------------------------------------------------------------------
 
 
@@ -317,6 +414,8 @@ def _identifier(settings: Settings) -> str:
 
 
 _COMMANDS = {
+    "daemon": cmd_daemon,
+    "prefs": cmd_prefs,
     "show": cmd_show,
     "upload-all": cmd_upload_all,
     "status": cmd_status,

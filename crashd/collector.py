@@ -41,6 +41,24 @@ class State(StrEnum):
     PENDING = "pending"  # not attempted before the deadline
     INVALID = "invalid"  # refused input, left untouched
     SKIPPED = "skipped"  # a kind that is not sent to the crash database
+    HELD = "held"  # consent does not allow sending it (yet); kept, never dropped
+
+
+# A journal MESSAGE_ID per event kind (`journalctl MESSAGE_ID=…`), passed as logging "extra".
+_MESSAGE_IDS = {
+    State.SENT: "3b8f0b5a1c2d4e6f8a9b0c1d2e3f4a51",
+    State.REJECTED: "3b8f0b5a1c2d4e6f8a9b0c1d2e3f4a52",
+    State.FAILED: "3b8f0b5a1c2d4e6f8a9b0c1d2e3f4a53",
+    State.INVALID: "3b8f0b5a1c2d4e6f8a9b0c1d2e3f4a54",
+    State.EXPIRED: "3b8f0b5a1c2d4e6f8a9b0c1d2e3f4a55",
+    State.HELD: "3b8f0b5a1c2d4e6f8a9b0c1d2e3f4a56",
+    State.SKIPPED: "3b8f0b5a1c2d4e6f8a9b0c1d2e3f4a57",
+}
+
+
+def event(state: State, name: str) -> dict[str, str]:
+    """Structured fields for a log line about one report: journald keeps them, stderr ignores them."""
+    return {"MESSAGE_ID": _MESSAGE_IDS[state], "CRASHD_REPORT": name}
 
 
 @dataclass(frozen=True)
@@ -126,6 +144,7 @@ def collect(spool: Spool, opened: OpenReport, limits: Limits) -> Collected | Sta
             return invalid(name, error.detail)
         if kind not in SENT_KINDS:
             what = f"ProblemType {kind}" if kind else "a report without a ProblemType"
+            log.info("%s: skipped: %s is not sent", name.crash, what, extra=event(State.SKIPPED, name.crash))
             return Status(name.crash, State.SKIPPED, detail=f"{what} is not sent to the crash database")
         try:
             spool.mark_upload(opened)
@@ -137,5 +156,5 @@ def collect(spool: Spool, opened: OpenReport, limits: Limits) -> Collected | Sta
 
 
 def invalid(name: ReportName, reason: str) -> Status:
-    log.info("%s: refused: %s", name.crash, reason)
+    log.info("%s: refused: %s", name.crash, reason, extra=event(State.INVALID, name.crash))
     return Status(name.crash, State.INVALID, detail=reason)

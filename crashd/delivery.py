@@ -23,11 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from crashd import policy
-from crashd.collector import Collected, State, Status
+from crashd import collector, policy
+from crashd.collector import Collected, State, Status, event
 from crashd.policy import Backoff, Decision, Rejected, RetryAt, Sent
-from crashd.spool import Spool, UnsafeFileError
-from crashd.state import Core, CorePhase, Phase, Record, StateStore
+from crashd.report import Limits, ReportError
+from crashd.spool import OpenReport, ReportName, Spool, UnsafeFileError
+from crashd.state import Core, CorePhase, Fingerprint, Phase, Record, StateStore
+from crashd.status import stamped_id
 from crashd.uploader import (
     CoreUnavailable,
     OfflineError,
@@ -39,6 +41,10 @@ from crashd.uploader import (
 )
 
 log = logging.getLogger(__name__)
+
+# Consent as the daemon asks it: given whether the report is stamped .upload, None if it may be
+# sent, else the reason it is held.
+Gate = Callable[[bool], str | None]
 
 
 @dataclass
@@ -53,6 +59,56 @@ class Courier:
     clock: Callable[[], float] = time.time
     random: Callable[[], float] = _random.random
     wire: threading.Lock = field(default_factory=threading.Lock)  # one POST in flight at a time
+
+    def process(
+        self, spool: Spool, name: ReportName, limits: Limits, consent: Gate | None = None
+    ) -> Status | None:
+        """Do what one report needs next, and say where it stands afterwards.
+
+        Without *consent* (``upload-all``: someone asked to send everything now)
+        every report that is not final is attempted at once. With it (the
+        daemon) a report goes out only when consent allows, and a retry only
+        when its backoff says it is due.
+        """
+        opened = collector.open_report(spool, name)
+        if not isinstance(opened, OpenReport):
+            return opened
+        with opened:
+            record = self.store.load(name.crash, Fingerprint.of(opened.stat), self.clock())
+            core_due = due(record) is not None and record.phase is Phase.SENT
+            stamps = collector.read_stamps(spool, opened)
+            if collector.sent_before(stamps, opened.stat) and not core_due:
+                oops_id = record.oops_id or stamped_id(spool, opened)
+                return Status(name.crash, State.SENT, oops_id, "uploaded before")
+            if record.phase is Phase.SENT and stamps.uploaded_ns is not None and stamps.pending:
+                record = replace(record, phase=Phase.QUEUED, core=None)  # a newer .upload: send it again
+            if record.phase.final and record.phase is not Phase.SENT:
+                return status(record)  # rejected, expired, invalid or skipped: this file, for good
+            if consent is not None:
+                if (held := consent(stamps.upload_ns is not None)) is not None:
+                    log.info("%s: held: %s", name.crash, held, extra=event(State.HELD, name.crash))
+                    return Status(name.crash, State.HELD, detail=held)
+                when = due(record)
+                if when is not None and when > self.clock():
+                    return status(record)  # backing off: not yet
+            collected = collector.collect(spool, opened, limits)
+            if isinstance(collected, Status):
+                self._remember(record, collected)
+                return collected
+            with collected:
+                try:
+                    record = self.deliver(spool, collected, record)
+                except ReportError as error:  # found only when encoding: not UTF-8, too much text
+                    refused = collector.invalid(name, error.detail)
+                    self._remember(record, refused)
+                    return refused
+        return status(record)
+
+    def _remember(self, record: Record, verdict: Status) -> None:
+        """Record a final verdict on this very file, so nobody parses it again to reach it."""
+        phase = {State.INVALID: Phase.INVALID, State.SKIPPED: Phase.SKIPPED}.get(verdict.state)
+        if phase is not None:
+            self.store.save(replace(record, phase=phase, last_error=verdict.detail), self.clock())
 
     def deliver(self, spool: Spool, collected: Collected, record: Record) -> Record:
         """Send the report if it is not sent yet, write its stamp, then its core if one is due."""
@@ -86,20 +142,31 @@ class Courier:
     def _apply(self, record: Record, decision: Decision) -> Record:
         name = record.name
         if isinstance(decision, Sent):
-            log.info("%s: sent, OOPS id %s", name, decision.oops_id or "(none)")
+            log.info(
+                "%s: sent, OOPS id %s", name, decision.oops_id or "(none)", extra=event(State.SENT, name)
+            )
             core = Core() if decision.core_requested else None
             return replace(record, phase=Phase.SENT, oops_id=decision.oops_id, next_attempt=None,
                            last_error=decision.detail, core=core)  # fmt: skip
         if isinstance(decision, Rejected):
-            log.info("%s: rejected by the server: %s", name, decision.reason)
+            log.info(
+                "%s: rejected by the server: %s", name, decision.reason, extra=event(State.REJECTED, name)
+            )
             return replace(record, phase=Phase.REJECTED, next_attempt=None, last_error=decision.reason)
         if policy.expired(record.first_seen, decision.when, self.backoff):
             since = time.ctime(record.first_seen)
-            log.warning("%s: expired, unsent since %s: %s", name, since, decision.reason)
+            log.warning(
+                "%s: expired, unsent since %s: %s",
+                name,
+                since,
+                decision.reason,
+                extra=event(State.EXPIRED, name),
+            )
             return replace(record, phase=Phase.EXPIRED, next_attempt=None, last_error=decision.reason)
         level = logging.ERROR if decision.misconfigured else logging.INFO
         next_try = time.ctime(decision.when)
-        log.log(level, "%s: not delivered (%s); next try %s", name, decision.reason, next_try)
+        log.log(level, "%s: not delivered (%s); next try %s", name, decision.reason, next_try,
+                extra=event(State.FAILED, name))  # fmt: skip
         return replace(record, phase=Phase.QUEUED, next_attempt=decision.when, last_error=decision.reason)
 
     def _post_core(self, collected: Collected, record: Record) -> Record:

@@ -19,13 +19,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from crashd import collector, delivery
 from crashd.collector import State, Status
 from crashd.delivery import Courier
-from crashd.report import Limits, ReportError
-from crashd.spool import OpenReport, ReportName, Spool
-from crashd.state import Fingerprint, Phase, Record
-from crashd.status import stamped_id
+from crashd.report import Limits
+from crashd.spool import ReportName, Spool
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +67,7 @@ def upload_all(
     def attempt(name: ReportName) -> Status | None:
         if stop.is_set() or (deadline is not None and courier.clock() >= deadline):
             return Status(name.crash, State.PENDING, detail="the timeout ran out before it was sent")
-        return _step(spool, courier, name, limits)
+        return courier.process(spool, name, limits)
 
     names = spool.report_names()
     results: dict[ReportName, Status] = {}
@@ -95,40 +92,3 @@ def upload_all(
                         due[name] = status.next_attempt
                 results[name] = status
     return Summary([results[name] for name in names if name in results])
-
-
-def _step(spool: Spool, courier: Courier, name: ReportName, limits: Limits) -> Status | None:
-    """Do what one report needs next; its status afterwards."""
-    opened = collector.open_report(spool, name)
-    if not isinstance(opened, OpenReport):
-        return opened
-    with opened:
-        record = courier.store.load(name.crash, Fingerprint.of(opened.stat), courier.clock())
-        core_due = delivery.due(record) is not None and record.phase is Phase.SENT
-        stamps = collector.read_stamps(spool, opened)
-        if collector.sent_before(stamps, opened.stat) and not core_due:
-            oops_id = record.oops_id or stamped_id(spool, opened)
-            return Status(name.crash, State.SENT, oops_id, "uploaded before")
-        if record.phase is Phase.SENT and stamps.uploaded_ns is not None and stamps.pending:
-            record = replace(record, phase=Phase.QUEUED, core=None)  # a newer .upload asks to send it again
-        if record.phase.final and record.phase is not Phase.SENT:
-            return delivery.status(record)  # rejected, expired, invalid or skipped: this file, for good
-        collected = collector.collect(spool, opened, limits)
-        if isinstance(collected, Status):
-            _remember(courier, record, collected)
-            return collected
-        with collected:
-            try:
-                record = courier.deliver(spool, collected, record)
-            except ReportError as error:  # found only when encoding: text that is not UTF-8, too much text
-                status = collector.invalid(name, error.detail)
-                _remember(courier, record, status)
-                return status
-    return delivery.status(record)
-
-
-def _remember(courier: Courier, record: Record, status: Status) -> None:
-    """Record a final verdict on this very file, so nobody parses it again to reach it."""
-    phase = {State.INVALID: Phase.INVALID, State.SKIPPED: Phase.SKIPPED}.get(status.state)
-    if phase is not None:
-        courier.store.save(replace(record, phase=phase, last_error=status.detail), courier.clock())

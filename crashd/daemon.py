@@ -1,0 +1,208 @@
+"""``crashd daemon``: the asyncio service that watches the crash directory.
+
+systemd starts it (``crashd.path`` when the crash directory changes,
+``crashd.timer`` for deferred retries); it scans the directory, then reacts to
+inotify events within milliseconds, and exits 0 once nothing is due within
+the idle timeout, so that it costs nothing while there is nothing to do.
+
+The event loop only schedules. Each report is worked on by one task at a
+time (:meth:`Courier.process` in a worker thread; the POSTs themselves go out
+one at a time); a report touched again while it is being worked on is simply
+looked at once more afterwards. Retries wake the loop when they fall due —
+it sleeps until then, it never polls.
+
+A stop (SIGTERM, SIGINT) is honoured at once, even while an upload hangs: every
+step is recorded before it is taken, so a report cut off mid-POST is resent
+next time and daisy answers 409 "already reported".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asyncinotify import Inotify, Mask
+
+from crashd.collector import State
+from crashd.delivery import Courier, Gate
+from crashd.report import Limits
+from crashd.spool import ReportName, Spool
+
+log = logging.getLogger(__name__)
+
+WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
+_WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
+
+
+@dataclass
+class Daemon:
+    """The service's state: what is due when, what is being worked on."""
+
+    spool: Spool
+    courier: Courier
+    limits: Limits
+    consent: Gate
+    idle_timeout: float = 30.0
+    once: bool = False
+    due: dict[ReportName, float] = field(default_factory=dict)  # courier.clock() time
+    busy: set[ReportName] = field(default_factory=set)
+    again: set[ReportName] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    last_activity: float = field(default_factory=time.monotonic)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop.set)
+        with Inotify() as inotify:
+            inotify.add_watch(Path(self.spool.path), _WATCH)
+            watcher = asyncio.create_task(self._watch(inotify))
+            self.rescan()
+            sd_notify("READY=1", f"STATUS=watching {self.spool.path}")
+            log.info("watching %s", self.spool.path)
+            try:
+                await self._schedule()
+            finally:
+                watcher.cancel()
+                sd_notify("STOPPING=1")
+        if self.busy:  # a worker stuck in a hung upload must not hold up the stop
+            log.info("stopping with %d report(s) in flight; they stay pending", len(self.busy))
+            logging.shutdown()
+            os._exit(0)
+        return 0
+
+    def rescan(self) -> None:
+        """Look at every report: at start, and when inotify lost events."""
+        now = self.courier.clock()
+        for name in self.spool.report_names():
+            self.schedule(name, now)
+
+    def schedule(self, name: ReportName, when: float) -> None:
+        if name in self.busy:
+            self.again.add(name)
+            return
+        self.due[name] = min(when, self.due.get(name, when))
+        self.wake.set()
+
+    async def _watch(self, inotify: Inotify) -> None:
+        async for event in inotify:
+            self.last_activity = time.monotonic()
+            if Mask.Q_OVERFLOW in event.mask:
+                log.warning("inotify queue overflowed: rescanning %s", self.spool.path)
+                self.rescan()
+            elif event.name is not None and (name := _report_for(str(event.name))) is not None:
+                self.schedule(name, self.courier.clock())
+
+    async def _schedule(self) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        slots = asyncio.Semaphore(WORKERS)
+        while not self.stop.is_set():
+            now = self.courier.clock()
+            for name in [name for name, when in self.due.items() if when <= now and name not in self.busy]:
+                del self.due[name]
+                self.busy.add(name)
+                task = asyncio.create_task(self._work(name, slots))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            sd_notify(f"STATUS={len(self.busy)} in progress, {len(self.due)} waiting")
+            if not tasks and self._idle(now):
+                log.info("idle: nothing due within %.0f s; exiting", self.idle_timeout)
+                return
+            await self._sleep(self._next_wake(now))
+
+    def _idle(self, now: float) -> bool:
+        if self.once:
+            return not any(when <= now for when in self.due.values())
+        quiet = time.monotonic() - self.last_activity >= self.idle_timeout
+        return quiet and all(when - now > self.idle_timeout for when in self.due.values())
+
+    def _next_wake(self, now: float) -> float:
+        """Seconds until the next report falls due, or until the idle timeout could end the run."""
+        next_due = min(self.due.values(), default=float("inf")) - now
+        if self.busy:  # a finishing task sets `wake`
+            return max(0.0, next_due)
+        idle_end = self.last_activity + self.idle_timeout - time.monotonic()
+        return max(0.0, min(next_due, idle_end) if idle_end > 0 else next_due)
+
+    async def _sleep(self, seconds: float) -> None:
+        self.wake.clear()
+        waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=None if seconds == float("inf") else seconds,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _work(self, name: ReportName, slots: asyncio.Semaphore) -> None:
+        try:
+            async with slots:
+                process = self.courier.process
+                status = await asyncio.to_thread(process, self.spool, name, self.limits, self.consent)
+        except Exception:  # a bug must not take the daemon down with it; the report waits for a restart
+            log.exception("%s: processing failed", name.crash)
+            status = None
+        finally:
+            self.busy.discard(name)
+            self.last_activity = time.monotonic()
+        retry = status.next_attempt if status is not None else None
+        if retry is not None and status is not None and status.state in (State.QUEUED, State.SENT):
+            self.schedule(name, retry)  # a retry, or a core upload, falls due later
+        if name in self.again:
+            self.again.discard(name)
+            self.schedule(name, self.courier.clock())
+        self.wake.set()
+
+
+def _report_for(filename: str) -> ReportName | None:
+    """The report an event is about: ``X.crash`` itself, or its ``X.upload`` stamp."""
+    stem, dot, suffix = filename.rpartition(".")
+    if not dot or suffix not in ("crash", "upload"):
+        return None
+    try:
+        return ReportName(stem)
+    except ValueError:
+        return None
+
+
+def sd_notify(*assignments: str) -> None:
+    """Tell systemd about our state (READY=1, STATUS=…, STOPPING=1); a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # an abstract socket
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.sendto("\n".join(assignments).encode(), address)
+
+
+def journal_logging(level: int) -> bool:
+    """Log to journald with structured fields when running under it and systemd-python is installed."""
+    if not os.environ.get("JOURNAL_STREAM"):
+        return False
+    try:
+        from systemd.journal import JournalHandler  # optional extra [journal]
+    except ImportError:
+        return False
+    root = logging.getLogger()
+    root.handlers[:] = [JournalHandler(SYSLOG_IDENTIFIER="crashd")]
+    root.setLevel(level)
+    return True
+
+
+def run(daemon_factory: Callable[[], Daemon]) -> int:
+    """Run the daemon built by *daemon_factory* inside a fresh event loop."""
+
+    async def main() -> int:
+        return await daemon_factory().run()
+
+    return asyncio.run(main())
