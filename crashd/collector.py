@@ -129,8 +129,8 @@ def sent_before(stamps: Stamps, report: os.stat_result) -> bool:
     return stamps.uploaded_ns >= report.st_mtime_ns  # an older one marks an earlier crash
 
 
-def collect(spool: Spool, opened: OpenReport, limits: Limits) -> Collected | Status:
-    """Index an opened report, check that it is a kind daisy takes, and stamp it ``.upload``.
+def collect(spool: Spool, opened: OpenReport, limits: Limits, *, stamp: bool = True) -> Collected | Status:
+    """Index an opened report, check that it is a kind daisy takes, and (with *stamp*) mark it ``.upload``.
 
     The caller keeps *opened*; on success the returned :class:`Collected` owns a reader of it.
     """
@@ -147,7 +147,8 @@ def collect(spool: Spool, opened: OpenReport, limits: Limits) -> Collected | Sta
             log.info("%s: skipped: %s is not sent", name.crash, what, extra=event(State.SKIPPED, name.crash))
             return Status(name.crash, State.SKIPPED, detail=f"{what} is not sent to the crash database")
         try:
-            spool.mark_upload(opened)
+            if stamp:
+                spool.mark_upload(opened)
         except OSError as error:
             log.warning("%s: cannot stamp it for upload: %s", name.crash, error)
             return Status(name.crash, State.FAILED, detail=f"cannot write {name.upload}: {error.strerror}")

@@ -91,7 +91,8 @@ class Courier:
                 when = due(record)
                 if when is not None and when > self.clock():
                     return status(record)  # backing off: not yet
-            collected = collector.collect(spool, opened, limits)
+            # Only the core left to send: the report itself went out, so it is not marked again.
+            collected = collector.collect(spool, opened, limits, stamp=record.phase is not Phase.SENT)
             if isinstance(collected, Status):
                 self._remember(record, collected)
                 return collected
@@ -102,13 +103,21 @@ class Courier:
                     refused = collector.invalid(name, error.detail)
                     self._remember(record, refused)
                     return refused
+                except OSError as error:  # the state could not be recorded: nothing went out unrecorded
+                    where = self.store.directory or "memory"
+                    log.error("%s: cannot record delivery state in %s: %s", name.crash, where, error)
+                    reason = f"cannot record delivery state in {where}: {error.strerror or error}"
+                    return Status(name.crash, State.FAILED, detail=reason)
         return status(record)
 
     def _remember(self, record: Record, verdict: Status) -> None:
         """Record a final verdict on this very file, so nobody parses it again to reach it."""
         phase = {State.INVALID: Phase.INVALID, State.SKIPPED: Phase.SKIPPED}.get(verdict.state)
         if phase is not None:
-            self.store.save(replace(record, phase=phase, last_error=verdict.detail), self.clock())
+            try:
+                self.store.save(replace(record, phase=phase, last_error=verdict.detail), self.clock())
+            except OSError as error:  # only a shortcut for next time: the verdict stands without it
+                log.warning("%s: cannot record that it is %s: %s", record.name, phase.value, error)
 
     def deliver(self, spool: Spool, collected: Collected, record: Record) -> Record:
         """Send the report if it is not sent yet, write its stamp, then its core if one is due."""
@@ -163,6 +172,8 @@ class Courier:
                 extra=event(State.EXPIRED, name),
             )
             return replace(record, phase=Phase.EXPIRED, next_attempt=None, last_error=decision.reason)
+        if decision.misconfigured:
+            decision = replace(decision, reason=f"{decision.reason}: {self.url}")
         level = logging.ERROR if decision.misconfigured else logging.INFO
         next_try = time.ctime(decision.when)
         log.log(level, "%s: not delivered (%s); next try %s", name, decision.reason, next_try,

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import time
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
@@ -129,13 +130,17 @@ def _optional_float(value: object) -> float | None:
 
 
 class StateStore:
-    """Records by report name, in *directory* (created 0700 if missing) or, with None, in memory."""
+    """Records by report name, in *directory* (created 0700 if missing) or, with None, in memory.
+
+    The state directory above it is 0711: users may reach the consent file in it, not the records.
+    """
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
         self._memory: dict[str, Record] = {}
         if directory is not None:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, exist_ok=True)
             self._remove_leftovers()
 
     @classmethod
@@ -187,7 +192,9 @@ class StateStore:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             try:
-                os.write(fd, data)
+                view = memoryview(data)
+                while view:  # a short write (disk full, RLIMIT_FSIZE) must not rename a torn record in
+                    view = view[os.write(fd, view) :]
                 if sync:
                     os.fsync(fd)
             finally:
@@ -212,21 +219,28 @@ class StateStore:
                 os.close(fd)
 
     def _read(self, name: str) -> Record | None:
+        """The stored record, or None; anything that is not a sound record of ours is started afresh."""
         assert self.directory is not None
+        path = self.directory / f"{name}.json"
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(self.directory / f"{name}.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:
-            data = os.read(fd, MAX_RECORD + 1)
-        finally:
-            os.close(fd)
-        try:
+            fd = os.open(path, flags)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ValueError("not a regular file")
+                data = os.read(fd, MAX_RECORD + 1)
+            finally:
+                os.close(fd)
             if len(data) > MAX_RECORD:
                 raise ValueError("too large")
-            return Record.from_json(json.loads(data))
-        except (ValueError, KeyError, TypeError) as error:
-            log.warning("state record for %s is unreadable (%s): starting it afresh", name, error)
+            document = json.loads(data)
+            if not isinstance(document, dict):
+                raise TypeError("not a JSON object")
+            return Record.from_json(document)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
+            log.warning("state record %s is unreadable (%s): starting it afresh", path, error)
             return None
 
     def _remove_leftovers(self) -> None:

@@ -1,0 +1,523 @@
+"""Consent on the system bus (DESIGN.md §5): crashd's own interface and a drop-in whoopsie-preferences.
+
+One connection serves two names, both D-Bus-activatable (``data/dbus/``)::
+
+    org.crashd.Crashd1  /org/crashd/Crashd1
+      org.crashd.Preferences1   ReportCrashes b, AutomaticallyReportCrashes b, Identifier s, Locked b
+                                (read-only); SetReportCrashes(b), SetAutomaticallyReportCrashes(b)
+      org.crashd.Reports1       List() -> a(ssxs), UploadNow(); signal ReportChanged(s name, s state)
+    com.ubuntu.WhoopsiePreferences  /com/ubuntu/WhoopsiePreferences, interface of the same name
+                                ReportCrashes b, ReportMetrics b, AutomaticallyReportCrashes b (read-only);
+                                SetReportCrashes(b), SetReportMetrics(b), SetAutomaticallyReportCrashes(b),
+                                GetIdentifier() -> s
+
+**Authorisation.** Every call that changes something asks polkit first (``CheckAuthorization``, subject
+``system-bus-name`` = the caller's unique name, interactive only when the caller's message carries
+ALLOW_INTERACTIVE_AUTHORIZATION). crashd's interface checks ``org.crashd.change-preferences``; the façade
+checks whoopsie's own ``com.ubuntu.whoopsiepreferences.change``, so KDE's KCM — which executes that action
+to cache the authorisation before calling the setters — does not prompt twice, and polkit rules written
+for whoopsie keep working. ``UploadNow`` counts as a change (sending is a consent decision, and it must
+not let any local user make the daemon retry in a loop). A refusal, a polkit error or silence, and a
+locked preference (the message names the config file) are ``org.freedesktop.DBus.Error.AccessDenied``;
+nothing changes. Authorisations run concurrently; the changes they allow apply in the order the calls
+arrived. The properties themselves are read-only: ``Properties.Set`` gets ``PropertyReadOnly``.
+
+Only the message knows its sender and flags, and dbus-fast hands a ``ServiceInterface`` method its
+arguments alone. So the calls that need polkit are answered by a message handler
+(``MessageBus.add_message_handler``, dbus-fast's public hook: it sees each message before the exported
+interfaces do, and returning True marks a call handled, its reply to be sent later with ``bus.send``).
+The ``ServiceInterface`` declarations of those methods exist for introspection and fail closed if they
+are ever reached.
+
+**Change notification.** ``PropertiesChanged`` goes out on both objects whenever the effective consent
+changes, whoever changed it: after a set here, when ``crashd prefs --offline`` rewrites the consent file
+or an admin edits the lock or a legacy switch (inotify on their directories), and at the latest when the
+next call arrives (every call re-reads the consent first, so no client ever sees a stale value).
+
+Usage, in the daemon::
+
+    bus = await connect_system_bus()
+    service = await serve(bus, state_dir=..., config=..., status_provider=..., on_activity=...,
+                          on_consent_change=..., on_upload_now=...)
+    ...                             # race bus.wait_for_disconnect() against the daemon's own work:
+    await service.close()           # a dropped connection must end the process non-zero
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from asyncinotify import Inotify, Mask
+from dbus_fast import (
+    BusType,
+    DBusError,
+    ErrorType,
+    Message,
+    MessageFlag,
+    MessageType,
+    NameFlag,
+    RequestNameReply,
+    Variant,
+)  # fmt: skip
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr
+from dbus_fast.errors import AuthError, InvalidAddressError
+from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property, dbus_signal
+
+from crashd.collector import Status
+from crashd.config import DEFAULT_CONFIG, ConfigError
+from crashd.consent import APPORT_DEFAULT, FILE_NAME, WHOOPSIE_DEFAULT, Consent, load_consent, set_preference
+from crashd.identity import system_identifier
+
+__all__ = [
+    "BUS_NAME", "CHANGE_ACTION", "PATH", "PREFERENCES_INTERFACE", "REPORTS_INTERFACE", "WHOOPSIE_ACTION",
+    "WHOOPSIE_NAME", "WHOOPSIE_PATH", "BusUnavailable", "Service", "connect_system_bus", "serve",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+BUS_NAME = "org.crashd.Crashd1"
+PATH = "/org/crashd/Crashd1"
+PREFERENCES_INTERFACE = "org.crashd.Preferences1"
+REPORTS_INTERFACE = "org.crashd.Reports1"
+WHOOPSIE_NAME = "com.ubuntu.WhoopsiePreferences"  # also its interface name
+WHOOPSIE_PATH = "/com/ubuntu/WhoopsiePreferences"
+CHANGE_ACTION = "org.crashd.change-preferences"
+WHOOPSIE_ACTION = "com.ubuntu.whoopsiepreferences.change"
+
+POLKIT_NAME = "org.freedesktop.PolicyKit1"
+POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
+POLKIT_INTERFACE = "org.freedesktop.PolicyKit1.Authority"
+POLKIT_ALLOW_USER_INTERACTION = 1  # CheckAuthorizationFlags
+POLKIT_TIMEOUT = 25.0  # a non-interactive check; D-Bus clients give up after 25 s by default too
+POLKIT_INTERACTIVE_TIMEOUT = 300.0  # someone is typing a password
+DEFAULT_SYSTEM_BUS = "unix:path=/var/run/dbus/system_bus_socket"
+
+ReportList = Annotated[list[tuple[str, str, int, str]], DBusSignature("a(ssxs)")]
+NameState = Annotated[tuple[str, str], DBusSignature("ss")]
+_ACCESS_DENIED = ErrorType.ACCESS_DENIED.value
+_WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.CREATE | Mask.DELETE | Mask.ONLYDIR
+
+
+class BusUnavailable(ConnectionError):
+    """The system bus cannot be used: no connection, or a name we must own is taken or refused."""
+
+
+async def connect_system_bus() -> MessageBus:
+    """A connection to the system bus (``DBUS_SYSTEM_BUS_ADDRESS`` when set); must run inside the loop.
+
+    Raises :class:`BusUnavailable` naming the address.
+    """
+    address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
+    try:
+        return await MessageBus(bus_type=BusType.SYSTEM).connect()
+    except (OSError, AuthError, InvalidAddressError, DBusError, EOFError) as error:
+        raise BusUnavailable(f"cannot connect to the system bus at {address}: {error}") from error
+
+
+async def serve(
+    bus: MessageBus,
+    *,
+    state_dir: Path,
+    config: Path | None = DEFAULT_CONFIG,
+    status_provider: Callable[[], list[Status]],
+    on_activity: Callable[[], None] = lambda: None,
+    on_consent_change: Callable[[Consent], None] = lambda consent: None,
+    on_upload_now: Callable[[], None] = lambda: None,
+    polkit_timeout: float = POLKIT_TIMEOUT,
+    whoopsie_default: Path = WHOOPSIE_DEFAULT,
+    apport_default: Path = APPORT_DEFAULT,
+) -> Service:
+    """Export both objects on *bus*, own both names, and return the running :class:`Service`.
+
+    *status_provider* lists the reports for ``Reports1.List`` (called in a worker thread, e.g.
+    ``lambda: survey(spool, StateStore.reader(state_dir))``). The callbacks run on the event loop and
+    must not block: *on_activity* on every incoming call (the daemon's idle exit waits for clients),
+    *on_consent_change* with the new effective consent whenever it changes, *on_upload_now* after an
+    authorised ``UploadNow``. Raises :class:`ConfigError` for a bad ``[consent]`` section and
+    :class:`BusUnavailable` when a name cannot be owned (nothing stays exported then).
+    """
+    service = Service(
+        bus, state_dir=Path(state_dir), config=config, status_provider=status_provider,
+        on_activity=on_activity, on_consent_change=on_consent_change, on_upload_now=on_upload_now,
+        polkit_timeout=polkit_timeout, whoopsie_default=whoopsie_default, apport_default=apport_default,
+    )  # fmt: skip
+    try:
+        await service.start()
+    except BaseException:
+        await service.close()
+        raise
+    return service
+
+
+@dataclass(frozen=True)
+class _Guarded:
+    """A method answered by the message handler after polkit agreed."""
+
+    action: str
+    signature: str
+    run: Callable[[list[Any]], Any]  # the message body -> an awaitable
+
+
+class Service:
+    """The running service; build it with :func:`serve`."""
+
+    def __init__(
+        self,
+        bus: MessageBus,
+        *,
+        state_dir: Path,
+        config: Path | None,
+        status_provider: Callable[[], list[Status]],
+        on_activity: Callable[[], None],
+        on_consent_change: Callable[[Consent], None],
+        on_upload_now: Callable[[], None],
+        polkit_timeout: float,
+        whoopsie_default: Path,
+        apport_default: Path,
+    ) -> None:
+        self.bus = bus
+        self._state_dir = state_dir
+        self._files = dict(config=config, whoopsie_default=whoopsie_default, apport_default=apport_default)
+        self._status_provider = status_provider
+        self._on_activity = on_activity
+        self._on_consent_change = on_consent_change
+        self._on_upload_now = on_upload_now
+        self._polkit_timeout = polkit_timeout
+        self.consent = load_consent(state_dir, **self._files)  # ConfigError reaches the caller
+        self._identifier: str | None = None
+        self._config_problem: str | None = None
+        self._preferences = _Preferences(self)
+        self._reports = _Reports(self)
+        self._whoopsie = _WhoopsiePreferences(self)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_change: asyncio.Future[None] | None = None
+        self._cancel_ids = itertools.count(1)
+        self._inotify: Inotify | None = None
+        self._names: list[str] = []
+        # (path, interface, member) -> what polkit must allow before it runs
+        self._guarded = {
+            (PATH, REPORTS_INTERFACE, "UploadNow"): _Guarded(CHANGE_ACTION, "", self._upload_now),
+        }
+        for name in ("ReportCrashes", "AutomaticallyReportCrashes"):
+            self._guarded[PATH, PREFERENCES_INTERFACE, f"Set{name}"] = self._setter(CHANGE_ACTION, name)
+        for name in ("ReportCrashes", "ReportMetrics", "AutomaticallyReportCrashes"):
+            self._guarded[WHOOPSIE_PATH, WHOOPSIE_NAME, f"Set{name}"] = self._setter(WHOOPSIE_ACTION, name)
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.bus.export(PATH, self._preferences)
+        self.bus.export(PATH, self._reports)
+        self.bus.export(WHOOPSIE_PATH, self._whoopsie)
+        self.bus.add_message_handler(self._on_message)
+        self._watch_files()
+        for name in (BUS_NAME, WHOOPSIE_NAME):
+            try:
+                reply = await self.bus.request_name(name, NameFlag.DO_NOT_QUEUE)
+            except DBusError as error:  # e.g. the bus policy: only root may own the names
+                raise BusUnavailable(f"cannot own {name} on the system bus: {error.text}") from None
+            if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+                raise BusUnavailable(f"cannot own {name} on the system bus: another process owns it")
+            self._names.append(name)
+        log.info("serving %s and %s on the system bus", BUS_NAME, WHOOPSIE_NAME)
+
+    async def close(self) -> None:
+        """Give up the names and stop answering; the connection itself stays the caller's."""
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+        for task in list(self._tasks):
+            task.cancel()
+        self.bus.remove_message_handler(self._on_message)
+        if self.bus.connected:
+            for name in self._names:
+                with contextlib.suppress(DBusError, OSError, EOFError):
+                    await self.bus.release_name(name)
+        self._names.clear()
+        self.bus.unexport(PATH)
+        self.bus.unexport(WHOOPSIE_PATH)
+
+    # -- what the daemon calls ---------------------------------------------------------------------
+
+    def report_changed(self, name: str, state: str) -> None:
+        """Emit ``Reports1.ReportChanged``: once per state change of one report, never in a loop."""
+        self._reports.ReportChanged(name, state)
+
+    def refresh(self) -> Consent:
+        """Re-read the effective consent; announce it (PropertiesChanged, on_consent_change) if it changed."""
+        try:
+            consent = load_consent(self._state_dir, **self._files)
+        except ConfigError as error:
+            if str(error) != self._config_problem:
+                log.warning("keeping the last preferences read: %s", error)
+                self._config_problem = str(error)
+            return self.consent
+        self._config_problem = None
+        before, self.consent = self.consent, consent
+        if _visible(consent) != _visible(before):
+            self._announce(before, consent)
+        return consent
+
+    def identifier(self) -> str:
+        if self._identifier is None:
+            try:
+                self._identifier = system_identifier(self._state_dir)
+            except (LookupError, ValueError) as error:
+                raise DBusError(ErrorType.FAILED, str(error)) from None
+        return self._identifier
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _announce(self, before: Consent, after: Consent) -> None:
+        mine = {"ReportCrashes": after.report_crashes, "AutomaticallyReportCrashes": after.automatic,
+                "Locked": after.locked}  # fmt: skip
+        theirs = after.as_properties()
+        was = {**before.as_properties(), "Locked": before.locked}
+        for interface, values in ((self._preferences, mine), (self._whoopsie, theirs)):
+            changed = {name: value for name, value in values.items() if was[name] != value}
+            if changed:
+                interface.emit_properties_changed(changed)
+        log.info("preferences now %s", ", ".join(f"{k}={'on' if v else 'off'}" for k, v in theirs.items()))
+        _guard(self._on_consent_change, after)
+
+    def _on_message(self, msg: Message) -> bool | None:
+        """Every incoming message passes here first (see the module docstring)."""
+        if msg.message_type is not MessageType.METHOD_CALL:
+            return None
+        _guard(self._on_activity)
+        self.refresh()
+        guarded = self._guarded_for(msg)
+        if guarded is None:
+            return None  # dbus-fast answers it: properties, introspection, List, GetIdentifier, errors
+        previous, self._last_change = self._last_change, asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self._answer(msg, guarded, previous, self._last_change))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    def _guarded_for(self, msg: Message) -> _Guarded | None:
+        if msg.interface is not None:
+            guarded = self._guarded.get((msg.path, msg.interface, msg.member))
+        else:  # allowed by the spec: the member is looked up on every interface of the object
+            guarded = next((g for (path, _, member), g in self._guarded.items()
+                            if path == msg.path and member == msg.member), None)  # fmt: skip
+        return guarded if guarded is not None and guarded.signature == msg.signature else None
+
+    async def _answer(
+        self, msg: Message, guarded: _Guarded, before: asyncio.Future[None] | None, done: asyncio.Future[None]
+    ) -> None:
+        try:
+            await self._authorize(msg, guarded.action)
+            if before is not None:
+                await asyncio.shield(before)  # changes apply in the order the calls arrived
+            await guarded.run(msg.body)
+        except DBusError as error:
+            reply = Message.new_error(msg, error.type, error.text)
+        except Exception as error:
+            log.exception("%s.%s failed", msg.interface, msg.member)
+            reply = Message.new_error(msg, ErrorType.FAILED, f"{type(error).__name__}: {error}")
+        else:
+            reply = Message.new_method_return(msg)
+        finally:
+            done.set_result(None)
+        if not msg.flags & MessageFlag.NO_REPLY_EXPECTED and self.bus.connected:
+            self.bus.send(reply)
+
+    async def _authorize(self, msg: Message, action: str) -> None:
+        """Return when polkit allows *action* for the caller of *msg*; AccessDenied otherwise."""
+        if not msg.sender:
+            raise DBusError(_ACCESS_DENIED, "not authorized: the caller has no bus name")
+        interactive = bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
+        cancel_id = f"crashd-{os.getpid()}-{next(self._cancel_ids)}"
+        subject = ["system-bus-name", {"name": Variant("s", msg.sender)}]
+        flags = POLKIT_ALLOW_USER_INTERACTION if interactive else 0
+        arguments = [subject, action, {}, flags, cancel_id]
+        query = _polkit_call("CheckAuthorization", "(sa{sv})sa{ss}us", arguments)
+        timeout = POLKIT_INTERACTIVE_TIMEOUT if interactive else self._polkit_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await self.bus.call(query)
+        except TimeoutError:
+            with contextlib.suppress(Exception):  # take the password prompt away again
+                self.bus.send(_polkit_call("CancelCheckAuthorization", "s", [cancel_id], no_reply=True))
+            why = f"polkit did not answer within {timeout:g} s"
+            raise DBusError(_ACCESS_DENIED, f"could not authorize {action}: {why}") from None
+        except (OSError, EOFError) as error:
+            raise DBusError(_ACCESS_DENIED, f"could not authorize {action}: {error}") from None
+        if reply is None:
+            raise DBusError(_ACCESS_DENIED, f"could not authorize {action}: no reply from polkit")
+        if reply.message_type is MessageType.ERROR:
+            why = f"{reply.error_name}: {reply.body[0] if reply.body else ''}"
+            raise DBusError(_ACCESS_DENIED, f"could not authorize {action} ({why})")
+        authorized, challenge, _details = reply.body[0]
+        if not authorized:
+            hint = " (authentication is required: allow interactive authorization)" if challenge else ""
+            raise DBusError(_ACCESS_DENIED, f"not authorized to {action.rpartition('.')[2]} ({action}){hint}")
+
+    def _setter(self, action: str, preference: str) -> _Guarded:
+        async def run(body: list[Any]) -> None:
+            try:
+                await asyncio.to_thread(set_preference, self._state_dir, preference, body[0], **self._files)
+            except PermissionError as error:  # ConsentLocked names the file; or the state dir refused us
+                raise DBusError(_ACCESS_DENIED, str(error)) from None
+            except (ConfigError, OSError) as error:
+                raise DBusError(ErrorType.FAILED, f"cannot change {preference}: {error}") from None
+            self.refresh()
+
+        return _Guarded(action, "b", run)
+
+    async def _upload_now(self, body: list[Any]) -> None:
+        _guard(self._on_upload_now)
+
+    def _watch_files(self) -> None:
+        """inotify on the directories of the consent file, the lock and the legacy switches."""
+        files = [self._state_dir / FILE_NAME, *(Path(p) for p in self._files.values() if p is not None)]
+        watched = {path.absolute() for path in files}
+        inotify = Inotify()
+        for directory in {path.parent for path in watched}:
+            with contextlib.suppress(OSError):  # missing (no /etc/crashd): the per-call re-read covers it
+                inotify.add_watch(directory, _WATCH)
+        self._inotify = inotify
+        task = asyncio.create_task(self._follow(inotify, watched))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _follow(self, inotify: Inotify, watched: set[Path]) -> None:
+        with contextlib.suppress(OSError):  # closed under us by close()
+            async for event in inotify:
+                if Mask.Q_OVERFLOW in event.mask or event.path in watched:
+                    self.refresh()
+
+    def list_reports(self) -> list[tuple[str, str, int, str]]:
+        """``Reports1.List``'s answer (blocking: the caller runs it in a worker thread)."""
+        return [_list_entry(status) for status in self._status_provider()]
+
+
+def _visible(consent: Consent) -> tuple[bool, ...]:
+    return consent.report_crashes, consent.automatic, consent.report_metrics, consent.locked
+
+
+def _list_entry(status: Status) -> tuple[str, str, int, str]:
+    """One ``a(ssxs)`` entry: name, state, next attempt (epoch seconds, 0 for none), detail (the OOPS id
+    first when there is one)."""
+    detail = "; ".join(filter(None, [f"OOPS {status.oops_id}" if status.oops_id else None, status.detail]))
+    return status.name, status.state.value, int(status.next_attempt or 0), detail
+
+
+def _polkit_call(member: str, signature: str, body: list[Any], *, no_reply: bool = False) -> Message:
+    flags = MessageFlag.NO_REPLY_EXPECTED if no_reply else MessageFlag.NONE
+    return Message(destination=POLKIT_NAME, path=POLKIT_PATH, interface=POLKIT_INTERFACE, member=member,
+                   signature=signature, body=body, flags=flags)  # fmt: skip
+
+
+def _guard(callback: Callable[..., None], *args: object) -> None:
+    """Run a daemon callback; its bug must not turn every D-Bus call into an error."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("%s failed", getattr(callback, "__qualname__", callback))
+
+
+def _unrouted() -> None:
+    """The body of a method the message handler answers; reached only if it did not (fail closed)."""
+    raise DBusError(_ACCESS_DENIED, "not authorized: the caller could not be identified")
+
+
+# -- the exported interfaces: names and signatures exactly as DESIGN.md §5 --------------------------
+
+
+class _Preferences(ServiceInterface):
+    def __init__(self, service: Service) -> None:
+        super().__init__(PREFERENCES_INTERFACE)
+        self._service = service
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ReportCrashes(self) -> DBusBool:
+        return self._service.consent.report_crashes
+
+    @dbus_property(access=PropertyAccess.READ)
+    def AutomaticallyReportCrashes(self) -> DBusBool:
+        return self._service.consent.automatic
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Identifier(self) -> DBusStr:
+        return self._service.identifier()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Locked(self) -> DBusBool:
+        return self._service.consent.locked
+
+    @dbus_method()
+    def SetReportCrashes(self, report: DBusBool):  # no return annotation: no out args
+        _unrouted()
+
+    @dbus_method()
+    def SetAutomaticallyReportCrashes(self, report: DBusBool):
+        _unrouted()
+
+
+class _Reports(ServiceInterface):
+    def __init__(self, service: Service) -> None:
+        super().__init__(REPORTS_INTERFACE)
+        self._service = service
+
+    @dbus_method()
+    async def List(self) -> ReportList:
+        try:
+            return await asyncio.to_thread(self._service.list_reports)
+        except Exception as error:
+            log.exception("Reports1.List failed")
+            raise DBusError(ErrorType.FAILED, f"cannot list the reports: {error}") from None
+
+    @dbus_method()
+    def UploadNow(self):
+        _unrouted()
+
+    @dbus_signal()
+    def ReportChanged(self, name: str, state: str) -> NameState:
+        return name, state
+
+
+class _WhoopsiePreferences(ServiceInterface):
+    """whoopsie-preferences' interface, member for member (research/whoopsie.md §5.1)."""
+
+    def __init__(self, service: Service) -> None:
+        super().__init__(WHOOPSIE_NAME)
+        self._service = service
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ReportCrashes(self) -> DBusBool:
+        return self._service.consent.report_crashes
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ReportMetrics(self) -> DBusBool:
+        return self._service.consent.report_metrics
+
+    @dbus_property(access=PropertyAccess.READ)
+    def AutomaticallyReportCrashes(self) -> DBusBool:
+        return self._service.consent.automatic
+
+    @dbus_method()
+    def SetReportCrashes(self, report: DBusBool):
+        _unrouted()
+
+    @dbus_method()
+    def SetReportMetrics(self, report: DBusBool):
+        _unrouted()
+
+    @dbus_method()
+    def SetAutomaticallyReportCrashes(self, report: DBusBool):
+        _unrouted()
+
+    @dbus_method()
+    def GetIdentifier(self) -> DBusStr:
+        return self._service.identifier()

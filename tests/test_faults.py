@@ -1,0 +1,604 @@
+"""The fault list, end to end: real `crashd upload-all` processes against the loopback daisy.
+
+Every failure the network, the server, the operator or the disk can produce: what
+the run reports, what is kept on disk, what the server sees, and that a later run
+finishes the job without losing or needlessly resending anything. Backoff is
+configured down to tens of milliseconds so retries happen within a test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import errno
+import json
+import math
+import os
+import random
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.crashd_run import FAST, TOKEN, crash, crashd, popen, state_dir_of, write, write_config
+from tests.daisy import DaisyServer, Delay, Hang, Reset, Respond
+
+NAME = "_usr_bin_app.0.crash"
+
+
+@pytest.fixture
+def daisy() -> Iterator[DaisyServer]:
+    with DaisyServer() as server:
+        yield server
+        assert server.errors == []
+
+
+@pytest.fixture
+def crash_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "crash"
+    directory.mkdir()
+    directory.chmod(0o3777)  # as /var/crash
+    return directory
+
+
+@pytest.fixture
+def fast(tmp_path: Path) -> Path:
+    """A config with tiny backoff windows (50–200 ms) on both scales."""
+    return write_config(tmp_path / "crashd.conf", **FAST)
+
+
+@pytest.fixture
+def report(crash_dir: Path) -> Path:
+    return write(crash_dir / NAME, crash("app"))
+
+
+def upload_all(crash_dir: Path, url: str, *args: str, config: Path | None = None, **kw):
+    return crashd("upload-all", crash_dir, "--json", *args, url=url, config=config, **kw)
+
+
+def status_json(crash_dir: Path) -> dict[str, dict]:
+    return crashd("status", crash_dir, "--json").reports()
+
+
+def record_of(crash_dir: Path, name: str = NAME) -> dict:
+    return json.loads((state_dir_of(crash_dir) / "reports" / f"{name}.json").read_text())
+
+
+def statuses(daisy: DaisyServer) -> list[int | None]:
+    return [r.status for r in daisy.reports]
+
+
+def assert_pending(report: Path) -> None:
+    assert report.with_suffix(".upload").exists(), "the report lost its .upload mark"
+    assert not report.with_suffix(".uploaded").exists(), "an unsent report was stamped .uploaded"
+
+
+def assert_stamped(report: Path, daisy: DaisyServer) -> str:
+    oops_id = report.with_suffix(".uploaded").read_text()
+    assert oops_id in {r.oops_id for r in daisy.reports if r.oops_id}, oops_id
+    return oops_id
+
+
+def arrival_times(daisy: DaisyServer) -> list[float]:
+    """Wall-clock times (time.time()) at which the server recorded each exchange, in order.
+
+    daisy records the order of exchanges, not their times; this wraps the test
+    server's own bookkeeping hook (nothing of crashd's) to note when each arrives.
+    """
+    times: list[float] = []
+    record = daisy._exchanged
+
+    def stamped(exchange):  # called in the handler thread once the request is read, before answering
+        times.append(time.time())
+        record(exchange)
+
+    daisy._exchanged = stamped  # type: ignore[method-assign]
+    return times
+
+
+# -- 1. connection refused ------------------------------------------------------------------
+
+
+def test_connection_refused_fails_keeps_the_report_and_a_later_run_sends_it(daisy, crash_dir, report, fast):
+    daisy.stop()  # nobody listens on the port
+    started = time.time()
+    run = upload_all(crash_dir, daisy.url, config=fast)
+    assert run.code == 1
+    (entry,) = run.json["reports"]
+    assert entry["state"] == "failed" and "refused" in entry["detail"].lower()
+    assert_pending(report)
+
+    (status,) = status_json(crash_dir).values()
+    assert status["attempts"] == 1
+    assert status["next_attempt"] is not None and status["next_attempt"] > started
+    assert "refused" in status["detail"].lower()
+
+    daisy.start()  # the same port
+    run = upload_all(crash_dir, daisy.url, config=fast)
+    assert run.code == 0 and run.json["sent"] == 1
+    assert run.json["reports"][0]["oops_id"] == assert_stamped(report, daisy)
+    assert statuses(daisy) == [200]
+
+
+# -- 2.–5. transient failures are retried within a run with --timeout -----------------------
+
+
+def test_server_errors_are_retried_within_the_run_until_sent(daisy, crash_dir, report, fast):
+    daisy.script(Respond(500, "boom"), Respond(500, "boom"))
+    run = upload_all(crash_dir, daisy.url, "--timeout", "20", config=fast)
+    assert run.code == 0, run.stderr
+    assert run.json["reports"][0]["state"] == "sent"
+    assert statuses(daisy) == [500, 500, 200]
+    assert_stamped(report, daisy)
+    assert status_json(crash_dir)[NAME]["attempts"] == 3
+    assert run.seconds < 10  # backoff windows of 50–200 ms, not the 20 s allowed
+
+
+def http_date_ahead(seconds: int) -> tuple[str, float]:
+    """An HTTP date at least *seconds* (at most seconds + 1) from now, and its epoch time."""
+    when = math.ceil(time.time()) + seconds
+    return email.utils.formatdate(when, usegmt=True), float(when)
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_429_retry_after_is_honoured_then_sent(daisy, crash_dir, report, fast, form):
+    if form == "seconds":
+        retry_after, not_before = "1", None
+    else:
+        retry_after, not_before = http_date_ahead(2)
+    daisy.script(Respond(429, "slow down", {"Retry-After": retry_after}))
+    arrived = arrival_times(daisy)
+
+    run = upload_all(crash_dir, daisy.url, "--timeout", "20", config=fast)
+
+    assert run.code == 0, run.stderr
+    assert statuses(daisy) == [429, 200]
+    first, second = arrived
+    if not_before is None:
+        assert second - first >= 1.0, f"retried {second - first:.3f} s after a Retry-After of 1 s"
+    else:
+        assert second >= not_before, f"retried {not_before - second:.3f} s before the Retry-After date"
+    assert second - first < 5  # and not much later: the backoff windows are tiny
+    assert_stamped(report, daisy)
+
+
+def test_reset_mid_response_is_retried_then_sent(daisy, crash_dir, report, fast):
+    daisy.script(Reset())
+    run = upload_all(crash_dir, daisy.url, "--timeout", "20", config=fast)
+    assert run.code == 0, run.stderr
+    assert statuses(daisy) == [None, 200]  # the reset one got no answer
+    assert_stamped(report, daisy)
+    assert status_json(crash_dir)[NAME]["attempts"] == 2
+
+
+def test_answer_slower_than_read_timeout_is_retried_not_waited_for(daisy, crash_dir, report, tmp_path):
+    config = write_config(tmp_path / "slow.conf", **FAST, read_timeout=0.5)
+    daisy.script(Delay(3))
+    run = upload_all(crash_dir, daisy.url, "--timeout", "20", config=config)
+    assert run.code == 0, run.stderr
+    assert run.seconds < 3, f"the run took {run.seconds:.2f} s: it waited for the slow answer"
+    assert run.json["reports"][0]["oops_id"] == assert_stamped(report, daisy)
+    assert status_json(crash_dir)[NAME]["attempts"] == 2
+
+
+def test_answer_slower_than_read_timeout_fails_a_run_without_timeout(daisy, crash_dir, report, tmp_path):
+    config = write_config(tmp_path / "slow.conf", **FAST, read_timeout=0.5)
+    daisy.script(Delay(3))
+    run = upload_all(crash_dir, daisy.url, config=config)
+    assert run.code == 1 and run.seconds < 3
+    entry = run.json["reports"][0]
+    assert entry["state"] == "failed" and "timed out" in entry["detail"].lower()
+    assert_pending(report)
+
+
+# -- 6.–8. answers that are not retried, or only slowly ----------------------------------------
+
+
+def test_400_is_rejected_with_the_servers_text_and_never_retried(daisy, crash_dir, report, fast):
+    daisy.script(Respond(400, "Invalid crash report: no Package."))
+    run = upload_all(crash_dir, daisy.url, "--timeout", "20", config=fast)
+    assert run.code == 1
+    (entry,) = run.json["reports"]
+    assert (entry["state"], entry["detail"]) == ("rejected", "400: Invalid crash report: no Package.")
+    assert run.seconds < 10  # final at once: the run does not wait out its timeout
+    assert statuses(daisy) == [400]
+    assert not report.with_suffix(".uploaded").exists()
+
+    again = upload_all(crash_dir, daisy.url, "--timeout", "20", config=fast)
+    assert again.code == 1 and again.json["reports"][0]["state"] == "rejected"
+    assert statuses(daisy) == [400]  # the second run sent nothing
+    assert status_json(crash_dir)[NAME]["state"] == "rejected"
+
+
+def test_409_already_reported_counts_as_sent(daisy, crash_dir, report, fast):
+    daisy.script(Respond(409, "Crash already reported."))
+    run = upload_all(crash_dir, daisy.url, config=fast)
+    assert run.code == 0
+    (entry,) = run.json["reports"]
+    assert entry["state"] == "sent" and "already has this report" in entry["detail"]
+    assert report.with_suffix(".uploaded").exists()  # no id came with the 409: an empty stamp
+    again = upload_all(crash_dir, daisy.url, config=fast)
+    assert again.code == 0 and statuses(daisy) == [409]
+
+
+def test_404_says_the_url_looks_wrong_loudly_and_keeps_the_report(daisy, crash_dir, report, fast):
+    daisy.script(Respond(404, "Not Found"))
+    started = time.time()
+    run = upload_all(crash_dir, daisy.url, "--timeout", "20", config=fast)  # no -v: warnings and up only
+    assert run.code == 1
+    (entry,) = run.json["reports"]
+    assert entry["state"] == "failed" and "URL looks wrong" in entry["detail"] and "404" in entry["detail"]
+    assert any("URL looks wrong" in line for line in run.stderr.splitlines()), run.stderr
+    assert statuses(daisy) == [404]  # retried slowly: not again within this run
+    assert run.seconds < 10
+    assert_pending(report)
+    assert status_json(crash_dir)[NAME]["next_attempt"] >= started + 3600 - 5
+
+
+def test_404_error_names_the_url_that_looks_wrong(daisy, crash_dir, report, fast):
+    daisy.script(Respond(404, "Not Found"))
+    run = upload_all(crash_dir, daisy.url, config=fast)
+    assert daisy.url in run.json["reports"][0]["detail"] or daisy.url in run.stderr
+
+
+# -- 9. the core upload fails, and is retried alone ---------------------------------------------
+
+
+@pytest.fixture
+def core_daisy() -> Iterator[DaisyServer]:
+    with DaisyServer(core_policy="always") as server:
+        yield server
+        assert server.errors == []
+
+
+def test_failed_core_upload_is_retried_without_resending_the_report(core_daisy, crash_dir, fast):
+    daisy = core_daisy
+    report = write(crash_dir / NAME, crash("app", CoreDump=b"\x7fELF\x02\x01" + os.urandom(4096)))
+    daisy.script(Respond(500, "core store down"), endpoint="core")
+
+    run = upload_all(crash_dir, daisy.url, config=fast)
+    (entry,) = run.json["reports"]
+    assert entry["state"] == "sent" and "core pending" in entry["detail"] and "500" in entry["detail"]
+    oops_id = assert_stamped(report, daisy)
+    core = record_of(crash_dir)["core"]
+    assert (core["phase"], core["attempts"]) == ("pending", 1) and core["next_attempt"] is not None
+    status = status_json(crash_dir)[NAME]
+    assert status["state"] == "sent" and "core pending" in status["detail"] and status["next_attempt"]
+
+    run = upload_all(crash_dir, daisy.url, config=fast)
+    assert run.code == 0
+    assert [r.status for r in daisy.reports] == [200]  # the report was POSTed once
+    assert [(c.status, c.oops_id) for c in daisy.cores] == [(500, oops_id), (200, oops_id)]
+    assert daisy.cores[-1].verdict == "ok"
+    assert record_of(crash_dir)["core"]["phase"] == "sent"
+    assert report.with_suffix(".uploaded").read_text() == oops_id
+    assert "core sent" in status_json(crash_dir)[NAME]["detail"]
+
+
+def test_retrying_a_core_does_not_mark_the_report_for_upload_again(core_daisy, crash_dir, fast):
+    report = write(crash_dir / NAME, crash("app", CoreDump=b"\x7fELF\x02\x01" + os.urandom(4096)))
+    core_daisy.script(Respond(500), endpoint="core")
+    upload_all(crash_dir, core_daisy.url, config=fast)
+    marked = report.with_suffix(".upload").stat().st_mtime_ns
+    upload_all(crash_dir, core_daisy.url, config=fast)
+    assert [c.status for c in core_daisy.cores] == [500, 200]
+    assert report.with_suffix(".upload").stat().st_mtime_ns == marked
+
+
+# -- 10. kill -9 at random moments -----------------------------------------------------------
+
+
+def test_kill_9_at_random_moments_loses_nothing_and_duplicates_at_most_once_per_kill(daisy, crash_dir, fast):
+    total, max_kills = 200, 15
+    reports = [write(crash_dir / f"_usr_bin_app{i:03d}.0.crash", crash(f"app{i:03d}")) for i in range(total)]
+    rng = random.Random(20261121)
+    kills = 0
+    for _ in range(max_kills):
+        unstamped = sum(not r.with_suffix(".uploaded").exists() for r in reports)
+        target = len(daisy.reports) + rng.randint(0, unstamped)  # 0: kill it while it starts up
+        proc = popen("upload-all", crash_dir, url=daisy.url, config=fast)
+        end = time.monotonic() + 60
+        # Woken by every server event; the short timeout only notices a run that ended by itself.
+        while not daisy.wait_for(lambda k=target: len(daisy.reports) >= k, timeout=0.1):
+            if proc.poll() is not None or time.monotonic() > end:
+                break
+        time.sleep(rng.uniform(0, 0.005))  # jitter: land anywhere between one answer and the next
+        proc.kill()
+        _, stderr = proc.communicate()
+        if proc.returncode != -signal.SIGKILL:
+            assert proc.returncode == 0, stderr  # it finished before the kill
+            break
+        kills += 1
+    run = upload_all(crash_dir, daisy.url, config=fast)
+
+    assert run.code == 0, run.stderr
+    assert run.json["sent"] == total
+    assert kills >= 3, f"only {kills} runs were killed: the test lost its point"
+    received = daisy.reports
+    accepted = {r.document["ExecutablePath"]: r.oops_id for r in received if r.status == 200}
+    assert len(accepted) == total == sum(r.status == 200 for r in received)  # each accepted once, none lost
+    assert all(r.status == 409 for r in received if r.status != 200)
+    assert len(received) - total <= kills, f"{len(received) - total} duplicates for {kills} kills"
+    empty = 0
+    for i, path in enumerate(reports):
+        stamp = path.with_suffix(".uploaded").read_text()
+        if stamp:
+            assert stamp == accepted[f"/usr/bin/app{i:03d}"], path.name
+        else:
+            empty += 1  # accepted by a killed run, resent and answered 409, which carries no id
+    assert empty <= len(received) - total
+    assert {s["state"] for s in status_json(crash_dir).values()} == {"sent"}
+
+
+# -- 11. stopping while an upload hangs ------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_while_an_upload_hangs_exits_within_a_second(daisy, crash_dir, report, fast, signum):
+    daisy.script(Hang())
+    proc = popen("upload-all", crash_dir, url=daisy.url, config=fast)  # read timeout 60 s: it would hang
+    try:
+        assert daisy.wait_for(lambda: len(daisy.reports) == 1, timeout=20), "the POST never arrived"
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - sent
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert elapsed < 1.0, f"exited {elapsed:.2f} s after {signum.name}"
+    assert proc.returncode == 128 + signum
+    assert f"stopped by {signum.name}" in stderr
+    assert_pending(report)
+
+    run = upload_all(crash_dir, daisy.url, config=fast)
+    assert run.code == 0 and statuses(daisy) == [None, 200]
+    assert_stamped(report, daisy)
+
+
+# -- 12. a full disk -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tiny_filesystem(directory: Path, *, size: str = "64k", inodes: int | None = None) -> Iterator[Path]:
+    """A tmpfs of *size* mounted on *directory* (root only); skips the test where mounting is denied."""
+    directory.mkdir(exist_ok=True)
+    options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.strip() or 'mount failed'})")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+def fill(directory: Path, *, inodes: bool = True) -> list[Path]:
+    """Use up every data block (and every inode) of *directory*'s file system; returns what to delete."""
+    fillers = [directory / ".filler"]
+    with fillers[0].open("wb", buffering=0) as f, contextlib.suppress(OSError):
+        while f.write(b"\0" * 4096):
+            pass
+    for i in range(100_000 if inodes else 0):
+        path = directory / f".filler{i}"
+        try:
+            path.touch()
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+            break
+        fillers.append(path)
+    with pytest.raises(OSError):
+        (directory / ".probe").write_bytes(b"x")
+    return fillers
+
+
+def unfill(fillers: list[Path]) -> None:
+    for path in fillers:
+        path.unlink()
+
+
+def test_full_state_dir_sends_nothing_loses_nothing_and_a_rerun_sends(daisy, crash_dir, report, fast):
+    state = state_dir_of(crash_dir)
+    with tiny_filesystem(state):
+        (state / "reports").mkdir(mode=0o700)
+        fillers = fill(state, inodes=False)
+        before = report.read_bytes(), report.stat().st_mtime_ns
+
+        run = upload_all(crash_dir, daisy.url, config=fast)
+
+        assert run.code == 1
+        assert "No space left on device" in run.stdout + run.stderr
+        assert daisy.reports == []  # nothing goes out before its "posting" record is written
+        assert (report.read_bytes(), report.stat().st_mtime_ns) == before
+        assert_pending(report)
+        assert list((state / "reports").iterdir()) == []  # no partial record, no temporary
+
+        unfill(fillers)
+        run = upload_all(crash_dir, daisy.url, config=fast)
+        assert run.code == 0, run.stderr
+        assert_stamped(report, daisy)
+        assert record_of(crash_dir)["phase"] == "sent"
+
+
+def test_full_state_dir_is_a_failed_report_with_the_reason_not_a_traceback(daisy, crash_dir, report, fast):
+    state = state_dir_of(crash_dir)
+    with tiny_filesystem(state):
+        (state / "reports").mkdir(mode=0o700)
+        fill(state, inodes=False)
+        run = upload_all(crash_dir, daisy.url, config=fast)
+        assert "Traceback" not in run.stderr
+        assert run.code == 1
+        (entry,) = run.json["reports"]
+        assert entry["state"] == "failed" and "No space left on device" in entry["detail"]
+
+
+def file_size_limit(limit: int):
+    """A preexec_fn: writes past *limit* bytes fail with EFBIG (SIGXFSZ ignored, so no signal kills it)."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_state_writes_failing_with_efbig_send_nothing_and_lose_nothing(daisy, crash_dir, report, fast):
+    """The same as a full state dir, where mounting is not possible: records (~300 bytes) cannot be written."""
+    run = upload_all(crash_dir, daisy.url, config=fast, preexec_fn=file_size_limit(64))
+    assert run.code == 1
+    assert "File too large" in run.stdout + run.stderr
+    assert daisy.reports == []
+    assert_pending(report)
+    assert list((state_dir_of(crash_dir) / "reports").iterdir()) == []  # the temporary was removed
+
+    run = upload_all(crash_dir, daisy.url, config=fast)
+    assert run.code == 0, run.stderr
+    assert_stamped(report, daisy)
+
+
+def test_full_crash_dir_cannot_mark_the_report_fails_clearly_and_a_rerun_sends(daisy, tmp_path, fast):
+    with tiny_filesystem(tmp_path / "crash", inodes=64) as crash_dir:
+        crash_dir.chmod(0o3777)
+        report = write(crash_dir / NAME, crash("app"))
+        fillers = fill(crash_dir)
+
+        run = upload_all(crash_dir, daisy.url, config=fast)
+
+        assert run.code == 1
+        (entry,) = run.json["reports"]
+        assert entry["state"] == "failed"
+        assert f"cannot write {report.with_suffix('.upload').name}" in entry["detail"]
+        assert "No space left on device" in entry["detail"]
+        assert daisy.reports == []  # not sent unmarked
+        assert report.exists() and not report.with_suffix(".upload").exists()
+
+        unfill(fillers)
+        run = upload_all(crash_dir, daisy.url, config=fast)
+        assert run.code == 0, run.stderr
+        assert_stamped(report, daisy)
+
+
+def test_full_crash_dir_cannot_stamp_uploaded_says_so_and_a_rerun_stamps_without_resending(
+    daisy, tmp_path, fast
+):
+    with tiny_filesystem(tmp_path / "crash", inodes=64) as crash_dir:
+        crash_dir.chmod(0o3777)
+        report = write(crash_dir / NAME, crash("app"))
+        report.with_suffix(".upload").touch()  # marked by a UI before the disk filled
+        fillers = fill(crash_dir)
+
+        run = upload_all(crash_dir, daisy.url, config=fast)
+
+        assert statuses(daisy) == [200]
+        errors = [line for line in run.stderr.splitlines() if ".uploaded stamp failed" in line]
+        assert errors and "No space left on device" in errors[0], run.stderr
+        assert not report.with_suffix(".uploaded").exists()
+        assert record_of(crash_dir)["phase"] == "sent"  # the state knows it went
+
+        unfill(fillers)
+        run = upload_all(crash_dir, daisy.url, config=fast)
+        assert run.code == 0, run.stderr
+        assert statuses(daisy) == [200]  # stamped now, not sent again
+        assert report.with_suffix(".uploaded").read_text() == daisy.reports[0].oops_id
+
+
+def test_core_retry_on_a_full_crash_dir_neither_resends_the_report_nor_loses_its_id(
+    core_daisy, tmp_path, fast
+):
+    with tiny_filesystem(tmp_path / "crash") as crash_dir:
+        crash_dir.chmod(0o3777)
+        report = write(crash_dir / NAME, crash("app", CoreDump=b"\x7fELF\x02\x01" + os.urandom(4096)))
+        core_daisy.script(Respond(500), endpoint="core")
+        upload_all(crash_dir, core_daisy.url, config=fast)  # sent; the core is pending
+        oops_id = report.with_suffix(".uploaded").read_text()
+        fillers = fill(crash_dir, inodes=False)  # empty files can still be made; stamps with an id cannot
+        upload_all(crash_dir, core_daisy.url, config=fast)  # retries the core
+        unfill(fillers)
+        upload_all(crash_dir, core_daisy.url, config=fast)
+        assert [r.status for r in core_daisy.reports] == [200]
+        assert report.with_suffix(".uploaded").read_text() == oops_id
+
+
+# -- 13. expiry --------------------------------------------------------------------------------
+
+
+def test_report_failing_past_expire_after_expires_for_good(daisy, crash_dir, report, tmp_path):
+    config = write_config(tmp_path / "expire.conf", **FAST, expire_after=1)
+    daisy.script(*[Respond(503, "down for maintenance")] * 200)
+    run = upload_all(crash_dir, daisy.url, "--timeout", "20", config=config)
+    assert run.code == 1
+    (entry,) = run.json["reports"]
+    assert entry["state"] == "expired" and "503: down for maintenance" in entry["detail"]
+    assert run.seconds < 10  # final once expired: the run does not wait out its timeout
+    posts = len(daisy.reports)
+    assert posts >= 2 and set(statuses(daisy)) == {503}
+    assert status_json(crash_dir)[NAME]["state"] == "expired"
+
+    daisy.script()  # the server recovers; the expired report still stays put
+    again = upload_all(crash_dir, daisy.url, "--timeout", "20", config=config)
+    assert again.code == 1 and again.json["reports"][0]["state"] == "expired"
+    assert len(daisy.reports) == posts
+    assert_pending(report)
+
+
+# -- 14. crashd status explains every report ----------------------------------------------------
+
+
+def test_status_explains_every_report_in_text_and_json(daisy, crash_dir, fast):
+    write(crash_dir / "_usr_bin_good.0.crash", crash("good"))
+    write(crash_dir / "_usr_bin_nopkg.0.crash", {k: v for k, v in crash("nopkg").items() if k != "Package"})
+    (crash_dir / "_usr_bin_broken.0.crash").write_bytes(b"ProblemType: Crash\n\nDate: x\n")
+    write(crash_dir / "bash.0.crash", {"ProblemType": "Bug", "Package": "bash 5"})
+    (crash_dir / "_etc_shadow.0.crash").symlink_to("/etc/shadow")
+    assert upload_all(crash_dir, daisy.url, config=fast).code == 1  # the rejected and the invalid
+
+    write(crash_dir / "_usr_bin_flaky.0.crash", crash("flaky"))
+    daisy.stop()  # only the new one is attempted: the others are final or sent before
+    assert upload_all(crash_dir, daisy.url, config=fast).json["failed"] == 1
+    write(crash_dir / "_usr_bin_fresh.0.crash", crash("fresh"))
+    write(crash_dir / "_usr_bin_asked.0.crash", crash("asked"))
+    (crash_dir / "_usr_bin_asked.0.upload").touch()
+
+    listed = crashd("status", crash_dir, "--json")
+    assert listed.code == 0, listed.stderr
+    s = listed.reports()
+    assert s["_usr_bin_fresh.0.crash"]["state"] == "new"
+    assert (s["_usr_bin_asked.0.crash"]["state"], s["_usr_bin_asked.0.crash"]["detail"]) == (
+        "queued", "marked for upload",
+    )  # fmt: skip
+    good = s["_usr_bin_good.0.crash"]
+    assert good["state"] == "sent" and good["oops_id"] == (crash_dir / "_usr_bin_good.0.uploaded").read_text()
+    flaky = s["_usr_bin_flaky.0.crash"]
+    assert flaky["state"] in ("queued", "failed")  # waiting for its next attempt after a failure
+    assert flaky["attempts"] == 1 and flaky["next_attempt"] and "refused" in flaky["detail"].lower()
+    rejected = s["_usr_bin_nopkg.0.crash"]
+    assert (rejected["state"], rejected["detail"]) == ("rejected", "400: Incomplete crash report.")
+    broken = s["_usr_bin_broken.0.crash"]
+    assert broken["state"] == "invalid" and "line 2: an empty line" in broken["detail"]
+    shadow = s["_etc_shadow.0.crash"]
+    assert shadow["state"] == "invalid" and "is a symbolic link" in shadow["detail"]
+    bug = s["bash.0.crash"]
+    assert bug["state"] == "skipped" and "ProblemType Bug is not sent" in bug["detail"]
+    assert len(s) == 8
+
+    text = crashd("status", crash_dir)
+    assert text.code == 0
+    lines = {line.split()[1]: line for line in text.stdout.splitlines()}
+    assert set(lines) == set(s)
+    for name, entry in s.items():
+        assert lines[name].split()[0] == entry["state"]
+        if entry["detail"]:
+            assert f"({entry['detail']})" in lines[name], lines[name]
+    assert f"OOPS {good['oops_id']}" in lines["_usr_bin_good.0.crash"]
+    assert "1 attempt" in lines["_usr_bin_flaky.0.crash"]
+    assert (
+        time.strftime("next %Y-%m-%d ", time.localtime(flaky["next_attempt"]))
+        in lines["_usr_bin_flaky.0.crash"]
+    )
+    assert TOKEN not in text.stdout
