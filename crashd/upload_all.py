@@ -86,9 +86,9 @@ def upload_all(
                 del due[name]
                 if status is None:
                     continue  # the report vanished
+                if status.next_attempt is not None and status.state in (State.QUEUED, State.SENT):
+                    due[name] = status.next_attempt  # a retry of the report, or of its core
                 if status.state is State.QUEUED:
                     status = replace(status, state=State.FAILED)  # tried in this run, and will be again
-                    if status.next_attempt is not None:
-                        due[name] = status.next_attempt
                 results[name] = status
     return Summary([results[name] for name in names if name in results])

@@ -279,6 +279,17 @@ def test_failed_core_upload_is_retried_without_resending_the_report(core_daisy, 
     assert "core sent" in status_json(crash_dir)[NAME]["detail"]
 
 
+def test_a_timeout_run_retries_the_core_in_the_same_run(core_daisy, crash_dir, fast):
+    daisy = core_daisy
+    write(crash_dir / NAME, crash("app", CoreDump=b"\x7fELF\x02\x01" + os.urandom(4096)))
+    daisy.script(Respond(500, "core store down"), endpoint="core")
+    run = upload_all(crash_dir, daisy.url, "--timeout", "20", config=fast)
+    assert run.code == 0
+    assert [r.status for r in daisy.reports] == [200]
+    assert [c.status for c in daisy.cores] == [500, 200]
+    assert "core sent" in run.json["reports"][0]["detail"]
+
+
 def test_retrying_a_core_does_not_mark_the_report_for_upload_again(core_daisy, crash_dir, fast):
     report = write(crash_dir / NAME, crash("app", CoreDump=b"\x7fELF\x02\x01" + os.urandom(4096)))
     core_daisy.script(Respond(500), endpoint="core")
