@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crashd import __version__
-from crashd.collector import Status
+from crashd.collector import Gate, Status
 from crashd.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
 from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_preference
 from crashd.daemon import Daemon, journal_logging
@@ -325,8 +325,18 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         transport, settings.url, system_id, StateStore.open(settings.state_dir), _backoff(settings)
     )
 
+    gate = _consent_gate(settings, config)
+    with _spool(settings.crash_dir) as spool:
+        idle = args.idle_timeout or settings.idle_timeout
+        return run_daemon(
+            lambda: Daemon(spool, courier, DEFAULT_LIMITS, gate, idle_timeout=idle, once=args.once)
+        )
+
+
+def _consent_gate(settings: Settings, config: Path) -> Gate:
+    """Consent as the daemon asks it, read afresh every time, so a change applies to the next report."""
+
     def gate(marked_for_upload: bool) -> str | None:
-        """Consent, read afresh for every report, so a change applies to the next one."""
         consent = load_consent(settings.state_dir, config=config)
         if may_send(consent, marked_for_upload=marked_for_upload):
             return None
@@ -334,11 +344,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             return _switched_off(consent)
         return "waiting for someone to send it: automatic reporting is off"
 
-    with _spool(settings.crash_dir) as spool:
-        idle = args.idle_timeout or settings.idle_timeout
-        return run_daemon(
-            lambda: Daemon(spool, courier, DEFAULT_LIMITS, gate, idle_timeout=idle, once=args.once)
-        )
+    return gate
 
 
 def _switched_off(consent: Consent) -> str:
@@ -379,7 +385,8 @@ def cmd_prefs(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with _spool(settings.crash_dir) as spool:
-        statuses = survey(spool, StateStore.reader(settings.state_dir))
+        gate = _consent_gate(settings, args.config or DEFAULT_CONFIG)
+        statuses = survey(spool, StateStore.reader(settings.state_dir), gate)
     if args.json:
         print(json.dumps({"reports": [status.as_json() for status in statuses]}))
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import BinaryIO
@@ -22,6 +23,10 @@ from crashd.report import Limits, Report, ReportError, read_report
 from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError
 
 log = logging.getLogger(__name__)
+
+# Consent as the daemon and `crashd status` ask it: given whether the report is marked .upload, None
+# when it may be sent, else the reason it is held.
+Gate = Callable[[bool], str | None]
 
 # The kinds daisy handles (DESIGN.md §3). Bug reports belong in a bug tracker and
 # daisy refuses kernel vmcores, so those are left alone, with the reason.
@@ -154,6 +159,14 @@ def collect(spool: Spool, opened: OpenReport, limits: Limits, *, stamp: bool = T
             return Status(name.crash, State.FAILED, detail=f"cannot write {name.upload}: {error.strerror}")
         cleanup.pop_all()
         return Collected(opened, file, report)
+
+
+def stamped_id(spool: Spool, opened: OpenReport) -> str | None:
+    """The OOPS id another run (or whoopsie) wrote into ``.uploaded``, if it can be read."""
+    try:
+        return spool.oops_id(opened.name, opened.stat.st_uid)
+    except (OSError, UnsafeFileError):
+        return None
 
 
 def invalid(name: ReportName, reason: str) -> Status:

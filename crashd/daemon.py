@@ -31,8 +31,8 @@ from pathlib import Path
 
 from asyncinotify import Inotify, Mask
 
-from crashd.collector import State
-from crashd.delivery import Courier, Gate
+from crashd.collector import Gate, State
+from crashd.delivery import Courier
 from crashd.report import Limits
 from crashd.spool import ReportName, Spool
 
@@ -100,6 +100,8 @@ class Daemon:
                 log.warning("inotify queue overflowed: rescanning %s", self.spool.path)
                 self.rescan()
             elif event.name is not None and (name := _report_for(str(event.name))) is not None:
+                if name in self.busy and str(event.name).endswith(".upload"):
+                    continue  # our own stamp on the report in hand (or a request it already answers)
                 self.schedule(name, self.courier.clock())
 
     async def _schedule(self) -> None:

@@ -24,12 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from crashd import collector, policy
-from crashd.collector import Collected, State, Status, event
+from crashd.collector import Collected, Gate, State, Status, event, stamped_id
 from crashd.policy import Backoff, Decision, Rejected, RetryAt, Sent
 from crashd.report import Limits, ReportError
 from crashd.spool import OpenReport, ReportName, Spool, UnsafeFileError
 from crashd.state import Core, CorePhase, Fingerprint, Phase, Record, StateStore
-from crashd.status import stamped_id
 from crashd.uploader import (
     CoreUnavailable,
     OfflineError,
@@ -42,9 +41,6 @@ from crashd.uploader import (
 
 log = logging.getLogger(__name__)
 
-# Consent as the daemon asks it: given whether the report is stamped .upload, None if it may be
-# sent, else the reason it is held.
-Gate = Callable[[bool], str | None]
 
 
 @dataclass
@@ -225,7 +221,8 @@ class Courier:
 def _stamp(spool: Spool, collected: Collected, record: Record) -> None:
     """``.uploaded`` with the OOPS id; a failure is logged, the record already says sent."""
     try:
-        spool.mark_uploaded(collected.opened, record.oops_id or "")
+        if not spool.mark_uploaded(collected.opened, record.oops_id or ""):
+            log.info("%s: replaced by a newer crash while it was sent; that one goes out next", record.name)
     except (OSError, UnsafeFileError) as error:
         log.error("%s: sent as %s, but the .uploaded stamp failed: %s", record.name, record.oops_id, error)
 

@@ -390,9 +390,14 @@ def read_report(file: BinaryIO, *, limits: Limits = DEFAULT_LIMITS, name: str | 
     while first := file.readline(_PIECE):
         line += 1
         start, length, last, ends = position, len(first), first, first.endswith(b"\n")
+        text_line = builder is None or not first.startswith(b" ") or not builder.binary
         while not ends and (piece := file.readline(_PIECE)):  # the rest of a long line
             length += len(piece)
             last, ends = piece, piece.endswith(b"\n")
+            if text_line and length > limits.key_length + 2 * limits.text_value + 2:
+                # A text line longer than any allowed value: refuse it now, not after reading it all.
+                key = builder.key if first.startswith(b" ") and builder else _show(first.partition(b":")[0])
+                raise fail(ReportLimitError, _too_large(key, limits))
         position += length
         if position > limits.file_size:
             raise fail(ReportLimitError, f"the file is larger than {_size(limits.file_size)}")

@@ -423,17 +423,28 @@ class Spool:
             pass  # replaced below
         self._write_stamp(report.name.upload, b"", report.stat)
 
-    def mark_uploaded(self, report: OpenReport, oops_id: str) -> None:
+    def mark_uploaded(self, report: OpenReport, oops_id: str) -> bool:
         """Record the server's acceptance: ``NAME.uploaded`` holds ``oops_id``
         with no trailing newline (``cat`` shows exactly the id, as whoopsie 0.2
         wrote it), report's owner and group, 0640, atomically replacing any old
         one.  ``""`` (a 409 "already reported" comes without an id) writes an
         empty stamp, as whoopsie 0.1 did.  ValueError unless the id is at most
         256 printable ASCII characters without spaces.
+
+        False, and no stamp, when ``NAME.crash`` no longer is the file that was
+        sent: apport replaced it with a newer crash meanwhile, which a fresh
+        ``.uploaded`` would wrongly mark as sent.
         """
         if not _OOPS_ID_RE.fullmatch(oops_id):
             raise ValueError(f"not a usable OOPS id: {oops_id!r}")
+        try:
+            now = os.stat(report.name.crash, dir_fd=self._dirfd(), follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if (now.st_dev, now.st_ino) != (report.stat.st_dev, report.stat.st_ino):
+            return False
         self._write_stamp(report.name.uploaded, oops_id.encode("ascii"), report.stat)
+        return True
 
     def oops_id(self, name: ReportName | str, owner_uid: int | None = None) -> str | None:
         """The OOPS id in ``NAME.uploaded``; None if the stamp is absent, empty or

@@ -8,13 +8,28 @@ invalid with the reason, exactly as an upload would refuse them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from crashd import collector, delivery
-from crashd.collector import State, Status
-from crashd.spool import OpenReport, Spool, UnsafeFileError
+from crashd.collector import Gate, State, Status, stamped_id
+from crashd.spool import OpenReport, Spool
 from crashd.state import Fingerprint, StateStore
 
 
-def survey(spool: Spool, store: StateStore) -> list[Status]:
+def survey(spool: Spool, store: StateStore, consent: Gate | None = None) -> list[Status]:
+    """Every report's status; with *consent*, those it would not let out read ``held``, with the reason."""
+    statuses = [_held(status, consent) for status in _survey(spool, store)]
+    return statuses
+
+
+def _held(status: Status, consent: Gate | None) -> Status:
+    if consent is None or status.state not in (State.NEW, State.QUEUED, State.POSTING):
+        return status
+    reason = consent(status.state is not State.NEW)  # NEW: nobody marked it .upload yet
+    return status if reason is None else replace(status, state=State.HELD, detail=reason)
+
+
+def _survey(spool: Spool, store: StateStore) -> list[Status]:
     statuses = []
     for name in spool.report_names():
         opened = collector.open_report(spool, name)
@@ -35,11 +50,3 @@ def survey(spool: Spool, store: StateStore) -> list[Status]:
             else:
                 statuses.append(Status(name.crash, State.NEW))
     return statuses
-
-
-def stamped_id(spool: Spool, opened: OpenReport) -> str | None:
-    """The OOPS id another run (or whoopsie) wrote into ``.uploaded``, if it can be read."""
-    try:
-        return spool.oops_id(opened.name, opened.stat.st_uid)
-    except (OSError, UnsafeFileError):
-        return None

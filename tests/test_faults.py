@@ -579,7 +579,8 @@ def test_status_explains_every_report_in_text_and_json(daisy, crash_dir, fast):
     listed = crashd("status", crash_dir, "--json")
     assert listed.code == 0, listed.stderr
     s = listed.reports()
-    assert s["_usr_bin_fresh.0.crash"]["state"] == "new"
+    fresh = s["_usr_bin_fresh.0.crash"]  # nobody marked it, and automatic reporting is off by default
+    assert fresh["state"] == "held" and "automatic reporting is off" in fresh["detail"]
     assert (s["_usr_bin_asked.0.crash"]["state"], s["_usr_bin_asked.0.crash"]["detail"]) == (
         "queued", "marked for upload",
     )  # fmt: skip

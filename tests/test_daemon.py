@@ -1,0 +1,398 @@
+"""`crashd daemon` end to end: a real process, real inotify, the loopback daisy, sd_notify on a real socket.
+
+Nothing here sleeps for a fixed time: every wait is on readiness (READY=1 on
+NOTIFY_SOCKET), on the server (`DaisyServer.wait_for`), on the daemon's exit, or on
+a file or log line, each with a deadline. Figures (latencies, rates) are printed;
+run with `-s` to see them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import statistics
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crashd.consent import set_preference
+from tests.daemon_run import TOKEN, crash, crash_dir_at, crashd_status, drop, run_daemon, wait_until
+from tests.daisy import DaisyServer, Delay, Hang, Respond
+
+NAME_RE = r"[\w.]+"
+
+
+@pytest.fixture
+def daisy() -> Iterator[DaisyServer]:
+    with DaisyServer() as server:
+        yield server
+        assert server.errors == []
+
+
+@pytest.fixture
+def crash_dir(tmp_path: Path) -> Path:
+    return crash_dir_at(tmp_path / "crash")
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    return state
+
+
+@pytest.fixture
+def automatic(state_dir: Path) -> Path:
+    """Consent: report crashes, automatically (as a settings UI would store it)."""
+    set_preference(state_dir, "AutomaticallyReportCrashes", True, config=None)
+    return state_dir
+
+
+def sent_paths(daisy: DaisyServer) -> Counter[str]:
+    """How many times each ExecutablePath reached the server (in answered POSTs)."""
+    return Counter(r.document["ExecutablePath"] for r in daisy.reports if r.document and r.status is not None)
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every entry of *directory* (and the directory itself) as (mode, uid, size, mtime_ns)."""
+    entries = {"": directory.lstat()} | {p.name: p.lstat() for p in directory.iterdir()}
+    return {name: (st.st_mode, st.st_uid, st.st_size, st.st_mtime_ns) for name, st in entries.items()}
+
+
+def figures(label: str, seconds: list[float]) -> str:
+    ordered = sorted(seconds)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    text = (
+        f"{label}: n={len(ordered)} median {statistics.median(ordered) * 1000:.2f} ms, "
+        f"p99 {p99 * 1000:.2f} ms, max {ordered[-1] * 1000:.2f} ms"
+    )
+    print(text)
+    return text
+
+
+# -- sd_notify ---------------------------------------------------------------------------
+
+
+def test_readiness_status_and_stopping(daisy, crash_dir, automatic):
+    with run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "60") as daemon:
+        assert daemon.messages[0] == "READY=1"
+        assert f"STATUS=watching {crash_dir}" in daemon.messages
+        drop(crash_dir / "_usr_bin_notify.0.crash", crash("notify"))
+        assert daisy.wait_for(lambda: len(daisy.reports) == 1, timeout=10)
+        # Progress while it worked, then an idle count once it was done.
+        assert daemon.wait_message(r"STATUS=1 in progress, 0 waiting$", timeout=10)
+        assert wait_until(lambda: daemon.messages[-1] == "STATUS=0 in progress, 0 waiting", timeout=10)
+        assert daemon.terminate() == 0
+        assert daemon.wait_message(r"STOPPING=1$", timeout=5), daemon.messages
+        assert daemon.messages.index("STOPPING=1") > daemon.messages.index("READY=1")
+        assert daemon.messages[-1] == "STOPPING=1"
+
+
+# -- delivery as consent allows --------------------------------------------------------------
+
+
+def test_dropped_report_is_sent_without_any_command(daisy, crash_dir, automatic):
+    latencies = []
+    with run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "60") as daemon:
+        for i in range(20):
+            path = crash_dir / f"_usr_bin_auto{i}.0.crash"
+            started = time.monotonic()
+            drop(path, crash(f"auto{i}"))  # temporary name, then rename: one IN_MOVED_TO
+            assert daisy.wait_for(lambda i=i: len(daisy.reports) == i + 1, timeout=10), daemon.stderr
+            latencies.append(time.monotonic() - started)
+            uploaded = path.with_suffix(".uploaded")
+            assert wait_until(uploaded.exists, timeout=10)
+            assert wait_until(lambda u=uploaded, i=i: u.read_text() == daisy.reports[i].oops_id, timeout=10)
+        assert path.with_suffix(".upload").exists()  # automatic consent marks it, as a UI would
+        assert daemon.alive()
+    text = figures("drop -> POST received (automatic consent)", latencies)
+    assert statistics.median(latencies) < 0.5, text  # loose: a shared CI box; the figures are printed
+    assert sent_paths(daisy) == Counter({f"/usr/bin/auto{i}": 1 for i in range(20)})
+    assert {r.token for r in daisy.reports} == {TOKEN}
+
+
+def test_upload_stamp_to_post_latency(daisy, crash_dir, state_dir):
+    """Default consent: held until a UI writes .upload; then sent at once (DESIGN.md §8: median <= 2 ms)."""
+    names = [f"_usr_bin_manual{i}.0" for i in range(20)]
+    latencies = []
+    with run_daemon(crash_dir, state_dir, daisy.url, "--idle-timeout", "60") as daemon:
+        for i, stem in enumerate(names):
+            drop(crash_dir / f"{stem}.crash", crash(f"manual{i}"))
+        for stem in names:
+            assert daemon.log_line(rf"^crashd: {stem}\.crash: held: ", timeout=10), daemon.stderr
+        assert daisy.exchanges == []
+        for i, stem in enumerate(names):
+            started = time.monotonic()
+            os.close(os.open(crash_dir / f"{stem}.upload", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+            assert daisy.wait_for(lambda i=i: len(daisy.reports) == i + 1, timeout=10), daemon.stderr
+            latencies.append(time.monotonic() - started)
+    text = figures(".upload -> POST received (held report)", latencies)
+    assert statistics.median(latencies) < 0.5, text
+
+
+def test_default_consent_holds_a_report_until_the_user_marks_it(daisy, user_tmp_path, make_user, run_as):
+    crash_dir = crash_dir_at(user_tmp_path / "crash")
+    state_dir = user_tmp_path / "state"  # no consent file: ReportCrashes on, automatic off
+    user = make_user()
+    stem = f"_usr_bin_held.{user.pw_uid}"
+    report = crash_dir / f"{stem}.crash"
+    with run_daemon(crash_dir, state_dir, daisy.url, "--idle-timeout", "60") as daemon:
+        drop(report, crash("held"), owner=(user.pw_uid, user.pw_gid))
+        line = daemon.log_line(rf"^crashd: {stem}\.crash: held: ", timeout=10)
+        assert line and "automatic reporting is off" in line, daemon.stderr
+        assert not report.with_suffix(".upload").exists()  # only consent or a UI marks a report
+        assert daisy.exchanges == [] and daisy.connections == 0
+
+        # A UI, running as the user, asks for it to be sent.
+        done = run_as(
+            user, "open(__import__('sys').argv[1], 'x').close()", str(report.with_suffix(".upload"))
+        )
+        assert done.returncode == 0, done.stderr
+        assert daisy.wait_for(lambda: len(daisy.reports) == 1, timeout=10), daemon.stderr
+        uploaded = report.with_suffix(".uploaded")
+        assert wait_until(uploaded.exists, timeout=10)
+        st = uploaded.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (user.pw_uid, user.pw_gid, 0o640)
+        assert wait_until(lambda: uploaded.read_text() == daisy.reports[0].oops_id, timeout=10)
+    assert sent_paths(daisy) == Counter({"/usr/bin/held": 1})
+
+
+def test_reporting_off_sends_nothing_even_when_marked_and_keeps_the_report(daisy, crash_dir, state_dir):
+    set_preference(state_dir, "ReportCrashes", False, config=None)
+    report = crash_dir / "_usr_bin_off.0.crash"
+    with run_daemon(crash_dir, state_dir, daisy.url, "--idle-timeout", "60") as daemon:
+        drop(report, crash("off"))
+        upload = report.with_suffix(".upload")
+        upload.touch()  # a UI marked it (or marked it before the user switched reporting off)
+        line = daemon.log_line(
+            r"^crashd: _usr_bin_off\.0\.crash: held: reporting is switched off", timeout=10
+        )
+        assert line, daemon.stderr
+        looked = daemon.log_lines().count(line)
+        os.utime(upload)  # asking again changes nothing
+        assert wait_until(lambda: daemon.log_lines().count(line) > looked, timeout=10), daemon.stderr
+        assert daisy.connections == 0 and daisy.exchanges == []  # not one byte reached the server
+        assert report.exists() and upload.exists() and not report.with_suffix(".uploaded").exists()
+
+        set_preference(state_dir, "ReportCrashes", True, config=None)  # automatic stays off
+        os.utime(upload)  # re-touched: the stamp is what asks, so the held report goes out now
+        assert daisy.wait_for(lambda: len(daisy.reports) == 1, timeout=10), daemon.stderr
+        assert wait_until(report.with_suffix(".uploaded").exists, timeout=10)
+    assert sent_paths(daisy) == Counter({"/usr/bin/off": 1})
+
+
+def test_status_says_a_held_report_is_held(daisy, crash_dir, state_dir):
+    set_preference(state_dir, "ReportCrashes", False, config=None)
+    drop(crash_dir / "_usr_bin_heldstatus.0.crash", crash("heldstatus"))
+    (crash_dir / "_usr_bin_heldstatus.0.upload").touch()
+    with run_daemon(crash_dir, state_dir, daisy.url, "--once") as daemon:
+        assert daemon.wait_exit(20) == 0
+    entry = crashd_status(crash_dir, state_dir)["_usr_bin_heldstatus.0.crash"]
+    assert entry["state"] == "held" and "switched off" in (entry["detail"] or ""), entry
+
+
+# -- running and stopping --------------------------------------------------------------------
+
+
+def test_once_processes_what_is_there_and_exits(daisy, crash_dir, automatic):
+    for name in ("one", "two", "three"):
+        drop(crash_dir / f"_usr_bin_{name}.0.crash", crash(name))
+    with run_daemon(crash_dir, automatic, daisy.url, "--once") as daemon:
+        assert daemon.wait_exit(20) == 0, daemon.stderr
+    assert sent_paths(daisy) == Counter({"/usr/bin/one": 1, "/usr/bin/two": 1, "/usr/bin/three": 1})
+    statuses = crashd_status(crash_dir, automatic)
+    assert {e["state"] for e in statuses.values()} == {"sent"}
+    assert all(e["next_attempt"] is None for e in statuses.values())  # nothing left due
+
+
+def test_exits_when_idle(daisy, crash_dir, automatic):
+    with run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "1") as daemon:
+        ready = daemon.wait_message(r"READY=1$", 0)
+        assert ready is not None
+        assert daemon.wait_exit(10) == 0, daemon.stderr
+        exited = time.monotonic()
+    since_start, since_ready = exited - daemon.started, exited - ready[0]
+    print(f"idle exit: {since_start:.2f} s after start, {since_ready:.2f} s after READY=1")
+    assert since_start >= 1.0 and 0.9 <= since_ready <= 5.0, (since_start, since_ready)
+    assert "STOPPING=1" in daemon.messages
+    assert daisy.connections == 0
+
+
+def test_exits_when_the_only_retry_is_hours_away(daisy, crash_dir, automatic):
+    daisy.script(*[Respond(503, b"overloaded")] * 5)  # a server failure: retried at fleet scale
+    drop(crash_dir / "_usr_bin_busy.0.crash", crash("busy"))
+    with run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "1") as daemon:
+        assert daisy.wait_for(lambda: len(daisy.reports) == 1, timeout=10), daemon.stderr
+        assert daemon.wait_exit(10) == 0, daemon.stderr
+        exited = time.monotonic()
+    assert len(daisy.reports) == 1
+    (entry,) = crashd_status(crash_dir, automatic).values()
+    assert entry["state"] == "queued" and entry["attempts"] == 1, entry
+    assert "503: overloaded" in entry["detail"]
+    assert entry["next_attempt"] is not None and entry["next_attempt"] > time.time() + 0.5, entry
+    assert exited - daemon.started < 8
+
+
+@pytest.mark.parametrize("consent", ["default", "automatic"])
+def test_held_and_invalid_reports_neither_keep_it_running_nor_touch_the_directory(
+    daisy, crash_dir, state_dir, consent
+):
+    if consent == "automatic":
+        set_preference(state_dir, "AutomaticallyReportCrashes", True, config=None)
+    drop(crash_dir / "_usr_bin_broken.0.crash", b"ProblemType: Crash\n\nDate: x\n")  # an empty line
+    (crash_dir / "_etc_shadow.0.crash").symlink_to("/etc/shadow")
+    if consent == "default":
+        drop(crash_dir / "_usr_bin_waiting.0.crash", crash("waiting"))  # held: nobody marked it
+    runs, logs = [], []
+    for _ in range(2):  # a second start (crashd.path, a timer) finds nothing new to do either
+        before = snapshot(crash_dir)
+        with run_daemon(crash_dir, state_dir, daisy.url, "--idle-timeout", "1") as daemon:
+            assert daemon.wait_exit(10) == 0, daemon.stderr
+            runs.append(time.monotonic() - daemon.started)
+            logs.append(daemon.stderr)
+        # Nothing in the crash directory changed, so nothing can trigger a path unit again.
+        assert snapshot(crash_dir) == before, logs[-1]
+    refusal = "_usr_bin_broken.0.crash: refused: line 2: an empty line"
+    if consent == "automatic":  # judged once; the recorded verdict stands, the file is not parsed again
+        assert refusal in logs[0] and refusal not in logs[1], logs
+    else:  # held before it is even parsed
+        assert "_usr_bin_waiting.0.crash: held: " in logs[0] and refusal not in logs[0], logs
+    assert daisy.connections == 0
+    assert all(seconds < 8 for seconds in runs), runs
+    statuses = crashd_status(crash_dir, state_dir)
+    assert statuses["_etc_shadow.0.crash"]["state"] == "invalid"
+    if consent == "automatic":
+        assert statuses["_usr_bin_broken.0.crash"]["state"] == "invalid"
+        assert "line 2: an empty line" in statuses["_usr_bin_broken.0.crash"]["detail"]
+
+
+def test_retries_fall_due_from_state_without_new_events(daisy, crash_dir, automatic, tmp_path):
+    config = tmp_path / "crashd.conf"
+    config.write_text("[crashd]\nbackoff_base = 0.2\nbackoff_server_base = 0.2\nbackoff_cap = 1\n")
+    daisy.script(Respond(500, b"oops"), Respond(500, b"oops again"))
+    report = crash_dir / "_usr_bin_retry.0.crash"
+    with run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "30", config=config) as daemon:
+        drop(report, crash("retry"))
+        seen = []
+        for count in (1, 2, 3):
+            assert daisy.wait_for(lambda c=count: len(daisy.reports) == c, timeout=10), daemon.stderr
+            seen.append(time.monotonic())
+        assert wait_until(report.with_suffix(".uploaded").exists, timeout=10)
+    assert [r.status for r in daisy.reports] == [500, 500, 200]
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
+    print("retry gaps: " + ", ".join(f"{gap:.3f} s" for gap in gaps))
+    assert all(0.15 <= gap < 5 for gap in gaps), gaps  # never sooner than the 0.2 s floor, nor much later
+    (entry,) = crashd_status(crash_dir, automatic).values()
+    assert entry["state"] == "sent" and entry["attempts"] == 3, entry
+
+
+def test_a_new_crash_replacing_the_report_is_sent_again(daisy, crash_dir, automatic):
+    report = crash_dir / "_usr_bin_again.0.crash"
+    with run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "1") as daemon:
+        drop(report, crash("again", Date="first crash"))
+        assert wait_until(report.with_suffix(".uploaded").exists, timeout=10), daemon.stderr
+        drop(report, crash("again", Date="second crash"))  # apport replaces a report crashd has read
+        assert daisy.wait_for(lambda: len(daisy.reports) == 2, timeout=10), daemon.stderr
+        assert daemon.wait_exit(10) == 0
+    assert [r.document["Date"] for r in daisy.reports] == ["first crash", "second crash"]
+
+
+def test_a_new_crash_replacing_the_report_during_its_upload_is_sent_too(daisy, crash_dir, automatic):
+    daisy.script(Delay(0.5))  # the first answer comes late: the upload is in flight meanwhile
+    report = crash_dir / "_usr_bin_racing.0.crash"
+    with run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "1") as daemon:
+        drop(report, crash("racing", Date="first crash"))
+        assert daisy.wait_for(lambda: daisy.connections == 1, timeout=10), daemon.stderr  # POST under way
+        drop(report, crash("racing", Date="second crash"))  # the program crashed again; apport rewrote it
+        assert daemon.wait_exit(15) == 0, daemon.stderr  # it has done all it meant to do
+        log = daemon.stderr
+    assert "changed since crashd last saw it" in log, log
+    assert [r.document["Date"] for r in daisy.reports] == ["first crash", "second crash"], log
+
+
+def test_sigterm_during_a_hung_upload_stops_at_once_and_the_report_is_sent_later(daisy, crash_dir, automatic):
+    daisy.script(Hang())
+    report = crash_dir / "_usr_bin_hung.0.crash"
+    with run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "60") as daemon:
+        drop(report, crash("hung"))
+        assert daisy.wait_for(lambda: len(daisy.reports) == 1, timeout=10), daemon.stderr  # on the wire
+        signalled = time.monotonic()
+        daemon.process.send_signal(signal.SIGTERM)
+        code = daemon.wait_exit(5)
+        took = time.monotonic() - signalled
+    print(f"SIGTERM during a hung upload: exited {code} after {took * 1000:.0f} ms")
+    assert code == 0 and took < 1.0, (code, took, daemon.stderr)
+    assert "STOPPING=1" in daemon.messages
+    assert not report.with_suffix(".uploaded").exists()
+    (entry,) = crashd_status(crash_dir, automatic).values()
+    assert entry["state"] == "posting", entry  # recorded before the POST went out: resent next time
+
+    with run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "1") as again:
+        assert daisy.wait_for(lambda: len(daisy.reports) == 2, timeout=10), again.stderr
+        assert again.wait_exit(10) == 0
+    assert daisy.reports[1].status in (200, 409)
+    assert report.with_suffix(".uploaded").exists()
+    (entry,) = crashd_status(crash_dir, automatic).values()
+    assert entry["state"] == "sent", entry
+
+
+def _drop_many(crash_dir: Path, prefix: str, count: int) -> float:
+    started = time.monotonic()
+    for i in range(count):
+        drop(crash_dir / f"_usr_bin_{prefix}{i}.0.crash", crash(f"{prefix}{i}"))
+    return time.monotonic() - started
+
+
+def test_many_reports_at_once_are_each_sent_exactly_once(crash_dir, automatic):
+    count = 300
+    with (
+        DaisyServer(core_policy="never") as daisy,
+        run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "1") as daemon,
+    ):
+        started = time.monotonic()
+        dropping = _drop_many(crash_dir, "many", count)
+        assert daisy.wait_for(lambda: len(daisy.reports) >= count, timeout=60), daemon.stderr
+        took = time.monotonic() - started
+        assert daemon.wait_exit(30) == 0, daemon.stderr  # and it sends nothing more before going idle
+    print(
+        f"{count} reports: dropped in {dropping:.2f} s, all received after {took:.2f} s ({count / took:.0f}/s)"
+    )
+    assert sent_paths(daisy) == Counter({f"/usr/bin/many{i}": 1 for i in range(count)})
+    assert all((crash_dir / f"_usr_bin_many{i}.0.uploaded").exists() for i in range(count))
+
+
+@contextlib.contextmanager
+def inotify_queue_limit(events: int) -> Iterator[None]:
+    """Lower fs.inotify.max_queued_events (read by inotify_init) and restore it, whatever happens."""
+    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+    try:
+        original = knob.read_text()
+        knob.write_text(original)
+    except OSError as error:
+        pytest.skip(f"{knob} is not writable: {error}")
+    try:
+        knob.write_text(f"{events}\n")
+        yield
+    finally:
+        knob.write_text(original)
+
+
+def test_inotify_overflow_rescans_and_loses_nothing(crash_dir, automatic):
+    count = 300
+    with DaisyServer(core_policy="never") as daisy, contextlib.ExitStack() as stack:
+        with inotify_queue_limit(4):
+            # The limit is taken when the daemon creates its inotify instance: the system-wide
+            # setting stays lowered only until the daemon is ready.
+            daemon = stack.enter_context(run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "1"))
+        _drop_many(crash_dir, "flood", count)
+        assert daisy.wait_for(lambda: len(daisy.reports) >= count, timeout=60), daemon.stderr
+        assert daemon.wait_exit(30) == 0, daemon.stderr
+        overflowed = [line for line in daemon.log_lines() if "inotify queue overflowed" in line]
+    assert overflowed, "the queue never overflowed: the rescan path was not exercised"
+    print(f"inotify overflowed {len(overflowed)} time(s); every report still arrived")
+    assert sent_paths(daisy) == Counter({f"/usr/bin/flood{i}": 1 for i in range(count)})
