@@ -7,7 +7,7 @@ Only this module decides exit codes and wording: the library raises, and
     1  some report failed, was rejected or refused, or is still pending at the timeout
     2  usage or configuration error
     3  reporting is switched off by consent
-    4  an input file is invalid (``show``)
+    4  an input file is invalid (``show``, ``hook-test``)
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_pre
 from crashd.daemon import Daemon, journal_logging
 from crashd.daemon import run as run_daemon
 from crashd.delivery import Courier
+from crashd.hooks import add_hook_test_command, cmd_hook_test
 from crashd.identity import system_identifier
 from crashd.policy import Backoff
 from crashd.report import DEFAULT_LIMITS, Digest, Report, ReportError, read_report
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     prefs.add_argument(
         "--state-dir", metavar="DIR", help="crashd's state directory (default /var/lib/crashd)"
     )
+
+    add_hook_test_command(commands)
 
     status = commands.add_parser(
         "status",
@@ -422,6 +425,7 @@ def _identifier(settings: Settings) -> str:
 
 _COMMANDS = {
     "daemon": cmd_daemon,
+    "hook-test": cmd_hook_test,
     "prefs": cmd_prefs,
     "show": cmd_show,
     "upload-all": cmd_upload_all,

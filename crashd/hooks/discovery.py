@@ -19,8 +19,9 @@ plain Debian-style name there (``../../x`` above all: CVE-2016-9950) is an
 :class:`InvalidPackageError`, raised before any hook runs. ``/opt`` directories
 come from the *resolved* ``ExecutablePath`` (CVE-2017-10708: ``/opt/../../x``
 chose attacker-controlled hook directories). A hook file must be a regular file
-owned by root and writable by nobody else; any other candidate is skipped with
-the reason.
+owned by root and writable by nobody else, in a directory nobody else can write
+to either (or a link there could point at any root-owned Python file); any other
+candidate is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ class HookRoots:
     """Every directory hooks are looked up in; tests point them at their own trees."""
 
     builtin: Path | None = BUILTIN_DIR
-    general: tuple[Path, ...] = (Path("/usr/share/crashd/hooks/general"), Path("/usr/share/apport/general-hooks"))
+    general: tuple[Path, ...] = (
+        Path("/usr/share/crashd/hooks/general"),
+        Path("/usr/share/apport/general-hooks"),
+    )
     package: tuple[Path, ...] = (Path("/usr/share/crashd/hooks"), Path("/usr/share/apport/package-hooks"))
     opt: Path | None = Path("/opt")
 
@@ -81,6 +85,19 @@ class Plan:
 
     hooks: list[Path] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    _directories: dict[Path, str | None] = field(default_factory=dict, repr=False)
+
+    def directory_refusal(self, directory: Path) -> str | None:
+        """Why hooks in *directory* must not run (others could swap them), or None; stat'ed once."""
+        if directory not in self._directories:
+            try:
+                st = os.stat(directory)
+            except OSError as error:
+                self._directories[directory] = f"its directory cannot be examined: {error.strerror}"
+            else:
+                reason = hook_refusal(st, directory=True)
+                self._directories[directory] = reason and f"in a directory {reason}"
+        return self._directories[directory]
 
 
 def package_names(fields: Mapping[str, str | bytes]) -> tuple[str | None, str | None]:
@@ -122,14 +139,18 @@ def opt_hook_dirs(executable: str, opt: Path) -> list[Path]:
         directory = directory.parent
 
 
-def hook_refusal(st: os.stat_result, trusted_uids: Sequence[int] = (0,)) -> str | None:
-    """Why a file with this ``stat`` must not run as a hook, or None when it may.
+def hook_refusal(
+    st: os.stat_result, trusted_uids: Sequence[int] = (0,), *, directory: bool = False
+) -> str | None:
+    """Why a file (or a *directory* of hooks) with this ``stat`` must not be trusted, or None.
 
     Anyone who can change a hook file chooses code that crashd runs for other
     users' reports, so it must be root's (or a trusted uid's) and writable by
     nobody else.
     """
-    if not stat.S_ISREG(st.st_mode):
+    if directory and not stat.S_ISDIR(st.st_mode):
+        return "that is not a directory"
+    if not directory and not stat.S_ISREG(st.st_mode):
         return "not a regular file"
     if st.st_uid not in trusted_uids:
         return f"owned by uid {st.st_uid}, not by root"
@@ -197,7 +218,7 @@ def _add(plan: Plan, path: Path, seen: set[str]) -> None:
         plan.skipped[str(path)] = f"shadowed by an earlier {path.name}"
         return
     seen.add(path.name)
-    reason = hook_refusal(st)
+    reason = plan.directory_refusal(path.parent) or hook_refusal(st)
     if reason:
         plan.skipped[str(path)] = reason
     else:

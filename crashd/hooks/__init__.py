@@ -1,0 +1,126 @@
+"""Hooks: package authors' scripts, run for every report as the crashing user, contained (DESIGN.md §6).
+
+Public surface::
+
+    run_hooks(fields, owner_uid=uid) -> HookResult     the collector's entry point
+    hook_test(hook, report_path) -> HookResult          ``crashd hook-test HOOK FILE``
+    add_hook_test_command(subparsers), cmd_hook_test(args)   that command, for cli.py
+    text_fields(report)                                 the fields hooks get, from a parsed report
+
+Modules: :mod:`~crashd.hooks.discovery` (which hooks, in which order: pure),
+:mod:`~crashd.hooks.accounts` (which user, which Python),
+:mod:`~crashd.hooks.runner` (batches in, a result out),
+:mod:`~crashd.hooks.process` (the one subprocess wrapper: start, bound, kill,
+reap), ``child.py`` (the hook process itself: standard library only, run by
+path, never imported here),
+:mod:`~crashd.hooks.hooktest` (the command), ``builtin/`` (crashd's own hooks)
+and ``compat/apport/`` (``apport.hookutils`` for hooks where apport is absent).
+
+Exceptions::
+
+    InvalidPackageError (ValueError)   Package/SourcePackage is no plain name: the report is invalid
+    HookSetupError (RuntimeError)      hooks cannot run at all; run_hooks records it instead of raising
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from crashd.hooks.accounts import HookSetupError, account_for, interpreter_for
+from crashd.hooks.discovery import (
+    HookRoots,
+    InvalidPackageError,
+    Plan,
+    builtin_plan,
+    package_names,
+    package_plan,
+)
+from crashd.hooks.hooktest import add_hook_test_command, cmd_hook_test, hook_test, text_fields
+from crashd.hooks.runner import HookLimits, HookResult, MiB, error_key, run
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "HookLimits",
+    "HookResult",
+    "HookRoots",
+    "HookSetupError",
+    "InvalidPackageError",
+    "add_hook_test_command",
+    "cmd_hook_test",
+    "error_key",
+    "hook_test",
+    "run_hooks",
+    "text_fields",
+]
+
+
+def run_hooks(
+    fields: Mapping[str, str | bytes],
+    *,
+    owner_uid: int,
+    roots: HookRoots | None = None,
+    extra_dirs: Sequence[Path] = (),
+    timeout: float = 30,
+    output_cap: int = 10 * MiB,
+    fallback_user: str = "crashd",
+    limits: HookLimits | None = None,
+) -> HookResult:
+    """Run every hook for a report with these text *fields*, owned by *owner_uid*.
+
+    Built-in hooks run first (they fill ``Package``/``SourcePackage``), then the
+    general, package and source-package hooks chosen from the fields as they are
+    *after* the built-in ones. Everything runs in one child process as the
+    owner (root's reports: as *fallback_user*), each hook bounded by *timeout*
+    seconds and *output_cap* bytes of output (its fields included).
+
+    Raises :class:`InvalidPackageError` when ``Package`` or ``SourcePackage``
+    could name a file outside a hook directory: before running anything, or
+    after the built-in hooks should one of them have set such a name.
+    Never raises for a hook's failure or for hooks that cannot run at all: those
+    are in the result's ``errors`` and ``skipped``.
+    """
+    roots = roots or HookRoots()
+    package_names(fields)
+    phases = iter(
+        [lambda _current: builtin_plan(roots), lambda current: package_plan(current, roots, extra_dirs)]
+    )
+
+    def batches(current: Mapping[str, str | bytes]) -> Plan | None:
+        phase = next(phases, None)
+        return None if phase is None else phase(current)
+
+    try:
+        account = account_for(owner_uid, fallback_user)
+        python = interpreter_for(account)
+    except HookSetupError as error:
+        result = _not_run(fields, roots, extra_dirs, str(error))
+    else:
+        result = run(
+            fields,
+            batches,
+            account=account,
+            python=python,
+            timeout=timeout,
+            output_cap=output_cap,
+            limits=limits,
+            owners=[0],
+        )
+    for path, reason in result.skipped.items():
+        # A refused hook file (wrong owner, writable by others) is the administrator's to fix: say so.
+        if not reason.startswith(("shadowed", "not run", "hooks not run")):
+            log.warning("hook %s skipped: %s", path, reason)
+    return result
+
+
+def _not_run(
+    fields: Mapping[str, str | bytes], roots: HookRoots, extra_dirs: Sequence[Path], reason: str
+) -> HookResult:
+    """Every hook that would have run, each recorded as skipped for *reason*: nothing is dropped silently."""
+    result = HookResult()
+    for plan in (builtin_plan(roots), package_plan(fields, roots, extra_dirs)):
+        result.skipped.update(plan.skipped)
+        result.skipped.update(dict.fromkeys(map(str, plan.hooks), reason))
+    return result

@@ -1,0 +1,140 @@
+"""Who a report's hooks run as, and with which Python.
+
+A hook runs as the owner of the ``.crash`` file, with that user's groups and
+home; a report owned by root runs its hooks as the unprivileged ``crashd``
+system user instead. No path here ever yields uid or gid 0 (DESIGN.md §6).
+
+The interpreter must be one the hook user can execute: the daemon's own
+``sys.executable`` when that user can reach it and its standard library, else
+``/usr/bin/python3`` (if it is at least 3.11). A pyenv or venv interpreter under
+``/root`` (mode 0700) is the usual reason for the fallback, exactly as
+``tests/conftest.py``'s ``run_as`` fixture finds.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pwd
+import stat
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CHILD", "Account", "HookSetupError", "account_for", "interpreter_for"]
+
+CHILD = Path(__file__).resolve().with_name("child.py")
+SYSTEM_PYTHON = "/usr/bin/python3"
+_READ, _EXEC = 4, 1
+
+
+class HookSetupError(RuntimeError):
+    """Hooks cannot run for this report at all (no user to run them as, no usable Python).
+
+    ``str(e)`` is the reason; :func:`crashd.hooks.run_hooks` records it for every
+    hook it would have run instead of raising.
+    """
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user hooks run as: never root."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    name: str
+    home: str
+
+    @classmethod
+    def from_passwd(cls, entry: pwd.struct_passwd) -> Account:
+        if entry.pw_uid == 0 or entry.pw_gid == 0:
+            raise HookSetupError(f"user {entry.pw_name} has uid or gid 0; hooks never run as root")
+        groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        return cls(entry.pw_uid, entry.pw_gid, groups, entry.pw_name, entry.pw_dir or "/")
+
+    def environment(self) -> dict[str, str]:
+        """The child's whole environment: built from an allow-list, nothing inherited."""
+        return {
+            "HOME": self.home,
+            "USER": self.name,
+            "LOGNAME": self.name,
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+        }
+
+
+def account_for(owner_uid: int, fallback_user: str = "crashd") -> Account:
+    """The account for a report owned by *owner_uid* (*fallback_user* for root's reports).
+
+    HookSetupError when that account does not exist, or when this process is not
+    root and the account is not its own (only root can switch users).
+    """
+    try:
+        entry = pwd.getpwnam(fallback_user) if owner_uid == 0 else pwd.getpwuid(owner_uid)
+    except KeyError:
+        who = f"the system user {fallback_user!r}" if owner_uid == 0 else f"uid {owner_uid}"
+        raise HookSetupError(f"hooks not run: {who} does not exist") from None
+    account = Account.from_passwd(entry)
+    if os.geteuid() != 0 and account.uid != os.geteuid():
+        raise HookSetupError(f"hooks not run: only root can run them as {account.name} (uid {account.uid})")
+    return account
+
+
+def interpreter_for(account: Account) -> str:
+    """A Python >= 3.11 that *account* can run, and that can read the hook child."""
+    if not _reachable(str(CHILD), account, _READ):
+        raise HookSetupError(f"hooks not run: {account.name} cannot read {CHILD}")
+    if account.uid == os.geteuid():
+        return sys.executable
+    if sys.executable and _reachable(sys.executable, account, _EXEC):
+        stdlib = sysconfig.get_path("stdlib")
+        if _reachable(stdlib, account, _READ | _EXEC):
+            return sys.executable
+    if _reachable(SYSTEM_PYTHON, account, _EXEC) and _recent_enough(SYSTEM_PYTHON):
+        return SYSTEM_PYTHON
+    raise HookSetupError(
+        f"hooks not run: {account.name} can run neither {sys.executable} nor a {SYSTEM_PYTHON} >= 3.11"
+    )
+
+
+@functools.cache
+def _recent_enough(python: str) -> bool:
+    try:
+        done = subprocess.run(
+            [python, "-I", "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _reachable(path: str, account: Account, want: int) -> bool:
+    """Whether *account* may search every directory down to *path* and has *want* on it.
+
+    Judged from mode bits (ACLs are not read), for the resolved path.
+    """
+    real = Path(os.path.realpath(path))
+    try:
+        for directory in reversed(real.parents):
+            if not _allowed(os.stat(directory), account, _EXEC):
+                return False
+        return _allowed(os.stat(real), account, want)
+    except OSError:
+        return False
+
+
+def _allowed(st: os.stat_result, account: Account, want: int) -> bool:
+    if st.st_uid == account.uid:
+        bits = stat.S_IMODE(st.st_mode) >> 6
+    elif st.st_gid in account.groups:
+        bits = stat.S_IMODE(st.st_mode) >> 3
+    else:
+        bits = stat.S_IMODE(st.st_mode)
+    return bits & want == want

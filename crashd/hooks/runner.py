@@ -1,0 +1,249 @@
+"""Running a report's hooks: batches in, one child at a time, a :class:`HookResult` out (DESIGN.md §6).
+
+One child (``child.py``, run as ``python3 -I`` by :mod:`crashd.hooks.process`)
+runs every hook of a report, so the interpreter start is paid once per report,
+not per hook. Hooks come in batches (built-in ones first; the package hooks are
+chosen from the fields as the built-in hooks left them), handed to the child as
+it asks for more.
+
+A hook that ends its child (timeout, output cap, a crash, ``os._exit``) gets
+``HookError_<name>`` with a sentence saying what happened, and a fresh child runs
+the hooks after it: one bad hook never stops the others (only ``StopIteration``
+does, as in apport). Whatever does not run is listed in ``skipped`` with why.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crashd.hooks.accounts import CHILD, Account
+from crashd.hooks.discovery import Plan
+from crashd.hooks.process import HookChild
+
+__all__ = ["Batches", "HookLimits", "HookResult", "MiB", "error_key", "run"]
+
+MiB = 1 << 20
+_KEY = re.compile(r"[A-Za-z0-9._-]+")
+
+Batches = Callable[[Mapping[str, str | bytes]], Plan | None]
+"""Called with the report's current fields whenever the child has run out of hooks:
+the next batch to run (a :class:`Plan`), or None when there are no more."""
+
+
+@dataclass(frozen=True)
+class HookLimits:
+    """rlimits of the hook child and of everything it starts (CPU time follows the timeout)."""
+
+    address_space: int = 2 << 30
+    file_size: int = 64 * MiB
+    open_files: int = 256
+    processes: int = 64  # on top of the tasks the user already runs: RLIMIT_NPROC counts them all
+
+
+@dataclass
+class HookResult:
+    """What the hooks of one report did.
+
+    ``fields`` holds the values added or changed (``HookError_*`` are in
+    ``errors``, not here: :meth:`report_fields` merges both), ``removed`` the keys
+    hooks deleted. ``unreportable`` is a new ``UnreportableReason``. ``stopped``:
+    a hook raised ``StopIteration``. ``ran`` lists the hooks started, in order;
+    ``skipped`` every hook not run, with the reason; ``output`` the end of what
+    the hooks printed.
+    """
+
+    fields: dict[str, str | bytes] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    unreportable: str | None = None
+    stopped: bool = False
+    ran: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    output: str = ""
+
+    def report_fields(self) -> dict[str, str | bytes]:
+        """Everything to write into the report: ``fields`` and the ``HookError_*`` entries."""
+        return {**self.fields, **self.errors}
+
+
+def error_key(hook: str | os.PathLike[str]) -> str:
+    """``HookError_<name>``: apport's key (file stem, ``-`` → ``_``), made a valid report key."""
+    return "HookError_" + re.sub(r"[^A-Za-z0-9._-]", "_", Path(hook).stem.replace("-", "_"))
+
+
+@dataclass
+class _State:
+    original: Mapping[str, str | bytes]
+    current: dict[str, str | bytes]
+    result: HookResult = field(default_factory=HookResult)
+    exhausted: bool = False
+    tail: bytearray = field(default_factory=bytearray)
+
+    def next_batch(self, batches: Batches) -> list[str]:
+        while not self.exhausted:
+            plan = batches(self.current)
+            if plan is None:
+                self.exhausted = True
+                break
+            self.result.skipped.update(plan.skipped)
+            if plan.hooks:
+                return [str(hook) for hook in plan.hooks]
+        return []
+
+    def finish(self) -> HookResult:
+        result = self.result
+        result.fields = {k: v for k, v in self.current.items() if self.original.get(k) != v}
+        result.removed = [k for k in self.original if k not in self.current]
+        reason = result.fields.get("UnreportableReason")
+        if reason is not None:
+            result.unreportable = reason if isinstance(reason, str) else reason.decode("utf-8", "replace")
+        result.output = self.tail.decode("utf-8", "replace")
+        return result
+
+
+def run(
+    fields: Mapping[str, str | bytes],
+    batches: Batches,
+    *,
+    account: Account,
+    python: str,
+    timeout: float = 30,
+    output_cap: int = 10 * MiB,
+    limits: HookLimits | None = None,
+    owners: list[int] | None = None,
+) -> HookResult:
+    """Run every batch *batches* hands out, as *account*, and collect what the hooks did.
+
+    *owners*: the uids a hook file may belong to (the child re-checks each file it
+    opens); None accepts any owner (``crashd hook-test``).
+    """
+    if account.uid == 0 or account.gid == 0:
+        raise RuntimeError("refusing to run hooks as root")  # not assert: must hold under -O too
+    state = _State(fields, dict(fields))
+    queue = state.next_batch(batches)
+    config = _Config(account, python, timeout, output_cap, limits or HookLimits(), owners)
+    while queue:
+        queue, failure = _session(state, queue, batches, config)
+        if state.result.stopped:
+            _skip(state, queue, batches, "not run: an earlier hook raised StopIteration")
+            break
+        if failure is not None:  # the child failed before running any hook: so would the next one
+            _skip(state, queue, batches, f"not run: the hook child {failure}")
+            break
+        if not queue:
+            queue = state.next_batch(batches)
+    return state.finish()
+
+
+def _skip(state: _State, queue: list[str], batches: Batches, reason: str) -> None:
+    """Record *queue* and every later batch as not run, for *reason*: nothing disappears silently."""
+    while queue:
+        state.result.skipped.update(dict.fromkeys(queue, reason))
+        queue = state.next_batch(batches)
+
+
+@dataclass(frozen=True)
+class _Config:
+    account: Account
+    python: str
+    timeout: float
+    output_cap: int
+    limits: HookLimits
+    owners: list[int] | None
+
+
+def _session(
+    state: _State, queue: list[str], batches: Batches, config: _Config
+) -> tuple[list[str], str | None]:
+    """One child over *queue* and the batches after it.
+
+    Returns the hooks of the batch in progress that never started (empty when the
+    child finished normally), and a sentence when the child failed before any
+    hook started.
+    """
+    argv = [config.python, "-I", str(CHILD), json.dumps(config.limits.__dict__)]
+    try:
+        talk = HookChild(
+            argv, config.account, timeout=config.timeout, output_cap=config.output_cap, tail=state.tail
+        )
+    except (OSError, subprocess.SubprocessError) as error:  # no child at all: exec or the uid switch failed
+        return list(queue), f"could not be started: {error}"
+    batch, started, any_started = list(queue), 0, False
+    current: str | None = None
+    try:
+        talk.send({"fields": _encode(state.current), "hooks": batch, "owners": config.owners,
+                   "timeout": config.timeout})  # fmt: skip
+        for message in talk.messages():
+            if "start" in message:
+                talk.output = 0  # the output cap is per hook: one loud hook must not silence the next
+                current = str(message["start"])
+                started, any_started = started + 1, True
+                state.result.ran.append(current)
+            elif "done" in message:
+                _apply(state, str(message["done"]), message)
+                current = None
+            elif message.get("batch") == "done":
+                if state.result.stopped:
+                    return batch[started:], None  # `finally` ends the child; run() records the rest
+                more = state.next_batch(batches)
+                if more:
+                    batch, started = more, 0
+                    talk.send({"hooks": batch})
+                else:
+                    talk.close_input()
+                    batch, started = [], 0
+    finally:
+        talk.end()
+    failure = talk.failure or talk.exit_problem()
+    if failure is None and (current is not None or not talk.input_closed):
+        failure = "ended before its hooks were done (exit status 0)"
+    if failure is None:
+        return [], None
+    if current is not None:
+        state.result.errors[error_key(current)] = f"crashd: the hook {failure}{talk.last_words()}"
+    if current is not None or any_started:
+        return batch[started:], None  # a fresh child runs the rest
+    return batch, failure + talk.last_words()
+
+
+def _apply(state: _State, hook: str, message: Mapping[str, object]) -> None:
+    problems: list[str] = []
+    fields = message.get("fields")
+    for key, value in (fields if isinstance(fields, dict) else {}).items():
+        decoded = _decode(value)
+        if _KEY.fullmatch(key) and decoded is not None:
+            state.current[key] = decoded
+        else:
+            problems.append(f"dropped an invalid field {key[:80]!r}")
+    removed = message.get("removed")
+    for key in removed if isinstance(removed, list) else []:
+        state.current.pop(str(key), None)
+    error = message.get("error")
+    if error or problems:
+        state.result.errors[error_key(hook)] = "\n".join(filter(None, [str(error or ""), *problems]))
+    if message.get("stop"):
+        state.result.stopped = True
+
+
+def _encode(fields: Mapping[str, str | bytes]) -> dict[str, object]:
+    return {
+        k: v if isinstance(v, str) else {"base64": base64.b64encode(v).decode("ascii")}
+        for k, v in fields.items()
+    }
+
+
+def _decode(value: object) -> str | bytes | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("base64"), str):
+        with contextlib.suppress(ValueError):
+            return base64.b64decode(value["base64"], validate=True)
+    return None
