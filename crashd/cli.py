@@ -22,11 +22,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from crashd import __version__
-from crashd.collector import Gate, Status
+from crashd import __version__, dbus_client
+from crashd.collector import Gate, HookOptions, Status
 from crashd.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
 from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_preference
-from crashd.daemon import Daemon, journal_logging
+from crashd.daemon import Daemon, DBusSettings, journal_logging
 from crashd.daemon import run as run_daemon
 from crashd.delivery import Courier
 from crashd.hooks import add_hook_test_command, cmd_hook_test
@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     prefs.add_argument("name", nargs="?", choices=list(PREFERENCES), help="with set: the preference")
     prefs.add_argument("value", nargs="?", choices=["on", "off"], help="with set: on or off")
     prefs.add_argument("--json", action="store_true", help="print the preferences as one JSON object")
-    prefs.add_argument("--offline", action="store_true", help="edit the file directly (the only way for now)")
+    prefs.add_argument(
+        "--offline", action="store_true", help="as root: change the file directly, not through D-Bus"
+    )
     prefs.add_argument(
         "--state-dir", metavar="DIR", help="crashd's state directory (default /var/lib/crashd)"
     )
@@ -266,7 +268,7 @@ def cmd_upload_all(args: argparse.Namespace) -> int:
     with _spool(settings.crash_dir) as spool:
         if os.geteuid() != 0:
             log.info("not running as root: only reports this user may read can be sent")
-        summary = upload_all(spool, courier, limits=DEFAULT_LIMITS, deadline=deadline)
+        summary = upload_all(spool, courier, limits=DEFAULT_LIMITS, deadline=deadline, hooks=_hooks(settings))
     transport.close()
     if args.json:
         print(json.dumps(summary.as_json()))
@@ -289,6 +291,10 @@ def _exit_on_signals() -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+
+
+def _hooks(settings: Settings) -> HookOptions:
+    return HookOptions(extra_dirs=settings.hook_dirs, timeout=settings.hook_timeout)
 
 
 def _backoff(settings: Settings) -> Backoff:
@@ -331,8 +337,20 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     gate = _consent_gate(settings, config)
     with _spool(settings.crash_dir) as spool:
         idle = args.idle_timeout or settings.idle_timeout
+        dbus = DBusSettings(
+            settings.state_dir, config, lambda: survey(spool, StateStore.reader(settings.state_dir), gate)
+        )
         return run_daemon(
-            lambda: Daemon(spool, courier, DEFAULT_LIMITS, gate, idle_timeout=idle, once=args.once)
+            lambda: Daemon(
+                spool,
+                courier,
+                DEFAULT_LIMITS,
+                gate,
+                idle_timeout=idle,
+                once=args.once,
+                hooks=_hooks(settings),
+                dbus=dbus,
+            )
         )
 
 
@@ -363,10 +381,14 @@ def cmd_prefs(args: argparse.Namespace) -> int:
     if args.action == "set":
         if args.name is None or args.value is None:
             raise UsageError(f"prefs set needs NAME on|off (NAME: {', '.join(PREFERENCES)})")
-        try:
-            consent = set_preference(settings.state_dir, args.name, args.value == "on", config=config)
-        except PermissionError as error:  # ConsentLocked, or not root
-            raise UsageError(f"cannot change {args.name}: {error}") from None
+        if args.offline:
+            try:
+                consent = set_preference(settings.state_dir, args.name, args.value == "on", config=config)
+            except PermissionError as error:  # ConsentLocked, or not root
+                raise UsageError(f"cannot change {args.name}: {error}") from None
+        else:
+            local = load_consent(settings.state_dir, config=config)
+            consent = _set_over_dbus(args.name, args.value == "on", local)
         if args.name == "ReportCrashes" and args.value == "on" and not consent.report_crashes:
             print(f"crashd: stored, but {_switched_off(consent)}", file=sys.stderr)
     else:
@@ -380,6 +402,19 @@ def cmd_prefs(args: argparse.Namespace) -> int:
         f"Locked: {'yes' if consent.locked else 'no'}" + (f"  ({consent.reason})" if consent.reason else "")
     )
     return EXIT_OK
+
+
+def _set_over_dbus(name: str, value: bool, local: Consent) -> Consent:
+    """Change one preference through the running service (polkit decides; D-Bus activation starts it).
+    The bus carries no reason, so the one read locally (the lock, a legacy switch) is shown with it."""
+    try:
+        now = dbus_client.set_preference(name, value)
+    except dbus_client.NotAuthorized as error:
+        raise UsageError(f"cannot change {name}: {error}") from None
+    except dbus_client.BusUnavailable as error:
+        hint = "as root, --offline changes the file directly"
+        raise UsageError(f"cannot change {name}: {error} ({hint})") from None
+    return Consent(now.report_crashes, now.automatic, now.report_metrics, now.locked, local.reason)
 
 
 # -- status -----------------------------------------------------------------------------

@@ -17,9 +17,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import BinaryIO
 
-from crashd.report import Limits, Report, ReportError, read_report
+from crashd.hooks import HookRoots, InvalidPackageError, run_hooks, text_fields
+from crashd.report import Limits, Report, ReportError, StoredBinary, read_report, valid_key, write_report
 from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ class Collected:
     opened: OpenReport
     file: BinaryIO
     report: Report
+    owned: bool = False  # *opened* is the rewritten report, opened here: closed with this
 
     @property
     def name(self) -> str:
@@ -98,6 +101,8 @@ class Collected:
 
     def close(self) -> None:
         self.file.close()
+        if self.owned:
+            self.opened.close()
 
     def __enter__(self) -> Collected:
         return self
@@ -134,13 +139,49 @@ def sent_before(stamps: Stamps, report: os.stat_result) -> bool:
     return stamps.uploaded_ns >= report.st_mtime_ns  # an older one marks an earlier crash
 
 
-def collect(spool: Spool, opened: OpenReport, limits: Limits, *, stamp: bool = True) -> Collected | Status:
-    """Index an opened report, check that it is a kind daisy takes, and (with *stamp*) mark it ``.upload``.
+@dataclass(frozen=True)
+class HookOptions:
+    """How collection runs package hooks (DESIGN.md §6; settings ``hook_dirs``, ``hook_timeout``)."""
 
-    The caller keeps *opened*; on success the returned :class:`Collected` owns a reader of it.
+    extra_dirs: tuple[Path, ...] = ()
+    timeout: float = 30.0
+    roots: HookRoots | None = None  # None: the system's hook directories
+    fallback_user: str = "crashd"  # who runs the hooks of root's reports
+
+
+def collect(
+    spool: Spool, opened: OpenReport, limits: Limits, *, stamp: bool = True, hooks: HookOptions | None = None
+) -> Collected | Status:
+    """Index an opened report, check that it is a kind daisy takes, enrich it with its hooks (once),
+    and (with *stamp*) mark it ``.upload``.
+
+    The caller keeps *opened*; on success the returned :class:`Collected` owns a reader of it, or of
+    the rewritten report that replaced it.
     """
+    collected = _index(opened, limits)
+    if isinstance(collected, Collected) and hooks is not None and needs_hooks(collected.report):
+        enriched = _enrich(spool, collected, limits, hooks)
+        if enriched is not collected:
+            collected.close()
+        collected = enriched
+    if isinstance(collected, Status):
+        return collected
+    try:
+        if stamp:
+            spool.mark_upload(collected.opened)
+    except OSError as error:
+        collected.close()
+        name = collected.opened.name
+        log.warning("%s: cannot stamp it for upload: %s", name.crash, error)
+        return Status(name.crash, State.FAILED, detail=f"cannot write {name.upload}: {error.strerror}")
+    return collected
+
+
+def _index(opened: OpenReport, limits: Limits, *, owned: bool = False) -> Collected | Status:
     name = opened.name
     with contextlib.ExitStack() as cleanup:
+        if owned:
+            cleanup.callback(opened.close)
         file = cleanup.enter_context(opened.file())
         try:
             report = read_report(file, limits=limits, name=name.crash)
@@ -151,14 +192,59 @@ def collect(spool: Spool, opened: OpenReport, limits: Limits, *, stamp: bool = T
             what = f"ProblemType {kind}" if kind else "a report without a ProblemType"
             log.info("%s: skipped: %s is not sent", name.crash, what, extra=event(State.SKIPPED, name.crash))
             return Status(name.crash, State.SKIPPED, detail=f"{what} is not sent to the crash database")
-        try:
-            if stamp:
-                spool.mark_upload(opened)
-        except OSError as error:
-            log.warning("%s: cannot stamp it for upload: %s", name.crash, error)
-            return Status(name.crash, State.FAILED, detail=f"cannot write {name.upload}: {error.strerror}")
         cleanup.pop_all()
-        return Collected(opened, file, report)
+        return Collected(opened, file, report, owned=owned)
+
+
+def needs_hooks(report: Report) -> bool:
+    """apport's rule: a report whose ``_HooksRun`` is "no", or that has no ``Dependencies`` yet, was not
+    enriched (apport's UI collects before it stamps ``.upload``; crashd writes ``_HooksRun: yes``)."""
+    entry = report.entries.get("_HooksRun")
+    if entry is not None and not entry.binary:
+        return report.text("_HooksRun").strip() == b"no"
+    return "Dependencies" not in report
+
+
+def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptions) -> Collected | Status:
+    """Run the report's hooks as its owner and write what they add into it; the report as it was when
+    nothing ran (no hooks, no user to run them as) or it cannot be rewritten — it is still sent."""
+    name, report = collected.opened.name, collected.report
+    try:
+        result = run_hooks(
+            text_fields(report), owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
+            extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
+        )  # fmt: skip
+    except InvalidPackageError as error:  # CVE-2016-9950: a Package that would name a path
+        return invalid(name, str(error))
+    for key in result.errors:
+        log.warning("%s: hook failed: %s", name.crash, key)
+    if result.unreportable:
+        return invalid(name, f"a package hook says it cannot be reported: {result.unreportable}")
+    if not result.ran:
+        log.info("%s: no hooks ran (%d skipped)", name.crash, len(result.skipped))
+        return collected
+    added = {key: value for key, value in result.report_fields().items() if valid_key(key)}
+    added["_HooksRun"] = "yes"
+    kept = [key for key in report if key not in added and key not in result.removed]
+
+    def write(out: BinaryIO) -> None:
+        old = [(key, _stored(report, key)) for key in kept]
+        write_report(out, [*old, *added.items()])
+
+    try:
+        replaced = spool.replace_report(collected.opened, write)
+    except (OSError, UnsafeFileError) as error:
+        log.warning("%s: cannot write the hooks' fields into it (%s); sending it as it is", name.crash, error)
+        return collected
+    if replaced is None:
+        return Status(name.crash, State.NEW, detail="replaced by a newer crash while its hooks ran")
+    log.info("%s: enriched by %d hook(s)", name.crash, len(result.ran))
+    return _index(replaced, limits, owned=True)
+
+
+def _stored(report: Report, key: str) -> bytes | StoredBinary:
+    """A field as it is: text decoded, a binary block copied as stored (never decompressed)."""
+    return StoredBinary.of(report, key) if report.entries[key].binary else report.text(key)
 
 
 def stamped_id(spool: Spool, opened: OpenReport) -> str | None:

@@ -31,7 +31,9 @@ from pathlib import Path
 
 from asyncinotify import Inotify, Mask
 
-from crashd.collector import Gate, State
+from crashd import dbus_prefs
+from crashd.collector import Gate, HookOptions, State, Status
+from crashd.consent import Consent, may_collect_automatically
 from crashd.delivery import Courier
 from crashd.report import Limits
 from crashd.spool import ReportName, Spool
@@ -40,6 +42,15 @@ log = logging.getLogger(__name__)
 
 WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
+
+
+@dataclass(frozen=True)
+class DBusSettings:
+    """What the D-Bus preferences service needs (DESIGN.md §5); None on Daemon: no D-Bus."""
+
+    state_dir: Path
+    config: Path | None
+    status_provider: Callable[[], list[Status]]
 
 
 @dataclass
@@ -52,6 +63,10 @@ class Daemon:
     consent: Gate
     idle_timeout: float = 30.0
     once: bool = False
+    hooks: HookOptions | None = None
+    dbus: DBusSettings | None = None
+    bus_lost: bool = False
+    bus_watch: asyncio.Task[None] | None = None
     due: dict[ReportName, float] = field(default_factory=dict)  # courier.clock() time
     busy: set[ReportName] = field(default_factory=set)
     again: set[ReportName] = field(default_factory=set)
@@ -63,6 +78,15 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)
+        service = await self._serve_dbus()  # before READY=1: an activated call must find the names
+        try:
+            return await self._run()
+        finally:
+            if service is not None:
+                await service.close()  # release the names first: the next call activates a new daemon
+                service.bus.disconnect()
+
+    async def _run(self) -> int:
         with Inotify() as inotify:
             inotify.add_watch(Path(self.spool.path), _WATCH)
             watcher = asyncio.create_task(self._watch(inotify))
@@ -74,11 +98,52 @@ class Daemon:
             finally:
                 watcher.cancel()
                 sd_notify("STOPPING=1")
+        code = 1 if self.bus_lost else 0  # non-zero: systemd's Restart=on-failure brings us back
         if self.busy:  # a worker stuck in a hung upload must not hold up the stop
             log.info("stopping with %d report(s) in flight; they stay pending", len(self.busy))
             logging.shutdown()
-            os._exit(0)
-        return 0
+            os._exit(code)
+        return code
+
+    async def _serve_dbus(self) -> dbus_prefs.Service | None:
+        """The consent service on the system bus; None with --once, or when there is no bus to use."""
+        if self.dbus is None or self.once:
+            return None
+        try:
+            bus = await dbus_prefs.connect_system_bus()
+        except dbus_prefs.BusUnavailable as error:
+            log.warning("%s: running without the D-Bus preferences service", error)
+            return None
+        try:
+            service = await dbus_prefs.serve(
+                bus, state_dir=self.dbus.state_dir, config=self.dbus.config,
+                status_provider=self.dbus.status_provider, on_activity=self._touch,
+                on_consent_change=self._consent_changed, on_upload_now=self.rescan,
+            )  # fmt: skip
+        except dbus_prefs.BusUnavailable as error:  # another crashd, or whoopsie-preferences, has a name
+            log.warning("%s: running without the D-Bus preferences service", error)
+            bus.disconnect()
+            return None
+        self.bus_watch = asyncio.create_task(self._watch_bus(bus))
+        return service
+
+    async def _watch_bus(self, bus: dbus_prefs.MessageBus) -> None:
+        with contextlib.suppress(Exception):  # EOFError/OSError when the bus dies; None when we hang up
+            await bus.wait_for_disconnect()
+        if not self.stop.is_set():
+            log.error("lost the system bus connection; exiting so that systemd restarts crashd")
+            self.bus_lost = True
+            self.stop.set()
+
+    def _touch(self) -> None:
+        """A D-Bus client called: the idle exit waits (the scheduler re-checks when its sleep ends)."""
+        self.last_activity = time.monotonic()
+
+    def _consent_changed(self, consent: Consent) -> None:
+        """Automatic switched on: held reports go out now. Off needs nothing: the gate is read per
+        report, so nothing new starts (an upload already on the wire may finish)."""
+        if may_collect_automatically(consent):
+            self.rescan()
 
     def rescan(self) -> None:
         """Look at every report: at start, and when inotify lost events."""
@@ -149,7 +214,9 @@ class Daemon:
         try:
             async with slots:
                 process = self.courier.process
-                status = await asyncio.to_thread(process, self.spool, name, self.limits, self.consent)
+                status = await asyncio.to_thread(
+                    process, self.spool, name, self.limits, self.consent, self.hooks
+                )
         except Exception:  # a bug must not take the daemon down with it; the report waits for a restart
             log.exception("%s: processing failed", name.crash)
             status = None

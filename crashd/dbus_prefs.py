@@ -50,6 +50,7 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,8 @@ from dbus_fast import (
     NameFlag,
     RequestNameReply,
     Variant,
-)  # fmt: skip
+)
+from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr
 from dbus_fast.errors import AuthError, InvalidAddressError
@@ -80,6 +82,7 @@ from crashd.identity import system_identifier
 __all__ = [
     "BUS_NAME", "CHANGE_ACTION", "PATH", "PREFERENCES_INTERFACE", "REPORTS_INTERFACE", "WHOOPSIE_ACTION",
     "WHOOPSIE_NAME", "WHOOPSIE_PATH", "BusUnavailable", "Service", "connect_system_bus", "serve",
+    "tolerate_full_socket",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -118,9 +121,54 @@ async def connect_system_bus() -> MessageBus:
     """
     address = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or DEFAULT_SYSTEM_BUS
     try:
-        return await MessageBus(bus_type=BusType.SYSTEM).connect()
+        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
     except (OSError, AuthError, InvalidAddressError, DBusError, EOFError) as error:
         raise BusUnavailable(f"cannot connect to the system bus at {address}: {error}") from error
+    tolerate_full_socket(bus)
+    return bus
+
+
+def tolerate_full_socket(bus: MessageBus) -> None:
+    """Keep *bus* connected when its socket buffer is full, instead of dropping it.
+
+    dbus-fast 5.2 (like dbus-next, altdesktop/python-dbus-next#153, still open) treats EAGAIN from a
+    non-blocking ``send`` as a fatal error and closes the connection: a burst of a few hundred calls,
+    whose replies outrun dbus-daemon for a moment, took the service off the bus (1 run in 10 with 1,000
+    concurrent calls, every run with 5,000). Its writer already handles a short write — it keeps the
+    rest and waits until the socket is writable — so a ``send`` that reports "0 bytes written" on EAGAIN
+    gets exactly that behaviour. This wraps the writer's socket accordingly; it relies on dbus-fast's
+    ``MessageBus._writer.sock`` (checked: without it nothing is changed, and tests/test_dbus.py's burst
+    test shows the regression). Call it right after ``connect()``; calling it twice is harmless.
+    """
+    writer = getattr(bus, "_writer", None)
+    sock = getattr(writer, "sock", None)
+    if sock is None or isinstance(sock, _PatientSocket):
+        if sock is None:
+            log.warning("dbus-fast internals changed: a burst of D-Bus calls may drop the connection")
+        return
+    writer.sock = _PatientSocket(sock)  # type: ignore[union-attr]
+
+
+class _PatientSocket:
+    """A socket whose ``send`` answers EAGAIN with 0 bytes written (see :func:`tolerate_full_socket`)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def send(self, data: bytes | memoryview, flags: int = 0) -> int:
+        try:
+            return self._sock.send(data, flags)
+        except BlockingIOError:
+            return 0
+
+    def sendmsg(self, buffers: Any, ancdata: Any = (), flags: int = 0, address: Any = None) -> int:
+        try:
+            return self._sock.sendmsg(buffers, ancdata, flags, *([address] if address else []))
+        except BlockingIOError:
+            return 0  # nothing went out, the descriptors neither: the writer resends both
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 async def serve(
@@ -142,9 +190,11 @@ async def serve(
     ``lambda: survey(spool, StateStore.reader(state_dir))``). The callbacks run on the event loop and
     must not block: *on_activity* on every incoming call (the daemon's idle exit waits for clients),
     *on_consent_change* with the new effective consent whenever it changes, *on_upload_now* after an
-    authorised ``UploadNow``. Raises :class:`ConfigError` for a bad ``[consent]`` section and
+    authorised ``UploadNow``. *polkit_timeout* bounds a non-interactive authorisation; the legacy
+    switch files can be moved for tests. Raises :class:`ConfigError` for a bad ``[consent]`` section and
     :class:`BusUnavailable` when a name cannot be owned (nothing stays exported then).
     """
+    tolerate_full_socket(bus)
     service = Service(
         bus, state_dir=Path(state_dir), config=config, status_provider=status_provider,
         on_activity=on_activity, on_consent_change=on_consent_change, on_upload_now=on_upload_now,
@@ -361,7 +411,7 @@ class Service:
         authorized, challenge, _details = reply.body[0]
         if not authorized:
             hint = " (authentication is required: allow interactive authorization)" if challenge else ""
-            raise DBusError(_ACCESS_DENIED, f"not authorized to {action.rpartition('.')[2]} ({action}){hint}")
+            raise DBusError(_ACCESS_DENIED, f"not authorized (polkit action {action}){hint}")
 
     def _setter(self, action: str, preference: str) -> _Guarded:
         async def run(body: list[Any]) -> None:
@@ -435,10 +485,30 @@ def _unrouted() -> None:
 # -- the exported interfaces: names and signatures exactly as DESIGN.md §5 --------------------------
 
 
-class _Preferences(ServiceInterface):
-    def __init__(self, service: Service) -> None:
-        super().__init__(PREFERENCES_INTERFACE)
+_ARG_NAMES = {"GetIdentifier": ("identifier",), "List": ("reports",), "ReportChanged": ("name", "state")}
+
+
+class _Interface(ServiceInterface):
+    """Names the out arguments and signal arguments in the introspection data, which dbus-fast leaves
+    as ``arg_0``…: ``GetIdentifier(out s identifier)`` as whoopsie-preferences' XML has it."""
+
+    def __init__(self, name: str, service: Service) -> None:
+        super().__init__(name)
         self._service = service
+
+    def introspect(self) -> intr.Interface:
+        data = super().introspect()
+        for member in [*data.methods, *data.signals]:
+            names = _ARG_NAMES.get(member.name, ())
+            args = member.out_args if isinstance(member, intr.Method) else member.args
+            for arg, name in zip(args, names, strict=False):
+                arg.name = name
+        return data
+
+
+class _Preferences(_Interface):
+    def __init__(self, service: Service) -> None:
+        super().__init__(PREFERENCES_INTERFACE, service)
 
     @dbus_property(access=PropertyAccess.READ)
     def ReportCrashes(self) -> DBusBool:
@@ -450,7 +520,10 @@ class _Preferences(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def Identifier(self) -> DBusStr:
-        return self._service.identifier()
+        try:
+            return self._service.identifier()
+        except DBusError:  # "" = unknown, so that GetAll still answers; GetIdentifier says why
+            return ""
 
     @dbus_property(access=PropertyAccess.READ)
     def Locked(self) -> DBusBool:
@@ -465,10 +538,9 @@ class _Preferences(ServiceInterface):
         _unrouted()
 
 
-class _Reports(ServiceInterface):
+class _Reports(_Interface):
     def __init__(self, service: Service) -> None:
-        super().__init__(REPORTS_INTERFACE)
-        self._service = service
+        super().__init__(REPORTS_INTERFACE, service)
 
     @dbus_method()
     async def List(self) -> ReportList:
@@ -487,12 +559,11 @@ class _Reports(ServiceInterface):
         return name, state
 
 
-class _WhoopsiePreferences(ServiceInterface):
+class _WhoopsiePreferences(_Interface):
     """whoopsie-preferences' interface, member for member (research/whoopsie.md §5.1)."""
 
     def __init__(self, service: Service) -> None:
-        super().__init__(WHOOPSIE_NAME)
-        self._service = service
+        super().__init__(WHOOPSIE_NAME, service)
 
     @dbus_property(access=PropertyAccess.READ)
     def ReportCrashes(self) -> DBusBool:

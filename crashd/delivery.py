@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from crashd import collector, policy
-from crashd.collector import Collected, Gate, State, Status, event, stamped_id
+from crashd.collector import Collected, Gate, HookOptions, State, Status, event, stamped_id
 from crashd.policy import Backoff, Decision, Rejected, RetryAt, Sent
 from crashd.report import Limits, ReportError
 from crashd.spool import OpenReport, ReportName, Spool, UnsafeFileError
@@ -42,7 +42,6 @@ from crashd.uploader import (
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Courier:
     """Everything needed to deliver reports to one crash database."""
@@ -57,7 +56,12 @@ class Courier:
     wire: threading.Lock = field(default_factory=threading.Lock)  # one POST in flight at a time
 
     def process(
-        self, spool: Spool, name: ReportName, limits: Limits, consent: Gate | None = None
+        self,
+        spool: Spool,
+        name: ReportName,
+        limits: Limits,
+        consent: Gate | None = None,
+        hooks: HookOptions | None = None,
     ) -> Status | None:
         """Do what one report needs next, and say where it stands afterwards.
 
@@ -87,11 +91,15 @@ class Courier:
                 when = due(record)
                 if when is not None and when > self.clock():
                     return status(record)  # backing off: not yet
-            # Only the core left to send: the report itself went out, so it is not marked again.
-            collected = collector.collect(spool, opened, limits, stamp=record.phase is not Phase.SENT)
+            # Only the core left to send: the report itself went out, so it is neither enriched nor
+            # marked again.
+            first = record.phase is not Phase.SENT
+            collected = collector.collect(spool, opened, limits, stamp=first, hooks=hooks if first else None)
             if isinstance(collected, Status):
                 self._remember(record, collected)
                 return collected
+            if collected.opened is not opened:  # rewritten with what its hooks added: a new file
+                record = replace(record, fingerprint=Fingerprint.of(collected.opened.stat))
             with collected:
                 try:
                     record = self.deliver(spool, collected, record)

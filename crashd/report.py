@@ -56,8 +56,10 @@ __all__ = [
     "Report",
     "ReportError",
     "ReportLimitError",
+    "StoredBinary",
     "is_text",
     "read_report",
+    "valid_key",
     "write_report",
 ]
 
@@ -172,6 +174,11 @@ class Digest:
     sha256: str
     text: str | None  # None when the value is not text or is longer than the limit
     is_text: bool
+
+
+def valid_key(key: str) -> bool:
+    """Whether *key* may name a field: ASCII letters, digits and ``. - _``, with one alphanumeric."""
+    return key.isascii() and _KEY.fullmatch(key.encode("ascii")) is not None
 
 
 def is_text(value: bytes) -> bool:
@@ -474,7 +481,24 @@ def _header(
 
 # -- writing --------------------------------------------------------------------------
 
-FieldValue = str | bytes | BinaryIO
+
+@dataclass(frozen=True)
+class StoredBinary:
+    """A binary value re-emitted exactly as another report stores it, never decompressed.
+
+    ``StoredBinary.of(report, key)`` carries a multi-gigabyte core from one file
+    to its rewritten copy with flat memory and no recompression.
+    """
+
+    body: Iterable[bytes]  # the stored base64 lines joined with "\n", as Report.base64_body yields them
+    empty: bool = False  # a block with no lines at all
+
+    @classmethod
+    def of(cls, report: Report, key: str) -> StoredBinary:
+        return cls(report.base64_body(key), empty=report.entries[key].size == 0)
+
+
+FieldValue = str | bytes | BinaryIO | StoredBinary
 _WRITE_BLOCK = 128 * KiB
 
 
@@ -486,12 +510,20 @@ def write_report(file: BinaryIO, fields: Mapping[str, FieldValue] | Iterable[tup
     line, leading empty lines, a lone ``base64`` — as a gzip base64 block, which
     apport decodes to the same bytes. (apport's own writer loses such values.) A
     readable binary file object is streamed into a block without being held in
-    memory.
+    memory; a :class:`StoredBinary` is copied as stored.
     """
     for key, value in fields.items() if isinstance(fields, Mapping) else fields:
-        raw_key = key.encode("ascii", "replace")
-        if not key.isascii() or not _KEY.fullmatch(raw_key):
+        if not valid_key(key):
             raise ValueError(f"invalid report key {key!r} (allowed: letters, digits, . - _)")
+        raw_key = key.encode("ascii")
+        if isinstance(value, StoredBinary):
+            file.write(raw_key + b": base64\n")
+            if not value.empty:
+                file.write(b" ")
+                for piece in value.body:
+                    file.write(piece.replace(b"\n", b"\n "))
+                file.write(b"\n")
+            continue
         if isinstance(value, str):
             value = value.encode("utf-8")
         if isinstance(value, bytes) and _text_round_trips(value):

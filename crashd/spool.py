@@ -25,6 +25,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from stat import S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFSOCK, S_ISLNK, S_ISREG
+from stat import S_IMODE as stat_mode
 from typing import TYPE_CHECKING, BinaryIO, Self
 
 if TYPE_CHECKING:
@@ -445,6 +446,41 @@ class Spool:
             return False
         self._write_stamp(report.name.uploaded, oops_id.encode("ascii"), report.stat)
         return True
+
+    def replace_report(self, report: OpenReport, write: Callable[[BinaryIO], None]) -> OpenReport | None:
+        """Rewrite a report atomically: *write* fills a new file that takes the old one's place.
+
+        The new file is created exclusively under a temporary name in the crash
+        directory, given the old one's owner, group and mode on its descriptor,
+        and renamed over ``NAME.crash`` only if that name still is the file that
+        was read — apport may have replaced it with a newer crash meanwhile
+        (then the rewrite is dropped and None returned). The caller keeps
+        *report*; the result is the new file, opened and checked like any report.
+        """
+        dirfd = self._dirfd()
+        tmp, fd = _create_temp(dirfd)
+        try:
+            with os.fdopen(os.dup(fd), "wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            if os.geteuid() == 0 or report.stat.st_uid != os.geteuid():
+                os.fchown(fd, report.stat.st_uid, report.stat.st_gid)
+            os.fchmod(fd, stat_mode(report.stat.st_mode))
+            os.close(fd)
+            fd = -1
+            now = os.stat(report.name.crash, dir_fd=dirfd, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) != (report.stat.st_dev, report.stat.st_ino):
+                os.unlink(tmp, dir_fd=dirfd)
+                return None
+            os.rename(tmp, report.name.crash, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dirfd)
+            raise
+        return self.open_report(report.name)
 
     def oops_id(self, name: ReportName | str, owner_uid: int | None = None) -> str | None:
         """The OOPS id in ``NAME.uploaded``; None if the stamp is absent, empty or

@@ -19,7 +19,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from crashd.collector import State, Status
+from crashd.collector import HookOptions, State, Status
 from crashd.delivery import Courier
 from crashd.report import Limits
 from crashd.spool import ReportName, Spool
@@ -60,6 +60,7 @@ def upload_all(
     deadline: float | None = None,
     stop: threading.Event | None = None,
     workers: int = WORKERS,
+    hooks: HookOptions | None = None,
 ) -> Summary:
     """Collect and deliver every report in *spool*; *deadline* is in ``courier.clock()`` time."""
     stop = stop or threading.Event()
@@ -67,7 +68,7 @@ def upload_all(
     def attempt(name: ReportName) -> Status | None:
         if stop.is_set() or (deadline is not None and courier.clock() >= deadline):
             return Status(name.crash, State.PENDING, detail="the timeout ran out before it was sent")
-        return courier.process(spool, name, limits)
+        return courier.process(spool, name, limits, hooks=hooks)
 
     names = spool.report_names()
     results: dict[ReportName, Status] = {}

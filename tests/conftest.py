@@ -138,3 +138,18 @@ def system_state_untouched() -> Iterator[None]:
     existed = real.exists()
     yield
     assert existed or not real.exists(), f"a test created {real}; pass --state-dir"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_real_system_bus() -> Iterator[None]:
+    """A daemon started by a test must never take crashd's names on the machine's real system bus.
+
+    Tests of the D-Bus service start a private bus and pass its address to their children.
+    """
+    saved = os.environ.get("DBUS_SYSTEM_BUS_ADDRESS")
+    os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = "unix:path=/nonexistent/crashd-tests-use-a-private-bus"
+    yield
+    if saved is None:
+        os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
+    else:
+        os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = saved
