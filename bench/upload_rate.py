@@ -41,7 +41,7 @@ from crashd.report import DEFAULT_LIMITS, read_report, write_report
 from crashd.spool import Spool
 from crashd.state import StateStore
 from crashd.upload_all import WORKERS, upload_all
-from crashd.uploader import HttpTransport, encode_report
+from crashd.uploader import DirectUploader, HttpTransport, encode_report
 
 COUNT = 200
 WHOOPSIE_RATE = COUNT / 0.108  # reports/s, external anchor
@@ -138,7 +138,7 @@ def _library(
             timed.wrap(store, "save", "state record save (write + fsync + rename)")
             timed.wrap(spool, "mark_upload", ".upload stamp")
             timed.wrap(spool, "mark_uploaded", ".uploaded stamp")
-        courier = Courier(transport, url, TOKEN, store)
+        courier = Courier(DirectUploader(transport), url, TOKEN, store)
         started = time.perf_counter()
         summary = upload_all(spool, courier, limits=DEFAULT_LIMITS, workers=workers)
         elapsed = time.perf_counter() - started

@@ -37,7 +37,7 @@ from crashd.spool import Spool, UnsafeFileError, open_file
 from crashd.state import StateStore
 from crashd.status import survey
 from crashd.upload_all import upload_all
-from crashd.uploader import HttpTransport
+from crashd.uploader import DirectUploader, HttpTransport
 
 log = logging.getLogger("crashd")
 
@@ -264,7 +264,7 @@ def cmd_upload_all(args: argparse.Namespace) -> int:
     backoff = _backoff(settings)
     if args.timeout is not None:
         backoff = backoff.interactive(args.timeout)
-    courier = Courier(transport, settings.url, system_id, store, backoff)
+    courier = Courier(DirectUploader(transport), settings.url, system_id, store, backoff)
     with _spool(settings.crash_dir) as spool:
         if os.geteuid() != 0:
             log.info("not running as root: only reports this user may read can be sent")
@@ -331,7 +331,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     system_id = _identifier(settings)
     transport = HttpTransport(settings.connect_timeout, settings.read_timeout)
     courier = Courier(
-        transport, settings.url, system_id, StateStore.open(settings.state_dir), _backoff(settings)
+        DirectUploader(transport),
+        settings.url,
+        system_id,
+        StateStore.open(settings.state_dir),
+        _backoff(settings),
     )
 
     gate = _consent_gate(settings, config)

@@ -32,11 +32,9 @@ from crashd.state import Core, CorePhase, Fingerprint, Phase, Record, StateStore
 from crashd.uploader import (
     CoreUnavailable,
     OfflineError,
-    Transport,
+    Uploader,
     UploadError,
     encode_report,
-    post_core,
-    post_report,
 )
 
 log = logging.getLogger(__name__)
@@ -46,7 +44,7 @@ log = logging.getLogger(__name__)
 class Courier:
     """Everything needed to deliver reports to one crash database."""
 
-    transport: Transport
+    uploader: Uploader
     url: str
     system_id: str
     store: StateStore
@@ -140,7 +138,8 @@ class Courier:
             # (against power cuts, where the worst case is a resend answered 409) comes after it.
             record = self._save(replace(record, phase=Phase.POSTING, attempts=record.attempts + 1))
             try:
-                answer = post_report(body, self.transport, self.url, self.system_id)
+                fd = collected.opened.fd
+                answer = self.uploader.send_report(fd, collected.report, body, self.url, self.system_id)
             except UploadError as error:
                 decision: Decision = self._retry(error, record.attempts)
             else:
@@ -191,7 +190,8 @@ class Courier:
             core = replace(core, phase=CorePhase.POSTING, attempts=core.attempts + 1)
             record = self._save(replace(record, core=core))
             try:
-                answer = post_core(collected.report, self.transport, self.url, self.system_id, record.oops_id)
+                fd, report = collected.opened.fd, collected.report
+                answer = self.uploader.send_core(fd, report, self.url, self.system_id, record.oops_id)
             except CoreUnavailable as error:
                 log.info("%s: %s", record.name, error)
                 core = replace(core, phase=CorePhase.UNAVAILABLE, next_attempt=None, last_error=str(error))

@@ -147,6 +147,38 @@ def post_core(report: Report, transport: Transport, url: str, system_id: str, oo
     return transport.post(f"{url}/{oops_id}/submit-core/{architecture}/{system_id}", body)
 
 
+class Uploader(Protocol):
+    """Sends one report's POSTs: here (:class:`DirectUploader`) or in the unprivileged upload worker.
+
+    The worker gets the report's open descriptor and reads the report itself, so both the descriptor
+    and the indexed report are passed; each implementation uses what it needs.
+    """
+
+    def send_report(self, fd: int, report: Report, body: bytes, url: str, system_id: str) -> Answer: ...
+
+    def send_core(self, fd: int, report: Report, url: str, system_id: str, oops_id: str) -> Answer: ...
+
+    def close(self) -> None: ...
+
+
+class DirectUploader:
+    """:class:`Uploader` in this very process: for a user flushing their own reports, and for tests."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def send_report(self, fd: int, report: Report, body: bytes, url: str, system_id: str) -> Answer:
+        return post_report(body, self.transport, url, system_id)
+
+    def send_core(self, fd: int, report: Report, url: str, system_id: str, oops_id: str) -> Answer:
+        return post_core(report, self.transport, url, system_id, oops_id)
+
+    def close(self) -> None:
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            close()
+
+
 class HttpTransport:
     """:class:`Transport` over ``requests``: keep-alive per thread, timeouts on every call."""
 
