@@ -24,7 +24,7 @@ from pathlib import Path
 
 from crashd import __version__, dbus_client
 from crashd.collector import Gate, HookOptions, Status
-from crashd.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings
+from crashd.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings, seconds_argument
 from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_preference
 from crashd.daemon import Daemon, DBusSettings, journal_logging
 from crashd.daemon import run as run_daemon
@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         "was sent (or is a kind that is never sent: Bug, KernelCrash).",
     )
     upload.add_argument(
-        "--timeout", type=_seconds, metavar="S", help="give up after S seconds; what is left is pending"
+        "--timeout",
+        type=seconds_argument,
+        metavar="S",
+        help="give up after S seconds; what is left is pending",
     )
     upload.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     _add_locations(upload, url=True)
@@ -102,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
         "start it again). Honours SIGTERM at once.",
     )
     daemon.add_argument("--once", action="store_true", help="process what is there now, then exit")
-    daemon.add_argument("--idle-timeout", type=_seconds, metavar="S", help="exit after S idle seconds (30)")
+    daemon.add_argument(
+        "--idle-timeout", type=seconds_argument, metavar="S", help="exit after S idle seconds (30)"
+    )
     _add_locations(daemon, url=True)
 
     prefs = commands.add_parser(
@@ -156,16 +161,6 @@ def _add_locations(parser: argparse.ArgumentParser, *, url: bool) -> None:
         parser.add_argument(
             "--url", metavar="URL", help="crash database (default https://daisy.ubuntu.com, $CRASH_DB_URL)"
         )
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ default (DESIGN.md §9).
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import dataclasses
 import os
@@ -120,6 +121,14 @@ def _seconds(value: str) -> float:
     if not 0 < seconds < float("inf"):
         raise ValueError("must be a positive number of seconds")
     return seconds
+
+
+def seconds_argument(text: str) -> float:
+    """A duration given on the command line (``--timeout 60``), for argparse's ``type=``."""
+    try:
+        return _seconds(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}") from None
 
 
 _CONVERTERS = {"url": _url, "crash_dir": _path, "state_dir": _path, "hook_dirs": _paths}

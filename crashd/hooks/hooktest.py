@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from crashd.config import seconds_argument
 from crashd.hooks.accounts import HookSetupError, account_for, interpreter_for
 from crashd.hooks.discovery import InvalidPackageError, Plan, hook_refusal, package_names
 from crashd.hooks.runner import HookLimits, HookResult, MiB, run
@@ -104,7 +105,9 @@ def add_hook_test_command(subparsers: Any) -> argparse.ArgumentParser:
         "file", type=Path, metavar="FILE", help="a .crash report (symbolic links are refused)"
     )
     parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
-    parser.add_argument("--timeout", type=_seconds, metavar="S", help="seconds the hook may take (30)")
+    parser.add_argument(
+        "--timeout", type=seconds_argument, metavar="S", help="seconds the hook may take (30)"
+    )
     parser.add_argument(
         "--fallback-user", default="crashd", metavar="NAME", help="who runs root's reports' hooks (crashd)"
     )
@@ -151,16 +154,6 @@ def _hook_timeout(args: argparse.Namespace) -> float:
     from crashd.config import load_settings  # only when no --timeout: a bad config file is exit 2 in cli.py
 
     return load_settings(getattr(args, "config", None)).hook_timeout
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
 
 
 def _fail(code: int, message: str) -> int:
