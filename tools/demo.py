@@ -1,12 +1,14 @@
-"""`make demo`: crashd's main job end to end, on loopback, in about ten seconds.
+"""`make demo`: crashd's main job end to end, on loopback, in a few seconds.
 
 1. start a daisy-compatible crash database on 127.0.0.1 (tests/daisy.py);
-2. crash two real programs into a scratch crash directory: /usr/bin/sleep, cored
-   with gdb's gcore and killed by SIGSEGV, and a Python program dying on an
-   uncaught exception — each written as an apport-format report;
-3. plant a hostile file (a symlink to /etc/shadow) beside them;
-4. run `crashd upload-all` and show what the server received: the OOPS ids, the
-   core the server asked for, and the refusal of the hostile file.
+2. start `crashd daemon` on a scratch crash directory, automatic reporting on;
+3. crash two real programs: /usr/bin/sleep, cored with gdb's gcore and killed by
+   SIGSEGV, and a Python program dying on an uncaught exception — each written as
+   an apport-format report and renamed into the crash directory, as apport does —
+   and plant a hostile file (a symlink to /etc/shadow) beside them;
+4. watch the daemon collect them, run a package hook, and upload them with no
+   command given; show `crashd status`, what the hook added, and what the server
+   received: the OOPS ids, the core it asked for, and the refused hostile file.
 
 Nothing outside the scratch directory is touched; it is removed at the end
 unless --keep is given.
@@ -20,10 +22,12 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from crashd.report import write_report
@@ -37,48 +41,114 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory to look at")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="crashd-demo-"))
-    crash_dir = scratch / "crash"
-    crash_dir.mkdir()
+    scratch.chmod(0o755)  # the unprivileged hook user must reach the demo's hook
+    crash_dir, staging, state = scratch / "crash", scratch / "staging", scratch / "state"
+    for directory in (crash_dir, staging):
+        directory.mkdir()
     crash_dir.chmod(0o3777)  # as /var/crash
-    server = None
+    config = write_demo_config(scratch)
+    server = daemon = None
     try:
         step(1, "a daisy-compatible crash database on loopback")
         server, url = start_server(scratch / "received")
         say(f"listening on {url}")
 
-        step(2, "crash two real programs into the crash directory")
-        native = crash_native_program(crash_dir, scratch)
-        crash_python_program(crash_dir)
-        step(3, "plant a hostile file: a symbolic link to /etc/shadow")
+        step(2, "crashd daemon on a scratch crash directory, automatic reporting on")
+        crashd("--config", str(config), "prefs", "set", "AutomaticallyReportCrashes", "on", "--offline",
+               "--state-dir", str(state))  # fmt: skip
+        daemon = start_daemon(config, crash_dir, state, url, scratch / "notify")
+        say(f"pid {daemon.pid}: READY=1 received over NOTIFY_SOCKET")
+
+        step(3, "crash two real programs; their reports appear in the crash directory as apport writes them")
+        native = crash_native_program(staging, scratch)
+        python = crash_python_program(staging)
+        for report in (native, python):
+            report.rename(crash_dir / report.name)  # complete files only, as apport does
         (crash_dir / "_usr_sbin_evil.0.crash").symlink_to("/etc/shadow")
-        for path in sorted(crash_dir.iterdir()):
-            say(f"{path.name}  ({'symlink' if path.is_symlink() else f'{path.stat().st_size} bytes'})")
+        say("and a hostile file: _usr_sbin_evil.0.crash, a symbolic link to /etc/shadow")
 
-        step(4, f"crashd show {native.name}  (first lines)")
-        shown = crashd("show", str(native))
-        for line in shown.stdout.splitlines()[:8]:
-            say(line[:110])
-
-        step(5, "crashd upload-all")
-        places = ["--crash-dir", str(crash_dir), "--state-dir", str(scratch / "state")]
-        result = crashd("upload-all", *places, "--url", url, "--json")
-        summary = json.loads(result.stdout)
-        for entry in summary["reports"]:
+        step(4, "the daemon collects, runs the hooks, uploads — nobody runs a command")
+        received = scratch / "received"
+        delivered = wait_for(
+            lambda: (
+                all((crash_dir / f"{r.stem}.uploaded").exists() for r in (native, python))
+                and any(received.glob("*-core.json"))
+            )
+        )
+        status = json.loads(crashd("--config", str(config), "status", "--json", "--crash-dir", str(crash_dir),
+                                   "--state-dir", str(state)).stdout)  # fmt: skip
+        for entry in status["reports"]:
             oops = f"OOPS {entry['oops_id']}" if entry["oops_id"] else ""
             say(f"{entry['state']:<8} {entry['name']}  {oops}  {entry['detail'] or ''}".rstrip())
-        say(f"exit status {result.returncode} (1: not every report was sent — the symlink was refused)")
+
+        step(5, f"crashd show {native.name}  (what the hooks added)")
+        shown = crashd("show", str(crash_dir / native.name)).stdout.splitlines()
+        for line in [line for line in shown if line.startswith(("DemoHook", "_HooksRun", "CrashdVersion"))]:
+            say(line[:110])
 
         step(6, "what the crash database received")
-        ok = show_received(scratch / "received", crash_dir, summary)
-        return 0 if ok and summary["sent"] == 2 and summary["invalid"] == 1 else 1
+        ok = show_received(scratch / "received", crash_dir, status)
+        return 0 if ok and delivered else 1
     finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=10)
+        for process in (daemon, server):
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=10)
         if args.keep:
             print(f"\nscratch directory kept: {scratch}")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+DEMO_HOOK = """
+def add_info(report, ui=None):
+    import os
+    report["DemoHook"] = "added by a package hook running as uid %d" % os.getuid()
+"""
+
+
+def write_demo_config(scratch: Path) -> Path:
+    """A hook for the crashed program's package, and the unprivileged user that runs root's hooks."""
+    hooks = scratch / "hooks"
+    hooks.mkdir(mode=0o755)
+    package = command("dpkg", "-S", "/usr/bin/sleep").partition(":")[0] or "crashd-demo"
+    (hooks / f"{package}.py").write_text(DEMO_HOOK)
+    config = scratch / "crashd.conf"
+    config.write_text(f"[crashd]\nhook_dirs = {hooks}\n{UNPRIVILEGED}")
+    return config
+
+
+UNPRIVILEGED = ""
+
+
+def start_daemon(config: Path, crash_dir: Path, state: Path, url: str, notify: Path) -> subprocess.Popen[str]:
+    """`crashd daemon`, waited on through NOTIFY_SOCKET as systemd would."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify))
+    listener.settimeout(30)
+    env = os.environ | {
+        "PYTHONPATH": str(REPO), "CRASH_DB_IDENTIFIER": "deadbeef-crashd-demo", "NOTIFY_SOCKET": str(notify),
+        "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent",  # never take the names on this machine's bus
+    }  # fmt: skip
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "crashd", "--config", str(config), "daemon", "--crash-dir", str(crash_dir),
+         "--state-dir", str(state), "--url", url, "--idle-timeout", "60"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, text=True,
+    )  # fmt: skip
+    with listener:
+        while b"READY=1" not in listener.recv(4096):
+            pass
+    return daemon
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60) -> bool:
+    """Poll a cheap condition until it holds or *timeout* passes (the demo's only wait)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def step(number: int, title: str) -> None:
@@ -90,7 +160,10 @@ def say(text: str) -> None:
 
 
 def crashd(*args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"PYTHONPATH": str(REPO), "CRASH_DB_IDENTIFIER": "deadbeef-crashd-demo"}
+    env = os.environ | {
+        "PYTHONPATH": str(REPO), "CRASH_DB_IDENTIFIER": "deadbeef-crashd-demo",
+        "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent",
+    }  # fmt: skip
     return subprocess.run([sys.executable, "-m", "crashd", *args], capture_output=True, text=True, env=env)
 
 
@@ -200,9 +273,10 @@ def show_received(record_dir: Path, crash_dir: Path, summary: dict) -> bool:
     cores = [r for r in records if "decoded_size" in r]
     for record in reports:
         document = record["document"] or {}
+        hooked = f", DemoHook: {document['DemoHook']!r}" if "DemoHook" in document else ""
         say(
             f"report POST /{record['token'][:16]}…  {len(document)} text fields, "
-            f"no CoreDump: {'CoreDump' not in document}, answered {record['answer']!r}"
+            f"no CoreDump: {'CoreDump' not in document}{hooked}, answered {record['answer']!r}"
         )
     for core in cores:
         say(
