@@ -2,9 +2,11 @@
 
 The order of writes is what makes a ``kill -9`` at any point harmless:
 
-1. the record says ``posting`` (fsynced) before the POST goes out;
+1. the record says ``posting`` before the POST goes out;
 2. the server's answer is classified (:mod:`crashd.policy`) and the record
-   updated before anything else happens;
+   updated before anything else happens — both writes reach the page cache at
+   once, which a killed process cannot undo; they are fsynced (against power
+   cuts) after the one-POST-at-a-time section;
 3. only then is ``.uploaded`` written.
 
 A kill before 2 leaves ``posting``: the next run resends, and daisy's 409
