@@ -40,8 +40,10 @@ RUN := env PYTHONPATH=$(CURDIR)
 #   systemd                    systemd-analyze verify for the units (needs no systemd as PID 1)
 #   passwd                     useradd/userdel for throwaway users in uid-switch tests
 #   procps                     ps/pgrep/pkill for process checks in tests and the demo
+#   systemd-journal-remote     real journal files from export text (ingest-coredump's tests)
+#   python3-systemd            the journal reader for ingest-coredump, and journald logging
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config dbus-daemon dbus-bin libglib2.0-bin \
-                gdb zstd systemd passwd procps
+                gdb zstd systemd passwd procps systemd-journal-remote python3-systemd
 
 .PHONY: help deps apt-deps venv check test lint fix demo bench check-all-pythons clean distclean FORCE
 
