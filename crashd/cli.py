@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import pwd
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crashd import __version__, dbus_client
+from crashd.capture.coredump import add_ingest_coredump_command, cmd_ingest_coredump
 from crashd.collector import Gate, HookOptions, Status
 from crashd.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings, seconds_argument
 from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_preference
@@ -37,7 +39,8 @@ from crashd.spool import Spool, UnsafeFileError, open_file
 from crashd.state import StateStore
 from crashd.status import survey
 from crashd.upload_all import upload_all
-from crashd.uploader import DirectUploader, HttpTransport
+from crashd.uploader import DirectUploader, HttpTransport, Uploader
+from crashd.worker import WorkerUploader
 
 log = logging.getLogger("crashd")
 
@@ -130,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_hook_test_command(commands)
+    add_ingest_coredump_command(commands)
 
     status = commands.add_parser(
         "status",
@@ -250,26 +254,52 @@ def cmd_upload_all(args: argparse.Namespace) -> int:
     _exit_on_signals()
     system_id = _identifier(settings)
     deadline = None if args.timeout is None else time.time() + args.timeout
-    transport = HttpTransport(
-        settings.connect_timeout,
-        settings.read_timeout,
-        None if args.timeout is None else time.monotonic() + args.timeout,
-    )
     store = StateStore.open(settings.state_dir)
     backoff = _backoff(settings)
     if args.timeout is not None:
         backoff = backoff.interactive(args.timeout)
-    courier = Courier(DirectUploader(transport), settings.url, system_id, store, backoff)
-    with _spool(settings.crash_dir) as spool:
-        if os.geteuid() != 0:
-            log.info("not running as root: only reports this user may read can be sent")
-        summary = upload_all(spool, courier, limits=DEFAULT_LIMITS, deadline=deadline, hooks=_hooks(settings))
-    transport.close()
+    uploader = _uploader(settings, None if args.timeout is None else time.monotonic() + args.timeout)
+    try:
+        courier = Courier(uploader, settings.url, system_id, store, backoff)
+        with _spool(settings.crash_dir) as spool:
+            if os.geteuid() != 0:
+                log.info("not running as root: only reports this user may read can be sent")
+            hooks = _hooks(settings)
+            summary = upload_all(spool, courier, limits=DEFAULT_LIMITS, deadline=deadline, hooks=hooks)
+    finally:
+        uploader.close()
     if args.json:
         print(json.dumps(summary.as_json()))
     else:
         _print_statuses(summary.reports, settings.crash_dir)
     return EXIT_OK if summary.complete else EXIT_INCOMPLETE
+
+
+def _uploader(settings: Settings, transport_deadline: float | None) -> Uploader:
+    """Where the HTTP happens: as root, in the unprivileged upload worker (DESIGN.md §2); else right here.
+
+    A user flushing their own reports has no privilege to shed. Root without the
+    worker's user (sysusers.d/crashd.conf not applied) still delivers, from this
+    process, but says so loudly: that is the setup the split exists to avoid.
+    """
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam(settings.unprivileged_user)
+        except KeyError:
+            log.warning(
+                "the user %r for the upload worker does not exist (sysusers.d/crashd.conf creates it): "
+                "uploading from this root process instead",
+                settings.unprivileged_user,
+            )
+        else:
+            try:
+                return WorkerUploader(
+                    user, settings.connect_timeout, settings.read_timeout, transport_deadline
+                )
+            except ValueError as error:  # uid or gid 0: the point of the split would be lost
+                raise ConfigError(f"unprivileged_user {settings.unprivileged_user!r}: {error}") from None
+    transport = HttpTransport(settings.connect_timeout, settings.read_timeout, transport_deadline)
+    return DirectUploader(transport)
 
 
 def _exit_on_signals() -> None:
@@ -289,7 +319,9 @@ def _exit_on_signals() -> None:
 
 
 def _hooks(settings: Settings) -> HookOptions:
-    return HookOptions(extra_dirs=settings.hook_dirs, timeout=settings.hook_timeout)
+    return HookOptions(
+        extra_dirs=settings.hook_dirs, timeout=settings.hook_timeout, fallback_user=settings.unprivileged_user
+    )
 
 
 def _backoff(settings: Settings) -> Backoff:
@@ -324,33 +356,30 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.INFO)  # a service says what it does
     config = args.config or DEFAULT_CONFIG
     system_id = _identifier(settings)
-    transport = HttpTransport(settings.connect_timeout, settings.read_timeout)
-    courier = Courier(
-        DirectUploader(transport),
-        settings.url,
-        system_id,
-        StateStore.open(settings.state_dir),
-        _backoff(settings),
-    )
-
-    gate = _consent_gate(settings, config)
-    with _spool(settings.crash_dir) as spool:
-        idle = args.idle_timeout or settings.idle_timeout
-        dbus = DBusSettings(
-            settings.state_dir, config, lambda: survey(spool, StateStore.reader(settings.state_dir), gate)
-        )
-        return run_daemon(
-            lambda: Daemon(
-                spool,
-                courier,
-                DEFAULT_LIMITS,
-                gate,
-                idle_timeout=idle,
-                once=args.once,
-                hooks=_hooks(settings),
-                dbus=dbus,
+    store = StateStore.open(settings.state_dir)
+    uploader = _uploader(settings, None)
+    try:
+        courier = Courier(uploader, settings.url, system_id, store, _backoff(settings))
+        gate = _consent_gate(settings, config)
+        with _spool(settings.crash_dir) as spool:
+            idle = args.idle_timeout or settings.idle_timeout
+            dbus = DBusSettings(
+                settings.state_dir, config, lambda: survey(spool, StateStore.reader(settings.state_dir), gate)
             )
-        )
+            return run_daemon(
+                lambda: Daemon(
+                    spool,
+                    courier,
+                    DEFAULT_LIMITS,
+                    gate,
+                    idle_timeout=idle,
+                    once=args.once,
+                    hooks=_hooks(settings),
+                    dbus=dbus,
+                )
+            )
+    finally:
+        uploader.close()
 
 
 def _consent_gate(settings: Settings, config: Path) -> Gate:
@@ -460,6 +489,7 @@ def _identifier(settings: Settings) -> str:
 _COMMANDS = {
     "daemon": cmd_daemon,
     "hook-test": cmd_hook_test,
+    "ingest-coredump": cmd_ingest_coredump,
     "prefs": cmd_prefs,
     "show": cmd_show,
     "upload-all": cmd_upload_all,

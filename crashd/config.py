@@ -43,6 +43,7 @@ class Settings:
     expire_after: float = 1209600
     connect_timeout: float = 10
     read_timeout: float = 60
+    unprivileged_user: str = "crashd"
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
@@ -112,6 +113,12 @@ def _path(value: str) -> Path:
     return Path(value)
 
 
+def _user(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must name a user")
+    return value.strip()
+
+
 def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(part) for part in value.split())
 
@@ -131,4 +138,10 @@ def seconds_argument(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}") from None
 
 
-_CONVERTERS = {"url": _url, "crash_dir": _path, "state_dir": _path, "hook_dirs": _paths}
+_CONVERTERS = {
+    "url": _url,
+    "crash_dir": _path,
+    "state_dir": _path,
+    "hook_dirs": _paths,
+    "unprivileged_user": _user,
+}

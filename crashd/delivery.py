@@ -38,6 +38,7 @@ from crashd.uploader import (
     UploadError,
     encode_report,
 )
+from crashd.worker import WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,8 @@ class Courier:
         return self.store.save(record, self.clock(), sync=False)
 
     def _retry(self, error: UploadError, attempts: int) -> RetryAt:
-        server = not isinstance(error, OfflineError)  # an offline device retries soon; a failing server, not
+        # Trouble on this side (no network, the upload worker died) retries soon; a failing server, not.
+        server = not isinstance(error, (OfflineError, WorkerError))
         return policy.retry(str(error), self.clock(), attempts, self.backoff, self.random, server=server)
 
     def _apply_core(self, record: Record, core: Core, decision: Decision) -> Core:

@@ -98,7 +98,7 @@ def classify(
     random: Callable[[], float],
 ) -> Decision:
     """What a report POST's answer means; *attempts* counts this one."""
-    text = body.decode("utf-8", "replace").strip()
+    text = _shorten(body.decode("utf-8", "replace").strip())
     summary = f"{status}: {text}" if text else str(status)
     if 200 <= status < 300:
         oops_id, _, command = text.partition(" ")
@@ -122,7 +122,7 @@ def classify_core(
     status: int, body: bytes, now: float, *, attempts: int, backoff: Backoff, random: Callable[[], float]
 ) -> Decision:
     """What a submit-core answer means: 2xx sent, 4xx refused for good, anything else retry."""
-    text = body.decode("utf-8", "replace").strip()
+    text = _shorten(body.decode("utf-8", "replace").strip())
     summary = f"submit-core answered {status}" + (f": {text}" if text else "")
     if 200 <= status < 300:
         return Sent()
@@ -167,6 +167,11 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
 def expired(first_seen: float, when: float, backoff: Backoff) -> bool:
     """True when a retry at *when* would fall after the report's expiry."""
     return when - first_seen > backoff.expire_after
+
+
+def _shorten(text: str, limit: int = 500) -> str:
+    """A server's words as a report's reason: enough to read, never a megabyte in every record."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

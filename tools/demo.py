@@ -67,7 +67,7 @@ def main() -> int:
         (crash_dir / "_usr_sbin_evil.0.crash").symlink_to("/etc/shadow")
         say("and a hostile file: _usr_sbin_evil.0.crash, a symbolic link to /etc/shadow")
 
-        step(4, "the daemon collects, runs the hooks, uploads — nobody runs a command")
+        step(4, "the daemon collects, runs the hooks, uploads (HTTP in an unprivileged worker), unasked")
         received = scratch / "received"
         delivered = wait_for(
             lambda: (
@@ -118,7 +118,8 @@ def write_demo_config(scratch: Path) -> Path:
     return config
 
 
-UNPRIVILEGED = ""
+# Root's hooks and the upload worker run as this user; a real install has the `crashd` system user.
+UNPRIVILEGED = "unprivileged_user = nobody\n"
 
 
 def start_daemon(config: Path, crash_dir: Path, state: Path, url: str, notify: Path) -> subprocess.Popen[str]:

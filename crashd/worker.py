@@ -1,0 +1,634 @@
+"""The upload worker: all HTTP and BSON work, as an unprivileged user (DESIGN.md §2, §7 rule 5).
+
+The daemon stays root because it reads every user's reports and writes stamps as
+their owners, so it splits: the root side (:class:`WorkerUploader`) keeps all
+file-system authority and never opens a network socket; the worker
+(:func:`main`) holds no privilege at all and talks to the crash database on
+descriptors the root side hands it. An exploit in the HTTP/TLS stack or in the
+handling of an answer then gains only the ``crashd`` user, with no groups, no
+capabilities and ``no_new_privs``.
+
+**The trust boundary.** Everything that crosses the socket pair is untrusted in
+the direction it travels towards root: the worker's answers are size-bounded,
+parsed as JSON and validated field by field, and must name the job they answer.
+A worker that dies, hangs past its budget or says anything else is killed with
+its process group, the job raises :class:`WorkerError`, and the next start waits
+out a backoff of its own (1 s doubling to 60 s), so a report that breaks the
+worker costs one failed attempt per backoff step, never a crash loop. The worker
+trusts nothing either: it reads a report only from the descriptor it was given
+(never a path), with the same :class:`~crashd.report.Limits` root used.
+
+**The messages** (one ``AF_UNIX``/``SOCK_SEQPACKET`` datagram each, boundaries kept):
+
+* worker → root, once after the privilege drop: ``{"ready": true}``;
+* root → worker, one per job (≤ 64 KiB), the report's open descriptor attached
+  (``SCM_RIGHTS``): ``{id, kind: "report"|"core", url, system_id, oops_id,
+  seconds, limits}`` — *seconds* is the job's whole budget;
+* worker → root, one per job (≤ 256 KiB): ``{id, status, body_b64, headers}``
+  (the body cut at 64 KiB, only the headers in :data:`ANSWER_HEADERS`),
+  ``{id, error: {class, message}}``, ``{id, invalid: detail}`` (a
+  :class:`~crashd.report.ReportError`) or ``{id, unavailable: reason}``
+  (:class:`~crashd.uploader.CoreUnavailable`).
+
+**Import discipline.** The worker is a fresh interpreter (``python -I -c BOOT``),
+exec'd — never forked from the threaded daemon and never set up in a
+``preexec_fn``. It starts as root because the interpreter and its library may
+live where only root can read (a pyenv or venv under ``/root``, mode 0700), so it
+imports and warms up everything a job will touch (``requests``, ``bson``,
+``ssl``, the IDNA codec) *before* it drops privileges; after the drop nothing
+new may be imported. The root side uses :mod:`crashd.uploader` only for its
+error classes and :class:`~crashd.uploader.Answer` (importing it still loads
+``requests``, which the root side never calls) and never opens an
+``AF_INET``/``AF_INET6`` socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import os
+import pwd
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from crashd import uploader
+from crashd.report import Limits, MalformedReportError, Report, ReportError, read_report
+from crashd.uploader import Answer, CoreUnavailable, UploadError
+
+__all__ = ["WorkerError", "WorkerUploader", "main"]
+
+log = logging.getLogger(__name__)
+
+KiB = 1024
+MAX_JOB = 64 * KiB  # root → worker
+MAX_ANSWER = 256 * KiB  # worker → root: 64 KiB of body as base64, and a little JSON
+MAX_TEXT = 4 * KiB  # an error message, a reason or a header value, as the root side keeps it
+ANSWER_HEADERS = ("Retry-After", "Content-Type")  # all that crashd.policy reads, and a little context
+GRACE = 10.0  # seconds the root side waits beyond the worker's own budget before it kills it
+MIN_RATE = 64 * KiB  # bytes/s: an upload's budget grows with what it sends, so a big core fits
+SCAN_RATE = 16 * KiB * KiB  # bytes/s the worker indexes a report at, at the very least
+START_TIMEOUT = 60.0  # interpreter start, imports and warm-up on a slow machine
+BACKOFF_FIRST, BACKOFF_CAP = 1.0, 60.0
+# The worker's whole environment besides PATH and LANG: the administrator's proxy settings (the
+# transport reads them) and CA bundle overrides, passed on explicitly.
+PASSED_ENVIRONMENT = (
+    "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+    "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR",
+)  # fmt: skip
+_ERRORS: dict[str, type[UploadError]] = {
+    cls.__name__: cls
+    for cls in (
+        UploadError,
+        uploader.ConnectError,
+        uploader.OfflineError,
+        uploader.UploadTimeout,
+        uploader.ExchangeError,
+    )
+}
+_LIMITS = {field.name for field in dataclasses.fields(Limits)}
+# What the worker's interpreter runs: -I ignores PYTHONPATH, and the package need not be installed.
+BOOT = (
+    f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
+    "from crashd.worker import main; sys.exit(main())"
+)
+
+
+class WorkerError(UploadError):
+    """The upload worker died, hung or said something malformed: this attempt failed on this side.
+
+    Nothing may have reached the server, so delivery retries it as soon as it
+    retries :class:`~crashd.uploader.OfflineError`, with exponential backoff.
+    """
+
+
+class WorkerUploader:
+    """:class:`~crashd.uploader.Uploader` that hands each job to the unprivileged upload worker.
+
+    Usage::
+
+        uploader = WorkerUploader(pwd.getpwnam("crashd"), connect_timeout=10, read_timeout=60)
+        try:
+            answer = uploader.send_report(fd, report, body, url, system_id)
+        finally:
+            uploader.close()
+
+    The worker is started on the first job, not here, so a run with nothing to
+    send never starts one. Calls are serialised: one job is in flight at a time
+    (delivery sends one POST at a time anyway). *deadline* (``time.monotonic()``)
+    bounds every job, as :class:`~crashd.uploader.HttpTransport`'s does.
+    """
+
+    def __init__(
+        self,
+        user: pwd.struct_passwd,
+        connect_timeout: float = 10,
+        read_timeout: float = 60,
+        deadline: float | None = None,
+    ) -> None:
+        if user.pw_uid == 0 or user.pw_gid == 0:
+            raise ValueError(f"the upload worker never runs as root; user {user.pw_name} has uid or gid 0")
+        self.user = user
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self.deadline = deadline
+        self.clock = time.monotonic  # the restart backoff's clock; tests replace it
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._socket: socket.socket | None = None
+        self._next_id = 0
+        self._backoff = BACKOFF_FIRST
+        self._not_before = 0.0  # self.clock() value before which no new worker is started
+
+    @property
+    def pid(self) -> int | None:
+        """The running worker's pid (and process group), or None: for logs and tests."""
+        return self._process.pid if self._process is not None else None
+
+    def send_report(self, fd: int, report: Report, body: bytes, url: str, system_id: str) -> Answer:
+        # The worker encodes the report itself (BSON work happens unprivileged too); *body* sizes the budget.
+        job = {"kind": "report", "url": url, "system_id": system_id, "oops_id": None}
+        return self._job(fd, report, job, len(body))
+
+    def send_core(self, fd: int, report: Report, url: str, system_id: str, oops_id: str) -> Answer:
+        entry = report.entries.get("CoreDump")
+        job = {"kind": "core", "url": url, "system_id": system_id, "oops_id": oops_id}
+        return self._job(fd, report, job, entry.size if entry is not None else 0)
+
+    def close(self) -> None:
+        """End the worker: EOF on its socket makes it exit; it is killed if it has not, promptly."""
+        with self._lock:
+            process, sock = self._process, self._socket
+            self._process = self._socket = None
+            if sock is not None:
+                sock.close()
+            if process is not None:
+                try:
+                    process.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    _kill(process)
+
+    # -- one job
+
+    def _job(self, fd: int, report: Report, job: dict[str, Any], sent: int) -> Answer:
+        with self._lock:
+            # The HTTP timeouts bound each stall, the budget the whole exchange: a server trickling a
+            # byte a second never trips a read timeout. Sending *sent* bytes steadily fits in it.
+            seconds = self.connect_timeout + self.read_timeout + sent / MIN_RATE
+            if self.deadline is not None:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise uploader.UploadTimeout("the deadline passed before the upload could start")
+                seconds = min(seconds, left)
+            sock = self._ensure_worker()
+            self._next_id += 1
+            job_id = self._next_id
+            limits = dataclasses.asdict(report.limits)
+            message = json.dumps({"id": job_id, **job, "seconds": seconds, "limits": limits}).encode()
+            if len(message) > MAX_JOB:  # only a giant URL or OOPS id gets here: a local fault
+                raise WorkerError(f"the upload job is larger than {MAX_JOB} bytes")
+            try:
+                socket.send_fds(sock, [message], [fd])
+                reply = _receive(sock, seconds + GRACE + _size(fd) / SCAN_RATE)  # + indexing the file
+                answer = _answer(reply, job_id)
+            except (OSError, WorkerError) as error:
+                why = str(error) if isinstance(error, WorkerError) else f"the upload worker is gone ({error})"
+                self._fail(why)
+                raise WorkerError(why) from None
+            self._backoff = BACKOFF_FIRST  # a working worker: the next failure starts the backoff afresh
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+    def _ensure_worker(self) -> socket.socket:
+        if self._socket is not None:
+            return self._socket
+        now = self.clock()
+        if now < self._not_before:
+            raise WorkerError(f"the upload worker failed; restarting it in {self._not_before - now:.1f} s")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            process = subprocess.Popen(
+                self._argv(theirs.fileno()),
+                stdin=subprocess.DEVNULL,
+                stdout=2,  # into our stderr: upload-all --json owns stdout, and the worker only logs
+                pass_fds=[theirs.fileno()],
+                start_new_session=True,
+                env=_environment(os.environ),
+                cwd="/",
+            )
+        except OSError as error:
+            ours.close()
+            self._fail(f"cannot start the upload worker: {error}")
+            raise WorkerError(f"cannot start the upload worker: {error}") from None
+        finally:
+            theirs.close()
+        self._process, self._socket = process, ours
+        log.info("upload worker started as %s (pid %d)", self.user.pw_name, process.pid)
+        try:
+            ready = _decode(_receive(ours, START_TIMEOUT))
+            if ready != {"ready": True}:
+                raise WorkerError(f"the upload worker said {_show(ready)} instead of being ready")
+        except WorkerError as error:
+            code = self._fail(str(error))
+            why = f"the upload worker did not start: {error}" + (f" (exit status {code})" if code else "")
+            raise WorkerError(why) from None
+        return ours
+
+    def _argv(self, fd: int) -> list[str]:
+        # sys.executable is exec'd as root, so a 0700 pyenv is fine; the worker drops privileges itself.
+        user = self.user
+        return [sys.executable, "-I", "-c", BOOT, str(fd), str(user.pw_uid), str(user.pw_gid),
+                repr(float(self.connect_timeout)), repr(float(self.read_timeout))]  # fmt: skip
+
+    def _fail(self, why: str) -> int | None:
+        """Kill the worker and its group, and hold off the next start: a crash loop costs little."""
+        process, sock = self._process, self._socket
+        self._process = self._socket = None
+        if sock is not None:
+            sock.close()
+        code = _kill(process) if process is not None else None
+        self._not_before = self.clock() + self._backoff
+        self._backoff = min(self._backoff * 2, BACKOFF_CAP)
+        log.warning("upload worker: %s", why)
+        return code
+
+
+def _kill(process: subprocess.Popen[bytes]) -> int | None:
+    """SIGKILL the worker's process group and reap it; its exit status if it ended on its own."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    try:
+        code = process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return None
+    return None if code == -signal.SIGKILL else code
+
+
+def _environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The worker's whole environment: an allow-list, with the administrator's proxy and CA settings."""
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    env.update({name: environ[name] for name in PASSED_ENVIRONMENT if environ.get(name)})
+    return env
+
+
+def _size(fd: int) -> int:
+    try:
+        return os.fstat(fd).st_size
+    except OSError:
+        return 0
+
+
+def _receive(sock: socket.socket, timeout: float) -> bytes:
+    """One message from the worker within *timeout* seconds; WorkerError for EOF, silence or excess."""
+    sock.settimeout(timeout)
+    try:
+        data, _ancillary, flags, _address = sock.recvmsg(MAX_ANSWER + 1)  # no room for descriptors
+    except TimeoutError:
+        raise WorkerError(f"the upload worker did not answer within {timeout:.0f} s") from None
+    except OSError as error:
+        raise WorkerError(f"the upload worker is gone ({error})") from None
+    if not data:
+        raise WorkerError("the upload worker exited")
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(data) > MAX_ANSWER:
+        raise WorkerError(f"the upload worker sent a message larger than {MAX_ANSWER} bytes, or descriptors")
+    return data
+
+
+def _decode(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise WorkerError(f"the upload worker sent something that is not JSON: {data[:80]!r}") from None
+
+
+def _show(value: object) -> str:
+    return repr(value)[:200]
+
+
+def _text(value: object, what: str, limit: int = MAX_TEXT) -> str:
+    if not isinstance(value, str):
+        raise WorkerError(f"the upload worker sent a {what} that is not a string: {_show(value)}")
+    return value[:limit]
+
+
+def _answer(data: bytes, job_id: int) -> Answer | Exception:
+    """The worker's answer to job *job_id*: an Answer or the exception to raise; WorkerError if malformed."""
+    reply = _decode(data)
+    if not isinstance(reply, dict) or len(reply) < 2:
+        raise WorkerError(f"the upload worker sent a malformed answer: {_show(reply)}")
+    if reply.get("id") != job_id or isinstance(reply.get("id"), bool):
+        raise WorkerError(f"the upload worker answered job {_show(reply.get('id'))}, not job {job_id}")
+    if "status" in reply:
+        return _response(reply)
+    if len(reply) != 2:
+        raise WorkerError(f"the upload worker sent a malformed answer: {_show(reply)}")
+    if "error" in reply:
+        error = reply["error"]
+        if not isinstance(error, dict) or set(error) != {"class", "message"}:
+            raise WorkerError(f"the upload worker sent a malformed error: {_show(error)}")
+        kind, message = _text(error["class"], "error class", 100), _text(error["message"], "error message")
+        cls = _ERRORS.get(kind)
+        if cls is None:
+            # The worker survived an exception of its own while talking to the server, most likely
+            # caused by the server's answer: a server failure, retried at fleet scale.
+            return uploader.ExchangeError(f"the upload worker failed: {kind}: {message}")
+        return cls(message)
+    if "invalid" in reply:
+        return MalformedReportError(_text(reply["invalid"], "reason"))
+    if "unavailable" in reply:
+        return CoreUnavailable(_text(reply["unavailable"], "reason"))
+    raise WorkerError(f"the upload worker sent a malformed answer: {_show(reply)}")
+
+
+def _response(reply: dict[str, Any]) -> Answer:
+    if set(reply) != {"id", "status", "body_b64", "headers"}:
+        raise WorkerError(f"the upload worker sent a malformed answer: {_show(reply)}")
+    status, body, headers = reply["status"], reply["body_b64"], reply["headers"]
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 999:
+        raise WorkerError(f"the upload worker sent an impossible HTTP status {_show(status)}")
+    if not isinstance(body, str) or len(body) > 4 * (uploader.MAX_ANSWER + 2) // 3:
+        raise WorkerError("the upload worker sent a body that is not a string, or too long")
+    try:
+        raw = base64.b64decode(body, validate=True)
+    except binascii.Error:
+        raise WorkerError("the upload worker sent a body that is not base64") from None
+    if len(raw) > uploader.MAX_ANSWER:
+        raise WorkerError(f"the upload worker sent a body larger than {uploader.MAX_ANSWER} bytes")
+    if not isinstance(headers, dict) or not set(headers) <= set(ANSWER_HEADERS):
+        raise WorkerError(f"the upload worker sent headers crashd did not ask for: {_show(headers)}")
+    return Answer(status, raw, {name: _text(value, name) for name, value in headers.items()})
+
+
+# -- the worker process -----------------------------------------------------------------------
+
+PR_SET_NO_NEW_PRIVS = 38
+
+
+class PrivilegeError(RuntimeError):
+    """The privilege drop did not take: the worker must not run at all."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The worker: ``SOCKET_FD UID GID CONNECT_TIMEOUT READ_TIMEOUT``; exits 0 when the root side goes."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        fd, uid, gid = (int(arg) for arg in args[:3])
+        connect_timeout, read_timeout = (float(arg) for arg in args[3:5])
+    except ValueError:
+        print("crashd-worker: usage: SOCKET_FD UID GID CONNECT_TIMEOUT READ_TIMEOUT", file=sys.stderr)
+        return 2
+    sock = socket.socket(fileno=fd)
+    transport = _warm_up(connect_timeout, read_timeout)
+    try:
+        _drop_privileges(uid, gid)
+    except (OSError, PrivilegeError) as error:
+        print(f"crashd-worker: cannot drop privileges to {uid}:{gid}: {error}", file=sys.stderr)
+        return 3
+    os.closerange(3, fd)  # nothing root opened may outlive the drop
+    os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
+    _check_ca_bundle(uid)
+    signal.signal(signal.SIGALRM, _out_of_time)
+    # The watchdog thread inherits a mask without SIGALRM, so the job's alarm interrupts the job itself.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    threading.Thread(target=_exit_when_orphaned, args=(fd,), daemon=True).start()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+    try:
+        sock.send(json.dumps({"ready": True}).encode())
+        return _serve(sock, transport)
+    except BrokenPipeError:
+        return 0  # the root side went away mid-job: nobody is waiting for the answer
+    finally:
+        transport.close()
+
+
+def _warm_up(connect_timeout: float, read_timeout: float) -> uploader.HttpTransport:
+    """Import and initialise everything a job needs while the interpreter's files are still readable.
+
+    After the drop, a lazy import from a 0700 ``/root/.pyenv`` would fail; so
+    would the first use of a codec or module that ``requests``, ``urllib3`` or
+    ``ssl`` load on demand.
+    """
+    import ssl
+
+    import bson
+    import requests
+
+    bson.encode({"x": "y"})
+    ssl.create_default_context()
+    requests.Session().close()
+    requests.Request("POST", "http://x/", data=b"x").prepare()
+    "x".encode("idna")
+    requests.utils.get_environ_proxies("http://x/")
+    return uploader.HttpTransport(connect_timeout, read_timeout)
+
+
+def _drop_privileges(uid: int, gid: int) -> None:
+    """Become *uid*:*gid* for good, with no groups, no capabilities and no way back (``no_new_privs``)."""
+    import ctypes
+
+    if uid == 0 or gid == 0:
+        raise PrivilegeError("refusing to run as uid or gid 0")
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)  # a full switch from root clears the permitted and effective sets
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+    # Trust the kernel's word, not the calls': a wrong assumption here would be silent.
+    status = _proc_status()
+    if status.get("Uid", "").split() != [str(uid)] * 4 or status.get("Gid", "").split() != [str(gid)] * 4:
+        raise PrivilegeError(f"still Uid {status.get('Uid')!r} Gid {status.get('Gid')!r}")
+    if status.get("Groups", "").split():
+        raise PrivilegeError(f"still in groups {status['Groups']!r}")
+    for capabilities in ("CapEff", "CapPrm", "CapInh", "CapAmb"):
+        if int(status.get(capabilities, "1"), 16) != 0:
+            raise PrivilegeError(f"{capabilities} is {status.get(capabilities)}")
+    if status.get("NoNewPrivs", "").strip() != "1":
+        raise PrivilegeError("no_new_privs did not take")
+
+
+def _proc_status() -> dict[str, str]:
+    with open("/proc/self/status", "rb") as f:  # bytes: a text codec not loaded yet cannot be imported now
+        text = f.read().decode("utf-8", "replace")
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in text.splitlines())}
+
+
+def _check_ca_bundle(uid: int) -> None:
+    """Say now, once, if HTTPS cannot work: requests loads its CA bundle on every new connection."""
+    import requests.certs
+
+    bundle = requests.certs.where()
+    if not os.access(bundle, os.R_OK):
+        print(f"crashd-worker: uid {uid} cannot read the CA bundle {bundle}: https uploads will fail",
+              file=sys.stderr)  # fmt: skip
+
+
+def _exit_when_orphaned(fd: int) -> None:
+    """End the worker as soon as the root side is gone, even in the middle of a job.
+
+    The root side closes its end (or dies); poll reports the hang-up without
+    taking a message, so the main thread's jobs are unaffected.
+    """
+    poller = select.poll()
+    poller.register(fd, select.POLLRDHUP)
+    while True:
+        for _, events in poller.poll():
+            if events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                os._exit(0)
+
+
+class _OutOfTime(uploader.UploadTimeout):
+    pass
+
+
+def _out_of_time(_signum: int, _frame: object) -> None:
+    # Raised in the main thread, from whatever blocking read or write the job is in.
+    raise _OutOfTime("the exchange with the server took longer than its time budget")
+
+
+def _serve(sock: socket.socket, transport: uploader.HttpTransport) -> int:
+    while True:
+        data, fds, flags, _address = socket.recv_fds(sock, MAX_JOB + 1, 4)
+        if not data and not fds:
+            return 0  # the root side closed its end: done
+        try:
+            reply = _work(data, fds, flags, transport)
+        finally:
+            for fd in fds:  # _work took the report's; anything else was never wanted
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        sock.send(_encode_reply(reply))
+
+
+def _encode_reply(reply: dict[str, Any]) -> bytes:
+    data = json.dumps(reply).encode()
+    if len(data) > MAX_ANSWER:  # cannot happen (64 KiB of body, texts cut at 4 KiB): never send it
+        data = json.dumps(
+            {"id": reply["id"], "error": {"class": "ExchangeError", "message": "answer too large"}}
+        )
+        data = data.encode()
+    return data
+
+
+def _job_fields(data: bytes, fds: list[int], flags: int) -> tuple[dict[str, Any], Limits]:
+    job = json.loads(data)
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(fds) != 1:
+        raise ValueError("a job is one message with one descriptor")
+    kind, url, system_id, oops_id = job["kind"], job["url"], job["system_id"], job["oops_id"]
+    seconds, limits = job["seconds"], job["limits"]
+    if kind not in ("report", "core") or not isinstance(url, str) or not isinstance(system_id, str):
+        raise ValueError(f"bad job {job!r:.200}")
+    if not (kind == "report" or isinstance(oops_id, str)) or not isinstance(seconds, int | float):
+        raise ValueError(f"bad job {job!r:.200}")
+    if not 0 < seconds < 1e7:  # NaN included
+        raise ValueError(f"bad time budget {seconds!r}")
+    if (
+        not isinstance(limits, dict)
+        or set(limits) != _LIMITS
+        or not all(isinstance(value, int) and value > 0 for value in limits.values())
+    ):
+        raise ValueError(f"bad limits {limits!r:.200}")
+    return job, Limits(**limits)
+
+
+def _work(data: bytes, fds: list[int], flags: int, transport: uploader.HttpTransport) -> dict[str, Any]:
+    """Run one job; every failure becomes that job's answer, so nothing a server says ends the worker."""
+    job_id: object = None
+    seconds = 0.0
+    try:
+        job_id = json.loads(data).get("id")
+        job, limits = _job_fields(data, fds, flags)
+        seconds = float(job["seconds"])
+        with _PositionalFile.reader(fds.pop()) as file:
+            report = read_report(file, limits=limits)
+            transport.deadline = time.monotonic() + seconds
+            signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+            try:
+                if job["kind"] == "report":
+                    body = uploader.encode_report(report)
+                    answer = uploader.post_report(body, transport, job["url"], job["system_id"])
+                else:
+                    answer = uploader.post_core(
+                        report, transport, job["url"], job["system_id"], job["oops_id"]
+                    )
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    except CoreUnavailable as error:
+        return {"id": job_id, "unavailable": str(error)[:MAX_TEXT]}
+    except ReportError as error:
+        return {"id": job_id, "invalid": error.detail[:MAX_TEXT]}
+    except Exception as error:  # any failure is this job's, never the end of the worker
+        if isinstance(error, _OutOfTime):
+            transport.close()  # a connection cut off mid-exchange must not be reused
+            error = uploader.UploadTimeout(f"{error} ({seconds:.0f} s)")
+        return {"id": job_id, "error": {"class": type(error).__name__, "message": str(error)[:MAX_TEXT]}}
+    headers = {
+        name: value[:MAX_TEXT]
+        for name in ANSWER_HEADERS
+        if (value := next((v for k, v in answer.headers.items() if k.lower() == name.lower()), None))
+    }
+    body_b64 = base64.b64encode(answer.body[: uploader.MAX_ANSWER]).decode()
+    return {"id": job_id, "status": answer.status, "body_b64": body_b64, "headers": headers}
+
+
+class _PositionalFile(io.RawIOBase):
+    """The report's descriptor, read with ``pread``: its offset is never used nor moved.
+
+    ``SCM_RIGHTS`` passes the same open file description the root side reads
+    from, with one shared offset; positional reads keep both sides independent.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd, self._position = fd, 0
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ValueError("the report descriptor is not a regular file")
+
+    @classmethod
+    def reader(cls, fd: int) -> io.BufferedReader:
+        return io.BufferedReader(cls(fd), buffer_size=64 * KiB)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def readinto(self, buffer: Any) -> int:
+        count = os.preadv(self._fd, [buffer], self._position)
+        self._position += count
+        return count
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position}.get(whence)
+        if base is None:
+            base = os.fstat(self._fd).st_size
+        if base + offset < 0:
+            raise OSError(22, "negative seek position")
+        self._position = base + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()

@@ -1,0 +1,577 @@
+"""The upload worker (DESIGN.md §2, issue 8): HTTP runs unprivileged, the root part never touches the network.
+
+Real `crashd upload-all` and `crashd daemon` processes as root against the loopback daisy, with a
+throwaway user as `unprivileged_user`; the worker is found as crashd's child in /proc while a `Hang()`
+keeps it busy, and its credentials and sockets are read from /proc, as an administrator would.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from crashd import cli
+from crashd.config import ConfigError, Settings
+from crashd.consent import set_preference
+from crashd.report import DEFAULT_LIMITS, Limits, MalformedReportError, Report, read_report
+from crashd.uploader import ConnectError, CoreUnavailable, DirectUploader, ExchangeError, OfflineError
+from crashd.worker import BOOT, PASSED_ENVIRONMENT, WorkerError, WorkerUploader, _answer
+from tests.crashd_run import FAST, TOKEN, crash, crashd, popen, state_dir_of, write, write_config
+from tests.daemon_run import drop, run_daemon, wait_until
+from tests.daisy import DaisyServer, Hang, Reset, Respond
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the worker split happens only as root")
+
+NAME = "_usr_bin_app.0.crash"
+MiB = 1 << 20
+
+
+@pytest.fixture
+def daisy() -> Iterator[DaisyServer]:
+    with DaisyServer() as server:
+        yield server
+        assert server.errors == []
+
+
+@pytest.fixture
+def crash_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "crash"
+    directory.mkdir()
+    directory.chmod(0o3777)  # as /var/crash
+    return directory
+
+
+@pytest.fixture(scope="module")
+def user(make_user: Callable[[], pwd.struct_passwd]) -> pwd.struct_passwd:
+    return make_user()
+
+
+@pytest.fixture
+def config(tmp_path: Path, user: pwd.struct_passwd) -> Path:
+    return write_config(tmp_path / "crashd.conf", **FAST, unprivileged_user=user.pw_name)
+
+
+def upload_all(crash_dir: Path, url: str, config: Path, *args: str):
+    return crashd("upload-all", crash_dir, "--json", *args, url=url, config=config)
+
+
+# -- /proc ------------------------------------------------------------------------------------
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def worker_of(pid: int, timeout: float = 20) -> int:
+    """The upload worker started by crashd process *pid* (it runs `-c … crashd.worker …`)."""
+
+    def find() -> int | None:
+        for child in children(pid):
+            try:
+                if b"crashd.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return child
+            except OSError:
+                continue
+        return None
+
+    assert wait_until(lambda: find() is not None, timeout), f"no upload worker under pid {pid}"
+    worker = find()
+    assert worker is not None
+    return worker
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def inet_sockets(pid: int) -> set[str]:
+    """Socket inodes *pid* holds that are TCP or UDP sockets (v4 or v6)."""
+    inet: set[str] = set()
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        with open(f"/proc/net/{table}") as f:
+            next(f)
+            inet.update(line.split()[9] for line in f)
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            held.add(target[len("socket:[") : -1])
+    return held & inet
+
+
+def assert_unprivileged(worker: int, user: pwd.struct_passwd) -> None:
+    status = proc_status(worker)
+    assert status["Uid"].split() == [str(user.pw_uid)] * 4, status["Uid"]
+    assert status["Gid"].split() == [str(user.pw_gid)] * 4, status["Gid"]
+    assert status["Groups"] == "", status["Groups"]
+    assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0, status
+    assert status["NoNewPrivs"] == "1"
+    assert os.getpgid(worker) == worker, "the worker leads its own process group"
+
+
+def assert_contained(worker: int, report: Path) -> None:
+    """A clean environment, cwd /, and no descriptor but stdio, sockets and the report it was handed."""
+    environment = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    names = {entry.partition(b"=")[0].decode() for entry in environment if entry}
+    assert names <= {"PATH", "LANG", *PASSED_ENVIRONMENT}, names
+    assert os.readlink(f"/proc/{worker}/cwd") == "/"
+    for fd in Path(f"/proc/{worker}/fd").iterdir():
+        target = os.readlink(fd)
+        if int(fd.name) > 2:
+            assert target.startswith("socket:[") or target == str(report), (fd.name, target)
+
+
+# -- delivery ---------------------------------------------------------------------------------
+
+
+def test_upload_all_as_root_delivers_reports_and_a_core_byte_exact_through_the_worker(crash_dir, config):
+    core = os.urandom(300 * 1024)
+    write(crash_dir / NAME, crash("app", CoreDump=core))
+    write(crash_dir / "_usr_bin_other.0.crash", crash("other"))
+    with DaisyServer(core_policy="always") as daisy:
+        run = upload_all(crash_dir, daisy.url, config)
+        assert daisy.errors == []
+    assert run.code == 0, run.stderr
+    assert run.json["sent"] == 2
+    assert {r.document["ExecutablePath"] for r in daisy.reports} == {"/usr/bin/app", "/usr/bin/other"}
+    (stored,) = daisy.cores
+    assert stored.verdict == "ok" and stored.decoded_sha256 == hashlib.sha256(core).hexdigest()
+    assert "upload worker" not in run.stderr and "sysusers" not in run.stderr
+
+
+def test_a_0600_report_goes_out_by_descriptor_though_the_worker_cannot_open_it(
+    crash_dir, config, daisy, user, run_as
+):
+    report = write(crash_dir / NAME, crash("app"))
+    report.chmod(0o600)
+    run = upload_all(crash_dir, daisy.url, config)
+    assert run.code == 0, run.stderr
+    assert daisy.reports[0].document["ExecutablePath"] == "/usr/bin/app"
+    tried = run_as(
+        user, "import sys\ntry: open(sys.argv[1], 'rb')\nexcept PermissionError: sys.exit(7)", str(report)
+    )
+    assert tried.returncode == 7, tried.stderr
+
+
+@pytest.mark.parametrize("command", ["upload-all", "daemon"])
+def test_the_worker_is_unprivileged_and_only_it_holds_an_inet_socket(
+    crash_dir, tmp_path, daisy, user, command
+):
+    config = write_config(tmp_path / "hang.conf", **FAST, unprivileged_user=user.pw_name, read_timeout=60)
+    daisy.script(Hang())
+    if command == "upload-all":
+        write(crash_dir / NAME, crash("app"))
+        process = popen("upload-all", crash_dir, "--json", url=daisy.url, config=config)
+        root, finish = process.pid, lambda: process.communicate(timeout=30)
+        context = None
+    else:
+        state = state_dir_of(crash_dir)
+        state.mkdir(mode=0o700)
+        set_preference(state, "AutomaticallyReportCrashes", True, config=None)
+        context = run_daemon(crash_dir, state, daisy.url, "--idle-timeout", "60", config=config)
+        daemon = context.__enter__()
+        drop(crash_dir / NAME, crash("app"))
+        root, finish = daemon.process.pid, lambda: None
+    worker = None
+    try:
+        assert daisy.wait_for(lambda: len(daisy.exchanges) == 1, timeout=20)  # the POST hangs now
+        worker = worker_of(root)
+        assert_unprivileged(worker, user)
+        assert_contained(worker, crash_dir / NAME)
+        assert proc_status(root)["Uid"].split()[0] == "0"
+        assert inet_sockets(root) == set(), "the root process holds an inet socket"
+        assert inet_sockets(worker), "the worker holds no inet socket while its POST hangs"
+    finally:
+        daisy.stop()  # cuts the hanging connection: the attempt fails and the run ends
+        finish()
+        if context is not None:
+            context.__exit__(None, None, None)
+        if worker is not None:
+            assert wait_until(lambda: not Path(f"/proc/{worker}").exists(), 20), "the worker outlived crashd"
+
+
+# -- a hostile server is bounded and recorded --------------------------------------------------
+
+HOSTILE = {
+    "100 MB body": (Respond(500, b"x" * (100 * MiB)), {}, "500: xxxx"),
+    "1 MB header line": (Respond(200, b"", {"X-Big": "a" * MiB}), {}, "header"),
+    "invalid UTF-8": (Respond(500, b"\xff\xfe\xc3(" * 10), {}, "500:"),
+    "reset mid-body": (Reset(), {}, ""),
+    "answer never ends": (Hang(), {"read_timeout": 1}, "timed out"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_server_is_bounded_and_recorded_against_the_report(crash_dir, tmp_path, daisy, user, case):
+    action, extra, reason = HOSTILE[case]
+    config = write_config(tmp_path / "c.conf", **FAST, unprivileged_user=user.pw_name, **extra)
+    report = write(crash_dir / NAME, crash("app"))
+    daisy.script(action)
+    run = upload_all(crash_dir, daisy.url, config)
+    assert run.code == 1, run.stderr
+    (entry,) = run.json["reports"]
+    assert entry["state"] == "failed" and entry["detail"], entry
+    assert reason.lower() in entry["detail"].lower(), entry
+    assert len(entry["detail"]) <= 64 * 1024 + 16  # the answer is cut at 64 KiB (uploader.MAX_ANSWER)
+    assert run.seconds < 15
+    assert "upload worker" not in run.stderr, "the worker itself failed: " + run.stderr
+    assert not report.with_suffix(".uploaded").exists()
+
+
+def trickle(conn: socket.socket, stop: threading.Event) -> None:
+    """200 with a 1 MB Content-Length, then one byte every 20 ms: no read ever times out."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+    while not stop.wait(0.02):
+        conn.sendall(b"x")
+
+
+def reset_mid_body(conn: socket.socket, stop: threading.Event) -> None:
+    """500 with a 100 kB Content-Length, 1000 bytes of it, then a TCP reset."""
+    conn.sendall(b"HTTP/1.1 500 Oops\r\nContent-Length: 100000\r\n\r\n" + b"e" * 1000)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+@contextlib.contextmanager
+def raw_server(answer: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """A loopback HTTP server for what daisy.py cannot script: it reads one request's head, then *answer*s."""
+    stop = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head and (data := conn.recv(65536)):
+                    head += data
+                answer(conn, stop)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(10)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"), [(trickle, "time budget"), (reset_mid_body, "connection")], ids=["trickle", "reset"]
+)
+def test_a_response_that_never_ends_or_breaks_off_is_bounded_and_recorded(
+    crash_dir, tmp_path, user, answer, reason
+):
+    config = write_config(
+        tmp_path / "c.conf", **{**FAST, "connect_timeout": 1}, read_timeout=1, unprivileged_user=user.pw_name
+    )
+    report = write(crash_dir / NAME, crash("app"))
+    with raw_server(answer) as url:
+        run = upload_all(crash_dir, url, config)
+    assert run.code == 1, run.stderr
+    (entry,) = run.json["reports"]
+    assert entry["state"] == "failed" and reason in entry["detail"].lower(), entry
+    assert run.seconds < 15
+    assert "upload worker" not in run.stderr, "the worker itself failed: " + run.stderr
+    assert not report.with_suffix(".uploaded").exists()
+
+
+# -- a dying worker loses nothing ---------------------------------------------------------------
+
+
+def test_sigkill_of_the_worker_mid_upload_leaves_the_report_pending_and_a_rerun_delivers_it(
+    crash_dir, config, daisy
+):
+    report = write(crash_dir / NAME, crash("app"))
+    daisy.script(Hang())
+    process = popen("upload-all", crash_dir, "--json", url=daisy.url, config=config)
+    assert daisy.wait_for(lambda: len(daisy.exchanges) == 1, timeout=20)
+    os.kill(worker_of(process.pid), signal.SIGKILL)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 1, err
+    (entry,) = json.loads(out)["reports"]
+    assert entry["state"] == "failed" and "upload worker" in entry["detail"], entry
+    assert report.with_suffix(".upload").exists() and not report.with_suffix(".uploaded").exists()
+
+    run = upload_all(crash_dir, daisy.url, config)
+    assert run.code == 0, run.stderr
+    assert run.json["reports"][0]["oops_id"] == report.with_suffix(".uploaded").read_text()
+
+
+def test_a_dead_worker_is_restarted_only_after_a_backoff(crash_dir, daisy, user):
+    path = write(crash_dir / NAME, crash("app"))
+    uploader = WorkerUploader(user, 2, 2)
+    now = [1000.0]
+    uploader.clock = lambda: now[0]
+    try:
+        with opened(path) as (fd, report):
+            assert uploader.pid is None  # started on the first job, not before
+            assert uploader.send_report(fd, report, b"", daisy.url, TOKEN).status == 200
+            first = uploader.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            with pytest.raises(WorkerError, match="upload worker"):
+                uploader.send_report(fd, report, b"", daisy.url, TOKEN)
+            assert uploader.pid is None
+            now[0] += 0.9
+            with pytest.raises(WorkerError, match="restarting"):  # within the backoff: no new process
+                uploader.send_report(fd, report, b"", daisy.url, TOKEN)
+            assert uploader.pid is None
+            now[0] += 0.2  # 1 s after the failure
+            assert uploader.send_report(fd, report, b"", daisy.url, TOKEN).status == 409
+            assert uploader.pid not in (None, first)
+    finally:
+        uploader.close()
+    assert len(daisy.reports) == 2
+
+
+def test_a_worker_that_crashes_on_every_job_is_restarted_at_most_once_per_backoff_step(
+    crash_dir, daisy, user
+):
+    """A crash loop, on the root side's (fake) clock: each failure doubles the wait for the next start."""
+    path = write(crash_dir / NAME, crash("app"))
+    uploader = WorkerUploader(user, 2, 2)
+    now = [0.0]
+    uploader.clock = lambda: now[0]
+    daisy.script(*[Hang()] * 20)
+    stop = threading.Event()
+
+    def crash_every_job() -> None:  # SIGKILL each worker once its POST has reached the server
+        killed: set[int] = set()
+        while not stop.is_set():
+            pid = uploader.pid
+            if pid is not None and pid not in killed and len(daisy.exchanges) > len(killed):
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            stop.wait(0.002)
+
+    killer = threading.Thread(target=crash_every_job)
+    killer.start()
+    starts, failures = [], 0
+    try:
+        with opened(path) as (fd, report):
+            for _ in range(400):  # one attempt every 0.25 s for 100 s
+                try:
+                    uploader.send_report(fd, report, b"", daisy.url, TOKEN)
+                except WorkerError as error:
+                    failures += 1
+                    if "restarting" not in str(error):
+                        starts.append(now[0])
+                now[0] += 0.25
+    finally:
+        stop.set()
+        killer.join()
+        daisy.stop()
+        uploader.close()
+    assert failures == 400
+    assert starts == [0, 1, 3, 7, 15, 31, 63], starts  # then 123 (the backoff is capped at 60 s)
+
+
+def test_a_report_the_worker_cannot_read_is_invalid_and_a_missing_core_unavailable(crash_dir, daisy, user):
+    path = write(crash_dir / NAME, crash("app"))
+    uploader = WorkerUploader(user, 2, 2)
+    try:
+        with opened(path) as (fd, report), pytest.raises(CoreUnavailable):
+            uploader.send_core(fd, report, daisy.url, TOKEN, "some-oops")
+        with opened(path) as (fd, report):
+            path.write_bytes(b"ProblemType: Crash\nno colon here\n")  # changed after root indexed it
+            with pytest.raises(MalformedReportError, match="line 2: no colon"):
+                uploader.send_report(fd, report, b"", daisy.url, TOKEN)
+        assert uploader.pid is not None, "neither refusal is the worker's failure"
+    finally:
+        uploader.close()
+    assert daisy.reports == []
+
+
+def test_the_worker_reads_with_the_root_sides_limits_and_never_moves_its_offset(crash_dir, daisy, user):
+    path = write(crash_dir / NAME, crash("app", Stacktrace="x" * 5000))
+    uploader = WorkerUploader(user, 2, 2)
+    try:
+        with opened(path) as (fd, report):
+            report.limits = Limits(text_value=1000)  # the worker applies root's limits, whatever they are
+            os.lseek(fd, 17, os.SEEK_SET)
+            with pytest.raises(MalformedReportError, match="text_value"):
+                uploader.send_report(fd, report, b"", daisy.url, TOKEN)
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 17
+        with opened(path) as (fd, report):
+            os.lseek(fd, 17, os.SEEK_SET)
+            assert uploader.send_report(fd, report, b"", daisy.url, TOKEN).status == 200
+            assert os.lseek(fd, 0, os.SEEK_CUR) == 17
+    finally:
+        uploader.close()
+
+
+def test_the_worker_ends_with_its_root_side_even_mid_upload(crash_dir, config, daisy):
+    write(crash_dir / NAME, crash("app"))
+    daisy.script(Hang())
+    process = popen("upload-all", crash_dir, "--json", url=daisy.url, config=config)
+    try:
+        assert daisy.wait_for(lambda: len(daisy.exchanges) == 1, timeout=20)
+        worker = worker_of(process.pid)
+        process.kill()
+        process.communicate(timeout=30)
+        assert wait_until(lambda: gone(worker), 10), "the worker outlived its root side"
+    finally:
+        process.kill()
+
+
+def test_https_works_after_the_drop(crash_dir, tmp_path, user):
+    """TLS needs the ssl module and the CA bundle after the drop: a self-signed server is refused by
+    certificate verification, which proves both were usable (not a PermissionError on either)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl not found")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+         "-days", "1", "-subj", "/CN=127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    path = write(crash_dir / NAME, crash("app"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            # The handshake fails on the client's side: it must not trust this certificate.
+            with (
+                contextlib.suppress(OSError),
+                listener.accept()[0] as conn,
+                context.wrap_socket(conn, server_side=True),
+            ):
+                pass
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        uploader = WorkerUploader(user, 5, 5)
+        try:
+            with opened(path) as (fd, report), pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                uploader.send_report(fd, report, b"", f"https://127.0.0.1:{port}", TOKEN)
+        finally:
+            uploader.close()
+        server.join(10)
+
+
+def test_without_the_user_root_uploads_in_process_with_a_loud_warning(crash_dir, tmp_path, daisy):
+    config = write_config(tmp_path / "c.conf", **FAST, unprivileged_user="crashdt-nobody-here")
+    write(crash_dir / NAME, crash("app"))
+    run = upload_all(crash_dir, daisy.url, config)
+    assert run.code == 0, run.stderr
+    assert run.stderr.count("sysusers.d/crashd.conf") == 1, run.stderr
+    assert "crashdt-nobody-here" in run.stderr
+
+
+def test_only_root_uses_the_worker(user, monkeypatch):
+    settings = Settings(unprivileged_user=user.pw_name)
+    uploader = cli._uploader(settings, None)
+    assert isinstance(uploader, WorkerUploader) and uploader.pid is None  # started on the first job
+    with pytest.raises(ConfigError, match="root"):
+        cli._uploader(Settings(unprivileged_user="root"), None)
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)  # a user flushing their own reports: one process
+    assert isinstance(cli._uploader(settings, None), DirectUploader)
+
+
+# -- the answer protocol -----------------------------------------------------------------------
+
+
+def gone(pid: int) -> bool:
+    """Exited: no /proc entry, or a zombie its new parent has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@contextlib.contextmanager
+def opened(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[int, Report]]:
+    """A report as delivery holds it: an open descriptor and the index root read from it."""
+    with path.open("rb") as f:
+        yield f.fileno(), read_report(f, limits=limits)
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+def test_answers_map_back_to_answers_and_errors():
+    body = base64.b64encode(b"oops OOPSID").decode()
+    answer = _answer(_json({"id": 3, "status": 429, "body_b64": body, "headers": {"Retry-After": "5"}}), 3)
+    assert not isinstance(answer, BaseException)
+    assert (answer.status, answer.body, dict(answer.headers)) == (429, b"oops OOPSID", {"Retry-After": "5"})
+    offline = _answer(_json({"id": 3, "error": {"class": "OfflineError", "message": "no route"}}), 3)
+    assert isinstance(offline, OfflineError) and str(offline) == "no route"
+    unknown = _answer(_json({"id": 3, "error": {"class": "KeyError", "message": "'x'"}}), 3)
+    assert type(unknown) is ExchangeError and "KeyError" in str(unknown)
+    assert isinstance(_answer(_json({"id": 3, "invalid": "line 2: no colon"}), 3), MalformedReportError)
+    assert isinstance(_answer(_json({"id": 3, "unavailable": "no core"}), 3), CoreUnavailable)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"\xff not json",
+        b"[]",
+        _json({"id": 4, "status": 200, "body_b64": "", "headers": {}}),  # another job's
+        _json({"id": True, "status": 200, "body_b64": "", "headers": {}}),
+        _json({"id": 3, "status": "200", "body_b64": "", "headers": {}}),
+        _json({"id": 3, "status": 200, "body_b64": "!!", "headers": {}}),
+        _json({"id": 3, "status": 200, "body_b64": base64.b64encode(b"x" * 70000).decode(), "headers": {}}),
+        _json({"id": 3, "status": 200, "body_b64": "", "headers": {}, "extra": 1}),
+        _json({"id": 3, "status": 200, "body_b64": "", "headers": {"Set-Cookie": "x"}}),
+        _json({"id": 3, "status": 200, "body_b64": "", "headers": {"Retry-After": 5}}),
+        _json({"id": 3, "status": 200, "body_b64": "", "headers": []}),
+        _json({"id": 3, "error": "boom"}),
+        _json({"id": 3, "error": {"class": "OfflineError"}}),
+        _json({"id": 3, "invalid": "x", "unavailable": "y"}),
+        b"[" * 100000,
+        _json({"id": 3, "invalid": 5}),
+        _json({"id": 3, "what": "?"}),
+    ],
+)
+def test_a_malformed_answer_is_a_worker_error(reply):
+    with pytest.raises(WorkerError):
+        _answer(reply, 3)
+
+
+def test_the_worker_refuses_to_run_as_root():
+    with pytest.raises(ValueError, match="root"):
+        WorkerUploader(pwd.getpwuid(0))
+
+
+def test_the_worker_exits_non_zero_when_it_cannot_drop_privileges():
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", BOOT, str(theirs.fileno()), "0", "0", "1", "1"],
+            pass_fds=[theirs.fileno()], capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 3 and "uid or gid 0" in done.stderr, done.stderr
