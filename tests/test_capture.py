@@ -18,6 +18,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +27,11 @@ import pytest
 
 from crashd.capture import coredump
 from crashd.capture.excepthook import filter_environ
-from crashd.consent import store_consent
+from crashd.consent import set_preference, store_consent
 from crashd.report import read_report
+from tests.crashd_run import write_config
+from tests.daemon_run import crashd_status, run_daemon, wait_until
+from tests.daisy import DaisyServer
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEMD = REPO / "data" / "systemd"
@@ -579,3 +583,75 @@ def test_pth_startup_cost(tmp_path: Path) -> None:
         f"with the .pth {results['with'] * 1000:.2f} ms, overhead {overhead_ms:.2f} ms (goal < 1 ms)"
     )
     assert overhead_ms < 5, "the hook installer must stay cheap"
+
+
+# -- end to end: captured, then delivered by the daemon -------------------------------------------
+
+
+def test_a_coredump_and_a_python_exception_are_uploaded_by_the_daemon(
+    real_core: tuple[Path, str, int],
+    dirs: dict[str, Path],
+    hook_env: Callable[[str], tuple[Path, dict[str, str]]],
+    make_user: Callable[[], pwd.struct_passwd],
+    run_as: Callable[..., subprocess.CompletedProcess[str]],
+    user_tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stored, core_sha, pid = real_core
+    code, out = ingest(dirs, export_entry(coredump_fields(stored, pid)), stored.parent, capsys=capsys)
+    assert code == 0, out
+    user = make_user()
+    script, env = hook_env('RuntimeError("captured, then delivered")')
+    done = run_as(
+        user, f"import os, sys; os.execve(sys.executable, [sys.executable, {str(script)!r}], {env!r})"
+    )
+    assert done.returncode == 1, done.stderr
+    python_report = _python_report(dirs, script, user.pw_uid)
+    assert python_report.exists()
+
+    # The crashing uid 4242 has no account here, so take the setuid case (a root-owned report): its hooks
+    # run as the unprivileged user. A general hook supplies Package, which daisy requires, as a
+    # distribution's hooks do; the test script and uid 4242 belong to no package.
+    os.chown(dirs["crash"] / REPORT, 0, 0)
+    hooks = Path(tempfile.mkdtemp(prefix="crashd-capture-hooks-"))
+    try:
+        (hooks / "general").mkdir(mode=0o755, parents=True)
+        hooks.chmod(0o755)
+        (hooks / "general" / "package.py").write_text(GENERAL_HOOK)
+        config = write_config(
+            dirs["state"].parent / "crashd.conf", hook_dirs=hooks, unprivileged_user=user.pw_name
+        )
+        deliver(dirs, config, python_report, script, core_sha)
+    finally:
+        shutil.rmtree(hooks, ignore_errors=True)
+
+
+GENERAL_HOOK = """
+def add_info(report, ui=None):
+    report.setdefault("Package", "crashd-test-package 1.0")
+"""
+
+
+def deliver(dirs: dict[str, Path], config: Path, python_report: Path, script: Path, core_sha: str) -> None:
+    state = dirs["state"]
+    set_preference(state, "AutomaticallyReportCrashes", True, config=None)
+    with (
+        DaisyServer(core_policy="always") as daisy,
+        run_daemon(dirs["crash"], state, daisy.url, config=config),
+    ):
+        stamps = [
+            dirs["crash"] / f"{name.removesuffix('.crash')}.uploaded" for name in (REPORT, python_report.name)
+        ]
+        delivered = wait_until(
+            lambda: all(stamp.exists() for stamp in stamps) and len(daisy.cores) >= 1, timeout=20
+        )
+        assert delivered, (daisy.reports, crashd_status(dirs["crash"], state))
+        documents = {report.document["ExecutablePath"]: report.document for report in daisy.reports}
+        assert documents["/usr/bin/sleep"]["Signal"] == "11"
+        assert documents[str(script.resolve())]["Traceback"].endswith(
+            "RuntimeError: captured, then delivered"
+        )
+        (core,) = [core for core in daisy.cores if core.verdict == "ok"]
+        assert (
+            core.compression == "zstd" and core.decoded_sha256 == core_sha
+        )  # the very core, never re-packed
