@@ -41,7 +41,7 @@ MiB, GiB = 1 << 20, 1 << 30
 SECRET = "hostile-test-secret-7c1f"  # in every bait file; must never reach the server
 VERDICT = re.compile(r"^crashd: (?P<name>\S+): (?P<kind>refused|sent|held|skipped|rejected|not delivered)\W")
 MEMORY_LIMIT_KIB = 100 * 1024
-FLOOD = int(os.environ.get("CRASHD_HOSTILE_FLOOD", "2000"))  # the issue says 10,000: see test_flood
+FLOOD = int(os.environ.get("CRASHD_HOSTILE_FLOOD", "10000"))  # 10,000 dropped at once, as the issue asks
 
 
 def report_bytes(fields: dict) -> bytes:
@@ -547,8 +547,9 @@ def test_a_file_name_with_a_newline_and_invalid_utf8(live):
 
 
 def test_flood(live):
-    """10,000 files at once (the issue's figure) take ~37 s here at ~270 reports/s, over this suite's time
-    budget: by default 2,000 (CRASHD_HOSTILE_FLOOD=10000 runs the full figure)."""
+    """10,000 files dropped at once (the issue's figure): all delivered, each exactly once (~40 s here).
+
+    CRASHD_HOSTILE_FLOOD sets another number for a quicker local run."""
     pending = []
     for i in range(FLOOD):  # written first, then renamed in as fast as possible: "dropped at once"
         temporary = live.crash_dir / f".flood{i}.tmp"
