@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crashd.config import seconds_argument
+from crashd.config import Settings, load_settings, seconds_argument
 from crashd.hooks.accounts import HookSetupError, account_for, interpreter_for
 from crashd.hooks.discovery import InvalidPackageError, Plan, hook_refusal, package_names
 from crashd.hooks.runner import HookLimits, HookResult, MiB, run
@@ -109,7 +109,9 @@ def add_hook_test_command(subparsers: Any) -> argparse.ArgumentParser:
         "--timeout", type=seconds_argument, metavar="S", help="seconds the hook may take (30)"
     )
     parser.add_argument(
-        "--fallback-user", default="crashd", metavar="NAME", help="who runs root's reports' hooks (crashd)"
+        "--fallback-user",
+        metavar="NAME",
+        help="who runs root's reports' hooks (default: unprivileged_user, crashd)",
     )
     return parser
 
@@ -129,7 +131,10 @@ def cmd_hook_test(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         result = hook_test(
-            hook, args.file, timeout=args.timeout or _hook_timeout(args), fallback_user=args.fallback_user
+            hook,
+            args.file,
+            timeout=args.timeout or _settings(args).hook_timeout,
+            fallback_user=args.fallback_user or _settings(args).unprivileged_user,
         )
     except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
         return _fail(EXIT_USAGE, f"{args.file}: {error.strerror}")
@@ -150,10 +155,9 @@ def cmd_hook_test(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.errors or result.skipped or not result.ran else EXIT_OK
 
 
-def _hook_timeout(args: argparse.Namespace) -> float:
-    from crashd.config import load_settings  # only when no --timeout: a bad config file is exit 2 in cli.py
-
-    return load_settings(getattr(args, "config", None)).hook_timeout
+def _settings(args: argparse.Namespace) -> Settings:
+    """The configuration, read only when a flag leaves a value to it (a bad file is exit 2 in cli.py)."""
+    return load_settings(getattr(args, "config", None))
 
 
 def _fail(code: int, message: str) -> int:
