@@ -35,6 +35,7 @@ from crashd.hooks import add_hook_test_command, cmd_hook_test
 from crashd.identity import system_identifier
 from crashd.policy import Backoff
 from crashd.report import DEFAULT_LIMITS, Digest, Report, ReportError, read_report
+from crashd.signature import crash_signature
 from crashd.spool import Spool, UnsafeFileError, open_file
 from crashd.state import StateStore
 from crashd.status import survey
@@ -232,6 +233,9 @@ def _show_json(path: str, report: Report, digests: dict[str, Digest]) -> dict[st
 def _show_text(path: str, report: Report, digests: dict[str, Digest]) -> None:
     kind = digests["ProblemType"].text if "ProblemType" in digests else None
     print(f"# {path}: {kind or 'no ProblemType'}, {len(report)} fields")
+    text = {key: digest.text for key, digest in digests.items() if digest.text is not None}
+    if (signature := crash_signature(text)) is not None:
+        print(f"# crash signature: {signature}")
     for key, digest in digests.items():
         binary = "binary, " if report.entries[key].binary else ""
         if digest.text is None:
