@@ -4,7 +4,8 @@ The protocol is a pure function of an indexed report and a :class:`Transport`
 (one ``post(url, body) -> Answer`` call), so it can later move into the
 unprivileged upload worker unchanged, and tests can drive it against a real
 loopback server. What an answer *means* is :mod:`crashd.policy`'s business.
-Only this module imports ``requests`` and ``bson``.
+Only this module imports ``requests`` and ``bson`` — ``requests`` lazily, in the process that
+actually talks HTTP: as root that is the upload worker, and the daemon never loads its ~8 MiB.
 
 Exceptions — talking to the server::
 
@@ -30,10 +31,13 @@ import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import requests
 
 import bson
-import requests
 
 from crashd import __version__
 from crashd.report import MalformedReportError, Report, ReportLimitError
@@ -216,7 +220,7 @@ class HttpTransport:
                     if len(text) >= MAX_ANSWER:
                         break
                 return Answer(response.status_code, text[:MAX_ANSWER], dict(response.headers))
-        except requests.RequestException as error:
+        except _requests().RequestException as error:
             raise translate(error) from error
 
     def close(self) -> None:
@@ -226,7 +230,7 @@ class HttpTransport:
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = requests.Session()
+            session = self._local.session = _requests().Session()
             # Proxies come from _proxies(), looked up once per server: with trust_env, requests
             # would scan the environment and read ~/.netrc again on every single request.
             session.trust_env = False
@@ -236,7 +240,7 @@ class HttpTransport:
 
 @functools.cache
 def _server_proxies(scheme: str, host: str) -> dict[str, str]:
-    return requests.utils.get_environ_proxies(f"{scheme}://{host}/")
+    return _requests().utils.get_environ_proxies(f"{scheme}://{host}/")
 
 
 def _proxies(url: str) -> dict[str, str]:
@@ -246,38 +250,48 @@ def _proxies(url: str) -> dict[str, str]:
 
 
 # requests' exceptions, most specific first: each maps to the crashd error a caller handles.
-_ERRORS: tuple[tuple[type[Exception], type[UploadError]], ...] = (
-    (requests.exceptions.ConnectTimeout, UploadTimeout),
-    (requests.exceptions.ReadTimeout, UploadTimeout),
-    (requests.exceptions.Timeout, UploadTimeout),
-    (requests.exceptions.SSLError, ConnectError),
-    (requests.exceptions.ProxyError, ConnectError),
-    (requests.exceptions.ConnectionError, ConnectError),
-    (requests.exceptions.ChunkedEncodingError, ExchangeError),
-    (requests.exceptions.ContentDecodingError, ExchangeError),
-    (requests.exceptions.StreamConsumedError, ExchangeError),
-    (requests.exceptions.RetryError, ExchangeError),
-    (requests.exceptions.TooManyRedirects, ExchangeError),
-    (requests.exceptions.JSONDecodeError, ExchangeError),
-    (requests.exceptions.InvalidJSONError, ExchangeError),
-    (requests.exceptions.URLRequired, ConnectError),
-    (requests.exceptions.MissingSchema, ConnectError),
-    (requests.exceptions.InvalidSchema, ConnectError),
-    (requests.exceptions.InvalidProxyURL, ConnectError),
-    (requests.exceptions.InvalidURL, ConnectError),
-    (requests.exceptions.InvalidHeader, ExchangeError),
-    (requests.exceptions.UnrewindableBodyError, ExchangeError),
-    (requests.exceptions.HTTPError, ExchangeError),
-    (requests.exceptions.RequestException, ExchangeError),
-)
+@functools.cache
+def _errors() -> tuple[tuple[type[Exception], type[UploadError]], ...]:
+    exceptions = _requests().exceptions
+    return (
+        (exceptions.ConnectTimeout, UploadTimeout),
+        (exceptions.ReadTimeout, UploadTimeout),
+        (exceptions.Timeout, UploadTimeout),
+        (exceptions.SSLError, ConnectError),
+        (exceptions.ProxyError, ConnectError),
+        (exceptions.ConnectionError, ConnectError),
+        (exceptions.ChunkedEncodingError, ExchangeError),
+        (exceptions.ContentDecodingError, ExchangeError),
+        (exceptions.StreamConsumedError, ExchangeError),
+        (exceptions.RetryError, ExchangeError),
+        (exceptions.TooManyRedirects, ExchangeError),
+        (exceptions.JSONDecodeError, ExchangeError),
+        (exceptions.InvalidJSONError, ExchangeError),
+        (exceptions.URLRequired, ConnectError),
+        (exceptions.MissingSchema, ConnectError),
+        (exceptions.InvalidSchema, ConnectError),
+        (exceptions.InvalidProxyURL, ConnectError),
+        (exceptions.InvalidURL, ConnectError),
+        (exceptions.InvalidHeader, ExchangeError),
+        (exceptions.UnrewindableBodyError, ExchangeError),
+        (exceptions.HTTPError, ExchangeError),
+        (exceptions.RequestException, ExchangeError),
+    )
+
+
+def _requests() -> ModuleType:
+    """``requests``, imported on first use (see the module notes)."""
+    import requests
+
+    return requests
 
 
 def translate(error: requests.RequestException) -> UploadError:
     """The crashd error for a ``requests`` exception, with a message naming the cause."""
     cause = _innermost(error)
-    if isinstance(error, requests.exceptions.ConnectionError) and _offline(cause):
+    if isinstance(error, _requests().exceptions.ConnectionError) and _offline(cause):
         return OfflineError(str(cause)[:300])
-    for source, target in _ERRORS:
+    for source, target in _errors():
         if isinstance(error, source):
             return target(str(cause)[:300])
     raise AssertionError("unreachable: RequestException is the last entry")

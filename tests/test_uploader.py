@@ -12,13 +12,13 @@ import requests
 
 from crashd.report import MalformedReportError, ReportLimitError, read_report, write_report
 from crashd.uploader import (
-    _ERRORS,
     ConnectError,
     CoreUnavailable,
     ExchangeError,
     HttpTransport,
     UploadError,
     UploadTimeout,
+    _errors,
     encode_report,
     post_core,
     post_report,
@@ -28,7 +28,7 @@ from tests.daisy import DaisyServer, Delay, Reset, Respond
 
 
 def test_every_requests_exception_maps_to_a_crashd_error():
-    mapped = {source for source, _ in _ERRORS}
+    mapped = {source for source, _ in _errors()}
     for name, cls in inspect.getmembers(requests.exceptions, inspect.isclass):
         if issubclass(cls, requests.RequestException):
             assert cls in mapped, f"requests.exceptions.{name} has no explicit entry"
