@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.daisy import DaisyServer
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
@@ -153,3 +155,11 @@ def no_real_system_bus() -> Iterator[None]:
         os.environ.pop("DBUS_SYSTEM_BUS_ADDRESS", None)
     else:
         os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = saved
+
+
+@pytest.fixture
+def daisy() -> Iterator[DaisyServer]:
+    """A loopback daisy for one test; a bug in the server itself fails the test."""
+    with DaisyServer() as server:
+        yield server
+        assert server.errors == []

@@ -28,13 +28,6 @@ NAME_RE = r"[\w.]+"
 
 
 @pytest.fixture
-def daisy() -> Iterator[DaisyServer]:
-    with DaisyServer() as server:
-        yield server
-        assert server.errors == []
-
-
-@pytest.fixture
 def crash_dir(tmp_path: Path) -> Path:
     return crash_dir_at(tmp_path / "crash")
 

@@ -31,13 +31,6 @@ NAME = "_usr_bin_app.0.crash"
 
 
 @pytest.fixture
-def daisy() -> Iterator[DaisyServer]:
-    with DaisyServer() as server:
-        yield server
-        assert server.errors == []
-
-
-@pytest.fixture
 def crash_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "crash"
     directory.mkdir()

@@ -42,13 +42,6 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def daisy() -> Iterator[DaisyServer]:
-    with DaisyServer() as server:
-        yield server
-        assert server.errors == []
-
-
-@pytest.fixture
 def crash_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "crash"
     directory.mkdir()
