@@ -457,29 +457,9 @@ class Spool:
         (then the rewrite is dropped and None returned). The caller keeps
         *report*; the result is the new file, opened and checked like any report.
         """
-        dirfd = self._dirfd()
-        tmp, fd = _create_temp(dirfd)
-        try:
-            with os.fdopen(os.dup(fd), "wb") as out:
-                write(out)
-                out.flush()
-                os.fsync(out.fileno())
-            if os.geteuid() == 0 or report.stat.st_uid != os.geteuid():
-                os.fchown(fd, report.stat.st_uid, report.stat.st_gid)
-            os.fchmod(fd, stat_mode(report.stat.st_mode))
-            os.close(fd)
-            fd = -1
-            now = os.stat(report.name.crash, dir_fd=dirfd, follow_symlinks=False)
-            if (now.st_dev, now.st_ino) != (report.stat.st_dev, report.stat.st_ino):
-                os.unlink(tmp, dir_fd=dirfd)
-                return None
-            os.rename(tmp, report.name.crash, src_dir_fd=dirfd, dst_dir_fd=dirfd)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dirfd)
-            raise
+        owner, mode = (report.stat.st_uid, report.stat.st_gid), stat_mode(report.stat.st_mode)
+        if not place_file(self._dirfd(), report.name.crash, write, owner, mode, expect=report.stat):
+            return None
         return self.open_report(report.name)
 
     def oops_id(self, name: ReportName | str, owner_uid: int | None = None) -> str | None:
@@ -543,6 +523,52 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dirfd)
             raise
+
+
+def place_file(
+    dirfd: int,
+    name: str,
+    write: Callable[[BinaryIO], None],
+    owner: tuple[int, int],
+    mode: int,
+    *,
+    times: tuple[int, int] | None = None,
+    expect: os.stat_result | None = None,
+) -> bool:
+    """Put a new file at *name* in the directory *dirfd*, atomically: rule 2 of DESIGN.md §7.
+
+    *write* fills a file created exclusively under a hidden temporary name; it is
+    fsynced, given *owner* (uid, gid; -1 leaves one as it is), *mode* and, with
+    *times*, (atime_ns, mtime_ns) — all on its descriptor — and renamed to
+    *name*. With *expect*, only if *name* still is that inode: else the new file
+    is dropped and False returned (a newer crash replaced the report meanwhile).
+    """
+    tmp, fd = _create_temp(dirfd)
+    try:
+        with os.fdopen(os.dup(fd), "wb", buffering=128 * 1024) as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+        if os.geteuid() == 0 or owner[0] != os.geteuid():  # to myself, fchown is a no-op
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+        if times is not None:
+            os.utime(fd, ns=times)
+        os.close(fd)
+        fd = -1
+        if expect is not None:
+            current = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            if (current.st_dev, current.st_ino) != (expect.st_dev, expect.st_ino):
+                os.unlink(tmp, dir_fd=dirfd)
+                return False
+        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dirfd)
+        raise
+    return True
 
 
 def _as_name(name: ReportName | str) -> ReportName:

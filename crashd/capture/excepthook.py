@@ -5,7 +5,7 @@ only once an exception reaches the top): it writes ``<argv[0] path, / → _>.<ui
 into ``APPORT_REPORT_DIR`` (or the configured crash dir, /var/crash) *as the crashing
 user*, with the fields apport's Python hook writes.
 
-Why standard library only (plus ``crashd.config``/``crashd.consent``, which are
+Why standard library only (plus ``crashd.config``, ``crashd.consent`` and ``crashd.spool``, which are
 too): this runs inside an arbitrary user's program, possibly under an interpreter
 that lacks crashd's third-party dependencies (zstd), and must not fail there.
 That is also why it has its own tiny text-only report writer, and why the shared
@@ -19,7 +19,6 @@ import contextlib
 import errno
 import grp
 import os
-import secrets
 import stat
 import sys
 import time
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Literal
+
+from crashd.spool import place_file  # standard library only, like this module
 
 __all__ = [
     "FLOOD_WINDOW",
@@ -62,7 +63,6 @@ _STANDARD_PATH = frozenset(
     }
 )  # fmt: skip
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0E, 0x1C)]}
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -209,52 +209,8 @@ def _whoopsie_gid() -> int:
         return -1
 
 
-def _temp(dirfd: int) -> tuple[str, int]:
-    for _ in range(16):
-        name = f".crashd-{secrets.token_hex(8)}.tmp"
-        with contextlib.suppress(FileExistsError):
-            return name, os.open(name, _CREATE, 0, dir_fd=dirfd)
-    raise FileExistsError(errno.EEXIST, "no free temporary name")
-
-
-def _finish(
-    dirfd: int, name: str, write: Callable[[BinaryIO], None], owner: tuple[int, int], mode: int,
-    times: tuple[int, int] | None = None, expect: os.stat_result | None = None,
-) -> bool:  # fmt: skip
-    """Fill a fresh temp file, set owner/mode (and times) on its fd, rename it to *name*.
-
-    With *expect*, rename only if *name* still is that inode (else drop it, False).
-    """
-    tmp, fd = _temp(dirfd)
-    try:
-        with os.fdopen(os.dup(fd), "wb", buffering=128 * 1024) as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-        if os.geteuid() == 0:
-            os.fchown(fd, *owner)
-        os.fchmod(fd, mode)
-        if times is not None:
-            os.utime(fd, ns=times)
-        os.close(fd)
-        fd = -1
-        if expect is not None:
-            current = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
-            if (current.st_dev, current.st_ino) != (expect.st_dev, expect.st_ino):
-                os.unlink(tmp, dir_fd=dirfd)
-                return False
-        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dirfd)
-        raise
-    return True
-
-
 def _create(dirfd: int, name: str, write: Callable[[BinaryIO], None], owner_uid: int) -> None:
-    _finish(dirfd, name, write, (owner_uid, _whoopsie_gid()), REPORT_MODE)
+    place_file(dirfd, name, write, (owner_uid, _whoopsie_gid()), REPORT_MODE)
 
 
 def _rewrite_counter(dirfd: int, name: str, fd: int, st: os.stat_result) -> int | None:
@@ -280,7 +236,7 @@ def _rewrite_counter(dirfd: int, name: str, fd: int, st: os.stat_result) -> int 
         result[0] = old + 1
         out.write(b"CrashCounter: %d\n" % result[0])
 
-    ok = _finish(
+    ok = place_file(
         dirfd, name, write, (st.st_uid, st.st_gid), stat.S_IMODE(st.st_mode) or REPORT_MODE,
         times=(st.st_atime_ns, st.st_mtime_ns), expect=st,
     )  # fmt: skip
