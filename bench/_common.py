@@ -114,6 +114,21 @@ def run_child(argv: Sequence[str], *, env: dict[str, str] | None = None, timeout
         )
 
 
+def run_upload_all(crash_dir: Path, state_dir: Path, url: str, token: str) -> ChildRun:
+    """A real ``crashd upload-all --json`` child on *crash_dir* (state beside it, never /var/lib/crashd)."""
+    argv = [
+        "upload-all",
+        "--json",
+        "--crash-dir",
+        str(crash_dir),
+        "--state-dir",
+        str(state_dir),
+        "--url",
+        url,
+    ]
+    return run_child([sys.executable, "-m", "crashd", *argv], env=child_env(CRASH_DB_IDENTIFIER=token))
+
+
 def rss_now_kib() -> int:
     """This process's resident set now (not the high-water mark), from /proc/self/statm."""
     with open("/proc/self/statm") as f:

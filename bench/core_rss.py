@@ -25,11 +25,10 @@ from bench._common import (
     GiB,
     MiB,
     Stats,
-    child_env,
     daisy_server,
     free_bytes,
     mib,
-    run_child,
+    run_upload_all,
     write_core_block,
 )
 from crashd.report import read_report, write_report
@@ -70,20 +69,7 @@ def _one_run(crash_dir: Path, work: Path, run: int, core_size: int) -> dict:
     records, log = work / f"records-{run}", work / f"daisy-{run}.log"
     with daisy_server(log, "--core-policy", "always", "--record-dir", str(records)) as url:
         state = work / f"state-{run}"  # never the default /var/lib/crashd
-        argv = [
-            "upload-all",
-            "--json",
-            "--crash-dir",
-            str(crash_dir),
-            "--state-dir",
-            str(state),
-            "--url",
-            url,
-        ]
-        result = run_child(
-            [sys.executable, "-m", "crashd", *argv],
-            env=child_env(CRASH_DB_IDENTIFIER=TOKEN),
-        )
+        result = run_upload_all(crash_dir, state, url, TOKEN)
     if result.returncode != 0:
         raise RuntimeError(f"upload-all exited {result.returncode}: {result.stdout}{result.stderr}")
     (entry,) = json.loads(result.stdout)["reports"]

@@ -176,7 +176,9 @@ def plot(results: Sequence[Outcome], outage: float, steady: float, path: str) ->
     print(f"plot written to {path}")
 
 
-def figures(devices: int = 100_000, outage_hours: float = 1.0, plot_path: str | None = None) -> dict[str, dict]:
+def figures(
+    devices: int = 100_000, outage_hours: float = 1.0, plot_path: str | None = None
+) -> dict[str, dict]:
     """Simulate, print the summary table, optionally plot; returns the figures per policy."""
     outage = outage_hours * HOUR
     results = simulate(devices, outage)

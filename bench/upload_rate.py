@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench._common import TOKEN, Stats, child_env, daisy_server, run_child
+from bench._common import TOKEN, Stats, daisy_server, run_upload_all
 from crashd.delivery import Courier
 from crashd.report import DEFAULT_LIMITS, read_report, write_report
 from crashd.spool import Spool
@@ -77,20 +77,7 @@ def write_queue(directory: Path, tag: str, count: int = COUNT) -> Path:
 
 
 def _cli(crash_dir: Path, state_dir: Path, url: str) -> tuple[float, dict]:
-    argv = [
-        "upload-all",
-        "--json",
-        "--crash-dir",
-        str(crash_dir),
-        "--state-dir",
-        str(state_dir),
-        "--url",
-        url,
-    ]
-    result = run_child(
-        [sys.executable, "-m", "crashd", *argv],
-        env=child_env(CRASH_DB_IDENTIFIER=TOKEN),
-    )
+    result = run_upload_all(crash_dir, state_dir, url, TOKEN)
     if not result.stdout:
         raise RuntimeError(f"upload-all printed nothing (exit {result.returncode}): {result.stderr}")
     return result.wall, json.loads(result.stdout)

@@ -23,13 +23,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from crashd import __version__, dbus_client
+from crashd import __version__
 from crashd.capture.coredump import add_ingest_coredump_command, cmd_ingest_coredump
 from crashd.collector import Gate, HookOptions, Status
 from crashd.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings, seconds_argument
 from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_preference
-from crashd.daemon import Daemon, DBusSettings, journal_logging
-from crashd.daemon import run as run_daemon
 from crashd.delivery import Courier
 from crashd.hooks import add_hook_test_command, cmd_hook_test
 from crashd.identity import system_identifier
@@ -355,6 +353,11 @@ def _print_statuses(statuses: list[Status], crash_dir: Path) -> None:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
+    # Imported here: the service's dependencies (asyncio, inotify, dbus-fast) would cost every other
+    # command its start-up time and ~6 MiB.
+    from crashd.daemon import Daemon, DBusSettings, journal_logging
+    from crashd.daemon import run as run_daemon
+
     settings = _settings(args)
     if not journal_logging(logging.INFO) and not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # a service says what it does
@@ -439,6 +442,8 @@ def cmd_prefs(args: argparse.Namespace) -> int:
 def _set_over_dbus(name: str, value: bool, local: Consent) -> Consent:
     """Change one preference through the running service (polkit decides; D-Bus activation starts it).
     The bus carries no reason, so the one read locally (the lock, a legacy switch) is shown with it."""
+    from crashd import dbus_client  # dbus-fast only for the one command that needs the bus
+
     try:
         now = dbus_client.set_preference(name, value)
     except dbus_client.NotAuthorized as error:
