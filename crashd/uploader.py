@@ -70,7 +70,8 @@ class ExchangeError(UploadError):
 
 
 class CoreUnavailable(Exception):
-    """The server asked for the core, but the report has no CoreDump or no usable Architecture."""
+    """The report cannot send a core: no CoreDump, no usable Architecture, or an OOPS id that cannot
+    name the upload. Raised when the server asks for it, and shown by ``show --what-is-sent``."""
 
 
 @dataclass(frozen=True)

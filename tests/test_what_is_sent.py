@@ -251,3 +251,32 @@ def test_whatissent_refuses_unsafe_files_before_reading_them(
 )
 def test_who_may_read_a_report(caller: int, owner: int, allowed: bool) -> None:
     assert may_read(caller, owner) is allowed
+
+
+def test_the_daemon_serves_whatissent_for_its_crash_directory(tmp_path: Path, daisy: DaisyServer) -> None:
+    """``crashd daemon`` itself (not a stand-in) answers WhatIsSent from the crash directory it watches."""
+    if shutil.which("gdbus") is None:
+        pytest.skip("gdbus not installed (libglib2.0-bin)")
+    crash_dir, state = tmp_path / "crash", tmp_path / "state"
+    crash_dir.mkdir()
+    state.mkdir()
+    name = "_usr_bin_gedit.0.crash"
+    expected = preview(write(crash_dir / name, ENRICHED))  # held: automatic reporting is off by default
+    with PrivateBus(tmp_path / "bus") as bus:
+        env = os.environ | {"PYTHONPATH": str(REPO), "CRASH_DB_IDENTIFIER": TOKEN,
+                            "DBUS_SYSTEM_BUS_ADDRESS": bus.address}  # fmt: skip
+        with (tmp_path / "daemon.log").open("w") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "crashd", "daemon", "--crash-dir", str(crash_dir), "--state-dir",
+                 str(state), "--url", daisy.url, "--idle-timeout", "120"], stderr=log, env=env,
+            )  # fmt: skip
+        try:
+            waited = subprocess.run(["gdbus", "wait", "--system", "--timeout", str(int(DEADLINE)), C_NAME],
+                                    env=env, capture_output=True, text=True, timeout=DEADLINE + 5, check=False)  # fmt: skip
+            assert waited.returncode == 0, (tmp_path / "daemon.log").read_text()
+            shown = answer(what_is_sent(bus, name))
+            assert shown == expected
+        finally:
+            daemon.terminate()
+            assert daemon.wait(DEADLINE) == 0, (tmp_path / "daemon.log").read_text()
+    assert daisy.reports == []  # previewing sends nothing
