@@ -516,10 +516,11 @@ class Service:
             raise DBusError(ErrorType.FAILED, str(error)) from None
         except ValueError as error:  # not a report name
             raise DBusError(ErrorType.INVALID_ARGS, str(error)) from None
-        text = json.dumps(preview.as_json())
-        if len(text.encode()) > MAX_PREVIEW:
-            why = f"the preview of {name} is larger than {MAX_PREVIEW >> 20} MiB"
-            raise DBusError(ErrorType.LIMITS_EXCEEDED, f"{why}: use crashd show --what-is-sent")
+        text = json.dumps(preview.as_json())  # ASCII: its length is its size on the bus
+        if len(text) > MAX_PREVIEW:
+            why = f"the preview of {name} is {len(text)} bytes"
+            bound = f"more than a D-Bus answer carries ({MAX_PREVIEW})"
+            raise DBusError(ErrorType.LIMITS_EXCEEDED, f"{why}, {bound}: use crashd show --what-is-sent")
         return text
 
     def list_reports(self) -> list[tuple[str, str, int, str]]:

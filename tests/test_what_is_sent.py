@@ -20,9 +20,12 @@ from typing import Any
 
 import bson
 import pytest
+from dbus_fast import DBusError
 
+from crashd import dbus_prefs
 from crashd.preview import may_read
 from crashd.report import read_report, write_report
+from crashd.spool import Spool
 from crashd.uploader import encode_report
 from tests.daisy import DaisyServer
 from tests.dbus_bus import PrivateBus
@@ -280,3 +283,24 @@ def test_the_daemon_serves_whatissent_for_its_crash_directory(tmp_path: Path, da
             daemon.terminate()
             assert daemon.wait(DEADLINE) == 0, (tmp_path / "daemon.log").read_text()
     assert daisy.reports == []  # previewing sends nothing
+
+
+def test_a_preview_too_big_for_the_bus_is_refused_naming_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dbus-daemon drops messages over 32 MiB; a bigger preview gets LimitsExceeded, never a lost reply."""
+    crash_dir = tmp_path / "crash"
+    crash_dir.mkdir()
+    write(crash_dir / "_usr_bin_gedit.0.crash", {**ENRICHED, "Big": "x" * 4096})
+    monkeypatch.setattr(dbus_prefs, "MAX_PREVIEW", 4096)
+    with Spool(crash_dir) as spool:
+        service = dbus_prefs.Service(
+            None, state_dir=tmp_path, config=None, status_provider=list, on_activity=lambda: None,  # type: ignore[arg-type]
+            on_consent_change=lambda consent: None, on_upload_now=lambda: None, polkit_timeout=1.0,
+            whoopsie_default=tmp_path / "none", apport_default=tmp_path / "none", spool=spool,
+        )  # fmt: skip
+        with pytest.raises(DBusError, match=r"more than a D-Bus answer carries \(4096\): use crashd show --what-is-sent") as refused:
+            service.what_is_sent("_usr_bin_gedit.0.crash", 0)
+        assert refused.value.type == "org.freedesktop.DBus.Error.LimitsExceeded"
+        monkeypatch.setattr(dbus_prefs, "MAX_PREVIEW", 1 << 20)
+        assert json.loads(service.what_is_sent("_usr_bin_gedit.0.crash", 0))["fields"][-1]["name"] == "Big"
