@@ -32,6 +32,7 @@ from crashd.delivery import Courier
 from crashd.hooks import add_hook_test_command, cmd_hook_test
 from crashd.identity import system_identifier
 from crashd.policy import Backoff
+from crashd.preview import Preview, what_is_sent
 from crashd.report import DEFAULT_LIMITS, Digest, Report, ReportError, read_report
 from crashd.signature import crash_signature
 from crashd.spool import Spool, UnsafeFileError, open_file
@@ -76,10 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         "show",
         help="decode one report",
         description="Decode one report file as apport's loader reads it. Text fields are printed; binary "
-        "fields are summarised by decoded size and sha256 (they are streamed, never loaded whole).",
+        "fields are summarised by decoded size and sha256 (they are streamed, never loaded whole). With "
+        "--what-is-sent, print instead exactly what the first upload of the report as it stands will carry "
+        "(the same code builds the upload).",
     )
     show.add_argument("file", type=Path, metavar="FILE", help="a .crash report (symbolic links are refused)")
     show.add_argument("--json", action="store_true", help="print one JSON object: path, problem_type, fields")
+    show.add_argument(
+        "--what-is-sent",
+        action="store_true",
+        help="print exactly the fields the first upload will carry, in the order it sends them, whether "
+        "the package hooks have run, and the core that is sent if the server asks for it",
+    )
 
     upload = commands.add_parser(
         "upload-all",
@@ -205,6 +214,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.file}: {error.strerror}") from None
     with opened, opened.file() as f:
         report = read_report(f, name=str(args.file))
+        if args.what_is_sent:
+            return _show_what_is_sent(what_is_sent(report, str(args.file)), as_json=args.json)
         digests = {key: report.digest(key) for key in report}
     if args.json:
         print(json.dumps(_show_json(str(args.file), report, digests)))
@@ -243,6 +254,29 @@ def _show_text(path: str, report: Report, digests: dict[str, Digest]) -> None:
             print(f"{key}:\n " + digest.text.replace("\n", "\n "))
         else:
             print(f"{key}: {digest.text}")
+
+
+def _show_what_is_sent(preview: Preview, *, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(preview.as_json()))
+        return EXIT_OK
+    print(f"# {preview.path}: the first upload carries these {len(preview.fields)} fields, in this order")
+    if preview.not_sent:
+        print(f"# but it is never sent: {preview.not_sent}")
+    if preview.hooks_run:
+        print("# package hooks have already run: these are the fields as they will be sent")
+    else:
+        print("# package hooks have not run yet (no _HooksRun: yes): they run before the upload and may "
+              "add or change fields")  # fmt: skip
+    if preview.core is not None:
+        core = preview.core
+        print(f"# core: not in this upload; if the server asks for it, {core.size} bytes (base64, "
+              f"architecture {core.architecture}) are sent")  # fmt: skip
+    else:
+        print(f"# core: none can be sent ({preview.core_unavailable})")
+    for key, value in preview.fields:
+        print(f"{key}:\n " + value.replace("\n", "\n ") if "\n" in value else f"{key}: {value}")
+    return EXIT_OK
 
 
 # -- upload-all -----------------------------------------------------------------------

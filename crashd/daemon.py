@@ -118,7 +118,7 @@ class Daemon:
             service = await dbus_prefs.serve(
                 bus, state_dir=self.dbus.state_dir, config=self.dbus.config,
                 status_provider=self.dbus.status_provider, on_activity=self._touch,
-                on_consent_change=self._consent_changed, on_upload_now=self.rescan,
+                on_consent_change=self._consent_changed, on_upload_now=self.rescan, spool=self.spool,
             )  # fmt: skip
         except dbus_prefs.BusUnavailable as error:  # another crashd, or whoopsie-preferences, has a name
             log.warning("%s: running without the D-Bus preferences service", error)
