@@ -23,11 +23,16 @@ def install_excepthook() -> None:
 
     Why lazily: the ``.pth`` runs in every Python process on the system, so the
     start-up cost must stay near zero (goal < 1 ms) — nothing here reads a file
-    or imports a module.  ``CRASHD_EXCEPTHOOK=0`` in the environment opts out.
+    or imports a module.  ``CRASHD_EXCEPTHOOK=0`` in the environment opts out,
+    except in a privileged process (setuid, setgid or root), which trusts no
+    environment variable (DESIGN.md §7 rule 7).
     """
     import os  # already in sys.modules during site processing: free
 
-    if os.environ.get("CRASHD_EXCEPTHOOK") == "0" or getattr(sys.excepthook, "_crashd", False):
+    if getattr(sys.excepthook, "_crashd", False):
+        return
+    unprivileged = os.getuid() == os.geteuid() != 0 and os.getgid() == os.getegid()
+    if os.environ.get("CRASHD_EXCEPTHOOK") == "0" and unprivileged:
         return
     previous = sys.excepthook
 

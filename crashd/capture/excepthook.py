@@ -22,7 +22,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -35,14 +35,20 @@ __all__ = [
     "Placed",
     "encode_text_report",
     "filter_environ",
+    "is_crashd_process",
     "place_report",
+    "privileged",
     "python_crash_fields",
     "report_exception",
+    "report_names",
     "report_stem",
 ]
 
 FLOOD_WINDOW = 24 * 3600
 """An unsent report younger than this is counted (CrashCounter) instead of replaced (apport §2.4)."""
+
+MAX_NAMES = 8
+"""How many names one report may take when others hold the first ones (:func:`report_names`)."""
 
 REPORT_MODE = 0o640
 STATE_DIR_ENV = "CRASHD_STATE_DIR"  # tests point consent at a scratch state dir
@@ -65,6 +71,7 @@ _STANDARD_PATH = frozenset(
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0E, 0x1C)]}
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # .../crashd
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -130,6 +137,17 @@ class Placed:
     crash_counter: int | None = None
 
 
+def report_names(stem: str) -> list[str]:
+    """The names a report for *stem* may take, in order: ``STEM.crash``, then ``EXE~2.UID.crash`` …
+
+    Why more than one: ``/var/crash`` is world-writable, so another user can hold a report's name
+    (a FIFO, a file, a directory) before the crash. A writer that can neither count into nor replace
+    what holds a name takes the next one; the uid stays the name's last part, as the spool requires.
+    """
+    exe, _, uid = stem.rpartition(".")
+    return [stem + ".crash"] + [f"{exe}~{n}.{uid}.crash" for n in range(2, MAX_NAMES + 1)]
+
+
 def place_report(
     crash_dir: str | os.PathLike[str],
     stem: str,
@@ -140,49 +158,106 @@ def place_report(
 ) -> Placed:
     """Write ``STEM.crash`` atomically, or count it as a repeat (apport's flood rule).
 
-    The rule: an existing report for the same executable and uid that is unsent
-    (no ``.uploaded`` at least as new as it and its ``.upload``) and younger than
-    :data:`FLOOD_WINDOW` gets ``CrashCounter`` incremented (atomic rewrite, same
-    owner, mode and mtime — so the day counts from the first crash) and no new
-    report is written: a crash loop cannot fill the disk. A sent or older report
-    is replaced. A name held by anything but a regular, singly linked file owned
-    by *owner_uid* or root is left alone (skipped): never follow, never clobber.
+    The flood rule: an existing report for the same executable and uid that is
+    unsent (no ``.uploaded`` at least as new as it and its ``.upload``) and
+    younger than :data:`FLOOD_WINDOW` gets ``CrashCounter`` incremented (atomic
+    rewrite, same owner, mode and mtime — so the day counts from the first crash)
+    and no new report is written: a crash loop cannot fill the disk. A sent or
+    older report is replaced.
+
+    Squatted names (issue 11): anything else holding the name — a FIFO, a
+    symlink, a hard link, another user's file — is never opened. A writer
+    running as root replaces it (``rename`` over the entry: the squatter's inode
+    is not touched); a user's writer replaces only its own entries and otherwise
+    takes the next of :func:`report_names`, applying the same rules there. Only
+    when every name is held (or a rename is refused in a race) is the crash
+    skipped, with the reason.
 
     New files: ``O_CREAT|O_EXCL|O_NOFOLLOW`` mode 0 under a hidden name, owner
     (as root: *owner_uid*, group whoopsie when it exists) and mode 0640 set on the
     descriptor, fsync, rename into place — readers never see half a report.
     """
     now = time.time() if now is None else now
-    path = os.path.join(os.fspath(crash_dir), stem + ".crash")
+    held: list[str] = []
     dirfd = os.open(os.fspath(crash_dir), _DIR)
     try:
-        try:
-            fd = os.open(stem + ".crash", _READ, dir_fd=dirfd)
-        except FileNotFoundError:
-            fd = -1
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.ENXIO, errno.EACCES, errno.EPERM):
-                return Placed("skipped", path, f"an unusable file holds the name ({error.strerror})")
-            raise
-        if fd < 0:
-            _create(dirfd, stem + ".crash", write, owner_uid)
-            return Placed("written", path)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid not in (owner_uid, 0):
-                why = "an unsafe file (not a plain report of this user) holds the name"
-                return Placed("skipped", path, why)
-            if _sent(dirfd, stem, st) or now - st.st_mtime >= FLOOD_WINDOW:
-                _create(dirfd, stem + ".crash", write, owner_uid)
-                return Placed("written", path, "replaced an older or already sent report")
-            counter = _rewrite_counter(dirfd, stem + ".crash", fd, st)
-        finally:
-            os.close(fd)
-        if counter is None:
-            return Placed("skipped", path, "the report changed while it was counted")
-        return Placed("counted", path, "an unsent report less than a day old exists", counter)
+        for name in report_names(stem):
+            path = os.path.join(os.fspath(crash_dir), name)
+            verdict = _judge_name(dirfd, name, owner_uid)
+            if isinstance(verdict, str):
+                held.append(f"{name}: {verdict}")
+                continue
+            if verdict is None:  # free, or held by something this writer replaces
+                return _create_or_skip(dirfd, name, path, write, owner_uid)
+            fd, st = verdict
+            try:
+                if _sent(dirfd, name.removesuffix(".crash"), st) or now - st.st_mtime >= FLOOD_WINDOW:
+                    outcome = _create_or_skip(dirfd, name, path, write, owner_uid)
+                    if outcome.action == "written":
+                        return Placed("written", path, "replaced an older or already sent report")
+                    return outcome
+                counter = _rewrite_counter(dirfd, name, fd, st)
+            finally:
+                os.close(fd)
+            if counter is None:
+                return Placed("skipped", path, "the report changed while it was counted")
+            return Placed("counted", path, "an unsent report less than a day old exists", counter)
     finally:
         os.close(dirfd)
+    first = os.path.join(os.fspath(crash_dir), stem + ".crash")
+    return Placed("skipped", first, "every name this report may take is held: " + "; ".join(held))
+
+
+def _judge_name(dirfd: int, name: str, owner_uid: int) -> str | tuple[int, os.stat_result] | None:
+    """What holds *name*: None (free, or replaceable by this writer), an open report of *owner_uid*
+    to count into ``(fd, stat)``, or why this writer must take another name."""
+    try:
+        seen = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    me = os.geteuid()
+    plain = stat.S_ISREG(seen.st_mode) and seen.st_nlink == 1
+    ours = seen.st_uid == owner_uid or (me == 0 and seen.st_uid == 0)  # root owns setuid crashes' reports
+    if plain and ours and (me == 0 or seen.st_uid == me):
+        try:
+            fd = os.open(name, _READ, dir_fd=dirfd)
+        except OSError as error:
+            return f"cannot be opened ({error.strerror})"
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == (seen.st_dev, seen.st_ino):
+            return fd, st
+        os.close(fd)
+        return "changed while it was looked at"
+    if stat.S_ISDIR(seen.st_mode):
+        return "a directory holds it"
+    if me == 0 or seen.st_uid == me:
+        return None  # root replaces a squatter; a user replaces only what it owns
+    return f"held by uid {seen.st_uid} ({_kind(seen)})"
+
+
+def _kind(st: os.stat_result) -> str:
+    if stat.S_ISREG(st.st_mode):
+        return "a file" if st.st_nlink == 1 else "a hard-linked file"
+    if stat.S_ISLNK(st.st_mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(st.st_mode):
+        return "a FIFO"
+    return "not a regular file"
+
+
+def _create_or_skip(
+    dirfd: int, name: str, path: str, write: Callable[[BinaryIO], None], owner_uid: int
+) -> Placed:
+    """Create the report at *name*; a rename refused in a race (a directory or another user's entry
+    appeared) skips the crash rather than retrying with a *write* that may have consumed its input."""
+    try:
+        place_file(dirfd, name, write, (owner_uid, _whoopsie_gid()), REPORT_MODE)
+    except OSError as error:
+        if error.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.EPERM, errno.EACCES):
+            why = f"the name was taken while the report was written ({error.strerror})"
+            return Placed("skipped", path, why)
+        raise
+    return Placed("written", path)
 
 
 def _sent(dirfd: int, stem: str, report: os.stat_result) -> bool:
@@ -207,10 +282,6 @@ def _whoopsie_gid() -> int:
         return grp.getgrnam("whoopsie").gr_gid
     except KeyError:
         return -1
-
-
-def _create(dirfd: int, name: str, write: Callable[[BinaryIO], None], owner_uid: int) -> None:
-    place_file(dirfd, name, write, (owner_uid, _whoopsie_gid()), REPORT_MODE)
 
 
 def _rewrite_counter(dirfd: int, name: str, fd: int, st: os.stat_result) -> int | None:
@@ -302,26 +373,75 @@ def python_crash_fields(
     return executable, fields
 
 
+def privileged() -> bool:
+    """Whether this process must trust nothing in its environment (DESIGN.md §7 rule 7).
+
+    True when the real and effective uid or gid differ (setuid/setgid) or the
+    effective uid is 0: whoever set the environment may not be whoever the
+    process runs as, so ``APPORT_REPORT_DIR``, ``CRASHD_*`` and an env-named
+    config are ignored and the report is root's.
+    """
+    return os.getuid() != os.geteuid() or os.getgid() != os.getegid() or os.geteuid() == 0
+
+
+def is_crashd_process(argv0: str, frame_files: Iterable[str], package_dir: str = _PACKAGE_DIR) -> bool:
+    """Whether the crashing program is crashd itself, which never reports its own exceptions.
+
+    Why (issue 13): crashd's failures went through its own hook into the crash
+    directory and were uploaded by crashd — a loop waiting for a bug that
+    crashes on its own report. crashd's processes are recognised by what runs
+    them: ``python -m crashd`` and ``/usr/bin/crashd`` (argv[0] is crashd's
+    ``__main__.py``), the hook child (``crashd/hooks/child.py``), anything
+    started from crashd's package directory, and a pip console script (the
+    traceback runs through ``crashd/cli.py``). The upload worker is
+    ``python -I -c`` and, as every one-liner, is never reported anyway.
+    """
+    package = package_dir.rstrip(os.sep) + os.sep
+    if argv0 and os.path.realpath(argv0).startswith(package):
+        return True
+    cli = package + "cli.py"
+    return any(os.path.realpath(name) == cli for name in frame_files)
+
+
+def _frame_files(tb: TracebackType | None) -> Iterator[str]:
+    while tb is not None:
+        yield tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+
+
 def report_exception(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
 ) -> Placed | None:
     """Write (or count) the report for an uncaught exception; None when nothing is due.
 
     Nothing is written for KeyboardInterrupt, BrokenPipeError, interactive
-    sessions, ``-c`` one-liners, or when consent (``ReportCrashes``) is off. The
-    state dir (consent) is ``$CRASHD_STATE_DIR`` or the configured one.
+    sessions, ``-c`` one-liners, crashd's own processes (:func:`is_crashd_process`),
+    or when consent (``ReportCrashes``) is off. The state dir (consent) is
+    ``$CRASHD_STATE_DIR`` or the configured one.
+
+    A :func:`privileged` process reads only the system configuration, writes
+    only into its crash directory, and the report is root's: named for the real
+    uid (whose invocation crashed), owned by root. One that is not effectively
+    root (a setuid/setgid program of another user) cannot make a root-owned
+    file, so it writes nothing.
     """
     if issubclass(exc_type, (KeyboardInterrupt, BrokenPipeError)):
         return None
     if hasattr(sys, "ps1") or sys.flags.interactive or sys.flags.inspect:
         return None
+    if is_crashd_process(sys.argv[0] if sys.argv else "", _frame_files(tb)):
+        return None
     from crashd.config import DEFAULT_CONFIG, ConfigError, load_settings
     from crashd.consent import load_consent
 
-    config = Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None
+    trusted = privileged()
+    if trusted and os.geteuid() != 0:
+        return None
+    environ: Mapping[str, str] = {} if trusted else os.environ
+    config = Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None
     try:
-        settings = load_settings(config)
-        state_dir = Path(os.environ.get(STATE_DIR_ENV) or settings.state_dir)
+        settings = load_settings(config, environ=environ)
+        state_dir = Path(environ.get(STATE_DIR_ENV) or settings.state_dir)
         if not load_consent(state_dir, config=config or DEFAULT_CONFIG).report_crashes:
             return None
     except (ConfigError, OSError):
@@ -333,4 +453,5 @@ def report_exception(
     uid = os.getuid()
     data = encode_text_report(fields)
     stem = report_stem(executable, uid)
-    return place_report(settings.crash_dir, stem, lambda f: f.write(data), owner_uid=uid)
+    owner = 0 if trusted else uid
+    return place_report(settings.crash_dir, stem, lambda f: f.write(data), owner_uid=owner)
