@@ -55,7 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crashd.capture.excepthook import Placed, filter_environ, place_report, report_stem
+from crashd.capture.crashdir import Placed, place_report
+from crashd.capture.excepthook import filter_environ, report_stem
 from crashd.capture.journal import (
     ENTRY_WAIT,
     MESSAGE_ID,
