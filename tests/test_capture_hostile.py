@@ -316,6 +316,8 @@ _IDS = {11: 1000, 12: 1000, 13: 1000, 14: 1000}
         ({"COREDUMP_PROC_AUXV": _auxv({**_IDS, 23: 0})}, 1000),
         ({"COREDUMP_PROC_AUXV": _auxv({**_IDS, 23: 0}, "I")}, 1000),
         ({"COREDUMP_PROC_AUXV": _auxv({**_IDS, 23: 1})}, 0),
+        ({"COREDUMP_DUMPABLE": b"1", "COREDUMP_PROC_AUXV": _auxv({**_IDS, 23: 1})}, 0),
+        ({"COREDUMP_DUMPABLE": b"1", "COREDUMP_PROC_AUXV": _auxv({**_IDS, 23: 0})}, 1000),
         ({"COREDUMP_PROC_AUXV": _auxv({**_IDS, 14: 42, 23: 0})}, 0),
         ({"COREDUMP_PROC_AUXV": b"\x01\x02\x03"}, 0),
         ({}, 1000),
@@ -324,7 +326,7 @@ _IDS = {11: 1000, 12: 1000, 13: 1000, 14: 1000}
         ({"COREDUMP_UID": b"0", "COREDUMP_PROC_STATUS": _status(*["0\t0\t0\t0"] * 2)}, 0),
     ],
     ids=["dumpable", "suid-dumpable", "not-dumpable", "setgid", "fsuid", "no-gid-line", "auxv", "auxv32",
-         "at-secure", "auxv-egid", "auxv-garbage", "status-only", "capabilities", "bad-gid", "root"],
+         "at-secure", "dumpable-but-at-secure", "dumpable-and-auxv", "auxv-egid", "auxv-garbage", "status-only", "capabilities", "bad-gid", "root"],
 )  # fmt: skip
 def test_core_owner_table(fields: dict[str, bytes], owner: int) -> None:
     entry = JournalEntry(

@@ -115,9 +115,11 @@ def core_owner(entry: JournalEntry) -> tuple[int, str]:
     The rule (issue 11, DESIGN.md §7 rule 7; apport's and systemd-coredump's own):
     real, effective, saved and filesystem uid *and* gid in ``COREDUMP_PROC_STATUS``
     all equal ``COREDUMP_UID``/``COREDUMP_GID``, and the process was dumpable —
-    ``COREDUMP_DUMPABLE=1`` (the kernel's ``%d``) when systemd logged it, else
-    ``COREDUMP_PROC_AUXV`` without ``AT_SECURE`` and with matching ids, else (no
-    evidence either way) no capabilities in ``CapPrm``/``CapEff``. Anything else —
+    ``COREDUMP_DUMPABLE=1`` (the kernel's ``%d``) and ``COREDUMP_PROC_AUXV``
+    without ``AT_SECURE`` and with matching ids, whichever of the two systemd
+    logged (systemd 252 in Debian logs both, and weighs them alike before it
+    grants the user its ACL on the core), else (no evidence either way) no
+    capabilities in ``CapPrm``/``CapEff``. Anything else —
     a setuid or setgid program, a capability binary, missing fields — gives root:
     its core holds memory the user may not read.
     """
@@ -131,10 +133,9 @@ def core_owner(entry: JournalEntry) -> tuple[int, str]:
         ids = status.get(line, [])
         if len(ids) != 4 or any(value != str(want) for value in ids):
             return 0, f"{line}: {' '.join(ids) or '(missing)'} — not all four are {want} (setuid/setgid)"
-    dumpable = entry.get("COREDUMP_DUMPABLE")
-    if dumpable is not None:
-        return (uid, "dumpable") if dumpable == b"1" else (0, f"COREDUMP_DUMPABLE={_shown(dumpable)}")
-    auxv = entry.get("COREDUMP_PROC_AUXV")
+    dumpable, auxv = entry.get("COREDUMP_DUMPABLE"), entry.get("COREDUMP_PROC_AUXV")
+    if dumpable is not None and dumpable != b"1":
+        return 0, f"COREDUMP_DUMPABLE={_shown(dumpable)}: the kernel did not let the user dump it"
     if auxv is not None:
         values = _parse_auxv(auxv)
         if values is None:
@@ -144,7 +145,8 @@ def core_owner(entry: JournalEntry) -> tuple[int, str]:
         for key, want in ((_AT_UID, uid), (_AT_EUID, uid), (_AT_GID, gid), (_AT_EGID, gid)):
             if values.get(key, want) != want:
                 return 0, "the ids the program was started with differ (auxv)"
-        return uid, "not a secure-execution program (auxv)"
+    if dumpable is not None or auxv is not None:
+        return uid, "dumpable, not a secure-execution program"
     for line in ("CapPrm", "CapEff"):
         if status.get(line, ["?"]) != ["0" * 16]:
             return 0, f"{line}: {' '.join(status.get(line, [])) or '(missing)'} — not dumpable by the user"
