@@ -29,6 +29,7 @@ from tests.test_capture import (  # noqa: F401 - the fixtures dirs and real_core
     REPO,
     REPORT,
     UID,
+    _run_script_as,
     _systemd_python_path,
     _tool,
     coredump_fields,
@@ -106,17 +107,6 @@ def _env(system: dict[str, Path], **extra: str) -> dict[str, str]:
 
 def _stem(script: Path) -> str:
     return str(script.resolve()).replace("/", "_")
-
-
-def _as_user(
-    run_as: RunAs, user: pwd.struct_passwd, argv: list[str], env: dict[str, str]
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python ARGV`` as *user* (stdin /dev/null) with exactly *env*."""
-    code = (
-        "import os, sys; os.dup2(os.open('/dev/null', os.O_RDONLY), 0); "
-        f"os.execve(sys.executable, [sys.executable, *{argv!r}], {env!r})"
-    )
-    return run_as(user, code)
 
 
 def _names(directory: Path) -> list[str]:
@@ -219,7 +209,7 @@ def test_a_users_writer_takes_the_next_name_when_another_user_holds_it(
     done = run_as(mallory, f"import os; open({str(first)!r}, 'w').write('mine'); os.mkfifo({str(second)!r})")
     assert done.returncode == 0, done.stderr
     for counter in (None, b"2"):
-        done = _as_user(run_as, bob, [str(script)], _env(system))
+        done = _run_script_as(run_as, bob, [str(script)], _env(system))
         assert done.returncode == 1 and "ValueError: boom" in done.stderr, done.stderr
         st = third.lstat()
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (bob.pw_uid, 0o640)
@@ -486,7 +476,7 @@ def test_crashd_never_reports_its_own_exceptions(
     env = _env(system) | {"PYTHONPATH": os.pathsep.join([str(broken), str(REPO)])}
     argv = [str(script), "daemon", "--once", "--crash-dir", str(system["env_crash"]),
             "--state-dir", str(system["env_state"])]  # fmt: skip
-    done = _as_user(run_as, user, argv, env)
+    done = _run_script_as(run_as, user, argv, env)
     assert done.returncode == 1 and "Traceback" in done.stderr, done.stderr
     assert _names(system["env_crash"]) == [], "crashd reported itself"
 
