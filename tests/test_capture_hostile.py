@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 
 from crashd.capture import coredump
+from crashd.capture.crashdir import report_names
 from crashd.capture.excepthook import is_crashd_process
 from crashd.capture.journal import JournalEntry, untrusted
+from crashd.spool import ReportName
 from tests.daemon_run import wait_until
 from tests.test_capture import (  # noqa: F401 - the fixtures dirs and real_core
     PTH,
@@ -216,6 +218,16 @@ def test_a_users_writer_takes_the_next_name_when_another_user_holds_it(
         assert report_of(third).get("CrashCounter") == counter, "the flood rule holds on the new name"
     assert first.read_text() == "mine" and stat.S_ISFIFO(second.lstat().st_mode), "mallory's files untouched"
     assert _names(crash) == sorted(p.name for p in (first, second, third))
+
+
+def test_report_names() -> None:
+    assert report_names("_usr_bin_prog.1000") == [
+        "_usr_bin_prog.1000.crash",
+        *(f"_usr_bin_prog~{n}.1000.crash" for n in range(2, 9)),
+    ]
+    longest = "_" + "x" * (255 - len(".1000.uploaded") - 1) + ".1000"  # report_stem's longest
+    assert report_names(longest) == [longest + ".crash"], "no other name fits NAME_MAX with its stamps"
+    assert all(ReportName.parse(name).uid == 1000 for name in report_names("_usr_bin_prog.1000"))
 
 
 def test_a_symlink_holding_the_name_is_replaced_never_followed(

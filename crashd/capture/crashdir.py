@@ -52,7 +52,8 @@ def report_names(stem: str) -> list[str]:
     what holds a name takes the next one; the uid stays the name's last part, as the spool requires.
     """
     exe, _, uid = stem.rpartition(".")
-    return [stem + ".crash"] + [f"{exe}~{n}.{uid}.crash" for n in range(2, MAX_NAMES + 1)]
+    names = [stem + ".crash"] + [f"{exe}~{n}.{uid}.crash" for n in range(2, MAX_NAMES + 1)]
+    return [name for name in names if len(name) - len(".crash") + len(".uploaded") <= 255]  # NAME_MAX
 
 
 def place_report(
