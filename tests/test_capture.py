@@ -577,7 +577,12 @@ def _python_with_user_site() -> str:
 
 
 def test_pth_startup_cost(tmp_path: Path) -> None:
-    """``python3 -c pass`` with and without the .pth in a site directory processed at start-up."""
+    """``python3 -c pass`` with and without the .pth in a site directory processed at start-up.
+
+    What is asserted is what the cost is made of — the .pth loads exactly ``crashd`` and
+    ``crashd.capture``, nothing else — not a wall-clock figure, which a loaded machine moves by
+    milliseconds; the timing is printed for the record (goal < 1 ms).
+    """
     python = _python_with_user_site()
     envs = {}
     for name, with_pth in (("without", False), ("with", True)):
@@ -597,6 +602,14 @@ def test_pth_startup_cost(tmp_path: Path) -> None:
             # Installed, and the writer is imported only when an exception happens.
             assert check.stdout.split() == ["crashd_excepthook", "False"], check.stdout + check.stderr
         envs[name] = env
+    modules = {}
+    for name, env in envs.items():
+        listed = subprocess.run([python, "-c", "import sys; print(*sys.modules)"],
+                                env=env, capture_output=True, text=True, check=True)  # fmt: skip
+        modules[name] = set(listed.stdout.split())
+    assert modules["with"] - modules["without"] == {"crashd", "crashd.capture"}, (
+        "the .pth imports nothing else"
+    )
     _startup_medians(python, envs, 3)  # warm the caches (.pyc)
     results = _startup_medians(python, envs)
     overhead_ms = (results["with"] - results["without"]) * 1000
@@ -604,7 +617,6 @@ def test_pth_startup_cost(tmp_path: Path) -> None:
         f"{python} -c pass, median of 20: without {results['without'] * 1000:.2f} ms, "
         f"with the .pth {results['with'] * 1000:.2f} ms, overhead {overhead_ms:.2f} ms (goal < 1 ms)"
     )
-    assert overhead_ms < 5, "the hook installer must stay cheap"
 
 
 # -- end to end: captured, then delivered by the daemon -------------------------------------------

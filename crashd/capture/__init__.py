@@ -11,9 +11,7 @@ so it holds only :func:`install_excepthook` and imports nothing but ``sys``: the
 writer is imported when an exception actually reaches the top.
 """
 
-from __future__ import annotations
-
-import sys
+import sys  # no `from __future__ import annotations`: one module less at every start-up
 
 __all__ = ["install_excepthook"]
 
