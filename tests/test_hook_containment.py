@@ -16,6 +16,7 @@ import json
 import os
 import pwd
 import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,8 @@ import pytest
 
 from crashd.hooks import error_key, run_hooks
 from crashd.hooks.accounts import Account, interpreter_for
+from crashd.hooks.discovery import Plan
+from crashd.hooks.runner import run
 from tests.test_hooks import (  # noqa: F401 - fixtures among them
     Tree,
     gone,
@@ -134,6 +137,9 @@ for name in os.listdir("/proc"):
     if str(uid) not in uids:
         continue
     targets.append(int(name))
+    if libc.ptrace(ctypes.c_long(16), ctypes.c_long(int(name)), None, None) == 0:  # PTRACE_ATTACH
+        reached.append(f"ptrace {name}")
+        libc.ptrace(ctypes.c_long(17), ctypes.c_long(int(name)), None, None)  # PTRACE_DETACH
     pidfd = os.pidfd_open(int(name))
     for fd in range(16):
         got = libc.syscall(438, pidfd, fd, 0)  # pidfd_getfd
@@ -245,10 +251,22 @@ def test_nothing_a_hook_starts_outlives_it(tree: Tree, user: pwd.struct_passwd, 
         "a_leaver.py",
         LEAVER + f"\ndef add_info(report):\n    leave_processes(report['OutDir'])\n{ENDINGS[ending]}",
     )
+    tree.hook(
+        "general",
+        "b_check.py",
+        """
+import os
+def add_info(report):
+    pids = open(report["OutDir"] + "/pids").read().split()
+    report["LeftAlive"] = " ".join(pid for pid in pids if os.path.exists(f"/proc/{pid}"))
+""",
+    )
     result = hooks_for(tree, user, {"OutDir": str(tree.out)}, timeout=5)
     pids = [int(p) for p in (tree.out / "pids").read_text().split()]
     assert len(pids) == 3
-    # Dead and reaped by the time the run returns: no waiting.
+    # Already gone when the next hook started ...
+    assert result.fields["LeftAlive"] == "", result
+    # ... and dead and reaped by the time the run returns: no waiting.
     assert [pid for pid in pids if not gone(pid)] == []
     assert processes_of(user.pw_uid) == []
     if ending == "times out":
@@ -306,3 +324,43 @@ def test_a_hook_that_stops_its_runner_is_killed_at_its_timeout(tree: Tree, user:
     assert result.errors[error_key("a_stopper.py")].startswith("crashd: the hook timed out after 1 s")
     assert result.fields == {"After": "ran"}
     assert processes_of(user.pw_uid) == []
+
+
+FAKE_RUNNER = """
+import json, os, sys
+first = json.loads(sys.stdin.readline())
+hook = first["hooks"][0]
+for line in sys.argv[1:]:
+    os.write(1, line.replace("HOOK", hook).encode() + b"\\n")
+os.read(0, 1)
+"""
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ['{"start": "/elsewhere/not_handed_out.py"}'],
+        ['{"start": "HOOK"}', '{"done": "/elsewhere/other.py", "fields": {"Injected": "yes"}}'],
+        ['{"start": "HOOK"}', '{"start": "HOOK"}', '{"done": "HOOK", "fields": {"Injected": "yes"}}'],
+        ['{"done": "HOOK", "fields": {"Injected": "yes"}}'],
+    ],
+)
+def test_the_parent_accepts_only_the_hooks_it_handed_out_in_order(
+    tree: Tree, user: pwd.struct_passwd, reachable_tmp: Path, lines: list[str]
+) -> None:
+    """A runner that lies (as a hook would, could it reach the protocol) is killed, and nothing it said is kept."""
+    hook = tree.hook("general", "a_hook.py", "def add_info(report):\n    report['Real'] = 'yes'\n")
+    fake = reachable_tmp / "fake-python"
+    argv = " ".join(f"'{line}'" for line in lines)
+    fake.write_text(f"#!/bin/sh\nexec {sys.executable} -I -c '{_quote(FAKE_RUNNER)}' {argv}\n")
+    fake.chmod(0o755)
+    plans = iter([Plan([hook])])
+    result = run({"ProblemType": "Crash"}, lambda _fields: next(plans, None), account=Account.from_passwd(user),
+                 python=str(fake), timeout=30)  # fmt: skip
+    assert result.fields == {}, result
+    outcome = result.errors.get(error_key(hook)) or result.skipped.get(str(hook))
+    assert outcome is not None and "broke crashd's hook protocol" in outcome, result
+
+
+def _quote(code: str) -> str:
+    return code.replace("'", "'\\''")

@@ -323,11 +323,21 @@ def _hook_process(path, report, owners, timeout, cap, protocol):
         finally:
             os._exit(0)
     os.close(result_w)
-    pidfd = os.pidfd_open(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd_open (old kernel, a seccomp filter): poll instead
+        pidfd = None
+    watched = [result_r] + ([pidfd] if pidfd is not None else [])
     data, too_much = bytearray(), False
     try:
         while True:
-            ready, _, _ = select.select([result_r, pidfd], [], [])
+            ready, _, _ = select.select(watched, [], [], None if pidfd is not None else 0.05)
+            if pidfd is None and not ready:
+                done, raw = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = os.waitstatus_to_exitcode(raw)
+                    break
+                continue
             if result_r in ready:
                 chunk = os.read(result_r, 1 << 16)
                 data += chunk
@@ -345,7 +355,8 @@ def _hook_process(path, report, owners, timeout, cap, protocol):
                 data += chunk
     finally:
         os.close(result_r)
-        os.close(pidfd)
+        if pidfd is not None:
+            os.close(pidfd)
     if too_much or len(data) > cap:
         return {"died": f"returned more than {cap / (1 << 20):g} MiB of fields"}
     if status != 0:

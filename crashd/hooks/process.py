@@ -151,6 +151,7 @@ class HookChild:
 
     def end(self) -> None:
         """Make sure nothing of the tree is left: tell the keeper to kill it all, reap the keeper, close."""
+        self._close_requests()  # a runner still waiting for work ends at once
         os.close(self._control)  # the keeper kills and reaps everything below it, then exits
         try:
             self.proc.wait(timeout=_END_TIMEOUT)
@@ -160,7 +161,7 @@ class HookChild:
             self.proc.wait()
         self._drain()
         self._selector.close()
-        for fd in (self._in, self._out, self._err, self._pidfd):
+        for fd in (self._out, self._err, self._pidfd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -207,7 +208,13 @@ class HookChild:
         if self._closing or not self._pending:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(self._in)
-        if self._closing and not self._pending and self._in >= 0:
+        if self._closing and not self._pending:
+            self._close_requests()
+
+    def _close_requests(self) -> None:
+        if self._in >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self._in)
             os.close(self._in)
             self._in = -1
 
