@@ -154,14 +154,13 @@ def end_descendants():
     children are listed, so one walk finds the whole tree; the loop catches what was re-parented."""
     me = os.getpid()
     while True:
-        seen, frontier = set(), _children(me)
+        seen, frontier = set(), [(pid, me) for pid in _children(me)]
         while frontier:
-            pid = frontier.pop()
+            pid, parent = frontier.pop()
             if pid not in seen:
                 seen.add(pid)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                frontier.extend(_children(pid))
+                _kill_child(pid, parent)
+                frontier.extend((child, pid) for child in _children(pid))
         try:
             os.waitpid(-1, 0)
         except ChildProcessError:
@@ -169,6 +168,28 @@ def end_descendants():
         with contextlib.suppress(ChildProcessError):
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
+
+
+def _kill_child(pid, parent):
+    """SIGKILL *pid* if it still is *parent*'s child. A pidfd pins the process before its parent is
+    checked, so a pid freed and reused meanwhile (a grandchild its parent reaped) is never hit."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):  # no pidfd_open: the plain kill, with its tiny reuse window
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            still = int(f.read().rsplit(b")", 1)[1].split()[1]) == parent
+        if still:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except (OSError, IndexError, ValueError):
+        pass  # gone meanwhile; or re-parented to us, found in the next round
+    finally:
+        os.close(pidfd)
 
 
 def _children(parent):

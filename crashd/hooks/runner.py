@@ -1,15 +1,18 @@
 """Running a report's hooks: batches in, one child at a time, a :class:`HookResult` out (DESIGN.md §6).
 
-One child (``child.py``, run as ``python3 -I`` by :mod:`crashd.hooks.process`)
-runs every hook of a report, so the interpreter start is paid once per report,
-not per hook. Hooks come in batches (built-in ones first; the package hooks are
-chosen from the fields as the built-in hooks left them), handed to the child as
-it asks for more.
+One child (``child.py``: a keeper, an unprivileged runner, a process per hook; started by
+:mod:`crashd.hooks.process`) runs every hook of a report, so the interpreter start is paid once per
+report, not per hook. Hooks come in batches (built-in ones first; the package hooks are chosen from
+the fields as the built-in hooks left them), handed to the child as it asks for more. The runner's
+messages are checked against what was handed out: a ``start`` only for the next hook, in order, a
+``done`` only for the hook that started; anything else kills the child.
 
-A hook that ends its child (timeout, output cap, a crash, ``os._exit``) gets
-``HookError_<name>`` with a sentence saying what happened, and a fresh child runs
-the hooks after it: one bad hook never stops the others (only ``StopIteration``
-does, as in apport). Whatever does not run is listed in ``skipped`` with why.
+A hook whose process crashes or calls ``os._exit`` gets ``HookError_<name>`` with a sentence saying
+what happened, and the next hook runs. A hook that times out ends its child (the whole tree is
+killed), gets ``HookError_<name>`` too, and a fresh child runs the hooks after it: one bad hook never
+stops the others (only ``StopIteration`` does, as in apport) — unless the report's output cap or
+time budget is spent, which no child can reset. Whatever does not run is listed in ``skipped`` with
+why.
 """
 
 from __future__ import annotations
