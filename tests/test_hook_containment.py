@@ -364,3 +364,38 @@ def test_the_parent_accepts_only_the_hooks_it_handed_out_in_order(
 
 def _quote(code: str) -> str:
     return code.replace("'", "'\\''")
+
+
+SLOW_RUNNER = """
+import json, os, sys, time
+first = json.loads(sys.stdin.readline())
+for hook in first["hooks"]:
+    os.write(1, json.dumps({"start": hook}).encode() + b"\\n")
+    os.write(1, json.dumps({"done": hook, "fields": {}, "removed": [], "error": None}).encode() + b"\\n")
+    time.sleep(float(sys.argv[1]))  # each step within its own deadline, the sum past the report's
+os.write(1, b'{"batch": "done"}\\n')
+os.read(0, 1)
+"""
+
+
+def test_the_report_has_a_time_budget_no_step_can_extend(
+    tree: Tree, user: pwd.struct_passwd, reachable_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every step keeps to its own deadline, and yet the report's hooks stop at the report's budget:
+    with a 2 s start-up allowance and no per-hook slack, 4 hooks of 0.3 s have 2 + 4 x 0.3 = 3.2 s."""
+    import crashd.hooks.process
+    import crashd.hooks.runner
+
+    monkeypatch.setattr(crashd.hooks.process, "STARTUP_TIMEOUT", 2.0)
+    monkeypatch.setattr(crashd.hooks.runner, "STARTUP_TIMEOUT", 2.0)
+    monkeypatch.setattr(crashd.hooks.runner, "SLACK_PER_HOOK", 0.0)
+    hooks = [tree.hook("general", f"{n}.py", "def add_info(report):\n    pass\n") for n in "abcd"]
+    fake = reachable_tmp / "slow-python"
+    fake.write_text(f"#!/bin/sh\nexec {sys.executable} -I -c '{_quote(SLOW_RUNNER)}' 1.2\n")
+    fake.chmod(0o755)
+    plans = iter([Plan(hooks)])
+    result = run({"ProblemType": "Crash"}, lambda _fields: next(plans, None), account=Account.from_passwd(user),
+                 python=str(fake), timeout=0.3)  # fmt: skip
+    # Starts at about 0, 1.2 and 2.4 s, each gap within its 2 s; the fourth would start at 3.6 s, past 3.2 s.
+    assert result.skipped.get(str(hooks[-1])) == "not run: this report's hooks ran out of time", result
+    assert result.ran == [str(hook) for hook in hooks[: len(result.ran)]]

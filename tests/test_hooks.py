@@ -274,23 +274,22 @@ def test_a_hook_past_its_timeout_is_killed_with_everything_it_started(
         """
         import subprocess, time
         def add_info(report, ui):
+            started = time.monotonic()  # CLOCK_MONOTONIC: the same clock as the test's
             same_group = subprocess.Popen(["sleep", "1000"])
             own_session = subprocess.Popen(["sleep", "1001"], start_new_session=True)
             with open(report["OutDir"] + "/pids", "w") as f:
-                f.write(f"{same_group.pid} {own_session.pid}")
+                f.write(f"{started} {same_group.pid} {own_session.pid}")
             time.sleep(1000)
         """,
     )
-    started = time.monotonic()
     result = hooks_for(tree, user, {"OutDir": str(tree.out)}, timeout=1)
-    elapsed = time.monotonic() - started
-    assert elapsed < 1 + 1, elapsed
+    returned = time.monotonic()
     assert result.errors[error_key("a_sleeper.py")].startswith("crashd: the hook timed out after 1 s")
-    pids = [int(p) for p in (tree.out / "pids").read_text().split()]
-    # The grandchildren too, also the one in its own session (killed already; dead within moments).
-    assert wait_until(lambda: all(gone(pid) for pid in pids), 1), [
-        Path(f"/proc/{pid}/stat").read_text() for pid in pids
-    ]
+    started, *pids = (tree.out / "pids").read_text().split()
+    # Its timeout + 1 s from the hook's own start (not from crashd's: a loaded machine starts slowly) ...
+    assert returned - float(started) < 1 + 1, returned - float(started)
+    # ... and by then the grandchildren are dead too, also the one in its own session.
+    assert [pid for pid in pids if not gone(int(pid))] == []
     tree.hook("general", "b_after.py", "def add_info(report):\n    report['After'] = 'ran'\n")
     result = hooks_for(tree, user, {"OutDir": str(tree.out)}, timeout=1)
     assert result.fields["After"] == "ran"  # a fresh child ran the rest

@@ -35,6 +35,8 @@ __all__ = ["Batches", "HookLimits", "HookResult", "MiB", "error_key", "run"]
 
 MiB = 1 << 20
 _KEY = re.compile(r"[A-Za-z0-9._-]+")
+SLACK_PER_HOOK = 1.0
+"""Seconds each hook handed out adds to the report's time budget on top of its timeout (fork, results)."""
 
 Batches = Callable[[Mapping[str, str | bytes]], Plan | None]
 """Called with the report's current fields whenever the child has run out of hooks:
@@ -137,7 +139,7 @@ def run(
     if account.uid == 0 or account.gid == 0:
         raise RuntimeError("refusing to run hooks as root")  # not assert: must hold under -O too
     budget = Budget(output_cap, deadline=time.monotonic())
-    state = _State(fields, dict(fields), budget, per_hook=timeout + 1)
+    state = _State(fields, dict(fields), budget, per_hook=timeout + SLACK_PER_HOOK)
     queue = state.next_batch(batches)
     config = _Config(account, python, timeout, limits or HookLimits(), owners)
     while queue:
