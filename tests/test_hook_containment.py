@@ -399,3 +399,26 @@ def test_the_report_has_a_time_budget_no_step_can_extend(
     # Starts at about 0, 1.2 and 2.4 s, each gap within its 2 s; the fourth would start at 3.6 s, past 3.2 s.
     assert result.skipped.get(str(hooks[-1])) == "not run: this report's hooks ran out of time", result
     assert result.ran == [str(hook) for hook in hooks[: len(result.ran)]]
+
+
+def test_a_hook_cannot_signal_the_keeper(tree: Tree, user: pwd.struct_passwd) -> None:
+    tree.hook(
+        "general",
+        "a_regicide.py",
+        """
+import os, signal
+def add_info(report):
+    with open(f"/proc/{os.getppid()}/stat", "rb") as f:  # the runner's parent: the keeper
+        keeper = int(f.read().rsplit(b")", 1)[1].split()[1])
+    outcomes = []
+    for signum in (signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM):
+        try:
+            os.kill(keeper, signum)
+            outcomes.append("sent")
+        except OSError as error:
+            outcomes.append(type(error).__name__)
+    report["Keeper"] = " ".join(outcomes)
+""",
+    )
+    result = hooks_for(tree, user)
+    assert result.fields["Keeper"] == "PermissionError PermissionError PermissionError", result
