@@ -405,7 +405,7 @@ def _apply(report, result):
     fields = result.get("fields") if isinstance(result.get("fields"), dict) else {}
     removed = result.get("removed") if isinstance(result.get("removed"), list) else []
     try:
-        report.data.update({k: v for k, v in decode(fields).items() if KEY_CHARS.issuperset(str(k))})
+        report.data.update({k: v for k, v in decode(fields).items() if k and KEY_CHARS.issuperset(k)})
     except (KeyError, TypeError, ValueError, AttributeError):
         return {"died": "ended with a result crashd cannot read"}
     for key in removed:
