@@ -184,10 +184,16 @@ def _kill_child(pid, parent):
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             still = int(f.read().rsplit(b")", 1)[1].split()[1]) == parent
-        if still:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
     except (OSError, IndexError, ValueError):
-        pass  # gone meanwhile; or re-parented to us, found in the next round
+        still = False  # gone meanwhile
+    try:
+        if still:  # else re-parented to us meanwhile: found in the next round
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except OSError:  # pidfd_send_signal filtered (seccomp): never leave it alive for that
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     finally:
         os.close(pidfd)
 
