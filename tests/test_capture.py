@@ -644,7 +644,7 @@ def test_a_coredump_and_a_python_exception_are_uploaded_by_the_daemon(
     assert python_report.exists()
 
     # The crashing uid 4242 has no account here, so take the setuid case (a root-owned report): its hooks
-    # run as the unprivileged user. A general hook supplies Package, which daisy requires, as a
+    # run as the hook user. A general hook supplies Package, which daisy requires, as a
     # distribution's hooks do; the test script and uid 4242 belong to no package.
     os.chown(dirs["crash"] / REPORT, 0, 0)
     hooks = Path(tempfile.mkdtemp(prefix="crashd-capture-hooks-"))
@@ -653,8 +653,9 @@ def test_a_coredump_and_a_python_exception_are_uploaded_by_the_daemon(
         hooks.chmod(0o755)
         (hooks / "general" / "package.py").write_text(GENERAL_HOOK)
         config = write_config(
-            dirs["state"].parent / "crashd.conf", hook_dirs=hooks, unprivileged_user=user.pw_name
-        )
+            dirs["state"].parent / "crashd.conf", hook_dirs=hooks, unprivileged_user=user.pw_name,
+            hook_user=make_user().pw_name,  # root's reports' hooks: never the worker's user
+        )  # fmt: skip
         deliver(dirs, config, python_report, script, core_sha)
     finally:
         shutil.rmtree(hooks, ignore_errors=True)
