@@ -41,6 +41,7 @@ from crashd.spool import ReportName, Spool
 log = logging.getLogger(__name__)
 
 WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
+_RETRIED = (State.QUEUED, State.SENT, State.FAILED)  # states whose next_attempt is a time to look again
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
 
 
@@ -172,14 +173,23 @@ class Daemon:
     async def _schedule(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(WORKERS)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            # Wake the loop only once the task has left `tasks`: a wake-up set by the task itself can be
+            # consumed by a loop pass that still counts it as running, and cleared by the next sleep —
+            # which then lasted the whole idle timeout (issue 15: `--once` exiting 30 s late).
+            tasks.discard(task)
+            self.wake.set()
+
         while not self.stop.is_set():
+            self.wake.clear()  # before looking: whatever changes from here on wakes the sleep below
             now = self.courier.clock()
             for name in [name for name, when in self.due.items() if when <= now and name not in self.busy]:
                 del self.due[name]
                 self.busy.add(name)
                 task = asyncio.create_task(self._work(name, slots))
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                task.add_done_callback(finished)
             sd_notify(f"STATUS={len(self.busy)} in progress, {len(self.due)} waiting")
             if not tasks and self._idle(now):
                 log.info("idle: nothing due within %.0f s; exiting", self.idle_timeout)
@@ -201,7 +211,7 @@ class Daemon:
         return max(0.0, min(next_due, idle_end) if idle_end > 0 else next_due)
 
     async def _sleep(self, seconds: float) -> None:
-        self.wake.clear()
+        """Until *seconds* pass, `wake` is set (it is cleared at the top of each pass) or a stop."""
         waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stop.wait())]
         try:
             await asyncio.wait(waiters, timeout=None if seconds == float("inf") else seconds,
@@ -224,7 +234,7 @@ class Daemon:
             self.busy.discard(name)
             self.last_activity = time.monotonic()
         retry = status.next_attempt if status is not None else None
-        if retry is not None and status is not None and status.state in (State.QUEUED, State.SENT):
+        if retry is not None and status is not None and status.state in _RETRIED:
             self.schedule(name, retry)  # a retry, or a core upload, falls due later
         if name in self.again:
             self.again.discard(name)
