@@ -17,6 +17,7 @@ from crashd.collector import SENT_KINDS
 from crashd.report import write_report
 from tests.daisy import DaisyServer, Hang, Respond
 from tests.fixtures import APPORT, WHOOPSIE, apport_manifest, require
+from tests.settings import default_config
 from tests.test_cli import REPO
 
 TOKEN = "deadbeef" + "0" * 120  # daisy leaves deadbeef… tokens out of its counters
@@ -45,6 +46,8 @@ def upload_all(crash_dir: Path, url: str, *args: str, timeout: float = 120) -> t
             sys.executable,
             "-m",
             "crashd",
+            "--config",
+            str(default_config()),
             "upload-all",
             "--json",
             "--crash-dir",
