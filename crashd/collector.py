@@ -20,7 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
-from crashd.hooks import HookRoots, InvalidPackageError, run_hooks, text_fields
+from crashd.hooks import HookRoots, run_hooks, text_fields
+from crashd.hooks.discovery import InvalidFieldError
 from crashd.report import Limits, Report, ReportError, StoredBinary, read_report, valid_key, write_report
 from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError
 
@@ -130,6 +131,9 @@ def read_stamps(spool: Spool, opened: OpenReport) -> Stamps:
         # ignore it; crashd's own stamps replace it (a resend is answered 409).
         log.info("%s: ignoring a stamp crashd cannot trust: %s", opened.name.crash, error)
         return Stamps(None, None)
+    except OSError as error:  # e.g. ENAMETOOLONG: a 255-character report name leaves no room for one
+        log.info("%s: its stamps cannot be read: %s", opened.name.crash, error.strerror or error)
+        return Stamps(None, None)
 
 
 def sent_before(stamps: Stamps, report: os.stat_result) -> bool:
@@ -214,7 +218,7 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
             text_fields(report), owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
             extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
         )  # fmt: skip
-    except InvalidPackageError as error:  # CVE-2016-9950: a Package that would name a path
+    except InvalidFieldError as error:  # a Package naming a path (CVE-2016-9950), a 512 KiB ExecutablePath
         return invalid(name, str(error))
     for key in result.errors:
         log.warning("%s: hook failed: %s", name.crash, key)
