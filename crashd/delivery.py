@@ -70,7 +70,28 @@ class Courier:
         every report that is not final is attempted at once. With it (the
         daemon) a report goes out only when consent allows, and a retry only
         when its backoff says it is due.
+
+        Never raises: whatever one report does (rewritten under crashd while its hooks run, a name
+        too long for its stamps, a bug it triggers) is that report's ``failed`` state, retried after
+        a backoff, never the end of the run (issue 11).
         """
+        try:
+            return self._process(spool, name, limits, consent, hooks)
+        except Exception as error:  # contained per report: the run goes on with the others
+            reason = f"crashd could not process it: {type(error).__name__}: {error}"
+            log.error("%s: %s", name.crash, reason, exc_info=log.isEnabledFor(logging.DEBUG),
+                      extra=event(State.FAILED, name.crash))  # fmt: skip
+            when = self.clock() + self.backoff.delay(1, self.random, server=False)
+            return Status(name.crash, State.FAILED, detail=reason, next_attempt=when)
+
+    def _process(
+        self,
+        spool: Spool,
+        name: ReportName,
+        limits: Limits,
+        consent: Gate | None,
+        hooks: HookOptions | None,
+    ) -> Status | None:
         opened = collector.open_report(spool, name)
         if not isinstance(opened, OpenReport):
             return opened
