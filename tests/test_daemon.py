@@ -30,6 +30,7 @@ from crashd.state import StateStore
 from crashd.uploader import DirectUploader, HttpTransport
 from tests.daemon_run import TOKEN, crash, crash_dir_at, crashd_status, drop, run_daemon, wait_until
 from tests.daisy import DaisyServer, Delay, Hang, Respond
+from tests.settings import write_config
 
 NAME_RE = r"[\w.]+"
 
@@ -272,8 +273,7 @@ def test_held_and_invalid_reports_neither_keep_it_running_nor_touch_the_director
 
 
 def test_retries_fall_due_from_state_without_new_events(daisy, crash_dir, automatic, tmp_path):
-    config = tmp_path / "crashd.conf"
-    config.write_text("[crashd]\nbackoff_base = 0.2\nbackoff_server_base = 0.2\nbackoff_cap = 1\n")
+    config = write_config(tmp_path / "crashd.conf", backoff_base=0.2, backoff_server_base=0.2, backoff_cap=1)
     daisy.script(Respond(500, b"oops"), Respond(500, b"oops again"))
     report = crash_dir / "_usr_bin_retry.0.crash"
     with run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "30", config=config) as daemon:
@@ -289,6 +289,22 @@ def test_retries_fall_due_from_state_without_new_events(daisy, crash_dir, automa
     assert all(0.15 <= gap < 5 for gap in gaps), gaps  # never sooner than the 0.2 s floor, nor much later
     (entry,) = crashd_status(crash_dir, automatic).values()
     assert entry["state"] == "sent" and entry["attempts"] == 3, entry
+
+
+@pytest.mark.parametrize("retry_after", ["²", "Mon, 99 Feb 2024 00:00:00 GMT"])
+def test_a_retry_after_nobody_can_read_costs_one_retry_not_the_report(
+    daisy, crash_dir, automatic, tmp_path, retry_after
+):
+    """Issue 11: `Retry-After: ²` raised in the root daemon ("processing failed"), and the report waited
+    for a restart. Now the header is ignored and the ordinary backoff retries it."""
+    config = write_config(tmp_path / "crashd.conf", backoff_base=0.05, backoff_server_base=0.05, backoff_cap=0.2)
+    daisy.script(Respond(503, b"busy", {"Retry-After": retry_after}))
+    report = crash_dir / "_usr_bin_later.0.crash"
+    with run_daemon(crash_dir, automatic, daisy.url, "--idle-timeout", "30", config=config) as daemon:
+        drop(report, crash("later"))
+        assert wait_until(report.with_suffix(".uploaded").exists, timeout=20), daemon.stderr
+        assert "processing failed" not in daemon.stderr and "Traceback" not in daemon.stderr, daemon.stderr
+    assert [r.status for r in daisy.reports] == [503, 200]
 
 
 def test_a_new_crash_replacing_the_report_is_sent_again(daisy, crash_dir, automatic):
