@@ -80,6 +80,11 @@ class Status:
     attempts: int = 0
     next_attempt: float | None = None  # seconds since the epoch
 
+    @property
+    def retry_at(self) -> float | None:
+        """When to look at this report again: its retry, its requested core, or a failure's backoff."""
+        return self.next_attempt if self.state in (State.QUEUED, State.SENT, State.FAILED) else None
+
     def as_json(self) -> dict[str, object]:
         return {
             "name": self.name, "state": self.state.value, "oops_id": self.oops_id, "detail": self.detail,

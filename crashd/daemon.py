@@ -32,7 +32,7 @@ from pathlib import Path
 from asyncinotify import Inotify, Mask
 
 from crashd import dbus_prefs
-from crashd.collector import Gate, HookOptions, State, Status
+from crashd.collector import Gate, HookOptions, Status
 from crashd.consent import Consent, may_collect_automatically
 from crashd.delivery import Courier
 from crashd.report import Limits
@@ -41,7 +41,6 @@ from crashd.spool import ReportName, Spool
 log = logging.getLogger(__name__)
 
 WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
-_RETRIED = (State.QUEUED, State.SENT, State.FAILED)  # states whose next_attempt is a time to look again
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
 
 
@@ -233,9 +232,8 @@ class Daemon:
         finally:
             self.busy.discard(name)
             self.last_activity = time.monotonic()
-        retry = status.next_attempt if status is not None else None
-        if retry is not None and status is not None and status.state in _RETRIED:
-            self.schedule(name, retry)  # a retry, or a core upload, falls due later
+        if status is not None and status.retry_at is not None:
+            self.schedule(name, status.retry_at)  # a retry, a core upload or a failure's backoff falls due
         if name in self.again:
             self.again.discard(name)
             self.schedule(name, self.courier.clock())

@@ -27,7 +27,6 @@ from crashd.spool import ReportName, Spool
 log = logging.getLogger(__name__)
 
 WORKERS = 4  # enough to prepare reports while one is on the wire
-_RETRIED = (State.QUEUED, State.SENT, State.FAILED)  # a next_attempt in these states is a retry time
 _COUNTED = ("sent", "rejected", "failed", "pending", "expired", "invalid", "skipped")
 
 
@@ -88,8 +87,8 @@ def upload_all(
                 del due[name]
                 if status is None:
                     continue  # the report vanished
-                if status.next_attempt is not None and status.state in _RETRIED:
-                    due[name] = status.next_attempt  # a retry of the report, of its core, or of a failure
+                if status.retry_at is not None:
+                    due[name] = status.retry_at  # a retry of the report, of its core, or of a failure
                 if status.state is State.QUEUED:
                     status = replace(status, state=State.FAILED)  # tried in this run, and will be again
                 results[name] = status

@@ -141,8 +141,8 @@ def executable_path(fields: Mapping[str, str | bytes]) -> str | None:
     value = fields.get("ExecutablePath")
     if not isinstance(value, str):
         return None
-    if len(value) >= PATH_MAX or len(value.encode("utf-8", "surrogatepass")) >= PATH_MAX:
-        reason = f"{len(value)} characters, longer than any path (PATH_MAX {PATH_MAX})"
+    if (size := len(value.encode("utf-8", "surrogatepass"))) >= PATH_MAX:
+        reason = f"{size} bytes, longer than any path (PATH_MAX {PATH_MAX})"
         raise InvalidFieldError("ExecutablePath", value, reason)
     if (control := _CONTROL.search(value)) is not None:
         where = f"control character {control.group()!r} at offset {control.start()}"
