@@ -45,6 +45,8 @@ from crashd.worker import WorkerUploader
 log = logging.getLogger("crashd")
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_CONSENT, EXIT_INVALID = 0, 1, 2, 3, 4
+# Who runs the upload worker when unprivileged_user does not exist: root never does the HTTP itself.
+WORKER_FALLBACK_USER = "nobody"
 
 
 class UsageError(Exception):
@@ -314,28 +316,41 @@ def cmd_upload_all(args: argparse.Namespace) -> int:
 def _uploader(settings: Settings, transport_deadline: float | None) -> Uploader:
     """Where the HTTP happens: as root, in the unprivileged upload worker (DESIGN.md §2); else right here.
 
-    A user flushing their own reports has no privilege to shed. Root without the
-    worker's user (sysusers.d/crashd.conf not applied) still delivers, from this
-    process, but says so loudly: that is the setup the split exists to avoid.
+    A user flushing their own reports has no privilege to shed. Root never opens a
+    network socket itself (fail closed, issue 11): without ``unprivileged_user``
+    (sysusers.d/crashd.conf not applied, e.g. after ``pip install``) the worker
+    runs as ``nobody``, said once in the log; without that either, nothing is sent.
     """
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam(settings.unprivileged_user)
-        except KeyError:
-            log.warning(
-                "the user %r for the upload worker does not exist (sysusers.d/crashd.conf creates it): "
-                "uploading from this root process instead",
-                settings.unprivileged_user,
-            )
-        else:
-            try:
-                return WorkerUploader(
-                    user, settings.connect_timeout, settings.read_timeout, transport_deadline
-                )
-            except ValueError as error:  # uid or gid 0: the point of the split would be lost
-                raise ConfigError(f"unprivileged_user {settings.unprivileged_user!r}: {error}") from None
-    transport = HttpTransport(settings.connect_timeout, settings.read_timeout, transport_deadline)
-    return DirectUploader(transport)
+    if os.geteuid() != 0:
+        transport = HttpTransport(settings.connect_timeout, settings.read_timeout, transport_deadline)
+        return DirectUploader(transport)
+    user = _worker_user(settings.unprivileged_user)
+    try:
+        return WorkerUploader(user, settings.connect_timeout, settings.read_timeout, transport_deadline)
+    except ValueError as error:  # uid or gid 0: the point of the split would be lost
+        raise ConfigError(f"unprivileged_user {settings.unprivileged_user!r}: {error}") from None
+
+
+def _worker_user(name: str) -> pwd.struct_passwd:
+    """*name*'s account, else ``nobody``'s (said once); without either, a ConfigError saying what to do."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    create = f"create it with 'systemd-sysusers' (crashd's sysusers.d file) or 'useradd --system {name}'"
+    try:
+        user = pwd.getpwnam(WORKER_FALLBACK_USER)
+    except KeyError:
+        raise ConfigError(
+            f"unprivileged_user {name!r} does not exist, nor does {WORKER_FALLBACK_USER!r}: root never "
+            f"uploads itself; {create}"
+        ) from None
+    log.warning(
+        "the user %r for the upload worker does not exist: it runs as %r instead, and root's reports are "
+        "sent without their hooks; %s",
+        name, WORKER_FALLBACK_USER, create,
+    )  # fmt: skip
+    return user
 
 
 def _exit_on_signals() -> None:

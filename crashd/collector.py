@@ -20,7 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
-from crashd.hooks import HookRoots, InvalidPackageError, run_hooks, text_fields
+from crashd.hooks import HookRoots, run_hooks, text_fields
+from crashd.hooks.discovery import InvalidFieldError
 from crashd.report import Limits, Report, ReportError, StoredBinary, read_report, valid_key, write_report
 from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError
 
@@ -79,6 +80,11 @@ class Status:
     attempts: int = 0
     next_attempt: float | None = None  # seconds since the epoch
 
+    @property
+    def retry_at(self) -> float | None:
+        """When to look at this report again: its retry, its requested core, or a failure's backoff."""
+        return self.next_attempt if self.state in (State.QUEUED, State.SENT, State.FAILED) else None
+
     def as_json(self) -> dict[str, object]:
         return {
             "name": self.name, "state": self.state.value, "oops_id": self.oops_id, "detail": self.detail,
@@ -129,6 +135,9 @@ def read_stamps(spool: Spool, opened: OpenReport) -> Stamps:
         # A stamp planted by another user, or left by whoopsie under its own uid:
         # ignore it; crashd's own stamps replace it (a resend is answered 409).
         log.info("%s: ignoring a stamp crashd cannot trust: %s", opened.name.crash, error)
+        return Stamps(None, None)
+    except OSError as error:  # e.g. ENAMETOOLONG: a 255-character report name leaves no room for one
+        log.info("%s: its stamps cannot be read: %s", opened.name.crash, error.strerror or error)
         return Stamps(None, None)
 
 
@@ -216,7 +225,7 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
             extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
             worker_user=hooks.worker_user,
         )  # fmt: skip
-    except InvalidPackageError as error:  # CVE-2016-9950: a Package that would name a path
+    except InvalidFieldError as error:  # a Package naming a path (CVE-2016-9950), a 512 KiB ExecutablePath
         return invalid(name, str(error))
     for key in result.errors:
         log.warning("%s: hook failed: %s", name.crash, key)

@@ -32,7 +32,7 @@ from pathlib import Path
 from asyncinotify import Inotify, Mask
 
 from crashd import dbus_prefs
-from crashd.collector import Gate, HookOptions, State, Status
+from crashd.collector import Gate, HookOptions, Status
 from crashd.consent import Consent, may_collect_automatically
 from crashd.delivery import Courier
 from crashd.report import Limits
@@ -172,14 +172,23 @@ class Daemon:
     async def _schedule(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(WORKERS)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            # Wake the loop only once the task has left `tasks`: a wake-up set by the task itself can be
+            # consumed by a loop pass that still counts it as running, and cleared by the next sleep —
+            # which then lasted the whole idle timeout (issue 15: `--once` exiting 30 s late).
+            tasks.discard(task)
+            self.wake.set()
+
         while not self.stop.is_set():
+            self.wake.clear()  # before looking: whatever changes from here on wakes the sleep below
             now = self.courier.clock()
             for name in [name for name, when in self.due.items() if when <= now and name not in self.busy]:
                 del self.due[name]
                 self.busy.add(name)
                 task = asyncio.create_task(self._work(name, slots))
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                task.add_done_callback(finished)
             sd_notify(f"STATUS={len(self.busy)} in progress, {len(self.due)} waiting")
             if not tasks and self._idle(now):
                 log.info("idle: nothing due within %.0f s; exiting", self.idle_timeout)
@@ -201,7 +210,7 @@ class Daemon:
         return max(0.0, min(next_due, idle_end) if idle_end > 0 else next_due)
 
     async def _sleep(self, seconds: float) -> None:
-        self.wake.clear()
+        """Until *seconds* pass, `wake` is set (it is cleared at the top of each pass) or a stop."""
         waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stop.wait())]
         try:
             await asyncio.wait(waiters, timeout=None if seconds == float("inf") else seconds,
@@ -223,9 +232,8 @@ class Daemon:
         finally:
             self.busy.discard(name)
             self.last_activity = time.monotonic()
-        retry = status.next_attempt if status is not None else None
-        if retry is not None and status is not None and status.state in (State.QUEUED, State.SENT):
-            self.schedule(name, retry)  # a retry, or a core upload, falls due later
+        if status is not None and status.retry_at is not None:
+            self.schedule(name, status.retry_at)  # a retry, a core upload or a failure's backoff falls due
         if name in self.again:
             self.again.discard(name)
             self.schedule(name, self.courier.clock())
