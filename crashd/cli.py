@@ -346,11 +346,19 @@ def _worker_user(name: str) -> pwd.struct_passwd:
             f"uploads itself; {create}"
         ) from None
     log.warning(
-        "the user %r for the upload worker does not exist: it runs as %r instead, and root's reports are "
-        "sent without their hooks; %s",
+        "the user %r for the upload worker does not exist: it runs as %r instead; %s",
         name, WORKER_FALLBACK_USER, create,
     )  # fmt: skip
     return user
+
+
+def _worker_name(name: str) -> str:
+    """The user the upload worker will run as (quietly: :func:`_worker_user` says it once)."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return WORKER_FALLBACK_USER
+    return name
 
 
 def _exit_on_signals() -> None:
@@ -372,7 +380,7 @@ def _exit_on_signals() -> None:
 def _hooks(settings: Settings) -> HookOptions:
     return HookOptions(
         extra_dirs=settings.hook_dirs, timeout=settings.hook_timeout, fallback_user=settings.hook_user,
-        worker_user=settings.unprivileged_user,
+        worker_user=_worker_name(settings.unprivileged_user),  # hooks never share the worker's uid
     )  # fmt: skip
 
 
