@@ -158,6 +158,15 @@ def no_real_system_bus() -> Iterator[None]:
 
 
 @pytest.fixture
+def crash_dir(tmp_path: Path) -> Path:
+    """An empty crash directory with /var/crash's mode (3777: sticky, setgid, writable by all)."""
+    directory = tmp_path / "crash"
+    directory.mkdir()
+    directory.chmod(0o3777)
+    return directory
+
+
+@pytest.fixture
 def daisy() -> Iterator[DaisyServer]:
     """A loopback daisy for one test; a bug in the server itself fails the test."""
     with DaisyServer() as server:

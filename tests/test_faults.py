@@ -33,14 +33,6 @@ NAME = "_usr_bin_app.0.crash"
 
 
 @pytest.fixture
-def crash_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "crash"
-    directory.mkdir()
-    directory.chmod(0o3777)  # as /var/crash
-    return directory
-
-
-@pytest.fixture
 def fast(tmp_path: Path) -> Path:
     """A config with tiny backoff windows (50–200 ms) on both scales."""
     return write_config(tmp_path / "crashd.conf", **FAST)

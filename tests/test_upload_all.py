@@ -29,14 +29,6 @@ def daisy():
         yield server
 
 
-@pytest.fixture
-def crash_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "crash"
-    directory.mkdir()
-    directory.chmod(0o3777)  # as /var/crash
-    return directory
-
-
 def upload_all(crash_dir: Path, url: str, *args: str, timeout: float = 120) -> tuple[int, dict]:
     """Run `crashd upload-all --json` on *crash_dir*, with its state beside it (never /var/lib/crashd)."""
     env = {k: v for k, v in os.environ.items() if k not in ("CRASH_DB_URL", "APPORT_REPORT_DIR")}

@@ -65,14 +65,6 @@ def pairs(shown: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def crash_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "crash"
-    directory.mkdir()
-    directory.chmod(0o3777)  # as /var/crash
-    return directory
-
-
-@pytest.fixture
 def daisy_wants_cores() -> Iterator[DaisyServer]:
     """The loopback daisy, asking for the core of every report (so the core line is checked too)."""
     with DaisyServer(core_policy="always") as server:

@@ -42,14 +42,6 @@ NAME = "_usr_bin_app.0.crash"
 MiB = 1 << 20
 
 
-@pytest.fixture
-def crash_dir(tmp_path: Path) -> Path:
-    directory = tmp_path / "crash"
-    directory.mkdir()
-    directory.chmod(0o3777)  # as /var/crash
-    return directory
-
-
 @pytest.fixture(scope="module")
 def user(make_user: Callable[[], pwd.struct_passwd]) -> pwd.struct_passwd:
     return make_user()
