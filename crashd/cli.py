@@ -322,7 +322,8 @@ def _exit_on_signals() -> None:
 
 def _hooks(settings: Settings) -> HookOptions:
     return HookOptions(
-        extra_dirs=settings.hook_dirs, timeout=settings.hook_timeout, fallback_user=settings.unprivileged_user
+        extra_dirs=settings.hook_dirs, timeout=settings.hook_timeout,
+        fallback_user=settings.unprivileged_user, python=settings.hook_python,
     )
 
 

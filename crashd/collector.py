@@ -147,6 +147,7 @@ class HookOptions:
     timeout: float = 30.0
     roots: HookRoots | None = None  # None: the system's hook directories
     fallback_user: str = "crashd"  # who runs the hooks of root's reports
+    python: str = "/usr/bin/python3"  # the interpreter hooks run under (setting hook_python)
 
 
 def collect(
@@ -213,6 +214,7 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
         result = run_hooks(
             text_fields(report), owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
             extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
+            python=hooks.python,
         )  # fmt: skip
     except InvalidPackageError as error:  # CVE-2016-9950: a Package that would name a path
         return invalid(name, str(error))

@@ -36,6 +36,7 @@ class Settings:
     state_dir: Path = Path("/var/lib/crashd")
     hook_dirs: tuple[Path, ...] = ()
     hook_timeout: float = 30
+    hook_python: str = "/usr/bin/python3"
     idle_timeout: float = 30
     backoff_base: float = 60
     backoff_server_base: float = 7200

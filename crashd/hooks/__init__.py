@@ -28,7 +28,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from crashd.hooks.accounts import HookSetupError, account_for, interpreter_for
+from crashd.hooks.accounts import SYSTEM_PYTHON, HookSetupError, account_for, interpreter_for
 from crashd.hooks.discovery import (
     HookRoots,
     InvalidPackageError,
@@ -67,6 +67,7 @@ def run_hooks(
     output_cap: int = 10 * MiB,
     fallback_user: str = "crashd",
     limits: HookLimits | None = None,
+    python: str = SYSTEM_PYTHON,
 ) -> HookResult:
     """Run every hook for a report with these text *fields*, owned by *owner_uid*.
 
@@ -74,7 +75,8 @@ def run_hooks(
     general, package and source-package hooks chosen from the fields as they are
     *after* the built-in ones. Everything runs in one child process as the
     owner (root's reports: as *fallback_user*), each hook bounded by *timeout*
-    seconds and *output_cap* bytes of output (its fields included).
+    seconds and *output_cap* bytes of output (its fields included), under the
+    interpreter *python* (the ``hook_python`` setting).
 
     Raises :class:`InvalidPackageError` when ``Package`` or ``SourcePackage``
     could name a file outside a hook directory: before running anything, or
@@ -94,7 +96,7 @@ def run_hooks(
 
     try:
         account = account_for(owner_uid, fallback_user)
-        python = interpreter_for(account)
+        python = interpreter_for(account, python)
     except HookSetupError as error:
         result = _not_run(fields, roots, extra_dirs, str(error))
     else:

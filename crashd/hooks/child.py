@@ -105,8 +105,7 @@ def main(argv):
     os.close(devnull)
     sys.path.append(COMPAT)
     first = json.loads(requests.readline())
-    report = HookReport()
-    report.data.update(decode(first["fields"]))
+    report, ui, api = apport_api(decode(first["fields"]))
     owners, timeout = first.get("owners"), float(first.get("timeout", 30))
     me, hooks = os.getpid(), first["hooks"]
     while hooks is not None:
@@ -115,7 +114,9 @@ def main(argv):
         for path in hooks:
             send(out, {"start": path})
             before = dict(report.data)
-            error, stopped = run_hook(path, report, owners, timeout)
+            if api:  # reported with the first hook's fields: which apport every hook of this report got
+                report.data["_HooksRunWith"], api = api, None
+            error, stopped = run_hook(path, report, ui, owners, timeout)
             if os.getpid() != me:  # a fork of ours came back from the hook: it must not speak for us
                 os._exit(0)
             fields, removed, bad = diff(before, report)
@@ -128,6 +129,48 @@ def main(argv):
         hooks = json.loads(line)["hooks"] if line.strip() else None
     end_descendants()
     os._exit(0)
+
+
+def apport_api(fields):
+    """(report, ui, name): the ``report`` and ``ui`` hooks get, from the apport ``import apport`` finds.
+
+    The real apport when the hooks' Python has it (it is the reference), else
+    crashd's ``compat/apport``. Either way ``report`` is an instance of that
+    apport's ``Report`` (hooks check ``isinstance`` and call its ``add_*_info``),
+    with :class:`HookReport`'s checks in front; *name* is ``apport 2.x.y`` or
+    ``crashd-compat N``, stored as ``_HooksRunWith``.
+    """
+    try:
+        import apport
+        from apport.hook_ui import NoninteractiveHookUI
+        from apport.report import Report
+    except Exception as error:  # a broken apport: hooks still run, and the report says why
+        report = HookReport()
+        report.data.update(fields)
+        return report, NoninteractiveUI(), f"no apport ({type(error).__name__}: {error})"
+    report = type("HookReport", (HookReport, Report), {})()
+    report.data.clear()  # Report() adds ProblemType and Date of its own
+    report.data.update(fields)
+    report.old_keys = set(report.data)
+    if os.path.dirname(os.path.dirname(os.path.abspath(apport.__file__))) == COMPAT:
+        return report, NoninteractiveHookUI(), f"crashd-compat {apport.CRASHD_COMPAT}"
+    return report, NoninteractiveHookUI(), f"apport {_apport_version(apport)}"
+
+
+def _apport_version(apport):
+    """The real apport's version: its distribution metadata, else ``apport/ui.py``'s ``__version__`` line."""
+    from importlib import metadata
+
+    with contextlib.suppress(Exception):
+        return metadata.version("apport")
+    import re
+
+    ui_py = os.path.join(os.path.dirname(apport.__file__), "ui.py")
+    with contextlib.suppress(OSError), open(ui_py, "rb") as f:
+        found = re.search(rb'^__version__ = "([^"]+)"', f.read(1 << 20), re.MULTILINE)
+        if found:
+            return found.group(1).decode("ascii", "replace")
+    return "(version unknown)"
 
 
 def _harden():
@@ -183,14 +226,14 @@ def _cpu_limit(seconds):
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def run_hook(path, report, owners, timeout):
+def run_hook(path, report, ui, owners, timeout):
     """Run one hook's ``add_info``: (error text or None, whether it asked to stop the rest)."""
     environ = dict(os.environ)
     try:
         _cpu_limit(timeout)
         namespace = {"__file__": path, "__name__": "crashd_hook", "__builtins__": __builtins__}
         exec(compile(load(path, owners), path, "exec"), namespace)
-        call_add_info(namespace["add_info"], report)
+        call_add_info(namespace["add_info"], report, ui)
     except StopIteration:
         return None, True
     except BaseException as error:  # a hook's failure of any kind is recorded, never fatal
@@ -222,7 +265,7 @@ def load(path, owners):
     return source
 
 
-def call_add_info(add_info, report):
+def call_add_info(add_info, report, ui):
     """``add_info(report, ui)``, or ``add_info(report)`` when that is all it takes (apport's legacy form)."""
     code = getattr(add_info, "__code__", None)
     if code is not None:
@@ -237,7 +280,7 @@ def call_add_info(add_info, report):
         except TypeError:
             two = False
     if two:
-        add_info(report, NoninteractiveUI())
+        add_info(report, ui)
     else:
         add_info(report)
 
