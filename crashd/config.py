@@ -114,6 +114,12 @@ def _path(value: str) -> Path:
     return Path(value)
 
 
+def _program(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return value
+
+
 def _user(value: str) -> str:
     if not value.strip():
         raise ValueError("must name a user")
@@ -144,5 +150,6 @@ _CONVERTERS = {
     "crash_dir": _path,
     "state_dir": _path,
     "hook_dirs": _paths,
+    "hook_python": _program,
     "unprivileged_user": _user,
 }
