@@ -401,9 +401,20 @@ def package_name_glob(nameglob):
     """Package names apt or dpkg knows that match the glob."""
     if not re.search(r"[*?\[]", nameglob):
         return [nameglob] if _dpkg_record(nameglob) or nameglob in _apt_names() else []
-    names = set(_apt_names())
-    names.update((_output(["dpkg-query", "-W", "-f", "${Package}\n", "--", nameglob]) or "").split())
-    return sorted(name for name in names if fnmatch.fnmatchcase(name, nameglob))
+    listed = _output(["dpkg-query", "-W", "-f", "${Package}\t${Version}\n", "--", nameglob]) or ""
+    dpkg_names = {line.split("\t")[0] for line in listed.splitlines() if line.partition("\t")[2].strip()}
+    apt_names = sorted(name for name in _apt_names() - dpkg_names if fnmatch.fnmatchcase(name, nameglob))
+    _policies(apt_names)  # apt lists purely virtual names too: python-apt's cache has no such package
+    real = {name for name in apt_names if _policy_has_version(name)}
+    return sorted(real | {name for name in dpkg_names if fnmatch.fnmatchcase(name, nameglob)})
+
+
+def _policy_has_version(package):
+    for line in _POLICIES.get(package, []):
+        key, _, value = line.strip().partition(": ")
+        if key in ("Installed", "Candidate") and value != "(none)":
+            return True
+    return False
 
 
 def set_mirror(url):
