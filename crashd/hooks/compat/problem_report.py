@@ -7,7 +7,6 @@ business (``crashd.report``), not a hook's, and is not provided here.
 """
 
 import collections
-import gzip
 import locale
 import time
 
@@ -35,9 +34,13 @@ class CompressedValue:
             self.set_value(value)
 
     def set_value(self, value):
+        import gzip  # on first use: the hook child starts once per report
+
         self.compressed_value = gzip.compress(value)
 
     def get_value(self):
+        import gzip
+
         return gzip.decompress(self.compressed_value) if self.compressed_value else None
 
     def get_compressed_size(self):

@@ -10,8 +10,6 @@ constants, ``apport.logging`` and the top-level ``problem_report`` module.
 Nothing here prompts or needs root; every command has a timeout and an output cap.
 """
 
-import gettext
-
 from apport import packaging
 from apport.logging import error, fatal, log, memdbg, warning
 from apport.report import Report
@@ -22,4 +20,6 @@ CRASHD_COMPAT = 1  # the stand-in's own revision: reported as "_HooksRunWith: cr
 
 
 def unicode_gettext(message):
+    import gettext  # on first use: the hook child starts once per report
+
     return gettext.gettext(message)

@@ -15,9 +15,7 @@ or not. The errors are apport 2.36's, because hooks test for them:
 
 import fnmatch
 import functools
-import hashlib
 import os
-import platform
 import re
 
 from apport import _run
@@ -65,6 +63,12 @@ def _output(argv):
     except OSError:
         return None
     return output.decode("utf-8", "replace") if status == 0 else None
+
+
+def _md5(data, usedforsecurity=False):
+    import hashlib  # on first use: the hook child starts once per report, most hooks never get here
+
+    return hashlib.md5(data, usedforsecurity=usedforsecurity)
 
 
 def _missing(package):
@@ -200,7 +204,7 @@ def get_modified_conffiles(package):
         except OSError as error:
             modified[path] = f"[inaccessible: {error!s}]"
             continue
-        if hashlib.md5(contents, usedforsecurity=False).hexdigest() != md5:
+        if _md5(contents, usedforsecurity=False).hexdigest() != md5:
             modified[path] = contents
     return modified
 
@@ -228,7 +232,7 @@ def get_modified_files(package):
                 if max(st.st_mtime, st.st_ctime) <= newest:
                     continue
                 if (
-                    hashlib.md5(_read_capped("/" + path), usedforsecurity=False).hexdigest()
+                    _md5(_read_capped("/" + path), usedforsecurity=False).hexdigest()
                     != expected.lower()
                 ):
                     modified.append(path)
@@ -291,6 +295,8 @@ def get_kernel_package():
 
 def get_os_version():
     """(name, version) from os-release, "GNU/Linux" stripped: ("Debian", "12")."""
+    import platform
+
     try:
         info = platform.freedesktop_os_release()
     except OSError:
