@@ -12,6 +12,7 @@ stand-in "real" apport checks the other branch.
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import pwd
@@ -198,6 +199,9 @@ def test_hookutils_attach_nothing_for_an_unknown_package(hookutils_result: dict[
     assert all(MISSING not in k for k in conffiles)
     for key in (k for k in conffiles if k.startswith("mtime.")):  # apport 2.36: local time with its offset
         assert re.search(r"[+-]\d\d:\d\d$", str(fields[key])), fields[key]
+    assert fields["modified.conffile..etc.hostname"] == "[modified]"  # nobody answered "include it?"
+    stamp = datetime.datetime.fromisoformat(str(fields["mtime.conffile..etc.hostname"]))
+    assert stamp.tzinfo is not None and abs(stamp.timestamp() - os.stat("/etc/hostname").st_mtime) < 0.001
     assert fields["GsettingsMissing"] == "ValueError: package does not exist"
     assert "GsettingsChanges" not in fields  # coreutils ships no schemas
 

@@ -32,3 +32,11 @@ def add_info(report, ui):
     attach_upstart_logs(report, installed)
     attach_gconf(report, installed)
     kill_pkttyagent()
+    # attach_conffiles' keys and values for a changed conffile, without changing one of the system's: this hook
+    # itself says /etc/hostname is a changed conffile of "crashd-fake" (packaging is looked up at call time).
+    real = packaging.get_modified_conffiles
+    packaging.get_modified_conffiles = lambda name: {"/etc/hostname": b"changed"} if name == "crashd-fake" else {}
+    try:
+        attach_conffiles(report, "crashd-fake", ui=ui)
+    finally:
+        packaging.get_modified_conffiles = real
