@@ -272,7 +272,7 @@ def test_report_hook_ui_fileutils_problem_report(user: pwd.struct_passwd, roots:
     assert fields["PySignature"] == "/usr/bin/tool:KeyError:/usr/bin/tool@3:main"
     assert fields["PyTitle"] == "tool crashed with KeyError in main(): 'k'"
     assert fields["NoHooks"] == "False"
-    assert fields["Compressed"] == "zipped"
+    assert fields["Compressed"] == "zipped" and fields["Zipped"] == b"\x00zipped"
     assert fields["Likely"] == "[True, False]"
     assert fields["FindFile"] == "'bash'"
     assert fields["Libc"] == "(True, True)"
@@ -346,3 +346,14 @@ def test_the_real_apport_wins_where_it_is_importable(
     assert "site-packages/apport/" in str(result.fields["From"])
     assert result.fields["Real"] == "yes"  # the report is an instance of that apport's Report
     assert result.fields["Ui"] == "NoninteractiveHookUI"
+
+
+def test_crashds_own_hooks_alone_import_no_apport(user: pwd.struct_passwd, reachable: Path) -> None:
+    """Only the built-in hooks ran: no apport was loaded for them, so the report says nothing of one."""
+    empty = reachable / "empty"
+    empty.mkdir(mode=0o755, exist_ok=True)
+    roots = HookRoots(general=(empty,), package=(empty,), opt=None)  # the built-in hooks only
+    fields = {"ProblemType": "Crash", "ExecutablePath": "/usr/bin/true"}
+    result = run_hooks(fields, owner_uid=user.pw_uid, roots=roots)
+    assert result.ran and result.errors == {}
+    assert "_HooksRunWith" not in result.fields and "Package" in result.fields

@@ -39,6 +39,7 @@ EXIT_REFUSED = 70  # runner.py turns this status into "refused to run as root"
 MAX_SOURCE = 4 << 20
 KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 COMPAT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compat")
+BUILTIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin") + os.sep
 
 
 class HookReport(UserDict):
@@ -53,6 +54,8 @@ class HookReport(UserDict):
             raise ValueError(f"key {key!r} contains invalid characters (only letters, digits, '.', '_', '-')")
         if isinstance(value, bytearray):
             value = bytes(value)
+        elif type(value).__name__ == "CompressedValue":  # problem_report's, which apport's reports accept
+            value = value.get_value()
         if not isinstance(value, (str, bytes)):
             raise TypeError(f"value of {key} must be str or bytes, not {type(value).__name__}")
         self.data[key] = value
@@ -105,7 +108,8 @@ def main(argv):
     os.close(devnull)
     sys.path.append(COMPAT)
     first = json.loads(requests.readline())
-    report, ui, api = apport_api(decode(first["fields"]))
+    report, ui, with_apport = HookReport(), NoninteractiveUI(), False
+    report.data.update(decode(first["fields"]))
     owners, timeout = first.get("owners"), float(first.get("timeout", 30))
     me, hooks = os.getpid(), first["hooks"]
     while hooks is not None:
@@ -114,8 +118,9 @@ def main(argv):
         for path in hooks:
             send(out, {"start": path})
             before = dict(report.data)
-            if api:  # reported with the first hook's fields: which apport every hook of this report got
-                report.data["_HooksRunWith"], api = api, None
+            if not with_apport and not path.startswith(BUILTIN):  # crashd's own hooks need no apport
+                report, ui, api = apport_api(report.data)
+                report.data["_HooksRunWith"], with_apport = api, True  # in this hook's fields: said once
             error, stopped = run_hook(path, report, ui, owners, timeout)
             if os.getpid() != me:  # a fork of ours came back from the hook: it must not speak for us
                 os._exit(0)
@@ -137,8 +142,10 @@ def apport_api(fields):
     The real apport when the hooks' Python has it (it is the reference), else
     crashd's ``compat/apport``. Either way ``report`` is an instance of that
     apport's ``Report`` (hooks check ``isinstance`` and call its ``add_*_info``),
-    with :class:`HookReport`'s checks in front; *name* is ``apport 2.x.y`` or
-    ``crashd-compat N``, stored as ``_HooksRunWith``.
+    with :class:`HookReport`'s checks in front, holding *fields*; *name* is
+    ``apport 2.x.y`` or ``crashd-compat N``, stored as ``_HooksRunWith``. Called
+    before the first hook that is not one of crashd's built-in ones: a report
+    with only those never pays for importing apport.
     """
     try:
         import apport

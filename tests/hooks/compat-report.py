@@ -48,6 +48,7 @@ def add_info(report, ui):
     report["PyTitle"] = py.standard_title()
     report["NoHooks"] = repr(apport.Report().add_hooks_info(ui, package="crashd-no-such-pkg-hooks"))
     report["Compressed"] = problem_report.CompressedValue(b"zipped").get_value().decode()
+    report["Zipped"] = problem_report.CompressedValue(b"\x00zipped")  # apport's reports take one: its bytes
     report["Likely"] = repr([apport.fileutils.likely_packaged(p) for p in ("/usr/bin/x", "/usr/local/bin/x")])
     report["FindFile"] = repr(apport.fileutils.find_file_package("/usr/bin/bash"))
     libs = shared_libraries("/bin/ls")
