@@ -381,6 +381,7 @@ def _hooks(settings: Settings) -> HookOptions:
     return HookOptions(
         extra_dirs=settings.hook_dirs, timeout=settings.hook_timeout, fallback_user=settings.hook_user,
         worker_user=_worker_name(settings.unprivileged_user),  # hooks never share the worker's uid
+        python=settings.hook_python,
     )  # fmt: skip
 
 

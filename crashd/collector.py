@@ -157,6 +157,7 @@ class HookOptions:
     roots: HookRoots | None = None  # None: the system's hook directories
     fallback_user: str = "crashd-hook"  # who runs the hooks of root's reports (setting hook_user)
     worker_user: str | None = "crashd"  # the upload worker's user: never the hooks'
+    python: str = "/usr/bin/python3"  # the interpreter hooks run under (setting hook_python)
 
 
 def collect(
@@ -223,7 +224,7 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
         result = run_hooks(
             text_fields(report), owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
             extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
-            worker_user=hooks.worker_user,
+            worker_user=hooks.worker_user, python=hooks.python,
         )  # fmt: skip
     except InvalidFieldError as error:  # a Package naming a path (CVE-2016-9950), a 512 KiB ExecutablePath
         return invalid(name, str(error))

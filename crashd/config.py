@@ -36,6 +36,7 @@ class Settings:
     state_dir: Path = Path("/var/lib/crashd")
     hook_dirs: tuple[Path, ...] = ()
     hook_timeout: float = 30
+    hook_python: str = "/usr/bin/python3"
     idle_timeout: float = 30
     backoff_base: float = 60
     backoff_server_base: float = 7200
@@ -114,6 +115,12 @@ def _path(value: str) -> Path:
     return Path(value)
 
 
+def _program(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return value
+
+
 def _user(value: str) -> str:
     if not value.strip():
         raise ValueError("must name a user")
@@ -144,6 +151,7 @@ _CONVERTERS = {
     "crash_dir": _path,
     "state_dir": _path,
     "hook_dirs": _paths,
+    "hook_python": _program,
     "unprivileged_user": _user,
     "hook_user": _user,
 }

@@ -30,6 +30,7 @@ from crashd.hooks.runner import run
 from tests.test_hooks import (  # noqa: F401 - fixtures among them
     Tree,
     gone,
+    hook_fields,
     hook_test_cli,
     hooks_for,
     processes_of,
@@ -95,7 +96,7 @@ def add_info(report):
     assert result.errors[error_key("a_forger.py")].startswith("crashd: the hook timed out after 1 s")
     assert "Injected" not in result.fields and "Finished" not in result.fields
     assert "ProblemType" not in result.removed
-    assert result.fields == {"After": "ran"}  # a fresh child ran the hook after it
+    assert hook_fields(result) == {"After": "ran"}  # a fresh child ran the hook after it
     assert result.ran == [str(tree.roots.general[0] / "a_forger.py"), str(tree.roots.general[0] / "b_after.py")]
 
 
@@ -197,7 +198,7 @@ def add_info(report):
     attack = json.loads((tree.out / "injector.json").read_text())
     assert len(attack["targets"]) >= 2, attack  # it found the runner and the hook process ...
     assert attack["reached"] == [], attack  # ... and reached none of their descriptors
-    assert result.fields == {"Waited": "yes"}, result
+    assert hook_fields(result) == {"Waited": "yes"}, result
     assert result.errors == {}
 
 
@@ -322,7 +323,7 @@ def test_a_hook_that_stops_its_runner_is_killed_at_its_timeout(tree: Tree, user:
     result = hooks_for(tree, user, timeout=1)
     # The hook itself returned at once; its stopped runner never said so: the step after it timed out.
     assert result.errors[error_key("a_stopper.py")].startswith("crashd: the hook timed out after 1 s")
-    assert result.fields == {"After": "ran"}
+    assert hook_fields(result) == {"After": "ran"}
     assert processes_of(user.pw_uid) == []
 
 
@@ -357,7 +358,7 @@ def test_the_parent_accepts_only_the_hooks_it_handed_out_in_order(
     plans = iter([Plan([hook])])
     result = run({"ProblemType": "Crash"}, lambda _fields: next(plans, None), account=Account.from_passwd(user),
                  python=str(fake), timeout=30)  # fmt: skip
-    assert result.fields == {}, result
+    assert hook_fields(result) == {}, result
     outcome = result.errors.get(error_key(hook)) or result.skipped.get(str(hook))
     assert outcome is not None and "broke crashd's hook protocol" in outcome, result
 

@@ -196,7 +196,8 @@ def test_conf_page_is_what_the_parser_accepts(tmp_path: Path) -> None:
 
 def _sample(key: str) -> str:
     samples = {"url": "https://errors.example.com", "crash_dir": "/tmp", "state_dir": "/tmp",
-               "hook_dirs": "/a /b", "unprivileged_user": "nobody"}  # fmt: skip
+               "hook_dirs": "/a /b", "unprivileged_user": "nobody", "hook_user": "daemon",
+               "hook_python": "/usr/bin/python3"}  # fmt: skip
     return samples.get(key, "1.5")
 
 

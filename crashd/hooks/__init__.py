@@ -28,7 +28,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from crashd.hooks.accounts import HookSetupError, account_for, interpreter_for
+from crashd.hooks.accounts import SYSTEM_PYTHON, HookSetupError, account_for, interpreter_for
 from crashd.hooks.discovery import (
     HookRoots,
     InvalidPackageError,
@@ -68,6 +68,7 @@ def run_hooks(
     fallback_user: str = "crashd-hook",
     worker_user: str | None = "crashd",
     limits: HookLimits | None = None,
+    python: str = SYSTEM_PYTHON,
 ) -> HookResult:
     """Run every hook for a report with these text *fields*, owned by *owner_uid*.
 
@@ -75,7 +76,8 @@ def run_hooks(
     general, package and source-package hooks chosen from the fields as they are
     *after* the built-in ones. Everything runs in one child process as the
     owner (root's reports: as *fallback_user*), each hook bounded by *timeout*
-    seconds and *output_cap* bytes of output (its fields included).
+    seconds and *output_cap* bytes of output (its fields included), under the
+    interpreter *python* (the ``hook_python`` setting).
 
     Raises :class:`InvalidPackageError` when ``Package`` or ``SourcePackage``
     could name a file outside a hook directory: before running anything, or
@@ -95,7 +97,7 @@ def run_hooks(
 
     try:
         account = account_for(owner_uid, fallback_user, worker_user)
-        python = interpreter_for(account)
+        python = interpreter_for(account, python)
     except HookSetupError as error:
         log.warning("%s", error)  # e.g. hook_user missing: root's reports go without their hooks
         result = _not_run(fields, roots, extra_dirs, str(error))

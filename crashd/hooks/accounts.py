@@ -5,11 +5,10 @@ home; a report owned by root runs its hooks as the unprivileged ``crashd-hook``
 system user instead (the ``hook_user`` setting), never as the upload worker's
 ``crashd``. No path here ever yields uid or gid 0 (DESIGN.md §6).
 
-The interpreter must be one the hook user can execute: the daemon's own
-``sys.executable`` when that user can reach it and its standard library, else
-``/usr/bin/python3`` (if it is at least 3.11). A pyenv or venv interpreter under
-``/root`` (mode 0700) is the usual reason for the fallback, exactly as
-``tests/conftest.py``'s ``run_as`` fixture finds.
+The interpreter is the ``hook_python`` setting, ``/usr/bin/python3`` by default:
+the system's Python, the one package hooks are written for and the one that
+imports the system's real apport where it is installed. It must be one the hook
+user can execute, at least 3.11.
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ import os
 import pwd
 import stat
 import subprocess
-import sys
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,21 +100,18 @@ def _uid_of(user: str | None) -> int | None:
         return None
 
 
-def interpreter_for(account: Account) -> str:
-    """A Python >= 3.11 that *account* can run, and that can read the hook child."""
+def interpreter_for(account: Account, python: str = SYSTEM_PYTHON) -> str:
+    """*python* (the ``hook_python`` setting), once checked: *account* can run it and read the child, >= 3.11.
+
+    Hooks are written for the system's ``python3``, where the real apport is
+    importable when it is installed; never the daemon's own interpreter, which
+    may be a venv that hides it (issue 12).
+    """
     if not _reachable(str(CHILD), account, _READ):
         raise HookSetupError(f"hooks not run: {account.name} cannot read {CHILD}")
-    if account.uid == os.geteuid():
-        return sys.executable
-    if sys.executable and _reachable(sys.executable, account, _EXEC):
-        stdlib = sysconfig.get_path("stdlib")
-        if _reachable(stdlib, account, _READ | _EXEC):
-            return sys.executable
-    if _reachable(SYSTEM_PYTHON, account, _EXEC) and _recent_enough(SYSTEM_PYTHON):
-        return SYSTEM_PYTHON
-    raise HookSetupError(
-        f"hooks not run: {account.name} can run neither {sys.executable} nor a {SYSTEM_PYTHON} >= 3.11"
-    )
+    if _reachable(python, account, _EXEC) and _recent_enough(python):
+        return python
+    raise HookSetupError(f"hooks not run: {account.name} cannot run {python} (hook_python), or it is < 3.11")
 
 
 @functools.cache

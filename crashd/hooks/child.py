@@ -48,6 +48,7 @@ EXIT_REFUSED = 70  # process.py turns this status into "refused to run as root"
 MAX_SOURCE = 4 << 20
 KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 COMPAT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compat")
+BUILTIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin") + os.sep
 
 
 class HookReport(UserDict):
@@ -62,6 +63,8 @@ class HookReport(UserDict):
             raise ValueError(f"key {key!r} contains invalid characters (only letters, digits, '.', '_', '-')")
         if isinstance(value, bytearray):
             value = bytes(value)
+        elif type(value).__name__ == "CompressedValue":  # problem_report's, which apport's reports accept
+            value = value.get_value()
         if not isinstance(value, (str, bytes)):
             raise TypeError(f"value of {key} must be str or bytes, not {type(value).__name__}")
         self.data[key] = value
@@ -247,7 +250,7 @@ def _run(config):
     os.close(devnull)
     sys.path.append(COMPAT)
     first = json.loads(requests.readline())
-    report = HookReport()
+    report, ui, with_apport, runs_with = HookReport(), NoninteractiveUI(), False, None
     report.data.update(decode(first["fields"]))
     owners, timeout, cap = first.get("owners"), float(first.get("timeout", 30)), int(first["output_cap"])
     hooks = first["hooks"]
@@ -255,9 +258,15 @@ def _run(config):
         stopped = False
         for path in hooks:
             send(out, {"start": path})
-            result = _hook_process(path, report, owners, timeout, cap, (requests.fileno(), out))
+            if not with_apport and not path.startswith(BUILTIN):  # crashd's own hooks need no apport
+                report, ui, runs_with = apport_api(report.data)
+                with_apport = True
+            result = _hook_process(path, report, ui, owners, timeout, cap, (requests.fileno(), out))
             end_descendants()  # what the hook left running dies before the next one starts
             result = _apply(report, result)
+            if runs_with and "fields" in result:  # said once, with the first hook that got this apport
+                result["fields"]["_HooksRunWith"] = report.data["_HooksRunWith"] = runs_with
+                runs_with = None
             send(out, {"done": path, **result})
             stopped = bool(result.get("stop"))
             if stopped:
@@ -279,6 +288,50 @@ def _become(account):
         os.setresuid(uid, uid, uid)
     if os.getresuid() != (uid, uid, uid):
         raise PermissionError(f"running as uid {os.getuid()}, not {uid}")
+
+
+def apport_api(fields):
+    """(report, ui, name): the ``report`` and ``ui`` hooks get, from the apport ``import apport`` finds.
+
+    The real apport when the hooks' Python has it (it is the reference), else
+    crashd's ``compat/apport``. Either way ``report`` is an instance of that
+    apport's ``Report`` (hooks check ``isinstance`` and call its ``add_*_info``),
+    with :class:`HookReport`'s checks in front, holding *fields*; *name* is
+    ``apport 2.x.y`` or ``crashd-compat N``, stored as ``_HooksRunWith``. Called
+    before the first hook that is not one of crashd's built-in ones: a report
+    with only those never pays for importing apport.
+    """
+    try:
+        import apport
+        from apport.hook_ui import NoninteractiveHookUI
+        from apport.report import Report
+    except Exception as error:  # a broken apport: hooks still run, and the report says why
+        report = HookReport()
+        report.data.update(fields)
+        return report, NoninteractiveUI(), f"no apport ({type(error).__name__}: {error})"
+    report = type("HookReport", (HookReport, Report), {})()
+    report.data.clear()  # Report() adds ProblemType and Date of its own
+    report.data.update(fields)
+    report.old_keys = set(report.data)
+    if os.path.dirname(os.path.dirname(os.path.abspath(apport.__file__))) == COMPAT:
+        return report, NoninteractiveHookUI(), f"crashd-compat {apport.CRASHD_COMPAT}"
+    return report, NoninteractiveHookUI(), f"apport {_apport_version(apport)}"
+
+
+def _apport_version(apport):
+    """The real apport's version: its distribution metadata, else ``apport/ui.py``'s ``__version__`` line."""
+    from importlib import metadata
+
+    with contextlib.suppress(Exception):
+        return metadata.version("apport")
+    import re
+
+    ui_py = os.path.join(os.path.dirname(apport.__file__), "ui.py")
+    with contextlib.suppress(OSError), open(ui_py, "rb") as f:
+        found = re.search(rb'^__version__ = "([^"]+)"', f.read(1 << 20), re.MULTILINE)
+        if found:
+            return found.group(1).decode("ascii", "replace")
+    return "(version unknown)"
 
 
 def _harden_runner(limits):
@@ -325,7 +378,7 @@ def _tasks_of(uid):
     return count
 
 
-def _hook_process(path, report, owners, timeout, cap, protocol):
+def _hook_process(path, report, ui, owners, timeout, cap, protocol):
     """Run one hook in a fresh process that holds neither protocol pipe; its result, read back bounded.
 
     The result is ``{"fields", "removed", "error", "stop"}`` as :func:`diff` makes it, or
@@ -342,7 +395,7 @@ def _hook_process(path, report, owners, timeout, cap, protocol):
             os.setsid()
             _cpu_limit(timeout)
             me, before = os.getpid(), dict(report.data)
-            error, stopped = run_hook(path, report, owners)
+            error, stopped = run_hook(path, report, ui, owners)
             if os.getpid() == me:  # a fork of the hook's that came back from add_info never speaks
                 fields, removed, bad = diff(before, report)
                 message = {"fields": fields, "removed": removed, "error": error or bad, "stop": stopped}
@@ -431,12 +484,12 @@ def _cpu_limit(seconds):
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def run_hook(path, report, owners):
+def run_hook(path, report, ui, owners):
     """Run one hook's ``add_info``: (error text or None, whether it asked to stop the rest)."""
     try:
         namespace = {"__file__": path, "__name__": "crashd_hook", "__builtins__": __builtins__}
         exec(compile(load(path, owners), path, "exec"), namespace)
-        call_add_info(namespace["add_info"], report)
+        call_add_info(namespace["add_info"], report, ui)
     except StopIteration:
         return None, True
     except BaseException as error:  # a hook's failure of any kind is recorded, never fatal
@@ -465,7 +518,7 @@ def load(path, owners):
     return source
 
 
-def call_add_info(add_info, report):
+def call_add_info(add_info, report, ui):
     """``add_info(report, ui)``, or ``add_info(report)`` when that is all it takes (apport's legacy form)."""
     code = getattr(add_info, "__code__", None)
     if code is not None:
@@ -480,7 +533,7 @@ def call_add_info(add_info, report):
         except TypeError:
             two = False
     if two:
-        add_info(report, NoninteractiveUI())
+        add_info(report, ui)
     else:
         add_info(report)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from crashd.config import Settings, load_settings, seconds_argument
-from crashd.hooks.accounts import HookSetupError, account_for, interpreter_for
+from crashd.hooks.accounts import SYSTEM_PYTHON, HookSetupError, account_for, interpreter_for
 from crashd.hooks.discovery import InvalidPackageError, Plan, hook_refusal, package_names
 from crashd.hooks.runner import HookLimits, HookResult, MiB, run
 from crashd.report import Report, ReportError, read_report
@@ -64,6 +64,7 @@ def hook_test(
     fallback_user: str = "crashd-hook",
     worker_user: str | None = "crashd",
     limits: HookLimits | None = None,
+    python: str = SYSTEM_PYTHON,
 ) -> HookResult:
     """Run the hook file *hook* on the report at *report_path* as the daemon would, and say what it did.
 
@@ -76,7 +77,7 @@ def hook_test(
         owner = opened.stat.st_uid
     package_names(fields)
     account = account_for(owner, fallback_user, worker_user)
-    python = interpreter_for(account)
+    python = interpreter_for(account, python)
     plans = iter([Plan([Path(os.path.abspath(hook))])])  # the child's working directory is /
     return run(
         fields,
@@ -137,6 +138,7 @@ def cmd_hook_test(args: argparse.Namespace) -> int:
             timeout=args.timeout or _settings(args).hook_timeout,
             fallback_user=args.fallback_user or _settings(args).hook_user,
             worker_user=_settings(args).unprivileged_user,
+            python=_settings(args).hook_python,
         )
     except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
         return _fail(EXIT_USAGE, f"{args.file}: {error.strerror}")

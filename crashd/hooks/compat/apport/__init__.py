@@ -1,42 +1,25 @@
-"""A small stand-in for apport, so package hooks run where apport is not installed.
+"""crashd's stand-in for apport 2.36's public hook API, for systems where apport is not installed.
 
 The hook child appends the directory holding this package to ``sys.path`` last:
-``import apport`` finds the real apport whenever it is installed, and this one
-otherwise. It provides what hooks use (``research/apport.md`` §4.4):
-``apport.hookutils``, ``apport.packaging`` (dpkg-based), and the logging helpers.
-Nothing here prompts, needs root or runs a shell; every command has a timeout and
-an output cap; files are read like apport's hardened ``read_file``.
+``import apport`` finds the real apport whenever the hooks' Python can import it,
+and this one otherwise. It provides what package hooks use: ``apport.Report``
+(a class, so ``isinstance`` works), ``apport.hookutils`` (every public function
+of apport 2.36's), ``apport.packaging`` (dpkg and apt-cache based),
+``apport.fileutils`` (the read-only parts), ``apport.hook_ui``, ``apport.ui``'s
+constants, ``apport.logging`` and the top-level ``problem_report`` module.
+Nothing here prompts or needs root; every command has a timeout and an output cap.
 """
 
-import sys
-
 from apport import packaging
+from apport.logging import error, fatal, log, memdbg, warning
+from apport.report import Report
 
-__all__ = ["error", "fatal", "log", "memdbg", "packaging", "unicode_gettext", "warning"]
-__version__ = "2.28.0+crashd"  # the apport API level this stand-in follows
-
-
-def log(message, timestamp=False):
-    print(message, file=sys.stderr)
-
-
-def error(message, *args):
-    print("ERROR: " + (message % args if args else message), file=sys.stderr)
-
-
-def warning(message, *args):
-    print("WARNING: " + (message % args if args else message), file=sys.stderr)
-
-
-def fatal(message, *args):
-    """apport's fatal() exits; in a hook that ends only the hook, recorded as its HookError."""
-    error(message, *args)
-    sys.exit(1)
-
-
-def memdbg(checkpoint):
-    pass
+__all__ = ["Report", "error", "fatal", "log", "memdbg", "packaging", "unicode_gettext", "warning"]
+__version__ = "2.36.0"  # the apport API this stand-in follows
+CRASHD_COMPAT = 1  # the stand-in's own revision: reported as "_HooksRunWith: crashd-compat 1"
 
 
 def unicode_gettext(message):
-    return message
+    import gettext  # on first use: the hook child starts once per report
+
+    return gettext.gettext(message)

@@ -57,3 +57,31 @@ def run(argv, *, input=None, stderr=subprocess.STDOUT, env=None, timeout=TIMEOUT
         if stream and not stream.closed:
             stream.close()
     return (None if problem else status), bytes(output[:cap]), problem
+
+
+def matching_lines(argv, pattern, timeout=TIMEOUT):
+    """The lines of the command's stdout that *pattern* (a compiled regex) matches, streamed; "" if it failed.
+
+    Streamed, not buffered: a whole boot's journal may be far larger than
+    ``CAP``, and only the matches are kept. The command is killed after *timeout*.
+    """
+    import threading
+
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    except OSError:
+        return ""
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    kept, size = [], 0
+    try:
+        for raw in proc.stdout:
+            line = raw.decode("UTF-8", errors="replace")
+            if pattern.search(line) and size < CAP:
+                kept.append(line)
+                size += len(raw)
+    finally:
+        proc.stdout.close()
+        status = proc.wait()
+        timer.cancel()
+    return "".join(kept) if status == 0 else ""

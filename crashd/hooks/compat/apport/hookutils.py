@@ -1,63 +1,75 @@
-"""apport's ``hookutils`` as hooks use them (``research/apport.md`` §4.4), small and bounded.
+"""apport 2.36's ``hookutils``: every public function, same names, arguments, keys and values.
 
-Same names, arguments and results as apport 2.28+, so ``from apport.hookutils
-import *`` hooks run unchanged; what differs is containment:
+``from apport.hookutils import *`` exports what apport's module does, including
+the modules it imports (``os``, ``re``, ``subprocess``, ``glob``, ``apport``,
+``packaging``, ``ProblemReport`` …), because hooks rely on them. The hardware
+and network attachments live in :mod:`apport._devices` and are re-exported here.
 
-* files are read like apport's hardened ``read_file`` (CVE-2021-32547…32555,
-  CVE-2021-3710): no ``../``, no symbolic link anywhere in the path, regular
-  files only, opened non-blocking — and at most ``MAX_FILE`` bytes;
-* commands run from an argv list (never a shell) with a timeout and an output
-  cap (``_run``);
-* nothing needs root or prompts: hooks run unprivileged and unattended, so
-  ``root_command_output`` answers with an explanation, and the root-only
-  attachments (``attach_root_command_outputs``, the dmesg and audit parts of
-  ``attach_mac_events``) attach what an unprivileged user may read.
+Behaviour is apport's, including for uninstalled packages (attach nothing),
+missing files (``"Error: …"`` values where apport stores them) and missing
+commands; where apport raises, this raises the same exception. What differs is
+containment, never results:
+
+* files are read like apport's hardened ``read_file`` (no ``../``, no symbolic
+  link in the path, regular files only, non-blocking open), at most ``MAX_FILE``
+  bytes;
+* every command has a timeout and an output cap (``apport._run``);
+* nothing asks for a password: ``root_command_output`` and
+  ``attach_root_command_outputs`` run the commands as the hook's user, which is
+  what apport does where ``pkexec`` is absent.
 """
 
+import base64  # noqa: F401  (exported, as apport's module does)
 import datetime
 import glob
 import os
 import re
+import select  # noqa: F401
+import shutil
 import stat
 import subprocess
+import sys  # noqa: F401
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping  # noqa: F401
 
-from apport import _run, packaging
+from problem_report import ProblemReport  # noqa: F401
+
+import apport
+import apport.fileutils
+from apport import _run
+from apport import packaging as packaging
 
 MAX_FILE = 5 << 20  # bytes of one attached file
-_INVALID_KEY_CHARS = re.compile(r"[^0-9a-zA-Z_.-]")
-ROOT_ONLY = "Error: {} needs root; crashd runs hooks unprivileged and never asks for a password"
-
-PCI_MASS_STORAGE, PCI_NETWORK, PCI_DISPLAY, PCI_MULTIMEDIA = 0x01, 0x02, 0x03, 0x04
-PCI_MEMORY, PCI_BRIDGE, PCI_SIMPLE_COMMUNICATIONS, PCI_BASE_SYSTEM_PERIPHERALS = 0x05, 0x06, 0x07, 0x08
-PCI_INPUT_DEVICES, PCI_DOCKING_STATIONS, PCI_PROCESSORS, PCI_SERIAL_BUS = 0x09, 0x0A, 0x0B, 0x0C
+_invalid_key_chars_re = re.compile(r"[^0-9a-zA-Z_.-]")
 
 
 def path_to_key(path):
     """A valid report key from a file path (space → ``_``, other invalid characters → ``.``)."""
     if isinstance(path, bytes):
         path = path.decode("UTF-8")
-    return _INVALID_KEY_CHARS.sub(".", path.replace(" ", "_"))
+    return _invalid_key_chars_re.sub(".", path.replace(" ", "_"))
 
 
 def read_file(path, force_unicode=False):
-    """The file's contents (str if UTF-8 or *force_unicode*, else bytes), or ``"Error: …"``."""
+    """The file's contents, stripped (str if UTF-8 or *force_unicode*, else bytes), or ``"Error: …"``."""
     if "../" in path:
         return "Error: invalid path."
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
-        return f"Error: {error}"
+        return f"Error: {error!s}"
     with os.fdopen(fd, "rb") as f:
         try:
             st = os.fstat(fd)
             real = os.path.realpath(path)
-            if path != real or os.stat(real).st_ino != st.st_ino:
+            if st.st_ino != os.stat(real).st_ino or path != real:
                 return "Error: path contained symlinks."
             if not stat.S_ISREG(st.st_mode):
                 return "Error: path was not a regular file."
             contents = f.read(MAX_FILE).strip()
         except OSError as error:
-            return f"Error: {error}"
+            return f"Error: {error!s}"
     if force_unicode:
         return contents.decode("UTF-8", errors="replace")
     try:
@@ -82,133 +94,208 @@ def attach_file_if_exists(report, path, key=None, overwrite=True, force_unicode=
 
 
 def command_available(command):
-    return any(
-        os.path.isfile(os.path.join(d, command)) and os.access(os.path.join(d, command), os.X_OK)
-        for d in os.environ.get("PATH", "").split(os.pathsep)
-        if d
-    )
+    if "PATH" not in os.environ:
+        return False
+    for directory in os.environ["PATH"].split(os.pathsep):
+        candidate = os.path.join(directory, command)
+        if directory and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return True
+    return False
 
 
 def command_output(command, input=None, stderr=subprocess.STDOUT, keep_locale=False, decode_utf8=True):
-    """The command's stripped output, or ``"Error: command … failed with exit code N: …"``."""
-    env = dict(os.environ)
+    """The command's stripped stdout, or ``"Error: command [...] failed with exit code N: <output>"``.
+
+    A str *command* is one program (no shell), as in apport; a missing
+    program gives ``"Error: [Errno 2] …"``.
+    """
+    env = os.environ.copy()
     if not keep_locale:
         env["LC_MESSAGES"] = "C"
     if stderr == subprocess.PIPE:
-        stderr = subprocess.DEVNULL  # only stdout is returned; an unread pipe could only block
+        stderr = subprocess.DEVNULL  # apport captures it and never returns it
     try:
-        argv = [command] if isinstance(command, str) else list(command)  # a str is one program, as in apport
+        argv = [command] if isinstance(command, (str, bytes)) else list(command)
         status, output, problem = _run.run(argv, input=input, stderr=stderr, env=env)
     except OSError as error:
-        return f"Error: {error}"
+        return f"Error: {error!s}"
     if status == 0:
         result = output.strip()
     else:
         why = problem or f"failed with exit code {status}"
-        result = f"Error: command {command} {why}: ".encode() + output
+        result = f"Error: command {command!s} {why}: ".encode() + output
     return result.decode("UTF-8", errors="replace") if decode_utf8 else result
 
 
 def root_command_output(command, input=None, stderr=subprocess.STDOUT, decode_utf8=True):
-    if os.getuid() == 0:  # never in crashd's hook child; kept for hooks run elsewhere
-        return command_output(command, input, stderr, keep_locale=True, decode_utf8=decode_utf8)
-    result = ROOT_ONLY.format(command)
-    return result if decode_utf8 else result.encode()
+    """The command's output, run as the hook's user (apport without pkexec; crashd never elevates)."""
+    assert isinstance(command, list), "command must be a list"
+    return command_output(command, input, stderr, keep_locale=True, decode_utf8=decode_utf8)
 
 
 def execute_multiple_root_commands(command_map):
-    return {}
+    """key → output of each shell command (``/bin/sh``, as the hook's user); keys without output left out."""
+    if not command_map:
+        return {}
+    output = {}
+    workdir = tempfile.mkdtemp()
+    try:
+        lines = []
+        for key, command in command_map.items():
+            assert hasattr(command, "strip"), "command must be a string (shell command)"
+            lines.append(f"{command} | cat > {os.path.join(workdir, key)}\n")
+        _run.run(["/bin/sh", "-c", "".join(lines)], stderr=subprocess.DEVNULL)
+        for key in command_map:
+            try:
+                with open(os.path.join(workdir, key), "rb") as f:
+                    buf = f.read(MAX_FILE).strip()
+            except OSError:
+                continue
+            if buf:
+                try:
+                    output[key] = buf.decode("UTF-8")
+                except UnicodeDecodeError:
+                    output[key] = buf
+        return output
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def attach_root_command_outputs(report, command_map):
-    """Attaches nothing: these are shell commands meant for root, and hooks here are neither."""
+    for key, value in execute_multiple_root_commands(command_map).items():
+        report[key] = value
 
 
 def kill_pkttyagent():
-    pass
-
-
-def attach_dmesg(report):
-    if not report.get("CurrentDmesg", "").strip():
-        report["CurrentDmesg"] = command_output(["dmesg"])
-
-
-def attach_dmi(report):
-    dmi = "/sys/class/dmi/id"
-    for name in sorted(os.listdir(dmi)) if os.path.isdir(dmi) else []:
-        path = os.path.realpath(f"{dmi}/{name}")
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        # World-readable regular files only: the root-only ones hold serial numbers.
-        if name in ("subsystem", "uevent") or not stat.S_ISREG(st.st_mode) or not st.st_mode & 4:
-            continue
-        value = read_file(path)
-        if value and not (isinstance(value, str) and value.startswith("Error:")):
-            report[f"dmi.{name.replace('_', '.')}"] = value
-    if "dmi.sys.vendor" in report and "dmi.product.name" in report:
-        report["MachineType"] = f"{report['dmi.sys.vendor']} {report['dmi.product.name']}"
-
-
-def attach_hardware(report):
-    attach_dmesg(report)
-    attach_file(report, "/proc/interrupts", "ProcInterrupts")
-    attach_file(report, "/proc/cpuinfo", "ProcCpuinfo")
-    attach_file(report, "/proc/cmdline", "ProcKernelCmdLine")
-    if os.path.exists("/sys/bus/pci"):
-        report["Lspci"] = command_output(["lspci", "-vvnn"])
-        report["Lspci-vt"] = command_output(["lspci", "-vt"])
-    report["Lsusb"] = command_output(["lsusb"])
-    report["Lsusb-v"] = command_output(["lsusb", "-v"])
-    report["Lsusb-t"] = command_output(["lsusb", "-t"])
-    report["ProcModules"] = command_output(["sort", "/proc/modules"])
-    udev = command_output(["udevadm", "info", "--export-db"])
-    udev = re.sub("ID_FS_LABEL=(.*)", "ID_FS_LABEL=<hidden>", udev)
-    udev = re.sub("ID_FS_LABEL_ENC=(.*)", "ID_FS_LABEL_ENC=<hidden>", udev)
-    report["UdevDb"] = re.sub("by-label/(.*)", "by-label/<hidden>", udev)
-    attach_dmi(report)
-
-
-def attach_alsa(report):
-    for script in ("/usr/sbin/alsa-info", "/usr/share/alsa-base/alsa-info.sh"):
-        if os.path.exists(script):
-            report["AlsaInfo"] = command_output([script, "--stdout", "--no-upload"])
-            break
-    else:
-        attach_file_if_exists(report, "/proc/asound/version", "AlsaVersion")
-        report["AlsaDevices"] = command_output(["ls", "-l", "/dev/snd/"])
-        report["AplayDevices"] = command_output(["aplay", "-l"])
-        report["ArecordDevices"] = command_output(["arecord", "-l"])
-    devices = glob.glob("/dev/dsp*") + glob.glob("/dev/snd/*") + glob.glob("/dev/seq*")
-    report["AudioDevicesInUse"] = command_output(["fuser", "-v", *devices])
-    attach_dmi(report)
-    attach_dmesg(report)
+    """Nothing to kill: no polkit agent is ever started for hooks here."""
 
 
 def recent_syslog(pattern, path=None, *, journald_only_system=True):
-    """Lines of this boot's journal (or syslog, or *path*) matching the compiled regex *pattern*."""
+    """Lines of this boot's journal (or syslog, or *path*) that the compiled regex *pattern* matches."""
     if path:
         command = ["tail", "-n", "10000", path]
     elif os.path.exists("/run/systemd/system"):
-        command = ["journalctl", "--quiet", "-b", "-a", "--lines=10000"]
+        command = ["journalctl", "--quiet", "-b", "-a"]
         if journald_only_system:
             command.append("--system")
     elif os.access("/var/log/syslog", os.R_OK):
         command = ["tail", "-n", "10000", "/var/log/syslog"]
     else:
         return ""
-    status, output, _ = _run.run(command, stderr=subprocess.DEVNULL)
-    if status != 0:
+    return _run.matching_lines(command, pattern)
+
+
+def xsession_errors(pattern=None):
+    """glib/X error lines (or *pattern*'s) of ``~/.xsession-errors``; "" when there is none."""
+    path = os.path.expanduser("~/.xsession-errors")
+    if not os.path.exists(path) or not os.access(path, os.R_OK):
         return ""
-    lines = output.decode("UTF-8", errors="replace").splitlines(keepends=True)
-    return "".join(line for line in lines if pattern.search(line))
+    if not pattern:
+        pattern = re.compile(
+            r"^(\(.*:\d+\): \w+-(WARNING|CRITICAL|ERROR))|(Error: .*No Symbols named)"
+            r"|([^ ]+\[\d+\]: ([A-Z]+):)|([^ ]-[A-Z]+ \*\*:)|(received an X Window System error)"
+            r"|(^The error was \')|(^  \(Details: serial \d+ error_code)"
+        )
+    lines = []
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.decode("UTF-8", errors="replace")
+            if pattern.search(line):
+                lines.append(line)
+    return "".join(lines)
+
+
+def attach_conffiles(report, package, conffiles=None, ui=None):
+    """``modified.conffile.<key>``, ``mtime.conffile.<key>`` per changed conffile; none if not installed."""
+    for path, contents in packaging.get_modified_conffiles(package).items():
+        if conffiles and path not in conffiles:
+            continue
+        key = f"modified.conffile.{path_to_key(path)}"
+        if isinstance(contents, str) and (contents == "[deleted]" or contents.startswith("[inaccessible")):
+            report[key] = contents
+            continue
+        answer = None
+        if ui:
+            answer = ui.yesno(
+                f'It seems you have modified the contents of "{path}".  '
+                "Would you like to add the contents of it to your bug report?"
+            )
+        report[key] = contents if answer else "[modified]"
+        mtime = datetime.datetime.fromtimestamp(os.stat(path).st_mtime).astimezone()
+        report[f"mtime.conffile.{path_to_key(path)}"] = mtime.isoformat()
+
+
+def attach_upstart_overrides(report, package):
+    warnings.warn(
+        "apport.hookutils.attach_upstart_overrides() is obsolete. Upstart is dead. Please drop this call.",
+        PendingDeprecationWarning,
+        stacklevel=2,
+    )
+
+
+def attach_upstart_logs(report, package):
+    warnings.warn(
+        "apport.hookutils.attach_upstart_logs() is obsolete. Upstart is dead. Please drop this call.",
+        PendingDeprecationWarning,
+        stacklevel=2,
+    )
+
+
+def attach_gconf(report, package):
+    """Obsolete in apport too: does nothing."""
+
+
+def files_in_package(package, globpat=None):
+    """The package's files (ValueError "package does not exist" when dpkg does not list it)."""
+    files = packaging.get_files(package)
+    return [f for f in files if glob.fnmatch.fnmatch(f, globpat)] if globpat else files
+
+
+def _gsettings(schema, env=None):
+    """(schema, key, value) byte triples of ``gsettings list-recursively``, as apport reads them.
+
+    A missing ``gsettings`` raises FileNotFoundError, as apport's ``Popen`` does.
+    """
+    _, output, _ = _run.run(["gsettings", "list-recursively", schema], stderr=None, env=env)
+    triples = []
+    for line in output.splitlines(keepends=True):
+        try:
+            schema_name, key, value = line.split(None, 2)
+        except ValueError:
+            continue
+        triples.append((schema_name, key, value.rstrip()))
+    return triples
+
+
+def attach_gsettings_schema(report, schema):
+    """Append the keys of *schema* the user changed to ``GsettingsChanges``.
+
+    The lines are formatted exactly as apport 2.36 writes them, which reads
+    gsettings' output as bytes: ``b'org.foo' b'key' b'value'``.
+    """
+    current = report.get("GsettingsChanges", "")
+    env = os.environ.copy()
+    env["XDG_CONFIG_HOME"] = "/nonexisting"
+    defaults = {}
+    for schema_name, key, value in _gsettings(schema, env):
+        defaults.setdefault(schema_name, {})[key] = value
+    for schema_name, key, value in _gsettings(schema):
+        if value != defaults.get(schema_name, {}).get(key, ""):
+            if schema_name == b"org.gnome.shell" and key in {b"command-history", b"favorite-apps"}:
+                value = "redacted by apport"
+            current += f"{schema_name} {key} {value}\n"
+    report["GsettingsChanges"] = current
+
+
+def attach_gsettings_package(report, package):
+    for schema_file in files_in_package(package, "/usr/share/glib-2.0/schemas/*.gschema.xml"):
+        attach_gsettings_schema(report, os.path.basename(schema_file)[:-12])
 
 
 def attach_journal_errors(report, time_window=10):
     if not os.path.exists("/run/systemd/system"):
         return
-    when = report.get_timestamp() if hasattr(report, "get_timestamp") else None
+    when = report.get_timestamp()
     args = (
         [f"--since=@{when - time_window}", f"--until=@{when + time_window}"]
         if when
@@ -218,61 +305,56 @@ def attach_journal_errors(report, time_window=10):
 
 
 def attach_mac_events(report, profiles=None):
-    """AppArmor/SELinux kernel messages the hook user may read, ``ProcVersionSignature``, ``ProcCmdline``."""
+    """AppArmor/SELinux kernel and audit messages, ``ProcVersionSignature``, ``ProcCmdline``; tag apparmor."""
     if isinstance(profiles, str):
         profiles = [profiles]
-    mac_re = re.compile(r"(?:audit\(|apparmor|selinux|security).*", re.IGNORECASE)
+    mac_regex = r"(?:audit\(|apparmor|selinux|security).*"
+    mac_re = re.compile(mac_regex, re.IGNORECASE)
+    commands = {}
     if "KernLog" not in report:
-        status, output, _ = _run.run(["dmesg"], stderr=subprocess.DEVNULL)
-        if status == 0:  # dmesg is root-only where kernel.dmesg_restrict=1: then nothing is attached
-            report["KernLog"] = "\n".join(mac_re.findall(output.decode("UTF-8", errors="replace")))
+        commands["dmesg"] = "dmesg"
+    if "AuditLog" not in report and os.path.exists("/var/run/auditd.pid"):
+        commands["AuditLog"] = f'egrep "{mac_regex}" /var/log/audit/audit.log'
+    outputs = execute_multiple_root_commands(commands)
+    if "dmesg" in outputs:
+        report["KernLog"] = "\n".join(re.findall(mac_re, str(outputs["dmesg"])))
+    if "AuditLog" in outputs:
+        report["AuditLog"] = outputs["AuditLog"]
     attach_file_if_exists(report, "/proc/version_signature", "ProcVersionSignature")
     attach_file(report, "/proc/cmdline", "ProcCmdline")
-    logs = "\n".join(str(report.get(key, "")) for key in ("KernLog", "AuditLog"))
-    for match in re.findall(r'apparmor="DENIED".+?profile=([^ ]+?)[ ]', logs, re.IGNORECASE):
-        profile = match.strip('"')
-        if not profiles or any(re.match(f"^{wanted}$", profile) for wanted in profiles):
+    logs = "\n".join((report.get("KernLog", ""), report.get("AuditLog", "")))
+    for match in re.findall('apparmor="DENIED".+?profile=([^ ]+?)[ ]', logs, re.IGNORECASE):
+        if not profiles:
             report.add_tags(["apparmor"])
             break
-
-
-def attach_network(report):
-    report["IpRoute"] = command_output(["ip", "route"])
-    report["IpAddr"] = command_output(["ip", "addr"])
-    report["PciNetwork"] = pci_devices(PCI_NETWORK)
-    attach_file_if_exists(report, "/etc/network/interfaces", key="IfupdownConfig")
-
-
-def attach_conffiles(report, package, conffiles=None, ui=None):
-    """``modified.conffile.<key>`` for changed or deleted conffiles; contents only if *ui* says yes."""
-    for path, contents in packaging.get_modified_conffiles(package).items():
-        if conffiles and path not in conffiles:
+        try:
+            profile = (
+                match[1:-1] if match[0] == '"' else bytes.fromhex(match).decode("UTF-8", errors="replace")
+            )
+        except (IndexError, ValueError):
             continue
-        key = path_to_key(path)
-        if contents == "[deleted]" or contents.startswith("[inaccessible"):
-            report[f"modified.conffile.{key}"] = contents
-            continue
-        answer = ui.yesno(f'It seems you have modified the contents of "{path}". Include it?') if ui else None
-        report[f"modified.conffile.{key}"] = contents if answer else "[modified]"
-        mtime = datetime.datetime.fromtimestamp(os.stat(path).st_mtime)
-        report[f"mtime.conffile.{key}"] = mtime.isoformat()
+        if any(re.match(f"^{wanted}$", profile) for wanted in profiles):
+            report.add_tags(["apparmor"])
 
 
 def package_versions(*packages):
-    """An aligned "name version" table; ``N/A`` for packages (or globs) that are not installed."""
+    """An aligned "name version" table; ``N/A`` for names (or globs) not installed."""
+    if not packages:
+        return ""
     versions = []
-    for pattern in filter(None, packages):
+    for pattern in packages:
+        if not pattern:
+            continue
         names = packaging.package_name_glob(pattern)
         if not names:
             versions.append((pattern, "N/A"))
-        for name in names:
+        for name in sorted(names):
             try:
-                versions.append((name, packaging.get_version(name) or "N/A"))
+                version = packaging.get_version(name)
             except ValueError:
-                versions.append((name, "N/A"))
-    if not versions:
-        return ""
-    width = max(len(name) for name, _ in versions)
+                version = "N/A"
+            versions.append((name, version or "N/A"))
+    width = max(len(name) for name, _ in versions)  # ValueError for only-empty names, as in apport
     return "\n".join(f"{name:<{width}s} {version}" for name, version in versions)
 
 
@@ -280,73 +362,42 @@ def attach_related_packages(report, packages):
     report["RelatedPackageVersions"] = package_versions(*packages)
 
 
-def files_in_package(package, globpat=None):
-    import fnmatch
-
-    files = packaging.get_files(package)
-    return [f for f in files if fnmatch.fnmatch(f, globpat)] if globpat else files
-
-
-def pci_devices(*pci_classes):
-    if not pci_classes:
-        return command_output(["lspci", "-vvnn"])
-    result = []
-    for paragraph in command_output(["lspci", "-vvmmnn"]).split("\n\n"):
-        fields = dict(line.split(":", 1) for line in paragraph.splitlines() if ":" in line)
-        try:
-            pci_class = int(fields.get("Class", "").strip()[-5:-1], 16) >> 8
-        except ValueError:
-            continue
-        slot = fields.get("Slot", "").strip()
-        if slot and pci_class in pci_classes:
-            result.append(command_output(["lspci", "-vvnns", slot]).strip())
-    return "\n\n".join(result)
-
-
-def usb_devices():
-    return command_output(["lsusb", "-v"])
-
-
-def nonfree_kernel_modules(module_list="/proc/modules"):
-    try:
-        with open(module_list, encoding="utf-8") as f:
-            modules = [line.split()[0] for line in f if line.strip()]
-    except OSError:
-        return []
-    nonfree = []
-    for module in modules:
-        status, output, _ = _run.run(["/sbin/modinfo", "-F", "license", module], stderr=subprocess.DEVNULL)
-        text = output.decode("UTF-8", errors="replace") if status == 0 else ""
-        if text and not any(free in text for free in ("GPL", "BSD", "MPL", "MIT")):
-            nonfree.append(module)
-    return nonfree
-
-
-def xsession_errors(pattern=None):
-    return ""  # the session's log belongs to the desktop session, which hooks here do not run in
-
-
 def in_session_of_problem(report):
-    return None  # "cannot be determined": hooks run outside the user's session
+    """Whether the problem happened in the running login session; None if that cannot be told."""
+    session_id = os.environ.get("XDG_SESSION_ID")
+    if not session_id:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if "name=systemd:" in line and line.endswith(".scope") and "/session-" in line:
+                    session_id = line.split("/session-", 1)[1][:-6]
+                    break
+            else:
+                return None
+    try:
+        report_time = report.get_timestamp()
+    except AttributeError:
+        return None
+    if report_time is None:
+        return None
+    try:
+        return os.stat(f"/run/systemd/sessions/{session_id}").st_mtime <= report_time
+    except OSError:
+        return None
 
 
 def attach_default_grub(report, key=None):
-    contents = read_file("/etc/default/grub")
-    if isinstance(contents, str) and not contents.startswith("Error:"):
-        lines = contents.splitlines(keepends=True)
-        hidden = [
-            "### PASSWORD LINE REMOVED ###\n" if line.startswith("password") else line for line in lines
-        ]
-        report[key or path_to_key("/etc/default/grub")] = "".join(hidden)
+    """``/etc/default/grub`` with its password lines replaced."""
+    path = "/etc/default/grub"
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            lines = [
+                line if not line.startswith("password") else "### PASSWORD LINE REMOVED ###" for line in f
+            ]
+        report[key or path_to_key(path)] = "".join(lines)
 
 
-def attach_gconf(report, package):
-    pass  # obsolete in apport too
+from apport._devices import *  # noqa: E402,F403  (hardware, audio, network, printing)
 
-
-def attach_upstart_overrides(report, package):
-    pass  # obsolete in apport too
-
-
-def attach_upstart_logs(report, package):
-    pass  # obsolete in apport too
+shared_libraries = apport.fileutils.shared_libraries
+links_with_shared_library = apport.fileutils.links_with_shared_library
