@@ -31,6 +31,7 @@ from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_pre
 from crashd.delivery import Courier
 from crashd.hooks import add_hook_test_command, cmd_hook_test
 from crashd.identity import system_identifier
+from crashd.network import NetworkGate, read_conditions
 from crashd.policy import Backoff
 from crashd.preview import Preview, what_is_sent
 from crashd.report import DEFAULT_LIMITS, Digest, Report, ReportError, read_report
@@ -296,7 +297,7 @@ def cmd_upload_all(args: argparse.Namespace) -> int:
         backoff = backoff.interactive(args.timeout)
     uploader = _uploader(settings, None if args.timeout is None else time.monotonic() + args.timeout)
     try:
-        courier = Courier(uploader, settings.url, system_id, store, backoff)
+        courier = Courier(uploader, settings.url, system_id, store, backoff, network=_network(settings))
         with _spool(settings.crash_dir) as spool:
             if os.geteuid() != 0:
                 log.info("not running as root: only reports this user may read can be sent")
@@ -336,6 +337,11 @@ def _uploader(settings: Settings, transport_deadline: float | None) -> Uploader:
                 raise ConfigError(f"unprivileged_user {settings.unprivileged_user!r}: {error}") from None
     transport = HttpTransport(settings.connect_timeout, settings.read_timeout, transport_deadline)
     return DirectUploader(transport)
+
+
+def _network(settings: Settings) -> NetworkGate | None:
+    """What NetworkManager says now (one look), for the commands that do not follow it; None without it."""
+    return read_conditions(settings.metered)
 
 
 def _exit_on_signals() -> None:
@@ -391,6 +397,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     # command its start-up time and ~6 MiB.
     from crashd.daemon import Daemon, DBusSettings, journal_logging
     from crashd.daemon import run as run_daemon
+    from crashd.network import Monitor
 
     settings = _settings(args)
     if not journal_logging(logging.INFO) and not args.verbose:
@@ -399,14 +406,16 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     system_id = _identifier(settings)
     store = StateStore.open(settings.state_dir)
     uploader = _uploader(settings, None)
+    monitor = Monitor(settings.metered)
     try:
-        courier = Courier(uploader, settings.url, system_id, store, _backoff(settings))
+        courier = Courier(uploader, settings.url, system_id, store, _backoff(settings), network=monitor.hold)
         gate = _consent_gate(settings, config)
         with _spool(settings.crash_dir) as spool:
             idle = args.idle_timeout or settings.idle_timeout
             dbus = DBusSettings(
-                settings.state_dir, config, lambda: survey(spool, StateStore.reader(settings.state_dir), gate)
-            )
+                settings.state_dir, config,
+                lambda: survey(spool, StateStore.reader(settings.state_dir), gate, monitor.hold),
+            )  # fmt: skip
             return run_daemon(
                 lambda: Daemon(
                     spool,
@@ -417,6 +426,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                     once=args.once,
                     hooks=_hooks(settings),
                     dbus=dbus,
+                    monitor=monitor,
                 )
             )
     finally:
@@ -495,7 +505,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with _spool(settings.crash_dir) as spool:
         gate = _consent_gate(settings, args.config or DEFAULT_CONFIG)
-        statuses = survey(spool, StateStore.reader(settings.state_dir), gate)
+        statuses = survey(spool, StateStore.reader(settings.state_dir), gate, _network(settings))
     if args.json:
         print(json.dumps({"reports": [status.as_json() for status in statuses]}))
     else:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crashd.network import Metered
+
 DEFAULT_CONFIG = Path("/etc/crashd/crashd.conf")
 
 # Environment variables apport, whoopsie and daisy's own tests already use.
@@ -44,6 +46,7 @@ class Settings:
     connect_timeout: float = 10
     read_timeout: float = 60
     unprivileged_user: str = "crashd"
+    metered: Metered = Metered.REPORTS_ONLY
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
@@ -119,6 +122,13 @@ def _user(value: str) -> str:
     return value.strip()
 
 
+def _metered(value: str) -> Metered:
+    try:
+        return Metered(value.strip())
+    except ValueError:
+        raise ValueError(f"must be one of {', '.join(choice.value for choice in Metered)}") from None
+
+
 def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(part) for part in value.split())
 
@@ -144,4 +154,5 @@ _CONVERTERS = {
     "state_dir": _path,
     "hook_dirs": _paths,
     "unprivileged_user": _user,
+    "metered": _metered,
 }
