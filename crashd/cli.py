@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate every .crash report in the crash directory, stamp it .upload, send it to the "
         "crash database (and its core when the server asks), and stamp it .uploaded with the OOPS id. "
         "Invalid reports are listed with the reason and left untouched. Exits 0 only when every report "
-        "was sent (or is a kind that is never sent: Bug, KernelCrash).",
+        "was sent (or is a kind that is never sent: Bug, KernelCrash). NetworkManager is honoured as by the "
+        "daemon: offline nothing is attempted, on a metered network cores (or, with metered = hold, "
+        "everything) are held; held reports are listed and the exit status is 1.",
     )
     upload.add_argument(
         "--timeout",
@@ -113,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the service: watch the crash directory and send reports (systemd starts it)",
         description="Watch the crash directory with inotify and deliver reports as consent allows: with "
         "automatic reporting every new report, otherwise those a UI marked .upload; failures are retried "
-        "with backoff. Exits 0 when nothing is due within the idle timeout (crashd.path and crashd.timer "
+        "with backoff. Follows NetworkManager: offline nothing is attempted; on a metered network cores wait "
+        "for an unmetered one (config key metered = send | reports-only | hold), and go out as soon as the "
+        "network changes. Exits 0 when nothing is due within the idle timeout (crashd.path and crashd.timer "
         "start it again). Honours SIGTERM at once.",
     )
     daemon.add_argument("--once", action="store_true", help="process what is there now, then exit")
@@ -148,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="every report with its state",
         description="List every report in the crash directory with its delivery state, attempts, next "
-        "attempt, OOPS id and last error. Sends nothing.",
+        "attempt, OOPS id and last error; what waits for the network (offline, or metered, as NetworkManager "
+        "reports it now) reads held, with the reason. Sends nothing.",
     )
     status.add_argument("--json", action="store_true", help='print {"reports": [...]} as one JSON object')
     _add_locations(status, url=False)

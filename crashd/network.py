@@ -233,19 +233,21 @@ def read_conditions(setting: Metered) -> NetworkGate | None:
 
 async def _get_all(bus: MessageBus) -> dict[str, Any] | None:
     """NetworkManager's properties, or None when it is not there (or not answering)."""
-    reply = await _call(bus, NM_NAME, NM_PATH, PROPERTIES, "GetAll", "s", [NM_NAME])
+    # NO_AUTO_START: asking must not start a NetworkManager the administrator left stopped.
+    reply = await _call(bus, NM_NAME, NM_PATH, PROPERTIES, "GetAll", "s", [NM_NAME], auto_start=False)
     if reply is None:
         return None
     return {key: variant.value for key, variant in reply[0].items()}
 
 
 async def _call(bus: MessageBus, destination: str, path: str, interface: str, member: str,
-                signature: str, body: list[Any]) -> list[Any] | None:  # fmt: skip
+                signature: str, body: list[Any], *, auto_start: bool = True) -> list[Any] | None:  # fmt: skip
     """A method call's reply body, or None on an error reply, a dropped bus or no answer in time."""
-    from dbus_fast import Message, MessageType
+    from dbus_fast import Message, MessageFlag, MessageType
 
+    flags = MessageFlag.NONE if auto_start else MessageFlag.NO_AUTOSTART
     message = Message(destination=destination, path=path, interface=interface, member=member,
-                      signature=signature, body=body)  # fmt: skip
+                      signature=signature, body=body, flags=flags)  # fmt: skip
     try:
         reply = await asyncio.wait_for(bus.call(message), READ_TIMEOUT)
     except (TimeoutError, EOFError, OSError) as error:

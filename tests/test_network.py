@@ -232,7 +232,7 @@ def test_upload_all_offline_attempts_nothing(daisy, crash_dir, state_dir, system
     drop(crash_dir / "_usr_bin_ci.0.crash", crash("ci"))
     with NetworkManager(system_bus.address, connectivity=CONNECTIVITY_NONE):
         code, summary = upload_all(crash_dir, state_dir, daisy.url)
-    assert code == 1 and daisy.connections == 0
+    assert code == 1 and daisy.connections == 0 and summary["held"] == 1
     (report,) = summary["reports"]
     assert report["state"] == "held" and report["detail"] == OFFLINE and report["attempts"] == 0
 
