@@ -141,11 +141,16 @@ class Monitor:
             log.info("%s: sending without regard to metered or offline networks", error)
             return
         self._bus = bus
-        bus.add_message_handler(self._on_message)
-        for rule in _MATCHES:  # subscribed before the first read: no change can fall in between
-            await _call(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
-                        "AddMatch", "s", [rule])  # fmt: skip
-        await self._read(first=True)
+        try:
+            bus.add_message_handler(self._on_message)
+            for rule in _MATCHES:  # subscribed before the first read: no change can fall in between
+                await _call(bus, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                            "AddMatch", "s", [rule])  # fmt: skip
+            await self._read(first=True)
+        except Exception:  # a bug here must not keep the daemon from sending at all
+            log.exception("cannot follow NetworkManager: sending without regard to metered or offline "
+                          "networks")  # fmt: skip
+            self.conditions = UNKNOWN
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -139,6 +139,12 @@ def test_metered_sends_the_report_holds_the_core_until_unmetered(
         (held,) = crashd_status(crash_dir, state_dir).values()
         assert held["state"] == "held" and held["detail"] == METERED_CORE
         assert held["oops_id"] == daisy.reports[0].oops_id
+        listed = subprocess.run(  # what a settings UI sees: org.crashd.Reports1.List on the bus
+            ["gdbus", "call", "--system", "--dest", "org.crashd.Crashd1", "--object-path", "/org/crashd/Crashd1",
+             "--method", "org.crashd.Reports1.List"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        assert "'held'" in listed.stdout and METERED_CORE in listed.stdout, listed.stdout
 
         nm.set(metered=METERED_NO)  # no timer is due for an hour: only the change can send it
         assert daisy.wait_for(lambda: len(daisy.cores) == 1, timeout=WAIT), daemon.stderr
