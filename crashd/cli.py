@@ -367,8 +367,9 @@ def _exit_on_signals() -> None:
 
 def _hooks(settings: Settings) -> HookOptions:
     return HookOptions(
-        extra_dirs=settings.hook_dirs, timeout=settings.hook_timeout, fallback_user=settings.unprivileged_user
-    )
+        extra_dirs=settings.hook_dirs, timeout=settings.hook_timeout, fallback_user=settings.hook_user,
+        worker_user=settings.unprivileged_user,
+    )  # fmt: skip
 
 
 def _backoff(settings: Settings) -> Backoff:

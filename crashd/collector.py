@@ -146,7 +146,8 @@ class HookOptions:
     extra_dirs: tuple[Path, ...] = ()
     timeout: float = 30.0
     roots: HookRoots | None = None  # None: the system's hook directories
-    fallback_user: str = "crashd"  # who runs the hooks of root's reports
+    fallback_user: str = "crashd-hook"  # who runs the hooks of root's reports (setting hook_user)
+    worker_user: str | None = "crashd"  # the upload worker's user: never the hooks'
 
 
 def collect(
@@ -213,6 +214,7 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
         result = run_hooks(
             text_fields(report), owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
             extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
+            worker_user=hooks.worker_user,
         )  # fmt: skip
     except InvalidPackageError as error:  # CVE-2016-9950: a Package that would name a path
         return invalid(name, str(error))

@@ -46,6 +46,7 @@ class Settings:
     connect_timeout: float = 10
     read_timeout: float = 60
     unprivileged_user: str = "crashd"
+    hook_user: str = "crashd-hook"
     metered: Metered = Metered.REPORTS_ONLY
 
 
@@ -154,5 +155,6 @@ _CONVERTERS = {
     "state_dir": _path,
     "hook_dirs": _paths,
     "unprivileged_user": _user,
+    "hook_user": _user,
     "metered": _metered,
 }
