@@ -31,6 +31,7 @@ from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_pre
 from crashd.delivery import Courier
 from crashd.hooks import add_hook_test_command, cmd_hook_test
 from crashd.identity import system_identifier
+from crashd.network import NetworkGate, read_conditions
 from crashd.policy import Backoff
 from crashd.preview import Preview, what_is_sent
 from crashd.report import DEFAULT_LIMITS, Digest, Report, ReportError, read_report
@@ -98,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate every .crash report in the crash directory, stamp it .upload, send it to the "
         "crash database (and its core when the server asks), and stamp it .uploaded with the OOPS id. "
         "Invalid reports are listed with the reason and left untouched. Exits 0 only when every report "
-        "was sent (or is a kind that is never sent: Bug, KernelCrash).",
+        "was sent (or is a kind that is never sent: Bug, KernelCrash). NetworkManager is honoured as by the "
+        "daemon: offline nothing is attempted, on a metered network cores (or, with metered = hold, "
+        "everything) are held; held reports are listed and the exit status is 1.",
     )
     upload.add_argument(
         "--timeout",
@@ -114,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the service: watch the crash directory and send reports (systemd starts it)",
         description="Watch the crash directory with inotify and deliver reports as consent allows: with "
         "automatic reporting every new report, otherwise those a UI marked .upload; failures are retried "
-        "with backoff. Exits 0 when nothing is due within the idle timeout (crashd.path and crashd.timer "
+        "with backoff. Follows NetworkManager: offline nothing is attempted; on a metered network cores wait "
+        "for an unmetered one (config key metered = send | reports-only | hold), and go out as soon as the "
+        "network changes. Exits 0 when nothing is due within the idle timeout (crashd.path and crashd.timer "
         "start it again). Honours SIGTERM at once.",
     )
     daemon.add_argument("--once", action="store_true", help="process what is there now, then exit")
@@ -149,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="every report with its state",
         description="List every report in the crash directory with its delivery state, attempts, next "
-        "attempt, OOPS id and last error. Sends nothing.",
+        "attempt, OOPS id and last error; what waits for the network (offline, or metered, as NetworkManager "
+        "reports it now) reads held, with the reason. Sends nothing.",
     )
     status.add_argument("--json", action="store_true", help='print {"reports": [...]} as one JSON object')
     _add_locations(status, url=False)
@@ -298,7 +304,7 @@ def cmd_upload_all(args: argparse.Namespace) -> int:
         backoff = backoff.interactive(args.timeout)
     uploader = _uploader(settings, None if args.timeout is None else time.monotonic() + args.timeout)
     try:
-        courier = Courier(uploader, settings.url, system_id, store, backoff)
+        courier = Courier(uploader, settings.url, system_id, store, backoff, network=_network(settings))
         with _spool(settings.crash_dir) as spool:
             if os.geteuid() != 0:
                 log.info("not running as root: only reports this user may read can be sent")
@@ -361,6 +367,11 @@ def _worker_name(name: str) -> str:
     return name
 
 
+def _network(settings: Settings) -> NetworkGate | None:
+    """What NetworkManager says now (one look), for the commands that do not follow it; None without it."""
+    return read_conditions(settings.metered)
+
+
 def _exit_on_signals() -> None:
     """Stop at once on SIGTERM/SIGINT, even mid-upload: every step is recorded before it is taken.
 
@@ -416,6 +427,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     # command its start-up time and ~6 MiB.
     from crashd.daemon import Daemon, DBusSettings, journal_logging
     from crashd.daemon import run as run_daemon
+    from crashd.network import Monitor
 
     settings = _settings(args)
     if not journal_logging(logging.INFO) and not args.verbose:
@@ -424,14 +436,16 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     system_id = _identifier(settings)
     store = StateStore.open(settings.state_dir)
     uploader = _uploader(settings, None)
+    monitor = Monitor(settings.metered)
     try:
-        courier = Courier(uploader, settings.url, system_id, store, _backoff(settings))
+        courier = Courier(uploader, settings.url, system_id, store, _backoff(settings), network=monitor.hold)
         gate = _consent_gate(settings, config)
         with _spool(settings.crash_dir) as spool:
             idle = args.idle_timeout or settings.idle_timeout
             dbus = DBusSettings(
-                settings.state_dir, config, lambda: survey(spool, StateStore.reader(settings.state_dir), gate)
-            )
+                settings.state_dir, config,
+                lambda: survey(spool, StateStore.reader(settings.state_dir), gate, monitor.hold),
+            )  # fmt: skip
             return run_daemon(
                 lambda: Daemon(
                     spool,
@@ -442,6 +456,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                     once=args.once,
                     hooks=_hooks(settings),
                     dbus=dbus,
+                    monitor=monitor,
                 )
             )
     finally:
@@ -520,7 +535,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with _spool(settings.crash_dir) as spool:
         gate = _consent_gate(settings, args.config or DEFAULT_CONFIG)
-        statuses = survey(spool, StateStore.reader(settings.state_dir), gate)
+        statuses = survey(spool, StateStore.reader(settings.state_dir), gate, _network(settings))
     if args.json:
         print(json.dumps({"reports": [status.as_json() for status in statuses]}))
     else:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crashd.network import Metered
+
 DEFAULT_CONFIG = Path("/etc/crashd/crashd.conf")
 
 # Environment variables apport, whoopsie and daisy's own tests already use.
@@ -46,6 +48,7 @@ class Settings:
     read_timeout: float = 60
     unprivileged_user: str = "crashd"
     hook_user: str = "crashd-hook"
+    metered: Metered = Metered.REPORTS_ONLY
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
@@ -127,6 +130,13 @@ def _user(value: str) -> str:
     return value.strip()
 
 
+def _metered(value: str) -> Metered:
+    try:
+        return Metered(value.strip())
+    except ValueError:
+        raise ValueError(f"must be one of {', '.join(choice.value for choice in Metered)}") from None
+
+
 def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(part) for part in value.split())
 
@@ -154,4 +164,5 @@ _CONVERTERS = {
     "hook_python": _program,
     "unprivileged_user": _user,
     "hook_user": _user,
+    "metered": _metered,
 }

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from asyncinotify import Inotify, Mask
 
-from crashd import dbus_prefs
+from crashd import dbus_prefs, network
 from crashd.collector import Gate, HookOptions, Status
 from crashd.consent import Consent, may_collect_automatically
 from crashd.delivery import Courier
@@ -67,6 +67,8 @@ class Daemon:
     dbus: DBusSettings | None = None
     bus_lost: bool = False
     bus_watch: asyncio.Task[None] | None = None
+    monitor: network.Monitor | None = None  # follows NetworkManager; its hold() is the courier's gate
+    held_by_network: set[ReportName] = field(default_factory=set)  # kept running for these
     due: dict[ReportName, float] = field(default_factory=dict)  # courier.clock() time
     busy: set[ReportName] = field(default_factory=set)
     again: set[ReportName] = field(default_factory=set)
@@ -79,9 +81,13 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)
         service = await self._serve_dbus()  # before READY=1: an activated call must find the names
+        if self.monitor is not None:  # before the first scan: a held report must not go out first
+            await self.monitor.start(self._network_changed)
         try:
             return await self._run()
         finally:
+            if self.monitor is not None:
+                await self.monitor.close()
             if service is not None:
                 await service.close()  # release the names first: the next call activates a new daemon
                 service.bus.disconnect()
@@ -145,6 +151,12 @@ class Daemon:
         if may_collect_automatically(consent):
             self.rescan()
 
+    def _network_changed(self, _conditions: network.Conditions) -> None:
+        """Whatever changed, what the network held is looked at again now, not at the next timer."""
+        self.held_by_network.clear()
+        self.last_activity = time.monotonic()
+        self.rescan()
+
     def rescan(self) -> None:
         """Look at every report: at start, and when inotify lost events."""
         now = self.courier.clock()
@@ -198,6 +210,8 @@ class Daemon:
     def _idle(self, now: float) -> bool:
         if self.once:
             return not any(when <= now for when in self.due.values())
+        if self.held_by_network:  # only a running daemon hears the network change
+            return False
         quiet = time.monotonic() - self.last_activity >= self.idle_timeout
         return quiet and all(when - now > self.idle_timeout for when in self.due.values())
 
@@ -232,6 +246,8 @@ class Daemon:
         finally:
             self.busy.discard(name)
             self.last_activity = time.monotonic()
+        if status is not None and network.held_by_network(status.detail):
+            self.held_by_network.add(name)
         if status is not None and status.retry_at is not None:
             self.schedule(name, status.retry_at)  # a retry, a core upload or a failure's backoff falls due
         if name in self.again:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 
 from crashd import collector, policy
 from crashd.collector import Collected, Gate, HookOptions, State, Status, event, stamped_id
+from crashd.network import NetworkGate
 from crashd.policy import Backoff, Decision, Rejected, RetryAt, Sent
 from crashd.report import Limits, ReportError
 from crashd.spool import OpenReport, ReportName, Spool, UnsafeFileError
@@ -58,6 +59,7 @@ class Courier:
     # Reports that made processing fail, and how many times in a row: their retries back off
     # exponentially, so a report that always fails never becomes a loop (DESIGN.md §7 rule 6).
     failures: dict[str, int] = field(default_factory=dict)
+    network: NetworkGate | None = None  # metered/offline (crashd.network); None: always go
 
     def process(
         self,
@@ -119,6 +121,8 @@ class Courier:
                 when = due(record)
                 if when is not None and when > self.clock():
                     return status(record)  # backing off: not yet
+            if (waiting := self._network_hold(record)) is not None:
+                return waiting  # not an attempt: nothing counted, no backoff
             # Only the core left to send: the report itself went out, so it is neither enriched nor
             # marked again.
             first = record.phase is not Phase.SENT
@@ -140,7 +144,20 @@ class Courier:
                     log.error("%s: cannot record delivery state in %s: %s", name.crash, where, error)
                     reason = f"cannot record delivery state in {where}: {error.strerror or error}"
                     return Status(name.crash, State.FAILED, detail=reason)
-        return status(record)
+        return self._network_hold(record) or status(record)  # a core the network holds says so
+
+    def _network_allows(self, *, core: bool) -> bool:
+        return self.network is None or self.network(core) is None
+
+    def _network_hold(self, record: Record) -> Status | None:
+        """The record as held, when its next POST (report or core) must wait for the network."""
+        if self.network is None or due(record) is None:
+            return None
+        reason = self.network(record.phase is Phase.SENT)
+        if reason is None:
+            return None
+        log.info("%s: %s", record.name, reason, extra=event(State.HELD, record.name))
+        return replace(status(record), state=State.HELD, detail=reason, next_attempt=None)
 
     def _remember(self, record: Record, verdict: Status) -> None:
         """Record a final verdict on this very file, so nobody parses it again to reach it."""
@@ -157,7 +174,7 @@ class Courier:
             record = self._post_report(collected, record)
         if record.phase is Phase.SENT:
             _stamp(spool, collected, record)
-            if record.core is not None and not record.core.phase.final:
+            if record.core is not None and not record.core.phase.final and self._network_allows(core=True):
                 record = self._post_core(collected, record)
         return record
 

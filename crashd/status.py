@@ -12,14 +12,28 @@ from dataclasses import replace
 
 from crashd import collector, delivery
 from crashd.collector import Gate, State, Status, stamped_id
+from crashd.network import NetworkGate
 from crashd.spool import OpenReport, Spool
 from crashd.state import Fingerprint, StateStore
 
 
-def survey(spool: Spool, store: StateStore, consent: Gate | None = None) -> list[Status]:
-    """Every report's status; with *consent*, those it would not let out read ``held``, with the reason."""
-    statuses = [_held(status, consent) for status in _survey(spool, store)]
+def survey(
+    spool: Spool, store: StateStore, consent: Gate | None = None, network: NetworkGate | None = None
+) -> list[Status]:
+    """Every report's status; with *consent*, those it would not let out read ``held``, with the reason;
+    with *network* (:mod:`crashd.network`), so do those whose report or core waits for the network."""
+    statuses = [_network_held(_held(status, consent), network) for status in _survey(spool, store)]
     return statuses
+
+
+def _network_held(status: Status, network: NetworkGate | None) -> Status:
+    if network is None:
+        return status
+    core = status.state is State.SENT and status.next_attempt is not None  # only its core is left
+    if not core and status.state not in (State.NEW, State.QUEUED, State.POSTING):
+        return status
+    reason = network(core)
+    return status if reason is None else replace(status, state=State.HELD, detail=reason, next_attempt=None)
 
 
 def _held(status: Status, consent: Gate | None) -> Status:

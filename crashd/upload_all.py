@@ -27,7 +27,7 @@ from crashd.spool import ReportName, Spool
 log = logging.getLogger(__name__)
 
 WORKERS = 4  # enough to prepare reports while one is on the wire
-_COUNTED = ("sent", "rejected", "failed", "pending", "expired", "invalid", "skipped")
+_COUNTED = ("sent", "rejected", "failed", "pending", "expired", "invalid", "skipped", "held")
 
 
 @dataclass(frozen=True)

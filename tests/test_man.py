@@ -189,6 +189,7 @@ def test_conf_page_is_what_the_parser_accepts(tmp_path: Path) -> None:
     path.write_text("[crashd]\n" + "".join(f"{key} = {_sample(key)}\n" for key in sorted(keys)))
     settings = config.load_settings(path, environ={})
     assert settings.hook_timeout == 1.5 and settings.unprivileged_user == "nobody"
+    assert settings.metered == "hold"
     path.write_text("[crashd]\nno_such_key = 1\n")
     with pytest.raises(config.ConfigError, match="unknown key 'no_such_key'"):
         config.load_settings(path, environ={})
@@ -197,7 +198,7 @@ def test_conf_page_is_what_the_parser_accepts(tmp_path: Path) -> None:
 def _sample(key: str) -> str:
     samples = {"url": "https://errors.example.com", "crash_dir": "/tmp", "state_dir": "/tmp",
                "hook_dirs": "/a /b", "unprivileged_user": "nobody", "hook_user": "daemon",
-               "hook_python": "/usr/bin/python3"}  # fmt: skip
+               "hook_python": "/usr/bin/python3", "metered": "hold"}  # fmt: skip
     return samples.get(key, "1.5")
 
 
