@@ -87,8 +87,10 @@ def upload_all(
                 del due[name]
                 if status is None:
                     continue  # the report vanished
-                if status.retry_at is not None:
-                    due[name] = status.retry_at  # a retry of the report, of its core, or of a failure
+                if status.retry_at is not None and deadline is not None:
+                    # A retry of the report, of its core, or of a failure; without a deadline every
+                    # report is tried once, however soon its retry would fall due.
+                    due[name] = status.retry_at
                 if status.state is State.QUEUED:
                     status = replace(status, state=State.FAILED)  # tried in this run, and will be again
                 results[name] = status
