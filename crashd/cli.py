@@ -8,6 +8,7 @@ Only this module decides exit codes and wording: the library raises, and
     2  usage or configuration error
     3  reporting is switched off by consent
     4  an input file is invalid (``show``, ``hook-test``)
+    5  not allowed: polkit refused a preference change, or the administrator locked the preferences
 """
 
 from __future__ import annotations
@@ -43,11 +44,16 @@ from crashd.worker import WorkerUploader
 
 log = logging.getLogger("crashd")
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_CONSENT, EXIT_INVALID = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_CONSENT, EXIT_INVALID, EXIT_NOT_ALLOWED = 0, 1, 2, 3, 4, 5
 
 
 class UsageError(Exception):
     """A problem with what the user asked for; exit 2."""
+
+
+class NotAllowed(Exception):
+    """The request was understood but refused (polkit, a lock, not root); exit 5, so that a script can
+    tell "ask an administrator" from "fix the command line"."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Collect crash reports from the crash directory and send them to a crash database "
         "speaking the Ubuntu Error Tracker (daisy) protocol.",
         epilog="Exit codes: 0 success or nothing to do; 1 a report failed, was rejected or refused, or is "
-        "still pending; 2 usage or configuration error; 3 reporting is switched off; 4 invalid input file.",
+        "still pending; 2 usage or configuration error; 3 reporting is switched off; 4 invalid input file; "
+        "5 not allowed (polkit refused, or the preferences are locked).",
     )
     parser.add_argument("--version", action="version", version=f"crashd {__version__}")
     parser.add_argument(
@@ -177,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except UsageError as error:
         return _fail(EXIT_USAGE, str(error))
+    except NotAllowed as error:
+        return _fail(EXIT_NOT_ALLOWED, str(error))
     except ConfigError as error:
         return _fail(EXIT_USAGE, f"configuration error: {error}")
     except (ReportError, UnsafeFileError) as error:
@@ -420,7 +429,7 @@ def cmd_prefs(args: argparse.Namespace) -> int:
             try:
                 consent = set_preference(settings.state_dir, args.name, args.value == "on", config=config)
             except PermissionError as error:  # ConsentLocked, or not root
-                raise UsageError(f"cannot change {args.name}: {error}") from None
+                raise NotAllowed(f"cannot change {args.name}: {error}") from None
         else:
             local = load_consent(settings.state_dir, config=config)
             consent = _set_over_dbus(args.name, args.value == "on", local)
@@ -447,7 +456,7 @@ def _set_over_dbus(name: str, value: bool, local: Consent) -> Consent:
     try:
         now = dbus_client.set_preference(name, value)
     except dbus_client.NotAuthorized as error:
-        raise UsageError(f"cannot change {name}: {error}") from None
+        raise NotAllowed(f"cannot change {name}: {error}") from None
     except dbus_client.BusUnavailable as error:
         hint = "as root, --offline changes the file directly"
         raise UsageError(f"cannot change {name}: {error} ({hint})") from None
