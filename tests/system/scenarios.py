@@ -18,6 +18,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,7 +38,9 @@ HOOK_DIR = Path("/usr/share/crashd/hooks")
 TIMER_DROPIN = Path("/etc/systemd/system/crashd.timer.d/system-test.conf")
 POLKIT_RULE = Path("/etc/polkit-1/rules.d/50-crashd-system-test.rules")
 ALICE, BOB, CAROL = "alice", "bob", "carol"  # two normal users and an administrator (group sudo)
-PY_TOOL = Path("/usr/local/bin/systest-json-tool")
+PY_TOOL = Path("/usr/bin/systest-json-tool")  # shipped by a real (throwaway) Debian package
+# Copies of sleep: each scenario crashes its own executable, so their reports never collide.
+SLEEPERS = ("path", "timer", "hooked", "mine", "theirs")
 
 Scenario = Callable[[], None]
 SCENARIOS: list[tuple[str, Scenario]] = []
@@ -187,7 +190,7 @@ def crash_native(user: str, executable: str, package: str) -> tuple[Path, str]:
     from crashd.report import write_report  # the crashd README's install put on the system
 
     victim = subprocess.Popen(["setpriv", f"--reuid={uid(user)}", f"--regid={pwd.getpwnam(user).pw_gid}",
-                               "--init-groups", executable, "600"])
+                               "--init-groups", executable, "600"], stdin=subprocess.DEVNULL)
     try:
         proc = Path(f"/proc/{victim.pid}")
         wait_for(f"{executable} to run", lambda: os.readlink(proc / "exe") == executable, timeout=10)
@@ -286,14 +289,30 @@ def setup() -> None:
         "    report['SystestHookUid'] = str(os.getuid())\n"
         "    report['SystestHookCapEff'] = status['CapEff'].strip()\n"
         "    report['SystestHookNoNewPrivs'] = status['NoNewPrivs'].strip()\n")
-    PY_TOOL.write_text("#!/usr/bin/python3\nimport json\njson.loads('{\"unterminated\": ')\n")
-    PY_TOOL.chmod(0o755)
-    # gdbus monitor of crashd's bus name for the whole run: the signals a desktop would see.
-    monitor = (WORK / "monitor.log").open("w")
-    subprocess.Popen(["gdbus", "monitor", "--system", "--dest", "org.crashd.Crashd1"], stdout=monitor,
-                     stderr=subprocess.STDOUT)
+    for name in SLEEPERS:
+        shutil.copy("/usr/bin/sleep", sleeper(name))
+    install_python_tool()
     start_daisy()
     wait_until_idle()
+
+
+def sleeper(name: str) -> str:
+    return f"/usr/local/bin/systest-{name}"
+
+
+def install_python_tool() -> None:
+    """A Python program in a real Debian package, so that its report has a Package (daisy requires one)."""
+    tree = WORK / "systest-json-tool"
+    (tree / "DEBIAN").mkdir(parents=True, exist_ok=True)
+    (tree / "usr" / "bin").mkdir(parents=True, exist_ok=True)
+    (tree / "DEBIAN" / "control").write_text(
+        "Package: systest-json-tool\nVersion: 1.0\nArchitecture: all\nMaintainer: crashd <crashd@invalid>\n"
+        "Depends: python3\nDescription: a Python program that dies of an uncaught exception\n")
+    script = tree / "usr" / "bin" / PY_TOOL.name
+    script.write_text("#!/usr/bin/python3\nimport json\n\njson.loads('{\"unterminated\": ')\n")
+    script.chmod(0o755)
+    run(["dpkg-deb", "--build", "--root-owner-group", str(tree), str(WORK / "systest-json-tool.deb")])
+    run(["dpkg", "-i", str(WORK / "systest-json-tool.deb")])
 
 
 # -- the scenarios ------------------------------------------------------------------------------------
@@ -318,8 +337,7 @@ def sysusers_and_tmpfiles() -> None:
 @scenario
 def path_activation_upload() -> None:
     """A user's report → crashd.path → crashd.service → daisy (OOPS id, core) → the service exits idle."""
-    executable = "/usr/bin/sleep"
-    remove_reports("_usr_bin_sleep.")
+    executable = sleeper("path")
     before = len(received_reports(executable))
     report, core_sha = crash_native(ALICE, executable, "coreutils 9.1-1")
     wait_for("crashd.path to start crashd.service", lambda: unit_state("crashd.service") != "inactive"
@@ -331,15 +349,12 @@ def path_activation_upload() -> None:
     core = wait_for(f"the core of {oops}", lambda: received_core(oops), timeout=30)
     expect(core["decoded_sha256"] == core_sha, "the core daisy received is not the core gcore took")
     wait_until_idle()
-    monitor = (WORK / "monitor.log").read_text()
-    expect("ReportChanged" in monitor, "gdbus monitor saw no ReportChanged signal")
 
 
 @scenario
 def timer_retries_when_server_was_down() -> None:
     """Server down → pending → the service exits → crashd.timer (shortened) → delivered, exactly once."""
-    executable = "/usr/bin/tail"
-    remove_reports("_usr_bin_tail.")
+    executable = sleeper("timer")
     TIMER_DROPIN.parent.mkdir(parents=True, exist_ok=True)
     TIMER_DROPIN.write_text("[Timer]\nOnBootSec=\nOnUnitInactiveSec=5s\nRandomizedDelaySec=0\nAccuracySec=1s\n")
     try:
@@ -347,7 +362,9 @@ def timer_retries_when_server_was_down() -> None:
         systemctl("restart", "crashd.timer")
         stop_daisy()
         report, _ = crash_native(ALICE, executable, "coreutils 9.1-1")
-        wait_for("crashd to try and fail", lambda: _status_of(report) in {"pending", "failed"}, timeout=60)
+        cursor = journal_cursor()
+        wait_for("crashd to try and fail", lambda: f"{report.name}: not delivered" in journal("crashd.service", cursor),
+                 timeout=60)
         wait_until_idle()
         expect(uploaded_oops(report) is None, f"{report.name} is marked sent while the server was down")
         triggered = run(["systemctl", "show", "crashd.timer", "-p", "LastTriggerUSecMonotonic",
@@ -370,20 +387,10 @@ def timer_retries_when_server_was_down() -> None:
             start_daisy()
 
 
-def _status_of(report: Path) -> str:
-    out = run(["crashd", "status", "--json"], check=False).stdout
-    with contextlib.suppress(ValueError):
-        for entry in _json_entries(out):
-            if entry.get("name") in (report.name, str(report)):
-                return str(entry.get("state"))
-    return ""
-
-
-def _json_entries(out: str) -> list[dict]:
-    data = json.loads(out)
-    if isinstance(data, dict):
-        data = data.get("reports", [])
-    return [e for e in data if isinstance(e, dict)]
+def journal(unit: str, cursor: str) -> str:
+    """The messages *unit* logged after *cursor*."""
+    args = ["journalctl", "--no-pager", "-o", "cat", "-u", unit]
+    return run([*args, f"--after-cursor={cursor}"] if cursor else args, check=False).stdout
 
 
 def gdbus_get(user: str, dest: str, path: str, interface: str, prop: str) -> str:
@@ -415,20 +422,21 @@ def dbus_activation_and_polkit() -> None:
            f"the refusal does not say why: {refused.stderr.strip()}")
     refused = gdbus_set(ALICE, *WHOOPSIE, "com.ubuntu.WhoopsiePreferences.SetReportMetrics", False)
     expect(refused.returncode != 0, "a normal user changed ReportMetrics without authorisation")
-    for who, target, method in (
+    with gdbus_monitor() as monitor:
+      for who, target, method in (
         ("root", CRASHD, "org.crashd.Preferences1.SetAutomaticallyReportCrashes"),
         (CAROL, WHOOPSIE, "com.ubuntu.WhoopsiePreferences.SetReportMetrics"),
     ):
         value = method.endswith("AutomaticallyReportCrashes")  # on, resp. ReportMetrics off
         done = gdbus_set(who if who != "root" else None, *target, method, value)
         expect(done.returncode == 0, f"{who}'s {method} was refused: {done.stderr.strip()}")
+      wait_for("gdbus monitor to see PropertiesChanged", lambda: "PropertiesChanged" in monitor.read_text(),
+               timeout=10)
     systemctl("restart", "crashd.service")
     got = gdbus_get(ALICE, *CRASHD, "org.crashd.Preferences1", "AutomaticallyReportCrashes")
     expect(got == "(<true>,)", f"AutomaticallyReportCrashes did not persist across a restart: {got!r}")
     got = gdbus_get(BOB, *WHOOPSIE, "com.ubuntu.WhoopsiePreferences", "ReportMetrics")
     expect(got == "(<false>,)", f"ReportMetrics did not persist across a restart: {got!r}")
-    monitor = (WORK / "monitor.log").read_text()
-    expect("PropertiesChanged" in monitor, "gdbus monitor saw no PropertiesChanged signal")
     # Back to the default for the other scenarios (a UI's .upload decides).
     done = gdbus_set(None, *CRASHD, "org.crashd.Preferences1.SetAutomaticallyReportCrashes", False)
     expect(done.returncode == 0, f"root could not switch automatic reporting off: {done.stderr.strip()}")
@@ -455,12 +463,12 @@ def systemd_coredump_capture() -> None:
     try:
         wait_for("sleep to run", lambda: os.readlink(f"/proc/{victim.pid}/exe") == executable, timeout=10)
         core = gcore(victim.pid)
-        cursor = journal_cursor()
-        # The kernel's invocation (core_pattern |systemd-coredump %P %u %g %s %t %c %h %e), core on stdin.
+        # The kernel's invocation, per systemd 252's sysctl.d/50-coredump.conf:
+        # |/lib/systemd/systemd-coredump %P %u %g %s %t 9223372036854775808 %h %d — the core on stdin.
         with core.open("rb") as stdin:
             done = subprocess.run(["/lib/systemd/systemd-coredump", str(victim.pid), str(entry.pw_uid),
-                                   str(entry.pw_gid), "11", str(int(time.time())), str(2**64 - 1),
-                                   socket.gethostname(), "sleep"], stdin=stdin, capture_output=True,
+                                   str(entry.pw_gid), "11", str(int(time.time())), str(2**63),
+                                   socket.gethostname(), "1"], stdin=stdin, capture_output=True,
                                   timeout=120)
         expect(done.returncode == 0, f"systemd-coredump exited {done.returncode}: {done.stderr!r}")
     finally:
@@ -470,7 +478,6 @@ def systemd_coredump_capture() -> None:
     wait_for(f"crashd-coredump@ to write {report}", report.exists, timeout=60)
     st = report.stat()
     expect(st.st_uid == entry.pw_uid, f"{report} is owned by uid {st.st_uid}, not {BOB}'s")
-    expect(cursor is not None, "")
     as_user(BOB, lambda: mark_upload(report))
     oops = wait_for(f"{report.name} to be sent", lambda: uploaded_oops(report), timeout=60)
     got = wait_for(f"the core of {oops}", lambda: received_core(oops), timeout=30)
@@ -502,11 +509,11 @@ def hardening() -> None:
     match = re.search(r"Overall exposure level for crashd\.service: ([0-9.]+)", out)
     expect(match, f"no exposure level in systemd-analyze security's output: {out[-500:]}")
     expect(float(match.group(1)) <= 3.0, f"exposure {match.group(1)} > 3.0")
-    executable = "/usr/bin/cat"
-    remove_reports("_usr_bin_cat.")
+    executable = sleeper("hooked")
     crashd_uid = uid("crashd")
     seen: dict[int, tuple[int, str, str]] = {}
-    report, _ = crash_native(ALICE, executable, "systest-hooked 1.0")
+    with gdbus_monitor() as monitor:
+        report, _ = crash_native(ALICE, executable, "systest-hooked 1.0")
 
     def sample() -> str | None:
         for pid in _cgroup_pids("crashd.service"):
@@ -515,7 +522,8 @@ def hardening() -> None:
                 seen[pid] = (int(status["Uid"].split()[1]), status["CapEff"].strip(), status["NoNewPrivs"].strip())
         return uploaded_oops(report)
 
-    wait_for(f"{report.name} to be sent", sample, timeout=60, interval=0.02)
+        wait_for(f"{report.name} to be sent", sample, timeout=60, interval=0.02)
+        wait_for("gdbus monitor to see ReportChanged", lambda: "ReportChanged" in monitor.read_text(), timeout=10)
     workers = {pid: s for pid, s in seen.items() if s[0] == crashd_uid}
     expect(workers, f"no process of crashd.service ran as the crashd user: {seen}")
     for pid, (_, cap_eff, nnp) in workers.items():
@@ -528,6 +536,21 @@ def hardening() -> None:
     expect(document.get("SystestHookNoNewPrivs") == "1", "the hook could gain privileges")
     del main
     wait_until_idle()
+
+
+@contextlib.contextmanager
+def gdbus_monitor() -> Iterator[Path]:
+    """`gdbus monitor --system --dest org.crashd.Crashd1` (which activates crashd) while the block runs."""
+    log = WORK / "monitor.log"
+    with log.open("w") as out:
+        monitor = subprocess.Popen(["gdbus", "monitor", "--system", "--dest", "org.crashd.Crashd1"],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for("crashd to be activated for gdbus monitor", lambda: unit_state("crashd.service") == "active")
+        yield log
+    finally:
+        monitor.terminate()
+        monitor.wait(timeout=10)
 
 
 def _cgroup_pids(unit: str) -> list[int]:
@@ -546,10 +569,8 @@ def user_status_and_upload_all() -> None:
     systemctl("stop", "crashd.path")
     try:
         systemctl("stop", "crashd.service")
-        remove_reports("_usr_bin_sleep.")
-        remove_reports("_usr_bin_tail.")
-        mine, _ = crash_native(ALICE, "/usr/bin/sleep", "coreutils 9.1-1")
-        theirs, _ = crash_native(BOB, "/usr/bin/tail", "coreutils 9.1-1")
+        mine, _ = crash_native(ALICE, sleeper("mine"), "coreutils 9.1-1")
+        theirs, _ = crash_native(BOB, sleeper("theirs"), "coreutils 9.1-1")
         for path in (mine, theirs):
             path.with_suffix(".upload").unlink()
         status = run(["crashd", "status"], user=ALICE, check=False)
