@@ -42,10 +42,12 @@ RUN := env PYTHONPATH=$(CURDIR)
 #   procps                     ps/pgrep/pkill for process checks in tests and the demo
 #   systemd-journal-remote     real journal files from export text (ingest-coredump's tests)
 #   python3-systemd            the journal reader for ingest-coredump, and journald logging
+#   meson ninja-build git      the system install with its build options (tests/test_packaging.py)
+# (`make system-test` installs its own: debootstrap and systemd-container, see tests/system/run.)
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config dbus-daemon dbus-bin libglib2.0-bin \
-                gdb zstd systemd passwd procps systemd-journal-remote python3-systemd
+                gdb zstd systemd passwd procps systemd-journal-remote python3-systemd meson ninja-build git
 
-.PHONY: help deps apt-deps venv check test lint fix demo bench check-all-pythons clean distclean FORCE
+.PHONY: help deps apt-deps venv check test lint fix demo bench system-test check-all-pythons clean distclean FORCE
 
 help:
 	@echo 'crashd make targets:'
@@ -56,6 +58,7 @@ help:
 	@echo '  make lint               ruff check + meson.build source lists vs. crashd/**/*.py'
 	@echo '  make fix                ruff check --fix'
 	@echo '  make bench              python -m bench'
+	@echo '  make system-test        as root: install crashd as README says into a booted Debian container, run the scenarios'
 	@echo '  make check-all-pythons  the suite under python$(firstword $(ALL_PYTHONS)) ... (.venv-X.Y), where installed'
 	@echo '  make clean              remove build dirs and caches;  make distclean  also the venvs'
 	@echo 'Variables: PYTHON=$(PYTHON) (creates .venv, >= 3.11)  EXTRAS=$(EXTRAS)  PYTEST_ARGS=$(PYTEST_ARGS)'
@@ -212,6 +215,14 @@ bench: deps
 	  --disable-pip-version-check -q $$($(VENV_PY) -c 'import tomllib; \
 	  print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"])')
 	$(RUN) $(VENV_PY) -m bench
+
+# crashd on a real, booted system: a cached Debian bookworm root (debootstrap, rebuilt when
+# tests/system/packages.txt or deps.sh change), booted with systemd-nspawn; crashd installed into it the way
+# README's "Installing on a system" says, then tests/system/scenarios.py. Needs root; installs debootstrap
+# and systemd-container itself; skips with one line where no container can be booted.
+# CRASHD_SYSTEST_ONLY="scenario ..." runs some scenarios only.
+system-test:
+	bash tests/system/run
 
 # Optional, not run by CI: the suite under other interpreters.  pythonX.Y from PATH, else the newest
 # pyenv-installed X.Y (pyenv's shims only expose its global version).

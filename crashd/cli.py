@@ -30,6 +30,7 @@ from crashd.collector import Gate, HookOptions, Status
 from crashd.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings, seconds_argument
 from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_preference
 from crashd.delivery import Courier
+from crashd.dependencies import explain as explain_dependency
 from crashd.hooks import add_hook_test_command, cmd_hook_test
 from crashd.identity import system_identifier
 from crashd.policy import Backoff
@@ -192,6 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_INVALID, str(error))
     except KeyboardInterrupt:
         return 130
+    except ImportError as error:  # an installed dependency too old for crashd (dependencies.py)
+        if (problem := explain_dependency(error)) is None:
+            raise
+        return _fail(EXIT_USAGE, problem)
 
 
 def _fail(code: int, message: str) -> int:

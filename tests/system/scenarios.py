@@ -423,15 +423,15 @@ def dbus_activation_and_polkit() -> None:
     refused = gdbus_set(ALICE, *WHOOPSIE, "com.ubuntu.WhoopsiePreferences.SetReportMetrics", False)
     expect(refused.returncode != 0, "a normal user changed ReportMetrics without authorisation")
     with gdbus_monitor() as monitor:
-      for who, target, method in (
-        ("root", CRASHD, "org.crashd.Preferences1.SetAutomaticallyReportCrashes"),
-        (CAROL, WHOOPSIE, "com.ubuntu.WhoopsiePreferences.SetReportMetrics"),
-    ):
-        value = method.endswith("AutomaticallyReportCrashes")  # on, resp. ReportMetrics off
-        done = gdbus_set(who if who != "root" else None, *target, method, value)
-        expect(done.returncode == 0, f"{who}'s {method} was refused: {done.stderr.strip()}")
-      wait_for("gdbus monitor to see PropertiesChanged", lambda: "PropertiesChanged" in monitor.read_text(),
-               timeout=10)
+        for who, target, method in (
+            ("root", CRASHD, "org.crashd.Preferences1.SetAutomaticallyReportCrashes"),
+            (CAROL, WHOOPSIE, "com.ubuntu.WhoopsiePreferences.SetReportMetrics"),
+        ):
+            value = method.endswith("AutomaticallyReportCrashes")  # on, resp. ReportMetrics off
+            done = gdbus_set(who if who != "root" else None, *target, method, value)
+            expect(done.returncode == 0, f"{who}'s {method} was refused: {done.stderr.strip()}")
+        wait_for("gdbus monitor to see PropertiesChanged", lambda: "PropertiesChanged" in monitor.read_text(),
+                 timeout=10)
     systemctl("restart", "crashd.service")
     got = gdbus_get(ALICE, *CRASHD, "org.crashd.Preferences1", "AutomaticallyReportCrashes")
     expect(got == "(<true>,)", f"AutomaticallyReportCrashes did not persist across a restart: {got!r}")
@@ -511,30 +511,31 @@ def hardening() -> None:
     expect(float(match.group(1)) <= 3.0, f"exposure {match.group(1)} > 3.0")
     executable = sleeper("hooked")
     crashd_uid = uid("crashd")
-    seen: dict[int, tuple[int, str, str]] = {}
-    with gdbus_monitor() as monitor:
-        report, _ = crash_native(ALICE, executable, "systest-hooked 1.0")
+    seen: dict[int, tuple[int, str, str]] = {}  # pid -> (uid, CapEff, NoNewPrivs), sampled from /proc
 
     def sample() -> str | None:
         for pid in _cgroup_pids("crashd.service"):
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, KeyError):
                 status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
                 seen[pid] = (int(status["Uid"].split()[1]), status["CapEff"].strip(), status["NoNewPrivs"].strip())
         return uploaded_oops(report)
 
+    with gdbus_monitor() as monitor:
+        main = int(run(["systemctl", "show", "crashd.service", "-p", "MainPID", "--value"]).stdout or 0)
+        report, _ = crash_native(ALICE, executable, "systest-hooked 1.0")
         wait_for(f"{report.name} to be sent", sample, timeout=60, interval=0.02)
         wait_for("gdbus monitor to see ReportChanged", lambda: "ReportChanged" in monitor.read_text(), timeout=10)
     workers = {pid: s for pid, s in seen.items() if s[0] == crashd_uid}
     expect(workers, f"no process of crashd.service ran as the crashd user: {seen}")
     for pid, (_, cap_eff, nnp) in workers.items():
         expect(int(cap_eff, 16) == 0 and nnp == "1", f"worker {pid}: CapEff {cap_eff}, NoNewPrivs {nnp}")
-    main = int(run(["systemctl", "show", "crashd.service", "-p", "MainPID", "--value"]).stdout or 0)
+    expect(main in seen and seen[main][0] == 0 and seen[main][2] == "1",
+           f"the daemon (pid {main}) is not root with NoNewPrivs: {seen.get(main)}")
     document = received_reports(executable)[-1]["document"]
     expect(document.get("SystestHookUid") == str(uid(ALICE)),
            f"the package hook ran as uid {document.get('SystestHookUid')}, not {ALICE}'s")
     expect(int(document.get("SystestHookCapEff", "1"), 16) == 0, "the hook had capabilities")
     expect(document.get("SystestHookNoNewPrivs") == "1", "the hook could gain privileges")
-    del main
     wait_until_idle()
 
 
@@ -554,12 +555,18 @@ def gdbus_monitor() -> Iterator[Path]:
 
 
 def _cgroup_pids(unit: str) -> list[int]:
+    """The processes in *unit*'s control group, from /proc (works on cgroup v1 and v2 hosts alike)."""
     group = run(["systemctl", "show", unit, "-p", "ControlGroup", "--value"], check=False).stdout.strip()
     pids: list[int] = []
-    if group:
-        for procs in Path(f"/sys/fs/cgroup{group}").rglob("cgroup.procs"):
-            with contextlib.suppress(OSError):
-                pids += [int(p) for p in procs.read_text().split()]
+    if not group:
+        return pids
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            paths = [line.split(":", 2)[-1] for line in (proc / "cgroup").read_text().splitlines()]
+            if any(path == group or path.startswith(group + "/") for path in paths):
+                pids.append(int(proc.name))
     return pids
 
 
