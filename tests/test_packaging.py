@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import crashd
 from crashd import dependencies
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,6 +105,15 @@ def test_service_is_not_restarted_on_exit_2() -> None:
     assert re.search(r"^RestartPreventExitStatus=2$", unit, re.M)
 
 
+def test_the_version_is_written_in_one_place() -> None:
+    """meson.build's project(version:); pyproject.toml takes it from there, crashd.__version__ too."""
+    project = _pyproject()
+    assert "version" not in project and project["dynamic"] == ["version"]
+    build = (REPO / "meson.build").read_text()
+    assert re.findall(r"^\s*version:\s*'([^']+)'", build, re.M) == [crashd.__version__]
+    assert crashd.__version__ not in (REPO / "crashd/__init__.py").read_text()
+
+
 def test_license_is_gpl2_or_later() -> None:
     assert (REPO / "LICENSE").read_text().lstrip().startswith("GNU GENERAL PUBLIC LICENSE\n")
     assert "Version 2, June 1991" in (REPO / "LICENSE").read_text()[:200]
@@ -147,6 +157,8 @@ def test_meson_options(tmp_path: Path, options: list[str], present: list[str], a
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=DEADLINE, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
     installed = [str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()]
+    version_files = list(dest.rglob("crashd/_version.py"))
+    assert len(version_files) == 1 and f'__version__ = "{crashd.__version__}"' in version_files[0].read_text()
     for want in present:
         assert any(want in name for name in installed), (want, installed)
     for unwanted in absent:

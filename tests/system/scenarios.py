@@ -40,7 +40,7 @@ POLKIT_RULE = Path("/etc/polkit-1/rules.d/50-crashd-system-test.rules")
 ALICE, BOB, CAROL = "alice", "bob", "carol"  # two normal users and an administrator (group sudo)
 PY_TOOL = Path("/usr/bin/systest-json-tool")  # shipped by a real (throwaway) Debian package
 # Copies of sleep: each scenario crashes its own executable, so their reports never collide.
-SLEEPERS = ("path", "timer", "hooked", "mine", "theirs")
+SLEEPERS = ("path", "timer", "hooked", "signal", "mine", "theirs")
 
 Scenario = Callable[[], None]
 SCENARIOS: list[tuple[str, Scenario]] = []
@@ -520,11 +520,10 @@ def hardening() -> None:
                 seen[pid] = (int(status["Uid"].split()[1]), status["CapEff"].strip(), status["NoNewPrivs"].strip())
         return uploaded_oops(report)
 
-    with gdbus_monitor() as monitor:
-        main = int(run(["systemctl", "show", "crashd.service", "-p", "MainPID", "--value"]).stdout or 0)
-        report, _ = crash_native(ALICE, executable, "systest-hooked 1.0")
-        wait_for(f"{report.name} to be sent", sample, timeout=60, interval=0.02)
-        wait_for("gdbus monitor to see ReportChanged", lambda: "ReportChanged" in monitor.read_text(), timeout=10)
+    report, _ = crash_native(ALICE, executable, "systest-hooked 1.0")
+    main = int(wait_for("crashd.path to start crashd.service", lambda: int(
+        run(["systemctl", "show", "crashd.service", "-p", "MainPID", "--value"]).stdout or 0), timeout=30))
+    wait_for(f"{report.name} to be sent", sample, timeout=60, interval=0.02)
     workers = {pid: s for pid, s in seen.items() if s[0] == crashd_uid}
     expect(workers, f"no process of crashd.service ran as the crashd user: {seen}")
     for pid, (_, cap_eff, nnp) in workers.items():
@@ -536,6 +535,17 @@ def hardening() -> None:
            f"the package hook ran as uid {document.get('SystestHookUid')}, not {ALICE}'s")
     expect(int(document.get("SystestHookCapEff", "1"), 16) == 0, "the hook had capabilities")
     expect(document.get("SystestHookNoNewPrivs") == "1", "the hook could gain privileges")
+    wait_until_idle()
+
+
+@scenario
+def report_changed_signal() -> None:
+    """A desktop watching the bus (gdbus monitor) sees Reports1.ReportChanged when a report is sent."""
+    executable = sleeper("signal")
+    with gdbus_monitor() as monitor:
+        report, _ = crash_native(ALICE, executable, "coreutils 9.1-1")
+        wait_for(f"{report.name} to be sent", lambda: uploaded_oops(report), timeout=60)
+        wait_for("gdbus monitor to see ReportChanged", lambda: "ReportChanged" in monitor.read_text(), timeout=10)
     wait_until_idle()
 
 
