@@ -513,13 +513,18 @@ def hardening() -> None:
     crashd_uid = uid("crashd")
     seen: dict[int, tuple[int, str, str]] = {}  # pid -> (uid, CapEff, NoNewPrivs), sampled from /proc
 
+    inet_in_daemon: set[int] = set()  # TCP sockets ever held by the root daemon itself
+
     def sample() -> str | None:
         for pid in _cgroup_pids("crashd.service"):
             with contextlib.suppress(OSError, KeyError):
                 status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
                 seen[pid] = (int(status["Uid"].split()[1]), status["CapEff"].strip(), status["NoNewPrivs"].strip())
+        if main:
+            inet_in_daemon.update(_socket_inodes(main) & _tcp_inodes())
         return uploaded_oops(report)
 
+    main = 0
     report, _ = crash_native(ALICE, executable, "systest-hooked 1.0")
     main = int(wait_for("crashd.path to start crashd.service", lambda: int(
         run(["systemctl", "show", "crashd.service", "-p", "MainPID", "--value"]).stdout or 0), timeout=30))
@@ -530,6 +535,7 @@ def hardening() -> None:
         expect(int(cap_eff, 16) == 0 and nnp == "1", f"worker {pid}: CapEff {cap_eff}, NoNewPrivs {nnp}")
     expect(main in seen and seen[main][0] == 0 and seen[main][2] == "1",
            f"the daemon (pid {main}) is not root with NoNewPrivs: {seen.get(main)}")
+    expect(not inet_in_daemon, "the root daemon held a TCP socket itself (only the worker may)")
     document = received_reports(executable)[-1]["document"]
     expect(document.get("SystestHookUid") == str(uid(ALICE)),
            f"the package hook ran as uid {document.get('SystestHookUid')}, not {ALICE}'s")
@@ -562,6 +568,28 @@ def gdbus_monitor() -> Iterator[Path]:
     finally:
         monitor.terminate()
         monitor.wait(timeout=10)
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if (m := re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))):
+                    inodes.add(int(m.group(1)))
+    return inodes
+
+
+def _tcp_inodes() -> set[int]:
+    """Inodes of every TCP socket of the system (/proc/net/tcp and tcp6: column 10)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 9:
+                    inodes.add(int(fields[9]))
+    return inodes
 
 
 def _cgroup_pids(unit: str) -> list[int]:
