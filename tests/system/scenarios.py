@@ -412,8 +412,10 @@ CRASHD = ("org.crashd.Crashd1", "/org/crashd/Crashd1")
 def dbus_activation_and_polkit() -> None:
     """gdbus as a user activates crashd; polkitd refuses the user's setter, allows root's and an admin's."""
     systemctl("stop", "crashd.service")
+    expect(unit_state("crashd.service") == "inactive", "crashd.service did not stop")
     got = gdbus_get(ALICE, *WHOOPSIE, "com.ubuntu.WhoopsiePreferences", "ReportCrashes")
     expect(got in ("(<true>,)", "(<false>,)"), f"WhoopsiePreferences.ReportCrashes read as {got!r}")
+    expect(unit_state("crashd.service") == "active", "the D-Bus call did not activate crashd.service")
     got = gdbus_get(ALICE, *CRASHD, "org.crashd.Preferences1", "AutomaticallyReportCrashes")
     expect(got == "(<false>,)", f"Preferences1.AutomaticallyReportCrashes read as {got!r} (default off)")
     refused = gdbus_set(ALICE, *CRASHD, "org.crashd.Preferences1.SetAutomaticallyReportCrashes", True)
