@@ -8,6 +8,7 @@ Only this module decides exit codes and wording: the library raises, and
     2  usage or configuration error
     3  reporting is switched off by consent
     4  an input file is invalid (``show``, ``hook-test``)
+    5  not allowed: polkit refused a preference change, or the administrator locked the preferences
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from crashd.collector import Gate, HookOptions, Status
 from crashd.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings, seconds_argument
 from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_preference
 from crashd.delivery import Courier
+from crashd.dependencies import explain as explain_dependency
 from crashd.hooks import add_hook_test_command, cmd_hook_test
 from crashd.identity import system_identifier
 from crashd.network import NetworkGate, read_conditions
@@ -45,13 +47,18 @@ from crashd.worker import WorkerUploader
 
 log = logging.getLogger("crashd")
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_CONSENT, EXIT_INVALID = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_CONSENT, EXIT_INVALID, EXIT_NOT_ALLOWED = 0, 1, 2, 3, 4, 5
 # Who runs the upload worker when unprivileged_user does not exist: root never does the HTTP itself.
 WORKER_FALLBACK_USER = "nobody"
 
 
 class UsageError(Exception):
     """A problem with what the user asked for; exit 2."""
+
+
+class NotAllowed(Exception):
+    """The request was understood but refused (polkit, a lock, not root); exit 5, so that a script can
+    tell "ask an administrator" from "fix the command line"."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Collect crash reports from the crash directory and send them to a crash database "
         "speaking the Ubuntu Error Tracker (daisy) protocol.",
         epilog="Exit codes: 0 success or nothing to do; 1 a report failed, was rejected or refused, or is "
-        "still pending; 2 usage or configuration error; 3 reporting is switched off; 4 invalid input file.",
+        "still pending; 2 usage or configuration error; 3 reporting is switched off; 4 invalid input file; "
+        "5 not allowed (polkit refused, or the preferences are locked).",
     )
     parser.add_argument("--version", action="version", version=f"crashd {__version__}")
     parser.add_argument(
@@ -194,12 +202,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except UsageError as error:
         return _fail(EXIT_USAGE, str(error))
+    except NotAllowed as error:
+        return _fail(EXIT_NOT_ALLOWED, str(error))
     except ConfigError as error:
         return _fail(EXIT_USAGE, f"configuration error: {error}")
     except (ReportError, UnsafeFileError) as error:
         return _fail(EXIT_INVALID, str(error))
     except KeyboardInterrupt:
         return 130
+    except ImportError as error:  # an installed dependency too old for crashd (dependencies.py)
+        if (problem := explain_dependency(error)) is None:
+            raise
+        return _fail(EXIT_USAGE, problem)
 
 
 def _fail(code: int, message: str) -> int:
@@ -494,7 +508,7 @@ def cmd_prefs(args: argparse.Namespace) -> int:
             try:
                 consent = set_preference(settings.state_dir, args.name, args.value == "on", config=config)
             except PermissionError as error:  # ConsentLocked, or not root
-                raise UsageError(f"cannot change {args.name}: {error}") from None
+                raise NotAllowed(f"cannot change {args.name}: {error}") from None
         else:
             local = load_consent(settings.state_dir, config=config)
             consent = _set_over_dbus(args.name, args.value == "on", local)
@@ -521,7 +535,7 @@ def _set_over_dbus(name: str, value: bool, local: Consent) -> Consent:
     try:
         now = dbus_client.set_preference(name, value)
     except dbus_client.NotAuthorized as error:
-        raise UsageError(f"cannot change {name}: {error}") from None
+        raise NotAllowed(f"cannot change {name}: {error}") from None
     except dbus_client.BusUnavailable as error:
         hint = "as root, --offline changes the file directly"
         raise UsageError(f"cannot change {name}: {error} ({hint})") from None

@@ -740,6 +740,20 @@ def test_client_reads_and_changes(service: Served, polkit: Polkit) -> None:
         dbus_client.set_preference("ReportCrashes", False)
 
 
+def test_cli_prefs_set_refused_by_polkit_exits_not_allowed(
+    service: Served, polkit: Polkit, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A polkit refusal is not a usage error (2): `crashd prefs set` says so in one line and exits 5."""
+    from crashd import cli
+
+    polkit.allow = False
+    code = cli.main(["prefs", "set", "ReportCrashes", "off", "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_NOT_ALLOWED == 5
+    assert err.count("\n") == 1 and err.startswith("crashd: cannot change ReportCrashes: not authorized"), err
+    assert dbus_client.get_preferences().report_crashes is True  # nothing changed
+
+
 def test_client_without_service(system_bus: PrivateBus) -> None:
     with pytest.raises(dbus_client.BusUnavailable, match="not available"):
         dbus_client.get_preferences()
