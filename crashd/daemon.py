@@ -67,6 +67,7 @@ class Daemon:
     dbus: DBusSettings | None = None
     bus_lost: bool = False
     bus_watch: asyncio.Task[None] | None = None
+    service: dbus_prefs.Service | None = None  # the bus service: ReportChanged goes out through it
     monitor: network.Monitor | None = None  # follows NetworkManager; its hold() is the courier's gate
     held_by_network: set[ReportName] = field(default_factory=set)  # kept running for these
     due: dict[ReportName, float] = field(default_factory=dict)  # courier.clock() time
@@ -80,7 +81,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)
-        service = await self._serve_dbus()  # before READY=1: an activated call must find the names
+        self.service = service = await self._serve_dbus()  # before READY=1: activated calls find the names
         if self.monitor is not None:  # before the first scan: a held report must not go out first
             await self.monitor.start(self._network_changed)
         try:
@@ -246,6 +247,8 @@ class Daemon:
         finally:
             self.busy.discard(name)
             self.last_activity = time.monotonic()
+        if status is not None and self.service is not None:
+            self.service.report_changed(status.name, status.state.value)  # settings UIs follow each outcome
         if status is not None and network.held_by_network(status.detail):
             self.held_by_network.add(name)
         if status is not None and status.retry_at is not None:
