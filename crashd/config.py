@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crashd import budget
+
 DEFAULT_CONFIG = Path("/etc/crashd/crashd.conf")
 
 # Environment variables apport, whoopsie and daisy's own tests already use.
@@ -44,6 +46,8 @@ class Settings:
     connect_timeout: float = 10
     read_timeout: float = 60
     unprivileged_user: str = "crashd"
+    duplicate_window: float = 86400
+    max_use: str = "auto"  # bytes the reports may take; auto: 10 % of the file system, at most 1 GiB
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
@@ -119,6 +123,15 @@ def _user(value: str) -> str:
     return value.strip()
 
 
+def _max_use(value: str) -> str:
+    text = value.strip()
+    if text.lower() == "auto":
+        return "auto"
+    if budget.parse_size(text) <= 0:
+        raise ValueError("must be more than 0 bytes")
+    return text
+
+
 def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(part) for part in value.split())
 
@@ -144,4 +157,5 @@ _CONVERTERS = {
     "state_dir": _path,
     "hook_dirs": _paths,
     "unprivileged_user": _user,
+    "max_use": _max_use,
 }

@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +67,9 @@ class Daemon:
     dbus: DBusSettings | None = None
     bus_lost: bool = False
     bus_watch: asyncio.Task[None] | None = None
+    tidy: Callable[[Collection[str]], Collection[str]] | None = None  # crashd.tidy: given the busy names
+    untidy: bool = True  # a report arrived since the last tidy
+    held: set[ReportName] = field(default_factory=set)  # duplicates the last tidy said not to send yet
     due: dict[ReportName, float] = field(default_factory=dict)  # courier.clock() time
     busy: set[ReportName] = field(default_factory=set)
     again: set[ReportName] = field(default_factory=set)
@@ -148,6 +151,7 @@ class Daemon:
     def rescan(self) -> None:
         """Look at every report: at start, and when inotify lost events."""
         now = self.courier.clock()
+        self.untidy = True
         for name in self.spool.report_names():
             self.schedule(name, now)
 
@@ -167,12 +171,22 @@ class Daemon:
             elif event.name is not None and (name := _report_for(str(event.name))) is not None:
                 if name in self.busy and str(event.name).endswith(".upload"):
                     continue  # our own stamp on the report in hand (or a request it already answers)
+                self.untidy = self.untidy or str(event.name).endswith(".crash")
                 self.schedule(name, self.courier.clock())
 
     async def _schedule(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(WORKERS)
         while not self.stop.is_set():
+            while self.tidy is not None and self.untidy:  # duplicates and the budget before anything is
+                self.untidy = False  # sent, again if more reports arrived meanwhile: none goes out unseen
+                busy = {name.crash for name in self.busy}
+                held = {ReportName.parse(name) for name in await asyncio.to_thread(self.tidy, busy)}
+                for name in self.held - held:
+                    self.schedule(name, self.courier.clock())  # no longer held back: due as before
+                for name in held:
+                    self.due.pop(name, None)
+                self.held = held
             now = self.courier.clock()
             for name in [name for name, when in self.due.items() if when <= now and name not in self.busy]:
                 del self.due[name]
@@ -223,6 +237,7 @@ class Daemon:
         finally:
             self.busy.discard(name)
             self.last_activity = time.monotonic()
+            self.untidy = self.untidy or bool(self.held)  # a kept report came free: count its duplicates
         retry = status.next_attempt if status is not None else None
         if retry is not None and status is not None and status.state in (State.QUEUED, State.SENT):
             self.schedule(name, retry)  # a retry, or a core upload, falls due later
