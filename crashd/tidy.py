@@ -91,12 +91,16 @@ class Tidy:
         now = self.clock()
         entries: dict[str, Entry] = {}
         for name in self.spool.report_names():
-            report = collector.open_report(self.spool, name)
+            try:
+                report = collector.open_report(self.spool, name)
+            except PermissionError:
+                continue  # another user's report, as that user runs upload-all: not theirs to judge
             if isinstance(report, OpenReport):
                 with report:
                     entries[name.crash] = self._entry(report, name.crash in busy)
         self._seen = {name: seen for name, seen in self._seen.items() if name in entries}
         groups = self._load() if self._groups is None else self._groups
+        removals = len(self._removed)
         decision = budget.collapse(entries.values(), groups, self.window, now)
         groups, removed = dict(decision.groups), set()
         for key, group in decision.groups.items():
@@ -112,8 +116,9 @@ class Tidy:
             if self._remove(removal.name, f"over the {limit}-byte budget ({removal.reason})", now):
                 removed.add(removal.name)
                 self.waiting.discard(removal.name)
-        self._groups = groups
-        self._save()
+        if groups != self._groups or len(self._removed) != removals or removed:
+            self._groups = groups
+            self._save()  # only on a change: a daemon sweeping on every new report writes nothing else
         return removed
 
     def _entry(self, opened: OpenReport, busy: bool) -> Entry:
