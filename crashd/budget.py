@@ -6,7 +6,7 @@ times. Two rules, decided here over small value objects and applied by
 
 **Duplicates.** Reports with the same :func:`duplicate_key` — apport's crash
 signature (:func:`crashd.signature.crash_signature`) from the same executable
-and package version — within ``duplicate_window`` seconds of the first one form a
+and package version, owned by the same user — within ``duplicate_window`` seconds of the first one form a
 *group*: its first report is *kept* and sent; every later one is a *duplicate*,
 counted into the kept report (``CrashCounter`` and ``DuplicatesCollapsed``, which
 go out with it) and removed. When the kept report was already sent, a later
@@ -92,15 +92,17 @@ class Removal:
     reason: str  # "sent", "duplicate" or "unsent, over the budget"
 
 
-def duplicate_key(fields: Mapping[str, str]) -> str | None:
-    """What makes two reports one crash: signature, ExecutablePath, package version; None without a
-    signature (an unsymbolised stack says nothing about sameness). A digest: signatures can be long."""
+def duplicate_key(fields: Mapping[str, str], owner: int) -> str | None:
+    """What makes two reports one crash: signature, ExecutablePath, package version — and the same
+    owner, so that no user's report can make another user's crash a duplicate (and have it removed).
+    None without a signature (an unsymbolised stack says nothing about sameness). A digest: signatures
+    can be long."""
     signature = crash_signature(fields)
     if signature is None:
         return None
     package = fields.get("Package", "").split()
     version = package[1] if len(package) > 1 else ""
-    text = "\0".join((signature, fields.get("ExecutablePath", ""), version))
+    text = "\0".join((str(owner), signature, fields.get("ExecutablePath", ""), version))
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 

@@ -171,7 +171,8 @@ class Daemon:
             elif event.name is not None and (name := _report_for(str(event.name))) is not None:
                 if name in self.busy and str(event.name).endswith(".upload"):
                     continue  # our own stamp on the report in hand (or a request it already answers)
-                self.untidy = self.untidy or str(event.name).endswith(".crash")
+                if name not in self.busy and str(event.name).endswith(".crash"):
+                    self.untidy = True  # a new report (a busy one's event is its own rewrite, by its hooks)
                 self.schedule(name, self.courier.clock())
 
     async def _schedule(self) -> None:

@@ -149,7 +149,7 @@ class Tidy:
                 fields = _key_fields(read_report(file, limits=self.limits, name=opened.name.crash))
         except ReportError:
             return _Seen(fingerprint, None, 1)  # not a report crashd can read: unique, never counted
-        return _Seen(fingerprint, budget.duplicate_key(fields), budget.counted(fields))
+        return _Seen(fingerprint, budget.duplicate_key(fields, opened.stat.st_uid), budget.counted(fields))
 
     def _finished(self, opened: OpenReport, stamps: Stamps) -> bool:
         """Needs no more sending: sent (stamp or record), or refused or expired for good."""

@@ -29,13 +29,18 @@ def crash(exe: str = "/usr/bin/loop", version: str = "1.0", top: str = "f\ng", *
     ],
 )
 def test_duplicate_key_is_signature_executable_and_version(a, b, same) -> None:
-    assert duplicate_key(a) is not None
-    assert (duplicate_key(a) == duplicate_key(b)) is same
+    assert duplicate_key(a, 1000) is not None
+    assert (duplicate_key(a, 1000) == duplicate_key(b, 1000)) is same
+
+
+def test_another_users_crash_is_never_a_duplicate() -> None:
+    assert duplicate_key(crash(), 1000) != duplicate_key(crash(), 1001)
+    assert duplicate_key(crash(), 0) != duplicate_key(crash(), 1000)
 
 
 def test_a_report_without_a_signature_has_no_key() -> None:
-    assert duplicate_key(crash(top="?? ()\n?? ()")) is None  # unsymbolised: no signature
-    assert duplicate_key({"ProblemType": "Crash", "ExecutablePath": "/usr/bin/x"}) is None
+    assert duplicate_key(crash(top="?? ()\n?? ()"), 0) is None  # unsymbolised: no signature
+    assert duplicate_key({"ProblemType": "Crash", "ExecutablePath": "/usr/bin/x"}, 0) is None
 
 
 def entry(name: str, mtime: float, key: str | None = "k", sent: bool = False, size: int = 1, busy: bool = False):

@@ -133,6 +133,15 @@ def test_other_programs_versions_and_stacks_are_not_collapsed(daisy, crash_dir, 
     assert all("DuplicatesCollapsed" not in r.document for r in daisy.reports)
 
 
+def test_another_users_crash_of_the_same_program_is_never_collapsed(daisy, crash_dir, state_dir, make_user):
+    user = make_user()
+    drop(crash_dir / "_usr_bin_loop.0.crash", looping("loop", 0))
+    drop(crash_dir / f"_usr_bin_loop.{user.pw_uid}.crash", looping("loop", 1), owner=(user.pw_uid, user.pw_gid))
+    result = crashd(crash_dir, state_dir, "upload-all", "--json", "--url", daisy.url)
+    assert json.loads(result.stdout)["sent"] == 2, result.stderr
+    assert reports(crash_dir) == sorted(["_usr_bin_loop.0.crash", f"_usr_bin_loop.{user.pw_uid}.crash"])
+
+
 def unique_reports(crash_dir: Path, count: int, size: int) -> list[str]:
     """*count* different crashes of about *size* bytes each, oldest first."""
     names = []
