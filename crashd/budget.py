@@ -33,7 +33,8 @@ from dataclasses import dataclass, replace
 from crashd.signature import crash_signature
 
 GiB = 1024**3
-DEFAULT_CAP = GiB  # the automatic budget: 10 % of the file system, at most this
+DEFAULT_CAP = GiB  # the automatic budget: 10 % of the file system, at most this...
+DEFAULT_FLOOR = 1024**2  # ...and at least this: on a tiny file system 10 % would not hold one report
 DEFAULT_SHARE = 0.10
 _SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
@@ -198,7 +199,8 @@ def parse_size(text: str) -> int:
 
 
 def max_use_bytes(setting: str, filesystem_size: int) -> int:
-    """The budget in bytes: the setting, or with ``auto`` 10 % of the file system, at most 1 GiB."""
+    """The budget in bytes: the setting, or with ``auto`` 10 % of the file system, at least 1 MiB and
+    at most 1 GiB."""
     if setting.strip().lower() == "auto":
-        return min(DEFAULT_CAP, int(filesystem_size * DEFAULT_SHARE))
+        return min(DEFAULT_CAP, max(DEFAULT_FLOOR, int(filesystem_size * DEFAULT_SHARE)))
     return parse_size(setting)

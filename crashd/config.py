@@ -47,7 +47,7 @@ class Settings:
     read_timeout: float = 60
     unprivileged_user: str = "crashd"
     duplicate_window: float = 86400
-    max_use: str = "auto"  # bytes the reports may take; auto: 10 % of the file system, at most 1 GiB
+    max_use: str = "auto"  # bytes the reports may take; auto: 10 % of the file system, 1 MiB to 1 GiB
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}

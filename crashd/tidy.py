@@ -152,10 +152,11 @@ class Tidy:
         return _Seen(fingerprint, budget.duplicate_key(fields, opened.stat.st_uid), budget.counted(fields))
 
     def _finished(self, opened: OpenReport, stamps: Stamps) -> bool:
-        """Needs no more sending: sent (stamp or record), or refused or expired for good."""
+        """Needs no more sending: sent (stamp or record) with no core upload still due, or refused or
+        expired for good."""
         record = self.store.peek(opened.name.crash)
         if record is not None and record.fingerprint == Fingerprint.of(opened.stat):
-            return record.phase in _FINISHED
+            return record.phase in _FINISHED and (record.core is None or record.core.phase.final)
         return collector.sent_before(stamps, opened.stat)
 
     def _collapse(self, group: Group, duplicates: list[str]) -> tuple[Group, set[str]]:

@@ -130,7 +130,8 @@ def test_parse_size_refuses(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("setting", "filesystem", "limit"),
-    [("auto", 5 * GiB, GiB // 2), ("auto", 100 * GiB, GiB), ("AUTO", 0, 0), ("10M", 100 * GiB, 10 * MiB)],
+    [("auto", 5 * GiB, GiB // 2), ("auto", 100 * GiB, GiB), ("AUTO", 64 * 1024, MiB), ("auto", 0, MiB),
+     ("10M", 100 * GiB, 10 * MiB), ("1K", 64 * 1024, 1024)],
 )
 def test_max_use_bytes(setting: str, filesystem: int, limit: int) -> None:
     assert max_use_bytes(setting, filesystem) == limit
