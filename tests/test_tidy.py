@@ -246,3 +246,28 @@ def test_the_daemon_keeps_the_newest_unique_crashes_within_the_budget(daisy, cra
         assert daemon.stderr.count("over the 10485760-byte budget") == 50 - len(expected)
     assert sum(disk_use(path.stat()) for path in crash_dir.glob("*.crash")) <= 10 * MiB
     assert len(daisy.reports) == 0
+
+
+# -- removal acts only on the file judged -------------------------------------------------------------
+
+
+def test_remove_takes_the_judged_report_and_its_safe_stamps_only(crash_dir, tmp_path):
+    report = drop(crash_dir / "_usr_bin_x.0.crash", crash("x"))
+    (crash_dir / "_usr_bin_x.0.upload").touch()
+    outside = tmp_path / "outside"
+    outside.write_text("keep me")
+    (crash_dir / "_usr_bin_x.0.uploaded").symlink_to(outside)  # planted: never followed, never removed
+    with Spool(crash_dir) as spool, spool.open_report("_usr_bin_x.0.crash") as opened:
+        assert spool.remove(opened)
+        assert not spool.remove(opened)  # gone: nothing else is touched under its name
+    assert sorted(p.name for p in crash_dir.iterdir()) == ["_usr_bin_x.0.uploaded"]
+    assert outside.read_text() == "keep me"
+    assert not report.exists()
+
+
+def test_remove_refuses_a_name_that_now_is_another_file(crash_dir):
+    drop(crash_dir / "_usr_bin_x.0.crash", crash("x"))
+    with Spool(crash_dir) as spool, spool.open_report("_usr_bin_x.0.crash") as opened:
+        newer = drop(crash_dir / "_usr_bin_x.0.crash", crash("x", Date="later"))  # a new crash took the name
+        assert not spool.remove(opened)
+    assert newer.exists()
