@@ -179,8 +179,8 @@ class Daemon:
         tasks: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(WORKERS)
         while not self.stop.is_set():
-            while self.tidy is not None and self.untidy:  # duplicates and the budget before anything is
-                self.untidy = False  # sent, again if more reports arrived meanwhile: none goes out unseen
+            while self.tidy is not None and self.untidy and not self.stop.is_set():  # duplicates and the
+                self.untidy = False  # budget before anything is sent, again if more reports arrived meanwhile
                 busy = {name.crash for name in self.busy}
                 held = {ReportName.parse(name) for name in await asyncio.to_thread(self.tidy, busy)}
                 for name in self.held - held:
