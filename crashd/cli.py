@@ -41,6 +41,7 @@ from crashd.signature import crash_signature
 from crashd.spool import Spool, UnsafeFileError, open_file
 from crashd.state import StateStore
 from crashd.status import survey
+from crashd.tidy import Tidy, read_ledger
 from crashd.upload_all import upload_all
 from crashd.uploader import DirectUploader, HttpTransport, Uploader
 from crashd.worker import WorkerUploader
@@ -323,6 +324,7 @@ def cmd_upload_all(args: argparse.Namespace) -> int:
             if os.geteuid() != 0:
                 log.info("not running as root: only reports this user may read can be sent")
             hooks = _hooks(settings)
+            _tidy(spool, store, settings)()  # duplicates collapsed and the budget kept before sending
             summary = upload_all(spool, courier, limits=DEFAULT_LIMITS, deadline=deadline, hooks=hooks)
     finally:
         uploader.close()
@@ -471,10 +473,17 @@ def cmd_daemon(args: argparse.Namespace) -> int:
                     hooks=_hooks(settings),
                     dbus=dbus,
                     monitor=monitor,
+                    tidy=_tidy(spool, store, settings),
                 )
             )
     finally:
         uploader.close()
+
+
+def _tidy(spool: Spool, store: StateStore, settings: Settings) -> Tidy:
+    """Duplicate collapse and the disk budget (crashd.tidy); its ledger beside the records, if usable."""
+    state_dir = settings.state_dir if store.directory is not None else None
+    return Tidy(spool, store, state_dir, window=settings.duplicate_window, max_use=settings.max_use)
 
 
 def _consent_gate(settings: Settings, config: Path) -> Gate:
@@ -550,10 +559,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     with _spool(settings.crash_dir) as spool:
         gate = _consent_gate(settings, args.config or DEFAULT_CONFIG)
         statuses = survey(spool, StateStore.reader(settings.state_dir), gate, _network(settings))
+    ledger = read_ledger(settings.state_dir)
     if args.json:
-        print(json.dumps({"reports": [status.as_json() for status in statuses]}))
+        print(json.dumps({"reports": [status.as_json() for status in statuses], **ledger.as_json()}))
     else:
         _print_statuses(statuses, settings.crash_dir)
+        for line in ledger.lines():
+            print(line)
     return EXIT_OK
 
 

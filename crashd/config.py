@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crashd import budget
 from crashd.network import Metered
 
 DEFAULT_CONFIG = Path("/etc/crashd/crashd.conf")
@@ -49,6 +50,8 @@ class Settings:
     unprivileged_user: str = "crashd"
     hook_user: str = "crashd-hook"
     metered: Metered = Metered.REPORTS_ONLY
+    duplicate_window: float = 86400
+    max_use: str = "auto"  # bytes the reports may take; auto: 10 % of the file system, 1 MiB to 1 GiB
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
@@ -137,6 +140,15 @@ def _metered(value: str) -> Metered:
         raise ValueError(f"must be one of {', '.join(choice.value for choice in Metered)}") from None
 
 
+def _max_use(value: str) -> str:
+    text = value.strip()
+    if text.lower() == "auto":
+        return "auto"
+    if budget.parse_size(text) <= 0:
+        raise ValueError("must be more than 0 bytes")
+    return text
+
+
 def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(part) for part in value.split())
 
@@ -165,4 +177,5 @@ _CONVERTERS = {
     "unprivileged_user": _user,
     "hook_user": _user,
     "metered": _metered,
+    "max_use": _max_use,
 }

@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +70,9 @@ class Daemon:
     service: dbus_prefs.Service | None = None  # the bus service: ReportChanged goes out through it
     monitor: network.Monitor | None = None  # follows NetworkManager; its hold() is the courier's gate
     held_by_network: set[ReportName] = field(default_factory=set)  # kept running for these
+    tidy: Callable[[Collection[str]], Collection[str]] | None = None  # crashd.tidy: given the busy names
+    untidy: bool = True  # a report arrived since the last tidy
+    held: set[ReportName] = field(default_factory=set)  # duplicates the last tidy said not to send yet
     due: dict[ReportName, float] = field(default_factory=dict)  # courier.clock() time
     busy: set[ReportName] = field(default_factory=set)
     again: set[ReportName] = field(default_factory=set)
@@ -161,6 +164,7 @@ class Daemon:
     def rescan(self) -> None:
         """Look at every report: at start, and when inotify lost events."""
         now = self.courier.clock()
+        self.untidy = True
         for name in self.spool.report_names():
             self.schedule(name, now)
 
@@ -180,6 +184,8 @@ class Daemon:
             elif event.name is not None and (name := _report_for(str(event.name))) is not None:
                 if name in self.busy and str(event.name).endswith(".upload"):
                     continue  # our own stamp on the report in hand (or a request it already answers)
+                if name not in self.busy and str(event.name).endswith(".crash"):
+                    self.untidy = True  # a new report (a busy one's event is its own rewrite, by its hooks)
                 self.schedule(name, self.courier.clock())
 
     async def _schedule(self) -> None:
@@ -195,6 +201,15 @@ class Daemon:
 
         while not self.stop.is_set():
             self.wake.clear()  # before looking: whatever changes from here on wakes the sleep below
+            while self.tidy is not None and self.untidy and not self.stop.is_set():  # duplicates and the
+                self.untidy = False  # budget before anything is sent, again if more reports arrived meanwhile
+                busy = {name.crash for name in self.busy}
+                held = {ReportName.parse(name) for name in await asyncio.to_thread(self.tidy, busy)}
+                for name in self.held - held:
+                    self.schedule(name, self.courier.clock())  # no longer held back: due as before
+                for name in held:
+                    self.due.pop(name, None)
+                self.held = held
             now = self.courier.clock()
             for name in [name for name, when in self.due.items() if when <= now and name not in self.busy]:
                 del self.due[name]
@@ -247,6 +262,7 @@ class Daemon:
         finally:
             self.busy.discard(name)
             self.last_activity = time.monotonic()
+            self.untidy = self.untidy or bool(self.held)  # a kept report came free: count its duplicates
         if status is not None and self.service is not None:
             self.service.report_changed(status.name, status.state.value)  # settings UIs follow each outcome
         if status is not None and network.held_by_network(status.detail):

@@ -479,6 +479,26 @@ class Spool:
             return None
         return self.open_report(report.name)
 
+    def remove(self, report: OpenReport) -> bool:
+        """Remove a report that was opened and judged, and its stamps (crashd.tidy: duplicates, the
+        disk budget). ``unlinkat`` on the directory's descriptor, and only while ``NAME.crash`` still
+        is the inode that was judged (else False, nothing removed: a newer crash took the name). A
+        stamp is removed only if it passes the rules of :meth:`stamps`; an unsafe one is left alone.
+        """
+        dirfd = self._dirfd()
+        try:
+            now = os.stat(report.name.crash, dir_fd=dirfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if (now.st_dev, now.st_ino) != (report.stat.st_dev, report.stat.st_ino):
+            return False
+        os.unlink(report.name.crash, dir_fd=dirfd)
+        for stamp in (report.name.upload, report.name.uploaded):
+            with contextlib.suppress(FileNotFoundError, UnsafeFileError):
+                if self._stamp_mtime(stamp, report.stat.st_uid) is not None:
+                    os.unlink(stamp, dir_fd=dirfd)
+        return True
+
     def oops_id(self, name: ReportName | str, owner_uid: int | None = None) -> str | None:
         """The OOPS id in ``NAME.uploaded``; None if the stamp is absent, empty or
         does not hold an id.  Opened like every stamp (UnsafeFileError for a
