@@ -415,7 +415,9 @@ def dbus_activation_and_polkit() -> None:
     expect(unit_state("crashd.service") == "inactive", "crashd.service did not stop")
     got = gdbus_get(ALICE, *WHOOPSIE, "com.ubuntu.WhoopsiePreferences", "ReportCrashes")
     expect(got in ("(<true>,)", "(<false>,)"), f"WhoopsiePreferences.ReportCrashes read as {got!r}")
-    expect(unit_state("crashd.service") == "active", "the D-Bus call did not activate crashd.service")
+    # The names are served before READY=1, so the answer may come while the unit is still "activating".
+    wait_for("crashd.service active after the D-Bus call",
+             lambda: unit_state("crashd.service") == "active", timeout=30)
     got = gdbus_get(ALICE, *CRASHD, "org.crashd.Preferences1", "AutomaticallyReportCrashes")
     expect(got == "(<false>,)", f"Preferences1.AutomaticallyReportCrashes read as {got!r} (default off)")
     refused = gdbus_set(ALICE, *CRASHD, "org.crashd.Preferences1.SetAutomaticallyReportCrashes", True)
