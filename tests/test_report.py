@@ -24,7 +24,7 @@ from crashd.report import (
     read_report,
     write_report,
 )
-from tests.fixtures import APPORT, WHOOPSIE, apport_manifest, require
+from tests.fixtures import APPORT, WHOOPSIE, apport_manifest, apport_records, require
 
 
 def parse(data: bytes, **limits: int):
@@ -46,13 +46,12 @@ def block(payload: bytes, *, line: int = 76) -> bytes:
 
 
 def manifest_cases():
-    manifest = apport_manifest()
-    return [pytest.param(record, id=record["file"]) for record in manifest["files"]] if manifest else []
+    return [pytest.param(path, record, id=record["file"]) for path, record in apport_records()]
 
 
-@pytest.mark.parametrize("record", manifest_cases())
-def test_apport_fixture_decodes_as_apport_loader(record):
-    with open(APPORT / record["file"], "rb") as f:
+@pytest.mark.parametrize(("path", "record"), manifest_cases())
+def test_apport_fixture_decodes_as_apport_loader(path, record):
+    with open(path, "rb") as f:
         report = read_report(f, name=record["file"])
         assert list(report) == record["key_order"]
         assert report.problem_type == record["ProblemType"]
@@ -63,9 +62,22 @@ def test_apport_fixture_decodes_as_apport_loader(record):
             assert digest.is_text == (expected["type"] == "str"), key
 
 
-def test_apport_manifest_is_present_or_skipped_with_reason():
-    require(APPORT / "manifest.json")
-    assert len(apport_manifest()["files"]) >= 40
+def test_vendored_corpus_is_apports_bytes_and_covers_every_format_feature():
+    """The trimmed copy in tests/corpus is what apport wrote (the manifest's sha256 of each file)
+    and still holds every feature the corpus tests rely on."""
+    records = apport_manifest()["files"]
+    assert sorted(p.name for p in APPORT.glob("*.crash")) == sorted(r["file"] for r in records)
+    for record in records:
+        data = (APPORT / record["file"]).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (record["file_size"], record["file_sha256"])
+    keys = [key for record in records for key in record["keys"].values()]
+    assert {r["ProblemType"] for r in records} >= {
+        "Crash", "Bug", "Package", "KernelOops", "KernelCrash", "Hang", "RecoverableProblem"
+    }  # fmt: skip
+    assert {key.get("compression") for key in keys if key["binary"]} >= {"gzip", "zlib", "zstd"}
+    assert any(key["binary"] and key["type"] == "str" for key in keys)  # text stored as a compressed block
+    assert any(not key["binary"] and key["type"] == "bytes" for key in keys)  # raw non-UTF-8 text
+    assert any(record["on_disk_entries"][-1] != "CoreDump" and "CoreDump" in record["keys"] for record in records)
 
 
 # -- whoopsie's parser fixtures, judged by apport's loader -----------------------------
