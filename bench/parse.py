@@ -37,6 +37,9 @@ SEED = 20261121
 FIXTURES = Path(os.environ.get("CRASHD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / (
     "fixtures/apport"
 )
+VENDORED_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "corpus" / "apport"
+# A directory holding apport 2.36's problem_report.py, for a same-run ratio (see bench/README.md).
+APPORT_SRC = os.environ.get("APPORT_SRC")
 
 
 # -- the corpus ---------------------------------------------------------------------------
@@ -224,6 +227,9 @@ def _child(mode: str, directory: str, repeat: int) -> None:
     from crashd.report import ReportError, read_report
     from crashd.spool import open_file
 
+    if mode == "apport":
+        _apport_child(directory, repeat)
+        return
     baseline = rss_now_kib()  # after imports; ru_maxrss would still hold the launcher's share
     paths = sorted(str(p) for p in Path(directory).iterdir() if p.name.endswith(".crash"))
     times, errors, size = [], 0, sum(os.path.getsize(p) for p in paths)
@@ -260,6 +266,26 @@ def _child(mode: str, directory: str, repeat: int) -> None:
             }
         )
     )
+
+
+def _apport_child(directory: str, repeat: int) -> None:
+    """apport's own loader, ``ProblemReport.load(f, binary=True)``, over the same files."""
+    sys.path.insert(0, str(APPORT_SRC))
+    import problem_report  # type: ignore[import-not-found]  # apport 2.36, from APPORT_SRC
+
+    paths = sorted(str(p) for p in Path(directory).iterdir() if p.name.endswith(".crash"))
+    times, errors = [], 0
+    for _ in range(repeat):
+        errors = 0
+        started = time.perf_counter()
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    problem_report.ProblemReport().load(f, binary=True)
+            except Exception:  # apport refuses some reports; count them
+                errors += 1
+        times.append(time.perf_counter() - started)
+    print(json.dumps({"files": len(paths), "times": times, "errors": errors}))
 
 
 def _measure(mode: str, directory: Path, repeat: int) -> dict:
@@ -378,12 +404,67 @@ def _fixtures(repeat: int) -> dict | None:
     return out
 
 
+def compare_with_apport(rounds: int = 5, repeat: int = 3) -> dict:
+    """Decode rate of crashd against apport 2.36's loader on three corpora, as ratios.
+
+    Corpora: the apport-written fixtures (the full shared set when present, else the copy in
+    tests/corpus), 300 generated reports, and 200 realistic ~3 KB reports (100 "spec", 100
+    "deps", bench/reports.py). Each round runs crashd then apport on every corpus, each in a
+    fresh child (median of *repeat* passes); the ratio is apport's time over crashd's in the
+    same round, so machine load shared by both cancels out. Medians over rounds.
+    """
+    from bench.reports import write_reports
+
+    if not APPORT_SRC or not (Path(APPORT_SRC) / "problem_report.py").is_file():
+        raise SystemExit("set APPORT_SRC to a directory holding apport 2.36's problem_report.py (bench/README.md)")
+    with tempfile.TemporaryDirectory(prefix="crashd-bench-apport-") as tmp:
+        generated, realistic = Path(tmp) / "generated", Path(tmp) / "realistic"
+        generated.mkdir()
+        realistic.mkdir()
+        write_corpus(generated, 300)
+        write_reports(realistic, "spec", 100)
+        write_reports(realistic, "deps", 100, offset=100)
+        corpora = {
+            "fixtures": FIXTURES if FIXTURES.is_dir() else VENDORED_FIXTURES,
+            "generated": generated,
+            "realistic": realistic,
+        }
+        ratios: dict[str, list[float]] = {name: [] for name in corpora}
+        rates: dict[str, dict[str, list[float]]] = {name: {"crashd": [], "apport": []} for name in corpora}
+        files: dict[str, int] = {}
+        for _ in range(rounds):
+            for name, directory in corpora.items():
+                ours, theirs = _measure("decode", directory, repeat), _measure("apport", directory, repeat)
+                t_ours, t_theirs = Stats(tuple(ours["times"])).median, Stats(tuple(theirs["times"])).median
+                files[name] = ours["files"]
+                ratios[name].append(t_theirs / t_ours)
+                rates[name]["crashd"].append(ours["files"] / t_ours)
+                rates[name]["apport"].append(theirs["files"] / t_theirs)
+    out = {}
+    for name in corpora:
+        ordered = sorted(ratios[name])
+        median = ordered[len(ordered) // 2]
+        crashd_rate = sorted(rates[name]["crashd"])[rounds // 2]
+        apport_rate = sorted(rates[name]["apport"])[rounds // 2]
+        out[name] = {"files": files[name], "ratio_median": median, "ratio_range": [ordered[0], ordered[-1]],
+                     "crashd_per_s": crashd_rate, "apport_per_s": apport_rate}  # fmt: skip
+        print(
+            f"parse vs apport {name:<9}: {files[name]} files; crashd {crashd_rate:6.0f}/s, apport {apport_rate:6.0f}/s; "
+            f"ratio median x{median:.2f} (range {ordered[0]:.2f}-{ordered[-1]:.2f} over {rounds} rounds)"
+        )
+    print("parse vs apport: SUMMARY " + ", ".join(f"{n} x{o['ratio_median']:.2f}" for n, o in out.items()))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.parse")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "DIR", "REPEAT"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--apport", action="store_true", help="decode ratios against apport (APPORT_SRC)")
     args = parser.parse_args(argv)
-    if args.child:
+    if args.apport:
+        compare_with_apport()
+    elif args.child:
         mode, directory, repeat = args.child
         _child(mode, directory, int(repeat))
     else:

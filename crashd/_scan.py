@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
@@ -29,10 +29,15 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 # lines have no length limit (a bytes CoreDump is one line of its whole compressed size).
 PIECE = 1 * MiB
 _FIRST_READ = 64 * KiB  # most reports are a few KiB: don't ask for a whole block at first
+KEEP_WHOLE = 64 * KiB  # a file this small is kept whole by the index pass, for its text values
 
 KEY = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*")
 _NEXT_HEADER = re.compile(rb"\n[^ ]")  # a line that does not continue the entry before it
+_VALID_KEYS: dict[bytes, str] = {}  # keys already found valid (a few hundred in practice; bounded)
 _EMPTY_LINES = re.compile(rb"(?: \n)*")  # continuation lines with nothing on them
+# A whole entry in one match: a valid key (at least one letter or digit), its header line, and
+# every continuation line after it that ends with a newline.
+_ENTRY = re.compile(rb"([._-]*[A-Za-z0-9][A-Za-z0-9._-]*):([^\n]*)\n((?: [^\n]*\n)*)")
 
 
 class ReportError(ValueError):
@@ -70,9 +75,8 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """Where one key's (last) entry lies in the file, and what it holds."""
+class Entry(NamedTuple):
+    """Where one key's (last) entry lies in the file, and what it holds (a tuple: one is made per key)."""
 
     key: str
     line: int  # line number of the header line
@@ -163,8 +167,9 @@ class _Buffer:
         return length, last, ends
 
 
-def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> dict[str, Entry]:
-    """Index every entry of the report in *file* (binary, at offset 0) in one bounded pass.
+def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> tuple[dict[str, Entry], bytes | None]:
+    """Index every entry of the report in *file* (binary, at offset 0) in one bounded pass;
+    return the entries and, for a file of at most KEEP_WHOLE bytes, its bytes.
 
     Raises :class:`ReportError` for input apport's loader would refuse and for anything
     over *limits*, naming the line, as soon as the offending line has been read.
@@ -173,11 +178,21 @@ def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> dict[str,
     builder: _EntryBuilder | None = None
     buffer, cursor = _Buffer(file), _Cursor(name)
     fail = cursor.fail
+    buffer.fill()
+    data = buffer.data
+    if buffer.eof and len(data) <= min(PIECE, limits.file_size) and limits.text_value >= PIECE:
+        buffer.pos = _small_file(data, entries, cursor, limits)
     while True:
         buffer.fill()
         data, pos = buffer.data, buffer.pos
         if pos >= len(data):
             break
+        if data[pos] != 0x20:
+            if builder is not None:
+                entries[builder.key] = builder.finish(buffer.base + pos)
+                builder = None
+            if _whole_entry(entries, buffer, cursor, limits):
+                continue
         end = buffer.line_end()
         if builder is not None and data[pos] == 0x20:  # continuation lines: a run of them at once
             if end < 0:
@@ -216,7 +231,105 @@ def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> dict[str,
             raise fail(ReportLimitError, f"more than {limits.keys} keys")
     if builder is not None:
         entries[builder.key] = builder.finish(buffer.base + buffer.pos)
-    return entries
+    whole = buffer.base == 0 and buffer.eof and len(buffer.data) <= KEEP_WHOLE
+    return entries, buffer.data if whole else None
+
+
+def _small_file(data: bytes, entries: dict[str, Entry], cursor: _Cursor, limits: Limits) -> int:
+    """Index a whole file of at most PIECE bytes as far as it goes without a question; return
+    where the line-by-line path must take over (``len(data)`` when done).
+
+    Entry boundaries come from one regex scan for a newline not followed by a space; each
+    entry then costs a few ``find``/``count`` calls. No line can be longer than PIECE and no
+    text value can reach the text_value bound here (the caller checks both), so only the key
+    bounds remain to be checked; anything unusual (a bad key, an empty line, a last line with
+    no newline) stops the fast path at that entry, before anything of it is recorded.
+    """
+    pos = line = 0
+    bounds = [match.start() + 1 for match in _NEXT_HEADER.finditer(data)]
+    bounds.append(len(data))
+    find, count_of, known = data.find, data.count, _VALID_KEYS.get
+    key_length, most_keys = limits.key_length, limits.keys
+    make = tuple.__new__  # Entry(...) through its Python-level __new__ costs more than the rest of the loop
+    for end in bounds:
+        header_end = find(b"\n", pos, end)
+        colon = find(b":", pos, header_end)
+        if colon < 0 or data[end - 1] != 0x0A:
+            break  # an empty line, no colon, or a line with no newline at the end of the file
+        raw_key = data[pos:colon]
+        key = known(raw_key)
+        if key is None:
+            if not KEY.fullmatch(raw_key):
+                break
+            key = raw_key.decode("ascii")
+            if len(_VALID_KEYS) < 4096:
+                _VALID_KEYS[raw_key] = key
+        if colon - pos > key_length or (len(entries) >= most_keys and key not in entries):
+            break
+        value = data[colon + 1 : header_end].strip()
+        binary = value == b"base64"
+        line += 1
+        if header_end + 1 == end:
+            entries[key] = make(Entry, (key, line, binary, pos, end, 0 if binary else len(value)))
+            pos = end
+            continue
+        count = count_of(b"\n", header_end + 1, end)
+        body = end - header_end - 1 - 2 * count
+        if binary:
+            size = body + count - 1  # base64 lines joined with "\n"
+        elif value:
+            size = len(value) + body + count
+        elif body:  # leading empty lines vanish; "\n" joins every line after the first non-empty one
+            empty = _EMPTY_LINES.match(data, header_end + 1, end).end() - header_end - 1  # type: ignore[union-attr]
+            size = body + count - empty // 2 - 1
+        else:
+            size = 0
+        entries[key] = make(Entry, (key, line, binary, pos, end, size))
+        line += count
+        pos = end
+    cursor.line = line
+    return pos
+
+
+def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, limits: Limits) -> bool:
+    """Index the entry at ``pos`` in one regex match when it is whole in the buffer, at most
+    PIECE bytes, and within every bound; else leave everything as it was and return False,
+    for the line-by-line path to read it (and name the line of any refusal)."""
+    data, pos = buffer.data, buffer.pos
+    match = _ENTRY.match(data, pos)
+    if match is None:
+        return False
+    end = match.end()
+    if end - pos > PIECE or (data[end] == 0x20 if end < len(data) else not buffer.eof):
+        return False  # long lines, or the entry may go on past the buffer
+    if buffer.base + end > limits.file_size:
+        return False
+    raw_key, value = match.group(1, 2)
+    if len(raw_key) > limits.key_length:
+        return False
+    key = raw_key.decode("ascii")
+    if key not in entries and len(entries) >= limits.keys:
+        return False
+    value = value.strip()
+    binary = value == b"base64"
+    more = match.start(3)
+    count = data.count(b"\n", more, end)
+    body = end - more - 2 * count
+    if binary:
+        size = body + count - 1 if count else 0  # base64 lines joined with "\n"
+    else:
+        size = len(value)
+        if size:
+            size += body + count
+        elif body:  # leading empty lines vanish; "\n" joins every line after the first non-empty one
+            empty = (_EMPTY_LINES.match(data, more, end).end() - more) // 2  # type: ignore[union-attr]
+            size = body + count - empty - 1
+        if size > limits.text_value or body + 2 * count > 2 * limits.text_value:
+            return False
+    line = cursor.line + 1
+    entries[key] = Entry(key, line, binary, buffer.base + pos, buffer.base + end, size)
+    cursor.line, buffer.pos = line + count, end
+    return True
 
 
 def _continuations(

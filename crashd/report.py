@@ -156,11 +156,20 @@ class Report:
     """An indexed report file: keys in loader order, values decoded on demand.
 
     The report reads from the file object it was given, so that file must stay
-    open and must not be read by anyone else while the report is in use.
+    open and must not be read by anyone else while the report is in use. A small
+    file's bytes (*whole*, at most :data:`crashd._scan.KEEP_WHOLE`) are kept from
+    the index pass, and its text values are cut from them without reading again.
     """
 
-    def __init__(self, file: BinaryIO, entries: dict[str, Entry], limits: Limits, name: str | None):
-        self._file, self.entries, self.limits, self.name = file, entries, limits, name
+    def __init__(
+        self,
+        file: BinaryIO,
+        entries: dict[str, Entry],
+        limits: Limits,
+        name: str | None,
+        whole: bytes | None = None,
+    ):
+        self._file, self.entries, self.limits, self.name, self._whole = file, entries, limits, name, whole
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
@@ -182,10 +191,13 @@ class Report:
         entry = self.entries[key]
         if entry.binary:
             raise TypeError(f"{key} is a binary value; use chunks() or base64_body()")
-        self._file.seek(entry.start)
-        raw = self._file.read(entry.end - entry.start).removesuffix(b"\n")
+        if self._whole is not None:
+            raw = self._whole[entry.start : entry.end].removesuffix(b"\n")
+        else:
+            self._file.seek(entry.start)
+            raw = self._file.read(entry.end - entry.start).removesuffix(b"\n")
         header, more, lines = raw.partition(b"\n")
-        first = header.split(b":", 1)[1].strip()
+        first = header[len(entry.key) + 1 :].strip()
         if not more:
             return first
         # Every continuation line loses its one leading space; apport adds "\n" only once the value
@@ -331,7 +343,8 @@ def read_report(file: BinaryIO, *, limits: Limits = DEFAULT_LIMITS, name: str | 
     anything over *limits*; *name* (usually the path) prefixes every message.
     The pass itself is :func:`crashd._scan.index_entries`.
     """
-    return Report(file, index_entries(file, limits, name), limits, name)
+    entries, whole = index_entries(file, limits, name)
+    return Report(file, entries, limits, name, whole)
 
 
 # -- writing --------------------------------------------------------------------------
