@@ -191,18 +191,20 @@ class Report:
         entry = self.entries[key]
         if entry.binary:
             raise TypeError(f"{key} is a binary value; use chunks() or base64_body()")
-        if self._whole is not None:
-            raw = self._whole[entry.start : entry.end].removesuffix(b"\n")
-        else:
+        raw, start, stop = self._whole, entry.start, entry.end
+        if raw is None:
             self._file.seek(entry.start)
-            raw = self._file.read(entry.end - entry.start).removesuffix(b"\n")
-        header, more, lines = raw.partition(b"\n")
-        first = header[len(entry.key) + 1 :].strip()
-        if not more:
+            raw = self._file.read(entry.end - entry.start)
+            start, stop = 0, len(raw)
+        header_end = raw.find(b"\n", start, stop)
+        if header_end < 0:
+            header_end = stop  # the file's last line, with no newline
+        first = raw[start + len(key) + 1 : header_end].strip()
+        if header_end + 1 >= stop:
             return first
         # Every continuation line loses its one leading space; apport adds "\n" only once the value
         # is non-empty, so leading empty lines vanish.
-        rest = lines[1:].replace(b"\n ", b"\n")
+        rest = raw[header_end + 2 : stop - (raw[stop - 1] == 0x0A)].replace(b"\n ", b"\n")
         return first + b"\n" + rest if first else rest.lstrip(b"\n")
 
     def string(self, key: str) -> str:
