@@ -35,9 +35,6 @@ KEY = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*")
 _NEXT_HEADER = re.compile(rb"\n[^ ]")  # a line that does not continue the entry before it
 _VALID_KEYS: dict[bytes, str] = {}  # keys already found valid (a few hundred in practice; bounded)
 _EMPTY_LINES = re.compile(rb"(?: \n)*")  # continuation lines with nothing on them
-# A whole entry in one match: a valid key (at least one letter or digit), its header line, and
-# every continuation line after it that ends with a newline.
-_ENTRY = re.compile(rb"([._-]*[A-Za-z0-9][A-Za-z0-9._-]*):([^\n]*)\n((?: [^\n]*\n)*)")
 
 
 class ReportError(ValueError):
@@ -292,29 +289,34 @@ def _small_file(data: bytes, entries: dict[str, Entry], cursor: _Cursor, limits:
 
 
 def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, limits: Limits) -> bool:
-    """Index the entry at ``pos`` in one regex match when it is whole in the buffer, at most
-    PIECE bytes, and within every bound; else leave everything as it was and return False,
-    for the line-by-line path to read it (and name the line of any refusal)."""
+    """Index the entry at ``pos`` at once when it is whole in the buffer, at most PIECE bytes,
+    and within every bound; else leave everything as it was and return False, for the
+    line-by-line path to read it (and name the line of any refusal)."""
     data, pos = buffer.data, buffer.pos
-    match = _ENTRY.match(data, pos)
-    if match is None:
+    window = min(len(data), pos + PIECE)
+    header_end = data.find(b"\n", pos, window)
+    if header_end < 0:
         return False
-    end = match.end()
-    if end - pos > PIECE or (data[end] == 0x20 if end < len(data) else not buffer.eof):
-        return False  # long lines, or the entry may go on past the buffer
-    if buffer.base + end > limits.file_size:
+    following = _NEXT_HEADER.search(data, header_end, window)
+    if following is not None:
+        end = following.start() + 1
+    elif buffer.eof and window == len(data):
+        end = len(data)
+    else:
+        return False  # the entry may go on past the buffer, or past PIECE bytes
+    colon = data.find(b":", pos, header_end)
+    if colon < 0 or data[end - 1] != 0x0A or buffer.base + end > limits.file_size:
         return False
-    raw_key, value = match.group(1, 2)
-    if len(raw_key) > limits.key_length:
+    raw_key = data[pos:colon]
+    if colon - pos > limits.key_length or not KEY.fullmatch(raw_key):
         return False
     key = raw_key.decode("ascii")
     if key not in entries and len(entries) >= limits.keys:
         return False
-    value = value.strip()
+    value = data[colon + 1 : header_end].strip()
     binary = value == b"base64"
-    more = match.start(3)
-    count = data.count(b"\n", more, end)
-    body = end - more - 2 * count
+    count = data.count(b"\n", header_end + 1, end)
+    body = end - header_end - 1 - 2 * count
     if binary:
         size = body + count - 1 if count else 0  # base64 lines joined with "\n"
     else:
@@ -322,8 +324,8 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
         if size:
             size += body + count
         elif body:  # leading empty lines vanish; "\n" joins every line after the first non-empty one
-            empty = (_EMPTY_LINES.match(data, more, end).end() - more) // 2  # type: ignore[union-attr]
-            size = body + count - empty - 1
+            empty = _EMPTY_LINES.match(data, header_end + 1, end).end() - header_end - 1  # type: ignore[union-attr]
+            size = body + count - empty // 2 - 1
         if size > limits.text_value or body + 2 * count > 2 * limits.text_value:
             return False
     line = cursor.line + 1
