@@ -177,7 +177,7 @@ def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> tuple[dic
     fail = cursor.fail
     buffer.fill()
     data = buffer.data
-    if buffer.eof and len(data) <= min(PIECE, limits.file_size) and limits.text_value >= PIECE:
+    if buffer.eof and len(data) <= min(KEEP_WHOLE, PIECE, limits.file_size) and limits.text_value >= PIECE:
         buffer.pos = _small_file(data, entries, cursor, limits)
     while True:
         buffer.fill()
@@ -233,8 +233,10 @@ def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> tuple[dic
 
 
 def _small_file(data: bytes, entries: dict[str, Entry], cursor: _Cursor, limits: Limits) -> int:
-    """Index a whole file of at most PIECE bytes as far as it goes without a question; return
-    where the line-by-line path must take over (``len(data)`` when done).
+    """Index a small file (all of it in hand, at most KEEP_WHOLE and PIECE bytes) as far as it
+    goes without a question; return where the line-by-line path must take over (``len(data)``
+    when done). A larger file goes entry by entry (:func:`_whole_entry`), so that a core's
+    base64 lines are stepped over rather than scanned byte by byte.
 
     Entry boundaries come from one regex scan for a newline not followed by a space; each
     entry then costs a few ``find``/``count`` calls. No line can be longer than PIECE and no
@@ -295,26 +297,22 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
     data, pos = buffer.data, buffer.pos
     window = min(len(data), pos + PIECE)
     header_end = data.find(b"\n", pos, window)
-    if header_end < 0:
+    colon = data.find(b":", pos, header_end) if header_end >= 0 else -1
+    if colon < 0:
         return False
-    following = _NEXT_HEADER.search(data, header_end, window)
-    if following is not None:
-        end = following.start() + 1
-    elif buffer.eof and window == len(data):
+    value = data[colon + 1 : header_end].strip()
+    binary = value == b"base64"
+    end = _entry_end(data, header_end, window, long_lines=binary)
+    if end < 0 and buffer.eof and window == len(data):
         end = len(data)
-    else:
-        return False  # the entry may go on past the buffer, or past PIECE bytes
-    colon = data.find(b":", pos, header_end)
-    if colon < 0 or data[end - 1] != 0x0A or buffer.base + end > limits.file_size:
-        return False
+    if end < 0 or data[end - 1] != 0x0A or buffer.base + end > limits.file_size:
+        return False  # the entry may go on past the buffer or past PIECE bytes, or ends the file oddly
     raw_key = data[pos:colon]
     if colon - pos > limits.key_length or not KEY.fullmatch(raw_key):
         return False
     key = raw_key.decode("ascii")
     if key not in entries and len(entries) >= limits.keys:
         return False
-    value = data[colon + 1 : header_end].strip()
-    binary = value == b"base64"
     count = data.count(b"\n", header_end + 1, end)
     body = end - header_end - 1 - 2 * count
     if binary:
@@ -332,6 +330,29 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
     entries[key] = Entry(key, line, binary, buffer.base + pos, buffer.base + end, size)
     cursor.line, buffer.pos = line + count, end
     return True
+
+
+def _entry_end(data: bytes, header_end: int, window: int, long_lines: bool) -> int:
+    """Where the entry whose header line ends at *header_end* ends, if before *window*; else -1.
+
+    A base64 block written by apport has one line per compressor block, so its few long
+    lines are stepped over with ``find`` (memchr); text, or a block of short lines, is
+    searched for its end with the regex, which looks at every byte.
+    """
+    if long_lines:
+        at = header_end + 1
+        while at < window and data[at] == 0x20:
+            newline = data.find(b"\n", at, window)
+            if newline < 0:
+                return -1
+            if newline - at < 1024:  # short lines after all: let the regex take the rest
+                break
+            at = newline + 1
+        else:
+            return at if at < window else -1
+        header_end = newline
+    following = _NEXT_HEADER.search(data, header_end, window)
+    return following.start() + 1 if following is not None else -1
 
 
 def _continuations(
