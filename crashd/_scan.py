@@ -33,7 +33,8 @@ KEEP_WHOLE = 64 * KiB  # a file this small is kept whole by the index pass, for 
 
 KEY = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*")
 _NEXT_HEADER = re.compile(rb"\n[^ ]")  # a line that does not continue the entry before it
-_VALID_KEYS: dict[bytes, str] = {}  # keys already found valid (a few hundred in practice; bounded)
+# Keys already found valid: a few hundred in practice; at most 4096 of at most 256 bytes each.
+_VALID_KEYS: dict[bytes, str] = {}
 _EMPTY_LINES = re.compile(rb"(?: \n)*")  # continuation lines with nothing on them
 
 
@@ -261,7 +262,7 @@ def _small_file(data: bytes, entries: dict[str, Entry], cursor: _Cursor, limits:
             if not KEY.fullmatch(raw_key):
                 break
             key = raw_key.decode("ascii")
-            if len(_VALID_KEYS) < 4096:
+            if len(_VALID_KEYS) < 4096 and len(raw_key) <= 256:
                 _VALID_KEYS[raw_key] = key
         if colon - pos > key_length or (len(entries) >= most_keys and key not in entries):
             break
@@ -308,10 +309,14 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
     if end < 0 or data[end - 1] != 0x0A or buffer.base + end > limits.file_size:
         return False  # the entry may go on past the buffer or past PIECE bytes, or ends the file oddly
     raw_key = data[pos:colon]
-    if colon - pos > limits.key_length or not KEY.fullmatch(raw_key):
-        return False
-    key = raw_key.decode("ascii")
-    if key not in entries and len(entries) >= limits.keys:
+    key = _VALID_KEYS.get(raw_key)
+    if key is None:
+        if not KEY.fullmatch(raw_key):
+            return False
+        key = raw_key.decode("ascii")
+        if len(_VALID_KEYS) < 4096 and len(raw_key) <= 256:
+            _VALID_KEYS[raw_key] = key
+    if colon - pos > limits.key_length or (key not in entries and len(entries) >= limits.keys):
         return False
     count = data.count(b"\n", header_end + 1, end)
     body = end - header_end - 1 - 2 * count
