@@ -1,8 +1,9 @@
 """parse: throughput of ``crashd.report`` on a generated corpus, and memory vs. core size.
 
 DESIGN.md §8: "parse the shared corpus — apport's loader ≈ 440 reports/s; target ≥ 2x
-apport; memory independent of core size". apport is not installable here, so 440/s is
-an external anchor (measured elsewhere on this class of machine), not a same-run figure.
+apport; memory independent of core size". The default run compares with that external
+anchor; ``--apport`` (:func:`compare_with_apport`) measures apport 2.36's own loader in the
+same run, on three corpora, as ratios (bench/README.md says how to get its source).
 
 Three passes over the same files, each in a fresh child so its peak RSS is its own:
 
@@ -20,13 +21,16 @@ Child mode (used by the parent): ``python -m bench.parse --child MODE DIR REPEAT
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from bench._common import KiB, MiB, Stats, child_env, mib, rss_now_kib, run_child, write_core_block
 from crashd.report import write_report
@@ -37,6 +41,9 @@ SEED = 20261121
 FIXTURES = Path(os.environ.get("CRASHD_SHARED", Path(__file__).resolve().parents[2] / "shared")) / (
     "fixtures/apport"
 )
+VENDORED_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "corpus" / "apport"
+# A directory holding apport 2.36's problem_report.py, for a same-run ratio (see bench/README.md).
+APPORT_SRC = os.environ.get("APPORT_SRC")
 
 
 # -- the corpus ---------------------------------------------------------------------------
@@ -222,19 +229,24 @@ def _child(mode: str, directory: str, repeat: int) -> None:
     import resource
 
     from crashd.report import ReportError, read_report
-    from crashd.spool import open_file
 
+    if mode == "apport":
+        _apport_child(directory, repeat)
+        return
+    if mode == "floor":
+        _floor_child(directory, repeat)
+        return
     baseline = rss_now_kib()  # after imports; ru_maxrss would still hold the launcher's share
     paths = sorted(str(p) for p in Path(directory).iterdir() if p.name.endswith(".crash"))
-    times, errors, size = [], 0, sum(os.path.getsize(p) for p in paths)
+    times, cpu_times, errors, size = [], [], 0, sum(os.path.getsize(p) for p in paths)
     for _ in range(repeat):
         errors = 0
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         for path in paths:
             try:
-                with open_file(path) as opened, opened.file() as f:
+                with _opened(path, plain=mode == "decode_plain") as f:
                     report = read_report(f, name=path)
-                    if mode == "decode":
+                    if mode in ("decode", "decode_plain"):
                         for key, entry in report.entries.items():
                             if entry.binary:
                                 for _chunk in report.chunks(key):
@@ -247,6 +259,7 @@ def _child(mode: str, directory: str, repeat: int) -> None:
             except ReportError:
                 errors += 1  # the shared fixtures include reports apport itself refuses
         times.append(time.perf_counter() - started)
+        cpu_times.append(time.process_time() - cpu_started)
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, baseline)  # counters lag a little
     print(
         json.dumps(
@@ -254,12 +267,82 @@ def _child(mode: str, directory: str, repeat: int) -> None:
                 "files": len(paths),
                 "bytes": size,
                 "times": times,
+                "cpu_times": cpu_times,
                 "errors": errors,
                 "baseline_kib": baseline,
                 "peak_kib": peak,
             }
         )
     )
+
+
+@contextlib.contextmanager
+def _opened(path: str, plain: bool) -> Iterator[BinaryIO]:
+    """The file as crashd opens a report (no symlink, checked), or with plain ``open()`` as apport does."""
+    from crashd.spool import open_file
+
+    if plain:
+        with open(path, "rb") as f:
+            yield f
+    else:
+        with open_file(path) as opened, opened.file() as f:
+            yield f
+
+
+def _floor_child(directory: str, repeat: int) -> None:
+    """The C work any loader must do: base64-decode each stored line of every binary value and
+    inflate it (zlib; zstd for a zstd frame). The lines are gathered before the clock starts."""
+    import binascii
+    import zlib
+
+    from crashd._codec import ZSTD_MAGIC, zstd
+    from crashd.report import read_report
+
+    paths = sorted(str(p) for p in Path(directory).iterdir() if p.name.endswith(".crash"))
+    values = []
+    for path in paths:
+        with open(path, "rb") as f:
+            report = read_report(f)
+            for key, entry in report.entries.items():
+                if entry.binary:
+                    values.append(b"".join(report.base64_body(key)).split(b"\n"))
+    times, cpu_times = [], []
+    for _ in range(repeat):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for lines in values:
+            blocks = [binascii.a2b_base64(line) for line in lines]
+            if blocks and blocks[0].startswith(ZSTD_MAGIC):
+                zstd.ZstdDecompressor().decompress(b"".join(blocks))
+                continue
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if blocks and blocks[0][:2] == b"\x1f\x8b" else zlib.MAX_WBITS)
+            for block in blocks:
+                while block:
+                    inflate.decompress(block, 1 << 20)
+                    block = inflate.unconsumed_tail
+        times.append(time.perf_counter() - started)
+        cpu_times.append(time.process_time() - cpu_started)
+    print(json.dumps({"files": len(paths), "values": len(values), "times": times, "cpu_times": cpu_times, "errors": 0}))
+
+
+def _apport_child(directory: str, repeat: int) -> None:
+    """apport's own loader, ``ProblemReport.load(f, binary=True)``, over the same files."""
+    sys.path.insert(0, str(APPORT_SRC))
+    import problem_report  # type: ignore[import-not-found]  # apport 2.36, from APPORT_SRC
+
+    paths = sorted(str(p) for p in Path(directory).iterdir() if p.name.endswith(".crash"))
+    times, cpu_times, errors = [], [], 0
+    for _ in range(repeat):
+        errors = 0
+        started, cpu_started = time.perf_counter(), time.process_time()
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    problem_report.ProblemReport().load(f, binary=True)
+            except Exception:  # apport refuses some reports; count them
+                errors += 1
+        times.append(time.perf_counter() - started)
+        cpu_times.append(time.process_time() - cpu_started)
+    print(json.dumps({"files": len(paths), "times": times, "cpu_times": cpu_times, "errors": errors}))
 
 
 def _measure(mode: str, directory: Path, repeat: int) -> dict:
@@ -378,12 +461,82 @@ def _fixtures(repeat: int) -> dict | None:
     return out
 
 
+def compare_with_apport(rounds: int = 5, repeat: int = 3) -> dict:
+    """Decode rate of crashd against apport 2.36's loader on three corpora, as ratios.
+
+    Corpora: the apport-written fixtures (the full shared set when present, else the copy in
+    tests/corpus), 300 generated reports, and 200 realistic ~3 KB reports (100 "spec", 100
+    "deps", bench/reports.py). Each round runs crashd then apport on every corpus, each in a
+    fresh child (median of *repeat* passes); the ratio is apport's time over crashd's in the
+    same round, so machine load shared by both cancels out. Medians over rounds. The ceiling
+    is apport's time over the floor's (base64 and inflate alone): no loader can beat it. Both open
+    the files with plain ``open()``: this compares the parsers, not crashd's checked open.
+    Times are CPU times of the child (``process_time``): on a machine shared with other jobs
+    they vary far less than wall time, and both sides are single-threaded.
+    """
+    from bench.reports import write_reports
+
+    if not APPORT_SRC or not (Path(APPORT_SRC) / "problem_report.py").is_file():
+        raise SystemExit("set APPORT_SRC to a directory holding apport 2.36's problem_report.py (bench/README.md)")
+    with tempfile.TemporaryDirectory(prefix="crashd-bench-apport-") as tmp:
+        generated, realistic = Path(tmp) / "generated", Path(tmp) / "realistic"
+        generated.mkdir()
+        realistic.mkdir()
+        write_corpus(generated, 300)
+        write_reports(realistic, "spec", 100)
+        write_reports(realistic, "deps", 100, offset=100)
+        corpora = {
+            "fixtures": FIXTURES if FIXTURES.is_dir() else VENDORED_FIXTURES,
+            "generated": generated,
+            "realistic": realistic,
+        }
+        ratios: dict[str, list[float]] = {name: [] for name in corpora}
+        ceilings: dict[str, list[float]] = {name: [] for name in corpora}
+        rates: dict[str, dict[str, list[float]]] = {name: {"crashd": [], "apport": []} for name in corpora}
+        files: dict[str, int] = {}
+        refused: dict[str, tuple[int, int]] = {}
+        for _ in range(rounds):
+            for name, directory in corpora.items():
+                passes = repeat * (10 if name == "realistic" else 1)  # 200 small files: ~30 ms a pass
+                ours, theirs = _measure("decode_plain", directory, passes), _measure("apport", directory, passes)
+                floor = _measure("floor", directory, passes)
+                t_ours, t_theirs = Stats(tuple(ours["cpu_times"])).median, Stats(tuple(theirs["cpu_times"])).median
+                t_floor = Stats(tuple(floor["cpu_times"])).median
+                ceilings[name].append(t_theirs / t_floor if floor["values"] else float("inf"))
+                files[name] = ours["files"]
+                refused[name] = (ours["errors"], theirs["errors"])
+                ratios[name].append(t_theirs / t_ours)
+                rates[name]["crashd"].append(ours["files"] / t_ours)
+                rates[name]["apport"].append(theirs["files"] / t_theirs)
+    out = {}
+    for name in corpora:
+        ordered = sorted(ratios[name])
+        median = ordered[len(ordered) // 2]
+        crashd_rate = sorted(rates[name]["crashd"])[rounds // 2]
+        apport_rate = sorted(rates[name]["apport"])[rounds // 2]
+        ceiling = sorted(ceilings[name])[rounds // 2]
+        out[name] = {"files": files[name], "ratio_median": median, "ratio_range": [ordered[0], ordered[-1]],
+                     "ceiling_median": ceiling,
+                     "crashd_per_s": crashd_rate, "apport_per_s": apport_rate, "refused": refused[name]}  # fmt: skip
+        print(
+            f"parse vs apport {name:<9}: {files[name]} files (refused: crashd {refused[name][0]}, "
+            f"apport {refused[name][1]}); crashd {crashd_rate:6.0f}/s, apport {apport_rate:6.0f}/s; "
+            f"ratio median x{median:.2f} (range {ordered[0]:.2f}-{ordered[-1]:.2f} over {rounds} rounds); "
+            + (f"a loader doing only base64 and inflate would be x{ceiling:.2f}" if ceiling != float("inf") else "no binary values")
+        )
+    print("parse vs apport: SUMMARY " + ", ".join(f"{n} x{o['ratio_median']:.2f}" for n, o in out.items()))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.parse")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "DIR", "REPEAT"))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--apport", action="store_true", help="decode ratios against apport (APPORT_SRC)")
     args = parser.parse_args(argv)
-    if args.child:
+    if args.apport:
+        compare_with_apport()
+    elif args.child:
         mode, directory, repeat = args.child
         _child(mode, directory, int(repeat))
     else:

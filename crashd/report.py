@@ -40,11 +40,23 @@ import hashlib
 import io
 import re
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from crashd._codec import Base64Line, CodecError, decompressor_for
+from crashd._scan import (
+    DEFAULT_LIMITS,
+    KEY,
+    PIECE,
+    Entry,
+    Limits,
+    MalformedReportError,
+    ReportError,
+    ReportLimitError,
+    index_entries,
+    size_text,
+)
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -63,11 +75,7 @@ __all__ = [
     "write_report",
 ]
 
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-
-# How much of one physical line is read at a time: lines have no length limit
-# (a bytes CoreDump is one line of its whole compressed size).
-_PIECE = 1 * MiB
+KiB = 1 << 10
 
 # Keys apport decodes strictly as UTF-8 (2.35+): invalid UTF-8 in one of them is a
 # load error, not a bytes value. Every one is written by apport itself as text.
@@ -116,54 +124,6 @@ STRING_KEYS = frozenset(
 # Bytes below 0x20 that Python does not count as white space: a value holding one
 # is binary to apport (``ProblemReport.is_binary``).
 _CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1b]")
-_KEY = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-class ReportError(ValueError):
-    """A report that crashd refuses; the message names the file, the line and the reason."""
-
-    def __init__(self, reason: str, *, line: int | None = None, name: str | None = None) -> None:
-        self.reason, self.line, self.name = reason, line, name
-        super().__init__(f"{name}: {self.detail}" if name else self.detail)
-
-    @property
-    def detail(self) -> str:
-        """The message without the file name: ``"line 3: no colon …"``."""
-        return f"line {self.line}: {self.reason}" if self.line else self.reason
-
-
-class MalformedReportError(ReportError):
-    """The bytes break the report format, or a binary value does not decode."""
-
-
-class ReportLimitError(ReportError):
-    """A value, a key or the file is larger than a configured bound allows."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds on a report (DESIGN.md §7 rule 3); every one is checked while streaming."""
-
-    file_size: int = 2 * GiB
-    keys: int = 10_000
-    key_length: int = 256
-    text_value: int = 16 * MiB
-    binary_value: int = 4 * GiB
-
-
-DEFAULT_LIMITS = Limits()
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """Where one key's (last) entry lies in the file, and what it holds."""
-
-    key: str
-    line: int  # line number of the header line
-    binary: bool  # stored as a ``base64`` block
-    start: int  # offset of the header line
-    end: int  # offset just past the entry's last line
-    size: int  # text: decoded length; binary: length of base64_body()
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +138,7 @@ class Digest:
 
 def valid_key(key: str) -> bool:
     """Whether *key* may name a field: ASCII letters, digits and ``. - _``, with one alphanumeric."""
-    return key.isascii() and _KEY.fullmatch(key.encode("ascii")) is not None
+    return key.isascii() and KEY.fullmatch(key.encode("ascii")) is not None
 
 
 def is_text(value: bytes) -> bool:
@@ -196,11 +156,20 @@ class Report:
     """An indexed report file: keys in loader order, values decoded on demand.
 
     The report reads from the file object it was given, so that file must stay
-    open and must not be read by anyone else while the report is in use.
+    open and must not be read by anyone else while the report is in use. A small
+    file's bytes (*whole*, at most :data:`crashd._scan.KEEP_WHOLE`) are kept from
+    the index pass, and its text values are cut from them without reading again.
     """
 
-    def __init__(self, file: BinaryIO, entries: dict[str, Entry], limits: Limits, name: str | None):
-        self._file, self.entries, self.limits, self.name = file, entries, limits, name
+    def __init__(
+        self,
+        file: BinaryIO,
+        entries: dict[str, Entry],
+        limits: Limits,
+        name: str | None,
+        whole: bytes | None = None,
+    ):
+        self._file, self.entries, self.limits, self.name, self._whole = file, entries, limits, name, whole
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
@@ -222,15 +191,20 @@ class Report:
         entry = self.entries[key]
         if entry.binary:
             raise TypeError(f"{key} is a binary value; use chunks() or base64_body()")
-        self._file.seek(entry.start)
-        raw = self._file.read(entry.end - entry.start).removesuffix(b"\n")
-        header, more, lines = raw.partition(b"\n")
-        first = header.split(b":", 1)[1].strip()
-        if not more:
+        raw, start, stop = self._whole, entry.start, entry.end
+        if raw is None:
+            self._file.seek(entry.start)
+            raw = self._file.read(entry.end - entry.start)
+            start, stop = 0, len(raw)
+        header_end = raw.find(b"\n", start, stop)
+        if header_end < 0:
+            header_end = stop  # the file's last line, with no newline
+        first = raw[start + len(key) + 1 : header_end].strip()
+        if header_end + 1 >= stop:
             return first
         # Every continuation line loses its one leading space; apport adds "\n" only once the value
         # is non-empty, so leading empty lines vanish.
-        rest = lines[1:].replace(b"\n ", b"\n")
+        rest = raw[header_end + 2 : stop - (raw[stop - 1] == 0x0A)].replace(b"\n ", b"\n")
         return first + b"\n" + rest if first else rest.lstrip(b"\n")
 
     def string(self, key: str) -> str:
@@ -255,7 +229,7 @@ class Report:
                 for chunk in decompressor.feed(block):
                     total += len(chunk)
                     if total > self.limits.binary_value:
-                        limit = _size(self.limits.binary_value)
+                        limit = size_text(self.limits.binary_value)
                         reason = f"{key} decompresses to more than {limit} (the binary_value limit)"
                         raise ReportLimitError(reason, line=entry.line, name=self.name)
                     yield chunk
@@ -325,10 +299,10 @@ class Report:
     def _lines(self, entry: Entry) -> Iterator[tuple[bytes, bool, bool]]:
         """(piece, starts a line, ends a line) over the continuation lines of *entry*."""
         self._file.seek(entry.start)
-        self._file.readline(_PIECE)  # the header line: "Key: base64"
+        self._file.readline(PIECE)  # the header line: "Key: base64"
         position, line_start = self._file.tell(), True
         while position < entry.end:
-            piece = self._file.readline(min(_PIECE, entry.end - position))
+            piece = self._file.readline(min(PIECE, entry.end - position))
             if not piece:
                 raise MalformedReportError("the file changed while it was read", name=self.name)
             position += len(piece)
@@ -361,23 +335,6 @@ def _decodes(decoder: codecs.IncrementalDecoder, data: bytes, final: bool = Fals
     return True
 
 
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale} {unit}"
-    return f"{n} bytes"
-
-
-def _too_large(key: str, limits: Limits) -> str:
-    return f"the value of {key} is larger than {_size(limits.text_value)} (the text_value limit)"
-
-
-def _show(data: bytes, limit: int = 40) -> str:
-    """A short, printable rendering of untrusted bytes for an error message."""
-    text = repr(data[:limit])[2:-1]
-    return text + ("..." if len(data) > limit else "")
-
-
 # -- reading --------------------------------------------------------------------------
 
 
@@ -386,97 +343,10 @@ def read_report(file: BinaryIO, *, limits: Limits = DEFAULT_LIMITS, name: str | 
 
     Raises :class:`ReportError` for input apport's loader would refuse and for
     anything over *limits*; *name* (usually the path) prefixes every message.
+    The pass itself is :func:`crashd._scan.index_entries`.
     """
-    entries: dict[str, Entry] = {}
-    builder: _EntryBuilder | None = None
-    position = line = 0
-
-    def fail(kind: type[ReportError], reason: str) -> ReportError:
-        return kind(reason, line=line, name=name)
-
-    while first := file.readline(_PIECE):
-        line += 1
-        start, length, last, ends = position, len(first), first, first.endswith(b"\n")
-        text_line = builder is None or not first.startswith(b" ") or not builder.binary
-        while not ends and (piece := file.readline(_PIECE)):  # the rest of a long line
-            length += len(piece)
-            last, ends = piece, piece.endswith(b"\n")
-            if text_line and length > limits.key_length + 2 * limits.text_value + 2:
-                # A text line longer than any allowed value: refuse it now, not after reading it all.
-                key = builder.key if first.startswith(b" ") and builder else _show(first.partition(b":")[0])
-                raise fail(ReportLimitError, _too_large(key, limits))
-        position += length
-        if position > limits.file_size:
-            raise fail(ReportLimitError, f"the file is larger than {_size(limits.file_size)}")
-        if first.startswith(b" ") and builder is not None:
-            builder.add_line(length - 1 - ends, fail)
-            continue
-        if builder is not None:
-            entries[builder.key] = builder.finish(start)
-        builder = _header(first, last, length - ends, line, start, limits, fail)
-        if builder.key not in entries and len(entries) >= limits.keys:
-            raise fail(ReportLimitError, f"more than {limits.keys} keys")
-    if builder is not None:
-        entries[builder.key] = builder.finish(position)
-    return Report(file, entries, limits, name)
-
-
-_Fail = Callable[[type[ReportError], str], ReportError]
-
-
-class _EntryBuilder:
-    """Accumulates one entry's decoded size while its lines stream past."""
-
-    def __init__(self, key: str, line: int, binary: bool, start: int, size: int, limits: Limits):
-        self.key, self.line, self.binary, self.start, self.size = key, line, binary, start, size
-        self.stored, self.lines, self.limits = 0, 0, limits
-
-    def add_line(self, body: int, fail: _Fail) -> None:
-        self.lines += 1
-        self.stored += body + 2
-        if self.binary:
-            self.size += body + (self.lines > 1)  # base64 lines joined with "\n"
-            return
-        self.size += body + (self.size > 0)  # apport adds "\n" once the value is non-empty
-        # The stored form is bounded too: a value of empty lines takes two bytes a line.
-        if self.size > self.limits.text_value or self.stored > 2 * self.limits.text_value:
-            raise fail(ReportLimitError, _too_large(self.key, self.limits))
-
-    def finish(self, end: int) -> Entry:
-        return Entry(self.key, self.line, self.binary, self.start, end, self.size)
-
-
-def _header(
-    first: bytes, last: bytes, length: int, line: int, start: int, limits: Limits, fail: _Fail
-) -> _EntryBuilder:
-    """Parse a header line ("Key: value") from its first and last pieces; *length* excludes the newline."""
-    colon = first.find(b":")
-    if colon < 0:
-        if first in (b"\n", b""):
-            raise fail(MalformedReportError, "an empty line (a value's lines must start with a space)")
-        if len(first) >= _PIECE:
-            raise fail(ReportLimitError, f"a key longer than {limits.key_length} characters")
-        raise fail(MalformedReportError, f"no colon between key and value in '{_show(first)}'")
-    raw_key = first[:colon]
-    if colon > limits.key_length:
-        raise fail(ReportLimitError, f"a key of {colon} characters (the limit is {limits.key_length})")
-    if not raw_key.isascii():
-        raise fail(MalformedReportError, f"the key '{_show(raw_key)}' is not ASCII")
-    if not _KEY.fullmatch(raw_key):
-        raise fail(MalformedReportError, f"invalid key '{_show(raw_key)}' (allowed: letters, digits, . - _)")
-    key = raw_key.decode("ascii")
-    if length <= len(first):  # the whole line is in hand: strip exactly as apport does
-        value = first[colon + 1 :].strip()
-        size, binary = len(value), value == b"base64"
-    else:  # a line longer than one piece: count it, don't hold it
-        value, tail = first[colon + 1 :], last.removesuffix(b"\n")
-        blank = len(value) - len(value.lstrip()) + len(tail) - len(tail.rstrip())
-        size, binary = length - colon - 1 - blank, False
-    if binary:
-        size = 0
-    elif size > limits.text_value:
-        raise fail(ReportLimitError, _too_large(key, limits))
-    return _EntryBuilder(key, line, binary, start, size, limits)
+    entries, whole = index_entries(file, limits, name)
+    return Report(file, entries, limits, name, whole)
 
 
 # -- writing --------------------------------------------------------------------------

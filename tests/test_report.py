@@ -24,7 +24,7 @@ from crashd.report import (
     read_report,
     write_report,
 )
-from tests.fixtures import APPORT, WHOOPSIE, apport_manifest, require
+from tests.fixtures import APPORT, WHOOPSIE, apport_manifest, apport_records, require
 
 
 def parse(data: bytes, **limits: int):
@@ -46,13 +46,12 @@ def block(payload: bytes, *, line: int = 76) -> bytes:
 
 
 def manifest_cases():
-    manifest = apport_manifest()
-    return [pytest.param(record, id=record["file"]) for record in manifest["files"]] if manifest else []
+    return [pytest.param(path, record, id=record["file"]) for path, record in apport_records()]
 
 
-@pytest.mark.parametrize("record", manifest_cases())
-def test_apport_fixture_decodes_as_apport_loader(record):
-    with open(APPORT / record["file"], "rb") as f:
+@pytest.mark.parametrize(("path", "record"), manifest_cases())
+def test_apport_fixture_decodes_as_apport_loader(path, record):
+    with open(path, "rb") as f:
         report = read_report(f, name=record["file"])
         assert list(report) == record["key_order"]
         assert report.problem_type == record["ProblemType"]
@@ -63,9 +62,22 @@ def test_apport_fixture_decodes_as_apport_loader(record):
             assert digest.is_text == (expected["type"] == "str"), key
 
 
-def test_apport_manifest_is_present_or_skipped_with_reason():
-    require(APPORT / "manifest.json")
-    assert len(apport_manifest()["files"]) >= 40
+def test_vendored_corpus_is_apports_bytes_and_covers_every_format_feature():
+    """The trimmed copy in tests/corpus is what apport wrote (the manifest's sha256 of each file)
+    and still holds every feature the corpus tests rely on."""
+    records = apport_manifest()["files"]
+    assert sorted(p.name for p in APPORT.glob("*.crash")) == sorted(r["file"] for r in records)
+    for record in records:
+        data = (APPORT / record["file"]).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (record["file_size"], record["file_sha256"])
+    keys = [key for record in records for key in record["keys"].values()]
+    assert {r["ProblemType"] for r in records} >= {
+        "Crash", "Bug", "Package", "KernelOops", "KernelCrash", "Hang", "RecoverableProblem"
+    }  # fmt: skip
+    assert {key.get("compression") for key in keys if key["binary"]} >= {"gzip", "zlib", "zstd"}
+    assert any(key["binary"] and key["type"] == "str" for key in keys)  # text stored as a compressed block
+    assert any(not key["binary"] and key["type"] == "bytes" for key in keys)  # raw non-UTF-8 text
+    assert any(record["on_disk_entries"][-1] != "CoreDump" and "CoreDump" in record["keys"] for record in records)
 
 
 # -- whoopsie's parser fixtures, judged by apport's loader -----------------------------
@@ -272,6 +284,65 @@ def test_long_lines_are_read_in_pieces(tmp_path):
     report = parse(data)
     assert b"".join(report.chunks("CoreDump")) == big
     assert report.entries["Title"].size == 3 << 20
+
+
+# -- the index pass reads 1 MiB blocks: entries, errors and bounds across block edges ----
+
+MiB = 1 << 20
+
+
+def _many_entries(total: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Multi-line and single-line entries of odd sizes until *total* bytes, so that entries,
+    lines and "\n " pairs fall on every side of the 1 MiB block edges."""
+    fields, out, size, i = [], [], 0, 0
+    while size < total:
+        key = f"K{i}"
+        value = b"\n".join(b"line %d.%d " % (i, n) + b"x" * (i % 97) for n in range(i % 13 + 1))
+        entry = f"{key}:\n ".encode() + value.replace(b"\n", b"\n ") + b"\n" if i % 3 else f"{key}: {i}\n".encode()
+        fields.append((key, value if i % 3 else str(i).encode()))
+        out.append(entry)
+        size += len(entry)
+        i += 1
+    return b"".join(out), fields
+
+
+def test_entries_across_block_edges_index_and_decode_exactly():
+    data, fields = _many_entries(3 * MiB + 12345)
+    report = parse(data, keys=len(fields))
+    assert list(report) == [key for key, _ in fields]
+    line = 1
+    for key, expected in fields:
+        assert report.text(key) == expected, key
+        assert report.entries[key].size == len(expected)
+        assert report.entries[key].line == line
+        multi_line = int(key[1:]) % 3 != 0  # as _many_entries writes them
+        line += 2 + expected.count(b"\n") if multi_line else 1
+
+
+@pytest.mark.parametrize("offset", [MiB - 1, MiB, MiB + 1, 2 * MiB + 7])
+def test_an_error_after_a_block_edge_names_its_line(offset):
+    head, _ = _many_entries(offset)
+    bad = head + b"\nZ: after the empty line\n"
+    with pytest.raises(MalformedReportError) as caught:
+        parse(bad, keys=100_000)
+    assert caught.value.line == head.count(b"\n") + 1
+    assert "an empty line" in str(caught.value)
+
+
+def test_a_text_bound_crossed_inside_a_run_names_the_line_that_crosses_it():
+    data = b"A:\n" + b" 0123456789\n" * 200_000  # 2.4 MB of one value, across blocks
+    with pytest.raises(ReportLimitError) as caught:
+        parse(data, text_value=1_000_000)
+    # after n lines the value holds 11n - 1 bytes: line 1 + 90,910 is the first over the bound
+    assert caught.value.line == 90_911
+
+
+def test_a_file_bound_crossed_inside_a_binary_block_names_its_line():
+    data = b"CoreDump: base64\n" + (b" " + b"QUJD" * 19 + b"\n") * 40_000
+    limit = 17 + 78 * 20_000 + 5  # 17 bytes of header, 78 a line: the bound falls inside line 20,002
+    with pytest.raises(ReportLimitError) as caught:
+        parse(data, file_size=limit)
+    assert caught.value.line == 20_002
 
 
 # -- limits -----------------------------------------------------------------------------
