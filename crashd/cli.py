@@ -268,6 +268,7 @@ def cmd_upload_all(args: argparse.Namespace) -> int:
                 log.info("not running as root: only reports this user may read can be sent")
             hooks = _hooks(settings)
             summary = upload_all(spool, courier, limits=DEFAULT_LIMITS, deadline=deadline, hooks=hooks)
+            store.collect(spool.exists)  # records of reports that are gone (issue 11: bounded state)
     finally:
         uploader.close()
     if args.json:
@@ -369,6 +370,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         courier = Courier(uploader, settings.url, system_id, store, _backoff(settings))
         gate = _consent_gate(settings, config)
         with _spool(settings.crash_dir) as spool:
+            store.collect(spool.exists)  # records of reports that are gone (issue 11: bounded state)
             idle = args.idle_timeout or settings.idle_timeout
             dbus = DBusSettings(
                 settings.state_dir, config, lambda: survey(spool, StateStore.reader(settings.state_dir), gate)

@@ -390,15 +390,43 @@ def test_pending(
 
 
 @pytest.mark.parametrize("suffix", ["upload", "uploaded"])
-def test_stamp_owned_by_another_user_is_refused(
+def test_stamp_owned_by_another_user_is_ignored_and_the_other_stamp_still_counts(
     spool: Spool, crash_dir: Path, alice: pwd.struct_passwd, bob: pwd.struct_passwd, suffix: str
 ) -> None:
+    """Issue 11 vuln 6: bob's planted stamp neither counts nor hides alice's own stamp."""
     name = ReportName(f"_usr_bin_x.{alice.pw_uid}")
     put(crash_dir, name.crash, uid=alice.pw_uid, gid=alice.pw_gid)
+    other = "uploaded" if suffix == "upload" else "upload"
+    os.utime(put(crash_dir, f"{name.stem}.{other}", b"", uid=alice.pw_uid, gid=alice.pw_gid), ns=(T, T))
     put(crash_dir, f"{name.stem}.{suffix}", b"", uid=bob.pw_uid, gid=bob.pw_gid)
-    with pytest.raises(UnsafeFileError) as info:
-        spool.stamps(name, alice.pw_uid)
-    assert info.value.reason == f"is owned by uid {bob.pw_uid} but the report belongs to uid {alice.pw_uid}"
+    stamps = spool.stamps(name, alice.pw_uid)
+    reason = f"is owned by uid {bob.pw_uid} but the report belongs to uid {alice.pw_uid}"
+    assert stamps.ignored == (f"{crash_dir / f'{name.stem}.{suffix}'}: {reason}",)
+    kept = {"upload": stamps.upload_ns, "uploaded": stamps.uploaded_ns}
+    assert (kept[suffix], kept[other]) == (None, T)
+    assert stamps.pending is (other == "upload")
+
+
+def test_legacy_uploaders_uploaded_stamp_counts_as_sent(
+    crash_dir: Path, alice: pwd.struct_passwd, bob: pwd.struct_passwd
+) -> None:
+    """Issue 16 item 4: whoopsie's own ``.uploaded`` (bob plays whoopsie) is trusted; its
+    ``.upload`` is not (whoopsie never writes one), and nobody else's ``.uploaded`` is."""
+    name = ReportName(f"_usr_bin_x.{alice.pw_uid}")
+    put(crash_dir, name.crash, uid=alice.pw_uid, gid=alice.pw_gid)
+    os.utime(put(crash_dir, name.upload, b"", uid=alice.pw_uid, gid=alice.pw_gid), ns=(T, T))
+    os.utime(put(crash_dir, name.uploaded, b"oops-1", uid=bob.pw_uid, gid=bob.pw_gid), ns=(T + 1, T + 1))
+    with Spool(crash_dir, legacy_uploader=bob.pw_name) as whoopsie_spool:
+        stamps = whoopsie_spool.stamps(name, alice.pw_uid)
+        assert (stamps.upload_ns, stamps.uploaded_ns, stamps.ignored) == (T, T + 1, ())
+        assert not stamps.pending
+        assert whoopsie_spool.oops_id(name, alice.pw_uid) == "oops-1"
+    with Spool(crash_dir, legacy_uploader="crashd-no-such-user") as plain:
+        stamps = plain.stamps(name, alice.pw_uid)
+        assert (stamps.uploaded_ns, stamps.pending, len(stamps.ignored)) == (None, True, 1)
+    os.chown(crash_dir / name.upload, bob.pw_uid, bob.pw_gid)
+    with Spool(crash_dir, legacy_uploader=bob.pw_name) as whoopsie_spool:
+        assert whoopsie_spool.stamps(name, alice.pw_uid).upload_ns is None
 
 
 def test_root_owned_stamps_are_trusted(spool: Spool, crash_dir: Path, alice: pwd.struct_passwd) -> None:
@@ -416,7 +444,7 @@ def test_root_owned_stamps_are_trusted(spool: Spool, crash_dir: Path, alice: pwd
         ("directory", "is a directory, not a regular file"),
     ],
 )
-def test_unsafe_stamps_are_refused(spool: Spool, crash_dir: Path, kind: str, reason: str) -> None:
+def test_unsafe_stamps_are_ignored(spool: Spool, crash_dir: Path, kind: str, reason: str) -> None:
     name = ReportName("x.0")
     put(crash_dir, name.crash)
     stamp = crash_dir / name.uploaded
@@ -428,9 +456,9 @@ def test_unsafe_stamps_are_refused(spool: Spool, crash_dir: Path, kind: str, rea
         os.link(put(crash_dir, "other", b""), stamp)
     else:
         stamp.mkdir()
-    with deadline(), pytest.raises(UnsafeFileError) as info:
-        spool.stamps(name, 0)
-    assert (info.value.path, info.value.reason) == (str(stamp), reason)
+    with deadline():
+        stamps = spool.stamps(name, 0)
+    assert stamps == Stamps(None, None, (f"{stamp}: {reason}",))
 
 
 # --- writing stamps -------------------------------------------------------------------------------------
