@@ -525,6 +525,10 @@ class Spool:
             fd, st = self._open_regular(filename)
         except FileNotFoundError:
             return None
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            return None
         try:
             if owner_uid is not None and st.st_uid not in self._senders(owner_uid):
                 raise UnsafeFileError(self._path(filename), _stamp_owner_refusal(st.st_uid, owner_uid))
@@ -550,6 +554,10 @@ class Spool:
             fd, st = self._open_regular(filename, _LOOK_FLAGS)
         except FileNotFoundError:
             return None
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            return None  # a report name of 250+ bytes leaves no room for a stamp: it can have none
         except UnsafeFileError as error:
             ignored.append(str(error))
             return None
