@@ -20,7 +20,7 @@ import pwd
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from crashd import __version__
@@ -336,10 +336,10 @@ def _backoff(settings: Settings) -> Backoff:
     )
 
 
-def _print_statuses(statuses: list[Status], crash_dir: Path) -> None:
-    if not statuses:
-        print(f"no reports in {crash_dir}")
+def _print_statuses(statuses: Iterable[Status], crash_dir: Path) -> None:
+    printed = False
     for status in statuses:
+        printed = True
         notes = [f"OOPS {status.oops_id}" if status.oops_id else ""]
         if status.attempts:
             notes.append(f"{status.attempts} attempt{'s' if status.attempts > 1 else ''}")
@@ -348,6 +348,8 @@ def _print_statuses(statuses: list[Status], crash_dir: Path) -> None:
         if status.detail:
             notes.append(f"({status.detail})")
         print(f"{status.state.value:<9} {status.name}  {'  '.join(filter(None, notes))}".rstrip())
+    if not printed:
+        print(f"no reports in {crash_dir}")
 
 
 # -- daemon -----------------------------------------------------------------------------
@@ -464,10 +466,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     with _spool(settings.crash_dir) as spool:
         gate = _consent_gate(settings, args.config or DEFAULT_CONFIG)
         statuses = survey(spool, StateStore.reader(settings.state_dir), gate)
-    if args.json:
-        print(json.dumps({"reports": [status.as_json() for status in statuses]}))
-    else:
-        _print_statuses(statuses, settings.crash_dir)
+        if args.json:  # streamed: the same text as json.dumps({"reports": [...]}), one report at a time
+            sys.stdout.write('{"reports": [')
+            for n, status in enumerate(statuses):
+                sys.stdout.write((", " if n else "") + json.dumps(status.as_json()))
+            sys.stdout.write("]}\n")
+        else:
+            _print_statuses(statuses, settings.crash_dir)
     return EXIT_OK
 
 

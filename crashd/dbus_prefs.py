@@ -51,7 +51,7 @@ import itertools
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -176,7 +176,7 @@ async def serve(
     *,
     state_dir: Path,
     config: Path | None = DEFAULT_CONFIG,
-    status_provider: Callable[[], list[Status]],
+    status_provider: Callable[[], Iterable[Status]],
     on_activity: Callable[[], None] = lambda: None,
     on_consent_change: Callable[[Consent], None] = lambda consent: None,
     on_upload_now: Callable[[], None] = lambda: None,
@@ -226,7 +226,7 @@ class Service:
         *,
         state_dir: Path,
         config: Path | None,
-        status_provider: Callable[[], list[Status]],
+        status_provider: Callable[[], Iterable[Status]],
         on_activity: Callable[[], None],
         on_consent_change: Callable[[Consent], None],
         on_upload_now: Callable[[], None],

@@ -23,7 +23,7 @@ import os
 import pwd
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from stat import S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFSOCK, S_ISLNK, S_ISREG
 from stat import S_IMODE as stat_mode
@@ -102,7 +102,7 @@ class UnsafeFileError(ValueError):
         return (type(self), (self.path, self.reason))
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)  # slots: a rescan may hold 100,000 of them
 class ReportName:
     """The name of a report, ``STEM.crash``, and the uid it claims.
 
@@ -384,7 +384,7 @@ class Spool:
         """Every ``*.crash`` name that :meth:`ReportName.parse` accepts, sorted (see :meth:`scan`)."""
         return sorted(self.scan())
 
-    def scan(self) -> Iterator[ReportName]:
+    def scan(self) -> Generator[ReportName, None, None]:
         """Every ``*.crash`` name that :meth:`ReportName.parse` accepts, in directory order, streamed.
 
         Names only — nothing is opened, so an entry may still be a FIFO that

@@ -20,10 +20,10 @@ from crashd.spool import OpenReport, Spool
 from crashd.state import Fingerprint, StateStore
 
 
-def survey(spool: Spool, store: StateStore, consent: Gate | None = None) -> list[Status]:
-    """Every report's status; with *consent*, those it would not let out read ``held``, with the reason."""
-    statuses = [_held(status, consent) for status in _survey(spool, store)]
-    return statuses
+def survey(spool: Spool, store: StateStore, consent: Gate | None = None) -> Iterator[Status]:
+    """Every report's status, by name, one at a time (100,000 reports are never all in memory); with
+    *consent*, those it would not let out read ``held``, with the reason."""
+    return (_held(status, consent) for status in _survey(spool, store))
 
 
 def _held(status: Status, consent: Gate | None) -> Status:
