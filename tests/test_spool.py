@@ -29,6 +29,7 @@ from crashd.spool import (
     Stamps,
     UnsafeFileError,
     open_file,
+    sparse_refusal,
 )
 
 GiB = 1024**3
@@ -459,6 +460,55 @@ def test_unsafe_stamps_are_ignored(spool: Spool, crash_dir: Path, kind: str, rea
     with deadline():
         stamps = spool.stamps(name, 0)
     assert stamps == Stamps(None, None, (f"{stamp}: {reason}",))
+
+
+def test_a_report_name_with_no_room_for_its_stamps_has_none(spool: Spool, crash_dir: Path) -> None:
+    """255 bytes is a valid report name, but ``NAME.uploaded`` would be 258: no stamp, no error."""
+    name = ReportName("x" * (255 - len(".0.crash")) + ".0")
+    put(crash_dir, name.crash)
+    assert spool.stamps(name, 0) == Stamps(None, None)
+    assert spool.oops_id(name, 0) is None
+
+
+# --- sparse files (issue 11 vuln 7) ----------------------------------------------------------------
+
+
+def _stat(size: int, allocated: int) -> os.stat_result:
+    fields = list(os.stat("/"))
+    fields[6] = size  # st_size
+    st = os.stat_result(fields, {"st_blocks": allocated // 512})
+    assert (st.st_size, st.st_blocks * 512) == (size, allocated)
+    return st
+
+
+MiB = 1024**2
+
+
+@pytest.mark.parametrize(
+    ("size", "allocated", "refused"),
+    [
+        (0, 0, False),
+        (MiB, 0, False),  # small files may live inline or in one compressed extent
+        (MiB + 1, 0, True),
+        (16 * MiB, MiB, False),  # exactly 1/16 stored: a compressing file system, not holes
+        (16 * MiB, MiB - 512, True),
+        (3 * GiB, 4096, True),  # the attack: 3 GiB with one page on disk
+        (100 * MiB, 100 * MiB + 4096, False),
+    ],
+)
+def test_sparse_refusal_table(size: int, allocated: int, refused: bool) -> None:
+    reason = sparse_refusal(_stat(size, allocated))
+    assert (reason is not None) is refused
+    if refused:
+        assert reason is not None and reason.startswith("is sparse: ") and "refused before reading it" in reason
+
+
+def test_a_sparse_report_is_refused_on_open_before_any_read(spool: Spool, crash_dir: Path) -> None:
+    path = put(crash_dir, "sparse.0.crash")
+    os.truncate(path, 2 * GiB - 1)
+    with deadline(), pytest.raises(UnsafeFileError) as info:
+        spool.open_report("sparse.0.crash")
+    assert info.value.reason.startswith("is sparse: 2.0 GiB long but only ")
 
 
 # --- writing stamps -------------------------------------------------------------------------------------
