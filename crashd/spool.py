@@ -10,7 +10,14 @@ files are created ``O_EXCL`` under a random hidden name, given owner and mode
 through the descriptor and renamed into place.  Nothing is chown'd by path.
 
 Names follow apport: ``NAME.crash`` is the report, ``NAME.upload`` asks for it
-to be sent, ``NAME.uploaded`` says it was sent and holds the OOPS id.
+to be sent, ``NAME.uploaded`` says it was sent and holds the OOPS id.  Each
+stamp is judged on its own (:meth:`Spool.stamps`): one planted by another user,
+or that is not a regular file, is ignored and named, and never hides the
+other; whoopsie's own ``.uploaded`` (owned by its system user) counts as sent.
+
+A report whose allocated size is far below its length (:func:`sparse_refusal`)
+is refused on ``fstat``, before a byte is read: root must never copy a user's
+holes as data.  Every reader or rewriter of a user's file applies that one test.
 """
 
 from __future__ import annotations
@@ -339,6 +346,8 @@ class Spool:
 
     Root handles everyone's reports with it; a normal user its own (somebody
     else's unreadable report raises PermissionError, not a safety refusal).
+    *legacy_uploader* names the system user of the uploader crashd replaces
+    (default :data:`LEGACY_UPLOADER`); a missing user trusts nobody more.
     """
 
     def __init__(
@@ -471,7 +480,9 @@ class Spool:
         A safe ``.upload`` that already makes it pending is left alone (no
         needless inotify event; it keeps the time the user asked).  Otherwise a
         fresh stamp atomically replaces whatever has the name, a planted
-        symlink included (replaced, never followed).
+        symlink included (replaced, never followed).  OSError when it cannot
+        (a full disk, another user's directory under the name): the caller
+        says so and delivers the report all the same.
         """
         if self.stamps(report.name, report.stat.st_uid).pending:
             return
