@@ -42,8 +42,10 @@ RUN := env PYTHONPATH=$(CURDIR)
 #   procps                     ps/pgrep/pkill for process checks in tests and the demo
 #   systemd-journal-remote     real journal files from export text (ingest-coredump's tests)
 #   python3-systemd            the journal reader for ingest-coredump, and journald logging
+#   python3-docutils           rst2man: the man pages crashd(8) and crashd.conf(5) from docs/man/*.rst
+#                              (meson builds them when it finds it; tests/test_man.py builds them too)
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config dbus-daemon dbus-bin libglib2.0-bin \
-                gdb zstd systemd passwd procps systemd-journal-remote python3-systemd
+                gdb zstd systemd passwd procps systemd-journal-remote python3-systemd python3-docutils
 
 .PHONY: help deps apt-deps venv check test lint fix demo bench check-all-pythons clean distclean FORCE
 

@@ -32,6 +32,7 @@ from crashd.delivery import Courier
 from crashd.hooks import add_hook_test_command, cmd_hook_test
 from crashd.identity import system_identifier
 from crashd.policy import Backoff
+from crashd.preview import Preview, what_is_sent
 from crashd.report import DEFAULT_LIMITS, Digest, Report, ReportError, read_report
 from crashd.signature import crash_signature
 from crashd.spool import Spool, UnsafeFileError, open_file
@@ -44,6 +45,8 @@ from crashd.worker import WorkerUploader
 log = logging.getLogger("crashd")
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_CONSENT, EXIT_INVALID = 0, 1, 2, 3, 4
+# Who runs the upload worker when unprivileged_user does not exist: root never does the HTTP itself.
+WORKER_FALLBACK_USER = "nobody"
 
 
 class UsageError(Exception):
@@ -76,10 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
         "show",
         help="decode one report",
         description="Decode one report file as apport's loader reads it. Text fields are printed; binary "
-        "fields are summarised by decoded size and sha256 (they are streamed, never loaded whole).",
+        "fields are summarised by decoded size and sha256 (they are streamed, never loaded whole). With "
+        "--what-is-sent, print instead exactly what the first upload of the report as it stands will carry "
+        "(the same code builds the upload).",
     )
     show.add_argument("file", type=Path, metavar="FILE", help="a .crash report (symbolic links are refused)")
     show.add_argument("--json", action="store_true", help="print one JSON object: path, problem_type, fields")
+    show.add_argument(
+        "--what-is-sent",
+        action="store_true",
+        help="print exactly the fields the first upload will carry, in the order it sends them, whether "
+        "the package hooks have run, and the core that is sent if the server asks for it",
+    )
 
     upload = commands.add_parser(
         "upload-all",
@@ -205,6 +216,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.file}: {error.strerror}") from None
     with opened, opened.file() as f:
         report = read_report(f, name=str(args.file))
+        if args.what_is_sent:
+            return _show_what_is_sent(what_is_sent(report, str(args.file)), as_json=args.json)
         digests = {key: report.digest(key) for key in report}
     if args.json:
         print(json.dumps(_show_json(str(args.file), report, digests)))
@@ -245,6 +258,29 @@ def _show_text(path: str, report: Report, digests: dict[str, Digest]) -> None:
             print(f"{key}: {digest.text}")
 
 
+def _show_what_is_sent(preview: Preview, *, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(preview.as_json()))
+        return EXIT_OK
+    print(f"# {preview.path}: the first upload carries these {len(preview.fields)} fields, in this order")
+    if preview.not_sent:
+        print(f"# but it is never sent: {preview.not_sent}")
+    if preview.hooks_run:
+        print("# package hooks have already run: these are the fields as they will be sent")
+    else:
+        print("# package hooks have not run yet (no _HooksRun: yes): they run before the upload and may "
+              "add or change fields")  # fmt: skip
+    if preview.core is not None:
+        core = preview.core
+        print(f"# core: not in this upload; if the server asks for it, {core.size} bytes (base64, "
+              f"architecture {core.architecture}) are sent")  # fmt: skip
+    else:
+        print(f"# core: none can be sent ({preview.core_unavailable})")
+    for key, value in preview.fields:
+        print(f"{key}:\n " + value.replace("\n", "\n ") if "\n" in value else f"{key}: {value}")
+    return EXIT_OK
+
+
 # -- upload-all -----------------------------------------------------------------------
 
 
@@ -281,28 +317,41 @@ def cmd_upload_all(args: argparse.Namespace) -> int:
 def _uploader(settings: Settings, transport_deadline: float | None) -> Uploader:
     """Where the HTTP happens: as root, in the unprivileged upload worker (DESIGN.md §2); else right here.
 
-    A user flushing their own reports has no privilege to shed. Root without the
-    worker's user (sysusers.d/crashd.conf not applied) still delivers, from this
-    process, but says so loudly: that is the setup the split exists to avoid.
+    A user flushing their own reports has no privilege to shed. Root never opens a
+    network socket itself (fail closed, issue 11): without ``unprivileged_user``
+    (sysusers.d/crashd.conf not applied, e.g. after ``pip install``) the worker
+    runs as ``nobody``, said once in the log; without that either, nothing is sent.
     """
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam(settings.unprivileged_user)
-        except KeyError:
-            log.warning(
-                "the user %r for the upload worker does not exist (sysusers.d/crashd.conf creates it): "
-                "uploading from this root process instead",
-                settings.unprivileged_user,
-            )
-        else:
-            try:
-                return WorkerUploader(
-                    user, settings.connect_timeout, settings.read_timeout, transport_deadline
-                )
-            except ValueError as error:  # uid or gid 0: the point of the split would be lost
-                raise ConfigError(f"unprivileged_user {settings.unprivileged_user!r}: {error}") from None
-    transport = HttpTransport(settings.connect_timeout, settings.read_timeout, transport_deadline)
-    return DirectUploader(transport)
+    if os.geteuid() != 0:
+        transport = HttpTransport(settings.connect_timeout, settings.read_timeout, transport_deadline)
+        return DirectUploader(transport)
+    user = _worker_user(settings.unprivileged_user)
+    try:
+        return WorkerUploader(user, settings.connect_timeout, settings.read_timeout, transport_deadline)
+    except ValueError as error:  # uid or gid 0: the point of the split would be lost
+        raise ConfigError(f"unprivileged_user {settings.unprivileged_user!r}: {error}") from None
+
+
+def _worker_user(name: str) -> pwd.struct_passwd:
+    """*name*'s account, else ``nobody``'s (said once); without either, a ConfigError saying what to do."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        pass
+    create = f"create it with 'systemd-sysusers' (crashd's sysusers.d file) or 'useradd --system {name}'"
+    try:
+        user = pwd.getpwnam(WORKER_FALLBACK_USER)
+    except KeyError:
+        raise ConfigError(
+            f"unprivileged_user {name!r} does not exist, nor does {WORKER_FALLBACK_USER!r}: root never "
+            f"uploads itself; {create}"
+        ) from None
+    log.warning(
+        "the user %r for the upload worker does not exist: it runs as %r instead, and root's reports are "
+        "sent without their hooks; %s",
+        name, WORKER_FALLBACK_USER, create,
+    )  # fmt: skip
+    return user
 
 
 def _exit_on_signals() -> None:
@@ -323,8 +372,9 @@ def _exit_on_signals() -> None:
 
 def _hooks(settings: Settings) -> HookOptions:
     return HookOptions(
-        extra_dirs=settings.hook_dirs, timeout=settings.hook_timeout, fallback_user=settings.unprivileged_user
-    )
+        extra_dirs=settings.hook_dirs, timeout=settings.hook_timeout, fallback_user=settings.hook_user,
+        worker_user=settings.unprivileged_user,
+    )  # fmt: skip
 
 
 def _backoff(settings: Settings) -> Backoff:

@@ -20,7 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
 
-from crashd.hooks import HookRoots, InvalidPackageError, run_hooks, text_fields
+from crashd.hooks import HookRoots, run_hooks, text_fields
+from crashd.hooks.discovery import InvalidFieldError
 from crashd.report import Limits, Report, ReportError, StoredBinary, read_report, valid_key, write_report
 from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError
 
@@ -80,6 +81,11 @@ class Status:
     next_attempt: float | None = None  # seconds since the epoch
     owner: int | None = field(default=None, compare=False)  # the file's uid, when known (who may see it)
 
+    @property
+    def retry_at(self) -> float | None:
+        """When to look at this report again: its retry, its requested core, or a failure's backoff."""
+        return self.next_attempt if self.state in (State.QUEUED, State.SENT, State.FAILED) else None
+
     def as_json(self) -> dict[str, object]:
         return {
             "name": self.name, "state": self.state.value, "oops_id": self.oops_id, "detail": self.detail,
@@ -126,7 +132,11 @@ def open_report(spool: Spool, name: ReportName) -> OpenReport | Status | None:
 
 def read_stamps(spool: Spool, opened: OpenReport) -> Stamps:
     """The report's ``.upload``/``.uploaded`` times; a stamp crashd cannot trust counts as absent."""
-    stamps = spool.stamps(opened.name, opened.stat.st_uid)
+    try:
+        stamps = spool.stamps(opened.name, opened.stat.st_uid)
+    except OSError as error:  # not a refusal (those are in stamps.ignored): an I/O error; no stamps then
+        log.info("%s: its stamps cannot be read: %s", opened.name.crash, error.strerror or error)
+        return Stamps(None, None)
     for reason in stamps.ignored:
         # A stamp planted by another user, or not a file at all: ignored, and crashd's own stamp
         # replaces it when it has one to write. The other stamp is judged on its own.
@@ -148,7 +158,8 @@ class HookOptions:
     extra_dirs: tuple[Path, ...] = ()
     timeout: float = 30.0
     roots: HookRoots | None = None  # None: the system's hook directories
-    fallback_user: str = "crashd"  # who runs the hooks of root's reports
+    fallback_user: str = "crashd-hook"  # who runs the hooks of root's reports (setting hook_user)
+    worker_user: str | None = "crashd"  # the upload worker's user: never the hooks'
 
 
 def collect(
@@ -212,8 +223,9 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
         result = run_hooks(
             text_fields(report), owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
             extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
+            worker_user=hooks.worker_user,
         )  # fmt: skip
-    except InvalidPackageError as error:  # CVE-2016-9950: a Package that would name a path
+    except InvalidFieldError as error:  # a Package naming a path (CVE-2016-9950), a 512 KiB ExecutablePath
         return invalid(name, str(error))
     for key in result.errors:
         log.warning("%s: hook failed: %s", name.crash, key)

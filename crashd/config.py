@@ -44,6 +44,7 @@ class Settings:
     connect_timeout: float = 10
     read_timeout: float = 60
     unprivileged_user: str = "crashd"
+    hook_user: str = "crashd-hook"
 
 
 _FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
@@ -144,4 +145,5 @@ _CONVERTERS = {
     "state_dir": _path,
     "hook_dirs": _paths,
     "unprivileged_user": _user,
+    "hook_user": _user,
 }

@@ -32,7 +32,7 @@ from pathlib import Path
 from asyncinotify import Inotify, Mask
 
 from crashd import dbus_prefs
-from crashd.collector import Gate, HookOptions, State, Status
+from crashd.collector import Gate, HookOptions, Status
 from crashd.consent import Consent, may_collect_automatically
 from crashd.delivery import Courier
 from crashd.report import Limits
@@ -121,7 +121,7 @@ class Daemon:
             service = await dbus_prefs.serve(
                 bus, state_dir=self.dbus.state_dir, config=self.dbus.config,
                 status_provider=self.dbus.status_provider, on_activity=self._touch,
-                on_consent_change=self._consent_changed, on_upload_now=self.rescan,
+                on_consent_change=self._consent_changed, on_upload_now=self.rescan, spool=self.spool,
             )  # fmt: skip
         except dbus_prefs.BusUnavailable as error:  # another crashd, or whoopsie-preferences, has a name
             log.warning("%s: running without the D-Bus preferences service", error)
@@ -167,21 +167,30 @@ class Daemon:
             self.rescan_at = min(when, self.rescan_at if self.rescan_at is not None else when)
         self.wake.set()
 
-    def _start(self, name: ReportName, slots: asyncio.Semaphore, tasks: set[asyncio.Task[None]]) -> None:
-        self.due.pop(name, None)
-        self.busy.add(name)
-        task = asyncio.create_task(self._work(name, slots))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+    def _start_due(
+        self,
+        now: float,
+        slots: asyncio.Semaphore,
+        tasks: set[asyncio.Task[None]],
+        finished: Callable[[asyncio.Task[None]], None],
+    ) -> None:
+        """Start work on due reports while worker slots are free: named ones first, then the rescan.
 
-    def _start_due(self, now: float, slots: asyncio.Semaphore, tasks: set[asyncio.Task[None]]) -> None:
-        """Start work on due reports while worker slots are free: named ones first, then the rescan."""
+        Never more tasks than workers: 100,000 reports at once were 100,000 tasks (224 MiB)."""
+
+        def start(name: ReportName) -> None:
+            self.due.pop(name, None)
+            self.busy.add(name)
+            task = asyncio.create_task(self._work(name, slots))
+            tasks.add(task)
+            task.add_done_callback(finished)
+
         if self.rescan_at is not None and self.rescan_at <= now:
             self.rescan_at = None
             self.rescan()
         free = WORKERS - len(self.busy)
         for name in [name for name, when in self.due.items() if when <= now and name not in self.busy][:free]:
-            self._start(name, slots, tasks)
+            start(name)
             free -= 1
         while free > 0 and self.scan is not None:
             name = next(self.scan, None)
@@ -190,7 +199,7 @@ class Daemon:
             elif name in self.busy:
                 self.again.add(name)
             elif name not in self.due:
-                self._start(name, slots, tasks)
+                start(name)
                 free -= 1
             else:
                 self.due[name] = now
@@ -209,9 +218,18 @@ class Daemon:
     async def _schedule(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(WORKERS)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            # Wake the loop only once the task has left `tasks`: a wake-up set by the task itself can be
+            # consumed by a loop pass that still counts it as running, and cleared by the next sleep —
+            # which then lasted the whole idle timeout (issue 15: `--once` exiting 30 s late).
+            tasks.discard(task)
+            self.wake.set()
+
         while not self.stop.is_set():
+            self.wake.clear()  # before looking: whatever changes from here on wakes the sleep below
             now = self.courier.clock()
-            self._start_due(now, slots, tasks)
+            self._start_due(now, slots, tasks, finished)
             sd_notify(f"STATUS={len(self.busy)} in progress, {len(self.due)} waiting")
             if not tasks and self._idle(now):
                 log.info("idle: nothing due within %.0f s; exiting", self.idle_timeout)
@@ -239,7 +257,7 @@ class Daemon:
         return max(0.0, min(next_due, idle_end) if idle_end > 0 else next_due)
 
     async def _sleep(self, seconds: float) -> None:
-        self.wake.clear()
+        """Until *seconds* pass, `wake` is set (it is cleared at the top of each pass) or a stop."""
         waiters = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(self.stop.wait())]
         try:
             await asyncio.wait(waiters, timeout=None if seconds == float("inf") else seconds,
@@ -261,9 +279,8 @@ class Daemon:
         finally:
             self.busy.discard(name)
             self.last_activity = time.monotonic()
-        retry = status.next_attempt if status is not None else None
-        if retry is not None and status is not None and status.state in (State.QUEUED, State.SENT):
-            self.schedule(name, retry)  # a retry, or a core upload, falls due later
+        if status is not None and status.retry_at is not None:
+            self.schedule(name, status.retry_at)  # a retry, a core upload or a failure's backoff falls due
         if name in self.again:
             self.again.discard(name)
             self.schedule(name, self.courier.clock())

@@ -5,7 +5,8 @@ One connection serves two names, both D-Bus-activatable (``data/dbus/``)::
     org.crashd.Crashd1  /org/crashd/Crashd1
       org.crashd.Preferences1   ReportCrashes b, AutomaticallyReportCrashes b, Identifier s, Locked b
                                 (read-only); SetReportCrashes(b), SetAutomaticallyReportCrashes(b)
-      org.crashd.Reports1       List() -> a(ssxs), UploadNow(); signal ReportChanged(s name, s state)
+      org.crashd.Reports1       List() -> a(ssxs), UploadNow(), WhatIsSent(s name) -> s json;
+                                signal ReportChanged(s name, s state)
     com.ubuntu.WhoopsiePreferences  /com/ubuntu/WhoopsiePreferences, interface of the same name
                                 ReportCrashes b, ReportMetrics b, AutomaticallyReportCrashes b (read-only);
                                 SetReportCrashes(b), SetReportMetrics(b), SetAutomaticallyReportCrashes(b),
@@ -21,6 +22,9 @@ not let any local user make the daemon retry in a loop). A refusal, a polkit err
 locked preference (the message names the config file) are ``org.freedesktop.DBus.Error.AccessDenied``;
 nothing changes. Authorisations run concurrently; the changes they allow apply in the order the calls
 arrived. The properties themselves are read-only: ``Properties.Set`` gets ``PropertyReadOnly``.
+``WhatIsSent`` changes nothing but shows a report's contents, so it asks the bus for the caller's uid
+(``GetConnectionUnixUser``) instead of polkit: the report's owner and root may read it
+(:mod:`crashd.preview`).
 
 Only the message knows its sender and flags, and dbus-fast hands a ``ServiceInterface`` method its
 arguments alone. So the calls that need polkit are answered by a message handler
@@ -48,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import socket
@@ -78,6 +83,9 @@ from crashd.collector import Status
 from crashd.config import DEFAULT_CONFIG, ConfigError
 from crashd.consent import APPORT_DEFAULT, FILE_NAME, WHOOPSIE_DEFAULT, Consent, load_consent, set_preference
 from crashd.identity import system_identifier
+from crashd.preview import preview_in_spool
+from crashd.report import ReportError
+from crashd.spool import Spool, UnsafeFileError
 
 __all__ = [
     "BUS_NAME", "CHANGE_ACTION", "PATH", "PREFERENCES_INTERFACE", "REPORTS_INTERFACE", "WHOOPSIE_ACTION",
@@ -103,6 +111,10 @@ POLKIT_ALLOW_USER_INTERACTION = 1  # CheckAuthorizationFlags
 POLKIT_TIMEOUT = 25.0  # a non-interactive check; D-Bus clients give up after 25 s by default too
 POLKIT_INTERACTIVE_TIMEOUT = 300.0  # someone is typing a password
 DEFAULT_SYSTEM_BUS = "unix:path=/var/run/dbus/system_bus_socket"
+BUS_TIMEOUT = 25.0  # the bus daemon's own answers (who is calling)
+# WhatIsSent's largest answer: dbus-daemon refuses messages over 32 MiB (max_message_size), and a
+# report may carry up to 32 MiB of text; a bigger preview is refused, naming the command that shows it.
+MAX_PREVIEW = 16 * 1024 * 1024
 
 ReportList = Annotated[list[tuple[str, str, int, str]], DBusSignature("a(ssxs)")]
 NameState = Annotated[tuple[str, str], DBusSignature("ss")]
@@ -183,6 +195,7 @@ async def serve(
     polkit_timeout: float = POLKIT_TIMEOUT,
     whoopsie_default: Path = WHOOPSIE_DEFAULT,
     apport_default: Path = APPORT_DEFAULT,
+    spool: Spool | None = None,
 ) -> Service:
     """Export both objects on *bus*, own both names, and return the running :class:`Service`.
 
@@ -191,7 +204,8 @@ async def serve(
     must not block: *on_activity* on every incoming call (the daemon's idle exit waits for clients),
     *on_consent_change* with the new effective consent whenever it changes, *on_upload_now* after an
     authorised ``UploadNow``. *polkit_timeout* bounds a non-interactive authorisation; the legacy
-    switch files can be moved for tests. Raises :class:`ConfigError` for a bad ``[consent]`` section and
+    switch files can be moved for tests. *spool* is the crash directory ``Reports1.WhatIsSent`` reads
+    (without it, that call fails saying so). Raises :class:`ConfigError` for a bad ``[consent]`` section and
     :class:`BusUnavailable` when a name cannot be owned (nothing stays exported then).
     """
     tolerate_full_socket(bus)
@@ -199,6 +213,7 @@ async def serve(
         bus, state_dir=Path(state_dir), config=config, status_provider=status_provider,
         on_activity=on_activity, on_consent_change=on_consent_change, on_upload_now=on_upload_now,
         polkit_timeout=polkit_timeout, whoopsie_default=whoopsie_default, apport_default=apport_default,
+        spool=spool,
     )  # fmt: skip
     try:
         await service.start()
@@ -233,8 +248,11 @@ class Service:
         polkit_timeout: float,
         whoopsie_default: Path,
         apport_default: Path,
+        spool: Spool | None = None,
     ) -> None:
         self.bus = bus
+        self._spool = spool
+        self._preview_slot = asyncio.Semaphore(1)  # one report read at a time for WhatIsSent's callers
         self._state_dir = state_dir
         self._files = dict(config=config, whoopsie_default=whoopsie_default, apport_default=apport_default)
         self._status_provider = status_provider
@@ -351,6 +369,13 @@ class Service:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return True
+        if (msg.path, msg.member, msg.signature) == (PATH, "WhatIsSent", "s") and msg.interface in (
+            None, REPORTS_INTERFACE,
+        ):  # fmt: skip
+            task = asyncio.create_task(self._answer_what_is_sent(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
         guarded = self._guarded_for(msg)
         if guarded is None:
             return None  # dbus-fast answers it: properties, introspection, GetIdentifier, errors
@@ -374,22 +399,6 @@ class Service:
             reply = Message.new_method_return(msg, "a(ssxs)", [entries])
         if not msg.flags & MessageFlag.NO_REPLY_EXPECTED and self.bus.connected:
             self.bus.send(reply)
-
-    async def _caller_uid(self, msg: Message) -> int:
-        """The caller's uid as the bus daemon knows it (``GetConnectionUnixUser``); else AccessDenied."""
-        if not msg.sender:
-            raise DBusError(_ACCESS_DENIED, "not authorized: the caller has no bus name")
-        query = Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                        interface="org.freedesktop.DBus", member="GetConnectionUnixUser", signature="s",
-                        body=[msg.sender])  # fmt: skip
-        try:
-            async with asyncio.timeout(self._polkit_timeout):
-                reply = await self.bus.call(query)
-        except (TimeoutError, OSError, EOFError) as error:
-            raise DBusError(_ACCESS_DENIED, f"cannot identify the caller: {error or 'no answer'}") from None
-        if reply is None or reply.message_type is MessageType.ERROR or reply.signature != "u":
-            raise DBusError(_ACCESS_DENIED, "cannot identify the caller: the bus did not say its uid")
-        return int(reply.body[0])
 
     def _guarded_for(self, msg: Message) -> _Guarded | None:
         if msg.interface is not None:
@@ -484,6 +493,57 @@ class Service:
                 if Mask.Q_OVERFLOW in event.mask or event.path in watched:
                     self.refresh()
 
+    async def _answer_what_is_sent(self, msg: Message) -> None:
+        """``Reports1.WhatIsSent(s name) -> s``: :mod:`crashd.preview`'s JSON, for its owner or root."""
+        try:
+            uid = await self._caller_uid(msg)
+            async with self._preview_slot:
+                text = await asyncio.to_thread(self.what_is_sent, msg.body[0], uid)
+            reply = Message.new_method_return(msg, "s", [text])
+        except DBusError as error:
+            reply = Message.new_error(msg, error.type, error.text)
+        except Exception as error:
+            log.exception("Reports1.WhatIsSent failed")
+            reply = Message.new_error(msg, ErrorType.FAILED, f"{type(error).__name__}: {error}")
+        if not msg.flags & MessageFlag.NO_REPLY_EXPECTED and self.bus.connected:
+            self.bus.send(reply)
+
+    async def _caller_uid(self, msg: Message) -> int:
+        """The uid the bus itself vouches for as the sender of *msg*; AccessDenied when it cannot."""
+        query = Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                        interface="org.freedesktop.DBus", member="GetConnectionUnixUser", signature="s",
+                        body=[msg.sender or ""])  # fmt: skip
+        try:
+            async with asyncio.timeout(BUS_TIMEOUT):
+                reply = await self.bus.call(query)
+        except (TimeoutError, OSError, EOFError) as error:
+            raise DBusError(_ACCESS_DENIED, f"cannot identify the caller: {error or 'no answer'}") from None
+        if reply is None or reply.message_type is MessageType.ERROR or not reply.body:
+            raise DBusError(_ACCESS_DENIED, "cannot identify the caller: the bus did not say who it is")
+        return int(reply.body[0])
+
+    def what_is_sent(self, name: str, caller_uid: int) -> str:
+        """``WhatIsSent``'s answer for *caller_uid* (blocking: the caller runs it in a worker thread)."""
+        if self._spool is None:
+            raise DBusError(ErrorType.FAILED, "this service was started without a crash directory")
+        try:
+            preview = preview_in_spool(self._spool, name, caller_uid)
+        except PermissionError as error:
+            raise DBusError(_ACCESS_DENIED, str(error)) from None
+        except FileNotFoundError:
+            missing = f"{name}: no such report in {self._spool.path}"
+            raise DBusError(ErrorType.FILE_NOT_FOUND, missing) from None
+        except (UnsafeFileError, ReportError) as error:  # refused, or a report that is never sent
+            raise DBusError(ErrorType.FAILED, str(error)) from None
+        except ValueError as error:  # not a report name
+            raise DBusError(ErrorType.INVALID_ARGS, str(error)) from None
+        text = json.dumps(preview.as_json())  # ASCII: its length is its size on the bus
+        if len(text) > MAX_PREVIEW:
+            why = f"the preview of {name} is {len(text)} bytes"
+            bound = f"more than a D-Bus answer carries ({MAX_PREVIEW})"
+            raise DBusError(ErrorType.LIMITS_EXCEEDED, f"{why}, {bound}: use crashd show --what-is-sent")
+        return text
+
     def list_reports(self, caller_uid: int = 0) -> list[tuple[str, str, int, str]]:
         """``Reports1.List``'s answer for *caller_uid* (blocking: the caller runs it in a worker thread).
 
@@ -557,7 +617,8 @@ def _unrouted() -> None:
 # -- the exported interfaces: names and signatures exactly as DESIGN.md §5 --------------------------
 
 
-_ARG_NAMES = {"GetIdentifier": ("identifier",), "List": ("reports",), "ReportChanged": ("name", "state")}
+_ARG_NAMES = {"GetIdentifier": ("identifier",), "List": ("reports",), "ReportChanged": ("name", "state"),
+              "WhatIsSent": ("json",)}  # fmt: skip
 
 
 class _Interface(ServiceInterface):
@@ -621,6 +682,10 @@ class _Reports(_Interface):
 
     @dbus_method()
     def UploadNow(self):
+        _unrouted()
+
+    @dbus_method()
+    def WhatIsSent(self, name: DBusStr) -> DBusStr:  # answered by Service._answer_what_is_sent
         _unrouted()
 
     @dbus_signal()

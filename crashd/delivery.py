@@ -55,6 +55,9 @@ class Courier:
     clock: Callable[[], float] = time.time
     random: Callable[[], float] = _random.random
     wire: threading.Lock = field(default_factory=threading.Lock)  # one POST in flight at a time
+    # Reports that made processing fail, and how many times in a row: their retries back off
+    # exponentially, so a report that always fails never becomes a loop (DESIGN.md §7 rule 6).
+    failures: dict[str, int] = field(default_factory=dict)
 
     def process(
         self,
@@ -70,7 +73,31 @@ class Courier:
         every report that is not final is attempted at once. With it (the
         daemon) a report goes out only when consent allows, and a retry only
         when its backoff says it is due.
+
+        Never raises: whatever one report does (rewritten under crashd while its hooks run, a name
+        too long for its stamps, a bug it triggers) is that report's ``failed`` state, retried after
+        a backoff, never the end of the run (issue 11).
         """
+        try:
+            status = self._process(spool, name, limits, consent, hooks)
+        except Exception as error:  # contained per report: the run goes on with the others
+            reason = f"crashd could not process it: {type(error).__name__}: {error}"
+            log.error("%s: %s", name.crash, reason, exc_info=log.isEnabledFor(logging.DEBUG),
+                      extra=event(State.FAILED, name.crash))  # fmt: skip
+            failures = self.failures[name.crash] = self.failures.get(name.crash, 0) + 1
+            when = self.clock() + self.backoff.delay(failures, self.random, server=False)
+            return Status(name.crash, State.FAILED, detail=reason, attempts=failures, next_attempt=when)
+        self.failures.pop(name.crash, None)
+        return status
+
+    def _process(
+        self,
+        spool: Spool,
+        name: ReportName,
+        limits: Limits,
+        consent: Gate | None,
+        hooks: HookOptions | None,
+    ) -> Status | None:
         opened = collector.open_report(spool, name)
         if not isinstance(opened, OpenReport):
             return opened

@@ -31,6 +31,8 @@ from dataclasses import dataclass, replace
 RETRY_AFTER_CAP = 24 * 3600.0
 MISCONFIGURED_DELAY = 3600.0  # at least this long between tries while the URL answers 404
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")  # an OOPS id that can go into a URL
+# RFC 9110 delay-seconds: ASCII digits only (str.isdigit() also takes "²" and "٣", which float() refuses).
+_DELAY_SECONDS = re.compile(r"[0-9]+")
 _REJECTED = frozenset({400, 401, 403, 413, 422})
 _RETRY = frozenset({408, 425, 429})
 
@@ -151,15 +153,19 @@ def retry(
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` (seconds or an HTTP date) as an absolute time, at most 24 h away; None if unusable."""
+    """``Retry-After`` (seconds or an HTTP date) as an absolute time, at most 24 h away; None if unusable.
+
+    Total over every string: the value comes from a server (through the upload worker), so whatever
+    it holds must cost at most this report's retry time, never the run.
+    """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return now + min(float(value), RETRY_AFTER_CAP)
+    if _DELAY_SECONDS.fullmatch(value):
+        return now + min(float(value), RETRY_AFTER_CAP)  # a huge number is inf, capped: no int parsing
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
+    except (TypeError, ValueError, IndexError, OverflowError, OSError):
         return None
     return min(max(when, now), now + RETRY_AFTER_CAP)
 

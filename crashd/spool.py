@@ -60,15 +60,6 @@ LEGACY_UPLOADER = "whoopsie"
 :meth:`Spool.stamps`). Only root and that user can create a file it owns, so a stamp it owns is its own.
 A module constant and a :class:`Spool` argument, so tests can let a throwaway user play it."""
 
-SPARSE_SLACK = 1024**2
-"""Files up to this size are never judged sparse: small files may live inline in metadata or in
-one compressed extent, so their allocated size says little."""
-
-SPARSE_RATIO = 16
-"""A larger file must have at least 1/16 of its length allocated. A compressing file system (btrfs,
-ZFS) stores a report's base64 text in well over 1/4 of its length; a sparse file planted to make root
-copy gigabytes of holes as data has almost nothing allocated."""
-
 STAMP_MODE = 0o640
 """Mode of the stamps crashd writes: the owner and the report's group may read."""
 
@@ -520,9 +511,25 @@ class Spool:
         was read — apport may have replaced it with a newer crash meanwhile
         (then the rewrite is dropped and None returned). The caller keeps
         *report*; the result is the new file, opened and checked like any report.
+        Refused (UnsafeFileError, nothing written) when the old file is sparse — rewriting
+        it would turn its holes into real data (issue 11, vulnerability 7) — and (nothing
+        renamed) when the new file would pass ``max_report_size``.
         """
+        shown = self._path(report.name.crash)
+        reason = sparse_refusal(report.stat)
+        if reason:
+            raise UnsafeFileError(shown, reason)
+        limit = self.max_report_size
+
+        def bounded(out: BinaryIO) -> None:
+            write(out)
+            out.flush()
+            reason = _size_refusal(os.fstat(out.fileno()).st_size, limit)
+            if reason:
+                raise UnsafeFileError(shown, f"rewritten, it {reason}")
+
         owner, mode = (report.stat.st_uid, report.stat.st_gid), stat_mode(report.stat.st_mode)
-        if not place_file(self._dirfd(), report.name.crash, write, owner, mode, expect=report.stat):
+        if not place_file(self._dirfd(), report.name.crash, bounded, owner, mode, expect=report.stat):
             return None
         return self.open_report(report.name)
 
@@ -651,22 +658,6 @@ def place_file(
     return True
 
 
-def sparse_refusal(st: os.stat_result) -> str | None:
-    """The refusal for a file whose allocated size is far below its length, or None.
-
-    The one test every reader and rewriter of a user's file applies before reading it: a sparse
-    file costs its owner nothing on disk, but root reading it as data, or copying it, turns its
-    holes into gigabytes (``SPARSE_SLACK``, ``SPARSE_RATIO``).
-    """
-    allocated = st.st_blocks * 512
-    if st.st_size <= SPARSE_SLACK or allocated * SPARSE_RATIO >= st.st_size:
-        return None
-    return (
-        f"is sparse: {_human_size(st.st_size)} long but only {_human_size(allocated)} stored on disk"
-        f" (under 1/{SPARSE_RATIO}); refused before reading it"
-    )
-
-
 def _uid_of_user(user: str) -> int | None:
     """The uid of *user*, or None when there is no such user."""
     try:
@@ -754,6 +745,26 @@ def _owner_refusal(name_uid: int | None, st_uid: int) -> str | None:
 
 def _stamp_owner_refusal(st_uid: int, owner_uid: int) -> str:
     return f"is owned by uid {st_uid} but the report belongs to uid {owner_uid}"
+
+
+SPARSE_MIN_SIZE = 1 << 20
+"""Files up to this length are never judged sparse: small files may live in the inode (no blocks)."""
+
+
+def sparse_refusal(st: os.stat_result) -> str | None:
+    """Refusal for a file whose allocated size is far below its length (a sparse file).
+
+    Copying one writes its holes as real data: a 2 GiB report with 4 KiB allocated would
+    become 2 GiB on disk, in a directory any user can write to (issue 11, vulnerability 7).
+    The one test for it: :meth:`Spool.open_report` refuses such a report on ``fstat``, before
+    a byte is read, and every rewrite of a user's file applies it too.
+    "Far": under an eighth of the length, which no report of text and base64 reaches even on a
+    compressing file system (base64 of a compressed core does not compress below ~3/4).
+    """
+    allocated = st.st_blocks * 512
+    if st.st_size <= SPARSE_MIN_SIZE or allocated * 8 >= st.st_size:
+        return None
+    return f"is sparse: {_human_size(st.st_size)} long but only {_human_size(allocated)} allocated"
 
 
 def _size_refusal(size: int, limit: int) -> str | None:

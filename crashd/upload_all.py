@@ -87,8 +87,8 @@ def upload_all(
                 del due[name]
                 if status is None:
                     continue  # the report vanished
-                if status.next_attempt is not None and status.state in (State.QUEUED, State.SENT):
-                    due[name] = status.next_attempt  # a retry of the report, or of its core
+                if status.retry_at is not None:
+                    due[name] = status.retry_at  # a retry of the report, of its core, or of a failure
                 if status.state is State.QUEUED:
                     status = replace(status, state=State.FAILED)  # tried in this run, and will be again
                 results[name] = status

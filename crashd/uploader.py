@@ -70,7 +70,8 @@ class ExchangeError(UploadError):
 
 
 class CoreUnavailable(Exception):
-    """The server asked for the core, but the report has no CoreDump or no usable Architecture."""
+    """The report cannot send a core: no CoreDump, no usable Architecture, or an OOPS id that cannot
+    name the upload. Raised when the server asks for it, and shown by ``show --what-is-sent``."""
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,16 @@ class Answer:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def encode_report(report: Report, max_text: int = MAX_TEXT) -> bytes:
-    """The first POST's body: every text field, in file order, as a BSON string.
+def sent_fields(report: Report, max_text: int = MAX_TEXT) -> Iterator[tuple[str, str]]:
+    """The first POST's fields, in the order of its BSON document: every text field, in file order.
 
-    Binary fields (the core, attachments) never go in the first upload; daisy
-    asks for the core separately.
+    Binary fields (the core, attachments) never go in the first upload; daisy asks
+    for the core separately (:func:`core_offer`). This is the one place that decides
+    what a report's first upload carries: :func:`encode_report` encodes exactly these
+    pairs and ``crashd show --what-is-sent`` (:mod:`crashd.preview`) shows exactly
+    them, so the preview cannot drift from the upload.
     """
-    document, total = {}, 0
+    total = 0
     for key, entry in report.entries.items():
         if entry.binary:
             continue
@@ -96,8 +100,34 @@ def encode_report(report: Report, max_text: int = MAX_TEXT) -> bytes:
         if total > max_text:
             reason = f"the report has more than {max_text // MiB} MiB of text to send"
             raise ReportLimitError(reason, line=entry.line, name=report.name)
-        document[key] = report.string(key)  # raises for text that is not UTF-8
-    return bson.encode(document)
+        yield key, report.string(key)  # raises for text that is not UTF-8
+
+
+def encode_report(report: Report, max_text: int = MAX_TEXT) -> bytes:
+    """The first POST's body: :func:`sent_fields` as one BSON document of strings."""
+    return bson.encode(dict(sent_fields(report, max_text)))
+
+
+@dataclass(frozen=True)
+class CoreOffer:
+    """What :func:`post_core` sends when the server asks for the core: the architecture named in the
+    URL, and the body's length (the CoreDump's stored base64 lines joined with newlines)."""
+
+    architecture: str
+    size: int
+
+
+def core_offer(report: Report) -> CoreOffer:
+    """The core this report can send if daisy asks for it; :class:`CoreUnavailable` saying why not."""
+    entry = report.entries.get("CoreDump")
+    if entry is None or not entry.binary:
+        raise CoreUnavailable("the report has no core (no CoreDump)")
+    if "Architecture" not in report:
+        raise CoreUnavailable("the report has no Architecture to name the core upload with")
+    architecture = report.string("Architecture")
+    if not _TOKEN.fullmatch(architecture):
+        raise CoreUnavailable(f"the report's Architecture {architecture!r} cannot name a core upload")
+    return CoreOffer(architecture, entry.size)
 
 
 class StreamBody:
@@ -137,18 +167,11 @@ def post_core(report: Report, transport: Transport, url: str, system_id: str, oo
     Raises :class:`CoreUnavailable` when the report cannot supply what daisy asked
     for, :class:`UploadError` when the exchange fails.
     """
-    entry = report.entries.get("CoreDump")
-    if entry is None or not entry.binary:
-        raise CoreUnavailable("the server asked for the core, but the report has none")
-    if "Architecture" not in report:
-        raise CoreUnavailable("the server asked for the core, but the report has no Architecture")
-    architecture = report.string("Architecture")
-    if not _TOKEN.fullmatch(architecture):
-        raise CoreUnavailable(f"the report's Architecture {architecture!r} cannot name a core upload")
+    offer = core_offer(report)
     if not _TOKEN.fullmatch(oops_id):
         raise CoreUnavailable(f"the OOPS id {oops_id!r} cannot name a core upload")
-    body = StreamBody(report.base64_body("CoreDump"), entry.size)
-    return transport.post(f"{url}/{oops_id}/submit-core/{architecture}/{system_id}", body)
+    body = StreamBody(report.base64_body("CoreDump"), offer.size)
+    return transport.post(f"{url}/{oops_id}/submit-core/{offer.architecture}/{system_id}", body)
 
 
 class Uploader(Protocol):

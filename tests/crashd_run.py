@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.settings import default_config, write_config
 from tests.test_cli import REPO
 from tests.test_upload_all import TOKEN, crash, write
 
@@ -34,12 +35,6 @@ __all__ = [
 FAST = {"backoff_base": 0.05, "backoff_server_base": 0.05, "backoff_cap": 0.2, "connect_timeout": 2}
 
 
-def write_config(path: Path, **keys: object) -> Path:
-    """A `[crashd]` config file with *keys* (durations in seconds)."""
-    path.write_text("[crashd]\n" + "".join(f"{key} = {value}\n" for key, value in keys.items()))
-    return path
-
-
 def state_dir_of(crash_dir: Path) -> Path:
     """Where the helpers keep crashd's state for *crash_dir*: beside it, never /var/lib/crashd."""
     return crash_dir.parent / "state"
@@ -51,9 +46,7 @@ def _environment() -> dict[str, str]:
 
 
 def _command(command: str, crash_dir: Path, *args: str, url: str | None, config: Path | None) -> list[str]:
-    argv = [sys.executable, "-m", "crashd"]
-    if config is not None:
-        argv += ["--config", str(config)]
+    argv = [sys.executable, "-m", "crashd", "--config", str(config or default_config())]
     argv += [command, "--crash-dir", str(crash_dir), "--state-dir", str(state_dir_of(crash_dir))]
     if url is not None:
         argv += ["--url", url]

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from crashd.report import write_report
+from tests.settings import default_config
 from tests.test_cli import REPO
 from tests.test_upload_all import TOKEN, crash
 
@@ -78,7 +79,7 @@ def _environment(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _locations(crash_dir: Path, state_dir: Path, config: Path | None) -> tuple[list[str], list[str]]:
-    head = [sys.executable, "-m", "crashd"] + (["--config", str(config)] if config is not None else [])
+    head = [sys.executable, "-m", "crashd", "--config", str(config or default_config())]
     return head, ["--crash-dir", str(crash_dir), "--state-dir", str(state_dir)]
 
 

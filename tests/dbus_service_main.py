@@ -45,6 +45,7 @@ async def main(args: argparse.Namespace) -> int:
             polkit_timeout=args.polkit_timeout,
             whoopsie_default=args.legacy_dir / "whoopsie",
             apport_default=args.legacy_dir / "apport",
+            spool=spool,
         )
         say("ready")
         stop = asyncio.Event()

@@ -269,7 +269,7 @@ EXPECTED = {
                            "Identifier": ("s", "read"), "Locked": ("b", "read")},
         },
         C_REPORTS: {
-            "methods": {"List": [("out", "a(ssxs)")], "UploadNow": []},
+            "methods": {"List": [("out", "a(ssxs)")], "UploadNow": [], "WhatIsSent": [("in", "s"), ("out", "s")]},
             "signals": {"ReportChanged": ["s", "s"]},
             "properties": {},
         },

@@ -16,8 +16,10 @@ import math
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -611,3 +613,82 @@ def test_status_explains_every_report_in_text_and_json(daisy, crash_dir, fast):
         in lines["_usr_bin_flaky.0.crash"]
     )
     assert TOKEN not in text.stdout
+
+
+# -- one report's trouble is that report's state, never the run's (issue 11) ------------------
+
+
+@pytest.mark.parametrize("retry_after", ["²", "³", "Mon, 99 Feb 2024 00:00:00 GMT"])
+def test_a_retry_after_float_cannot_read_costs_a_retry_not_the_run(daisy, crash_dir, fast, retry_after):
+    """`str.isdigit()` takes "²"; `float()` then raised and aborted root's upload-all with a traceback."""
+    write(crash_dir / NAME, crash("app"))
+    write(crash_dir / "_usr_bin_other.0.crash", crash("other"))
+    daisy.script(Respond(503, "busy", {"Retry-After": retry_after}))
+
+    run = upload_all(crash_dir, daisy.url, "--timeout", "20", config=fast)
+
+    assert run.code == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    assert sorted(statuses(daisy)) == [200, 200, 503]  # the refused one retried, in this very run
+    assert {entry["state"] for entry in run.reports().values()} == {"sent"}
+
+
+def test_a_report_name_with_no_room_for_its_stamps_is_sent_without_them(daisy, crash_dir, fast):
+    """255 characters is as long as a name gets: `.upload` cannot exist beside it (ENAMETOOLONG). Its
+    delivery record has a bounded name (issue 11 robustness 2), so it is sent, once, without stamps."""
+    long_name = "_usr_bin_" + "x" * (255 - len("_usr_bin_") - len(".0.crash")) + ".0.crash"
+    write(crash_dir / long_name, crash("long"))
+    write(crash_dir / NAME, crash("app"))
+
+    run = upload_all(crash_dir, daisy.url, config=fast)
+
+    assert "Traceback" not in run.stderr, run.stderr
+    reports = run.reports()
+    assert reports[NAME]["state"] == "sent", reports
+    assert reports[long_name]["state"] == "sent", reports
+    again = upload_all(crash_dir, daisy.url, config=fast)
+    assert again.code == 0 and len(daisy.reports) == 2, again.stderr  # its record says sent: not resent
+
+
+REWRITE_HOOK = """
+def add_info(report, ui=None):
+    # The report's owner rewrites it in place while root holds it open: shorter, as if truncated.
+    with open({path!r}, "r+b") as f:
+        f.truncate(12)
+    report["Seen"] = "yes"
+"""
+
+
+@pytest.fixture
+def world_dir() -> Iterator[Path]:
+    """A directory a hook's user can reach whatever other runs do to pytest's shared 0700 base."""
+    path = Path(tempfile.mkdtemp(prefix="crashd-faults-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_report_rewritten_in_place_while_its_hooks_run_fails_alone(daisy, world_dir, make_user):
+    """The owner (or their hook) cutting the file short under root: IndexError in Report.text aborted
+    root's upload-all before; now it is that report's failed state, and the others go out."""
+    user = make_user()
+    crash_dir = world_dir / "crash"
+    crash_dir.mkdir()
+    crash_dir.chmod(0o3777)
+    hooks = world_dir / "hooks"
+    hooks.mkdir(mode=0o755)
+    victim = crash_dir / f"_usr_bin_app.{user.pw_uid}.crash"
+    (hooks / "app.py").write_text(REWRITE_HOOK.format(path=str(victim)))
+    write(victim, crash("app", Package="app 1.0", Padding="p" * 100_000), (user.pw_uid, user.pw_gid))
+    write(crash_dir / "_usr_bin_other.0.crash", crash("other"))
+    config = write_config(world_dir / "crashd.conf", **FAST, hook_dirs=str(hooks))
+
+    run = upload_all(crash_dir, daisy.url, config=config)
+
+    assert "Traceback" not in run.stderr, run.stderr
+    reports = run.reports()
+    assert reports["_usr_bin_other.0.crash"]["state"] == "sent", reports
+    # Failed, or — when its short retry falls due within the run — read again as the stub it now is.
+    assert reports[victim.name]["state"] in ("failed", "skipped"), (reports, run.stderr)
+    assert f"{victim.name}: crashd could not process it: IndexError" in run.stderr
+    assert [r.document["ExecutablePath"] for r in daisy.reports] == ["/usr/bin/other"]

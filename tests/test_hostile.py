@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from crashd.consent import set_preference
+from crashd.hooks.discovery import HookRoots, InvalidFieldError, package_plan
 from crashd.report import write_report
 from tests.daemon_run import Daemon, crash, crash_dir_at, crashd_status, drop, run_daemon, wait_until
 from tests.daisy import DaisyServer
@@ -382,6 +383,36 @@ def test_package_with_a_path_in_it(live):
     live.expect("_usr_bin_pkgpath.0.crash", "sent" if kind == "sent" else "invalid")
     for escaped in (live.crash_dir.parent.parent / "x", live.crash_dir.parent.parent / "y"):
         assert not escaped.exists()
+    live.still_serving()
+
+
+@pytest.mark.parametrize("value", ["/opt/" + "a/" * (256 * 1024), "/opt/app/bin/x\x1b[2Jy"], ids=["512KiB", "control"])
+def test_executable_path_no_kernel_would_resolve_is_refused_without_resolving_it(value):
+    """The check comes before `realpath`, whose cost grows with the square of the path's length."""
+    resolved: list[str] = []
+
+    def realpath(path: str) -> str:
+        resolved.append(path)
+        return path
+
+    with pytest.raises(InvalidFieldError, match="ExecutablePath"):
+        package_plan({"ExecutablePath": value}, HookRoots(), realpath=realpath)
+    assert resolved == []
+    package_plan({"ExecutablePath": "/opt/app/bin/x"}, HookRoots(), realpath=realpath)
+    assert resolved == ["/opt/app/bin/x"]  # an ordinary path is still resolved for the /opt rule
+
+
+@pytest.mark.parametrize("owner", ["root", "user"])
+def test_a_512_kib_executable_path_is_refused_at_once_and_the_daemon_serves_on(live, owner):
+    """Issue 11: four such reports held every worker slot for minutes, again after each restart."""
+    user = live.users[0]
+    uid, gid = (0, 0) if owner == "root" else (user.pw_uid, user.pw_gid)
+    name = f"_opt_long{owner}.{uid}.crash"
+    hostile = "/opt/" + "a/" * (256 * 1024)
+    drop(live.crash_dir / name, crash(f"long{owner}", ExecutablePath=hostile), owner=(uid, gid))
+    kind, reason = live.verdict(name, timeout=30)  # the old code took about a minute per report
+    assert (kind, "ExecutablePath" in reason, "PATH_MAX" in reason) == ("refused", True, True), reason
+    live.expect(name, "invalid", "PATH_MAX")
     live.still_serving()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crashd.policy import (
     MISCONFIGURED_DELAY,
@@ -86,12 +88,24 @@ RETRY_AFTER = [
     ("", None),
     (None, None),
     ("1.5", None),
+    ("²", None),  # str.isdigit() says yes; float() raised and aborted root's upload-all (issue 11)
+    ("٣", None),  # an Arabic-Indic digit: a digit to Python, not to HTTP
+    ("9" * 400, NOW + RETRY_AFTER_CAP),  # more than a float holds: capped, not an error
+    ("Fri, 31 Dec 9999 23:59:59 GMT", NOW + RETRY_AFTER_CAP),
+    ("Mon, 99 Feb 2024 00:00:00 GMT", None),
 ]
 
 
 @pytest.mark.parametrize(("value", "expected"), RETRY_AFTER)
 def test_parse_retry_after(value, expected):
     assert parse_retry_after(value, NOW) == expected
+
+
+@given(st.one_of(st.text(), st.from_regex(r"\s*[0-9]{1,400}\s*"), st.none()))
+def test_parse_retry_after_is_total(value):
+    """Whatever a server (or a broken worker) puts in the header: a time within 24 h, or None."""
+    when = parse_retry_after(value, NOW)
+    assert when is None or NOW <= when <= NOW + RETRY_AFTER_CAP
 
 
 def test_retry_after_is_honoured_over_a_shorter_backoff():

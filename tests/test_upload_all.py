@@ -17,6 +17,7 @@ from crashd.collector import SENT_KINDS
 from crashd.report import write_report
 from tests.daisy import DaisyServer, Hang, Respond
 from tests.fixtures import APPORT, WHOOPSIE, apport_manifest, require
+from tests.settings import default_config
 from tests.test_cli import REPO
 
 TOKEN = "deadbeef" + "0" * 120  # daisy leaves deadbeef… tokens out of its counters
@@ -45,6 +46,8 @@ def upload_all(crash_dir: Path, url: str, *args: str, timeout: float = 120) -> t
             sys.executable,
             "-m",
             "crashd",
+            "--config",
+            str(default_config()),
             "upload-all",
             "--json",
             "--crash-dir",
@@ -312,3 +315,21 @@ def test_text_arrives_exactly_as_stored(daisy, crash_dir):
         "Nul" not in document
     )  # control bytes make it binary (as apport writes it): never in the first POST
     assert document == {key: value for key, value in fields.items() if key != "Nul"}
+
+
+def test_an_executable_path_longer_than_any_path_is_refused_before_it_is_resolved(daisy, crash_dir):
+    """Issue 11: root resolved ExecutablePath for the /opt hook rule in time quadratic in its length
+    (128 KiB: 4.5 s; 512 KiB: about a minute, per report, per run). Refused now, before resolving."""
+    hostile = "/opt/" + "a/" * (256 * 1024)  # 512 KiB of path components
+    write(crash_dir / "_opt_a.0.crash", crash("long", ExecutablePath=hostile))
+    write(crash_dir / "_usr_bin_good.0.crash", crash("good"))
+
+    code, summary = upload_all(crash_dir, daisy.url, timeout=30)  # the old code takes longer than this
+
+    states = by_name(summary)
+    assert states["_usr_bin_good.0.crash"]["state"] == "sent", states
+    refused = states["_opt_a.0.crash"]
+    assert refused["state"] == "invalid" and "ExecutablePath" in refused["detail"], refused
+    assert "PATH_MAX" in refused["detail"], refused
+    assert code == 1
+    assert [r.document["ExecutablePath"] for r in daisy.reports] == ["/usr/bin/good"]

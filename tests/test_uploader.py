@@ -106,7 +106,7 @@ def test_report_and_core_round_trip(daisy):
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        (CRASH, "has none"),
+        (CRASH, "has no core"),
         ({**CRASH, "Architecture": "../x", "CoreDump": b"\0\1"}, "cannot name a core upload"),
         ({k: v for k, v in CRASH.items() if k != "Architecture"} | {"CoreDump": b"\0\1"}, "no Architecture"),
     ],

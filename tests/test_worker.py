@@ -34,6 +34,7 @@ from crashd.worker import BOOT, PASSED_ENVIRONMENT, WorkerError, WorkerUploader,
 from tests.crashd_run import FAST, TOKEN, crash, crashd, popen, state_dir_of, write, write_config
 from tests.daemon_run import drop, run_daemon, wait_until
 from tests.daisy import DaisyServer, Hang, Reset, Respond
+from tests.settings import NO_SUCH_USER
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the worker split happens only as root")
 
@@ -174,11 +175,16 @@ def test_a_0600_report_goes_out_by_descriptor_though_the_worker_cannot_open_it(
     assert tried.returncode == 7, tried.stderr
 
 
+@pytest.mark.parametrize("configured", [True, False], ids=["unprivileged_user", "nobody"])
 @pytest.mark.parametrize("command", ["upload-all", "daemon"])
 def test_the_worker_is_unprivileged_and_only_it_holds_an_inet_socket(
-    crash_dir, tmp_path, daisy, user, command
+    crash_dir, tmp_path, daisy, user, command, configured
 ):
-    config = write_config(tmp_path / "hang.conf", **FAST, unprivileged_user=user.pw_name, read_timeout=60)
+    """With unprivileged_user, the worker runs as it; without (issue 11: fail closed), as nobody —
+    never the HTTP in the root process."""
+    name = user.pw_name if configured else NO_SUCH_USER
+    config = write_config(tmp_path / "hang.conf", **FAST, unprivileged_user=name, read_timeout=60)
+    worker_user = user if configured else pwd.getpwnam(cli.WORKER_FALLBACK_USER)
     daisy.script(Hang())
     if command == "upload-all":
         write(crash_dir / NAME, crash("app"))
@@ -197,7 +203,7 @@ def test_the_worker_is_unprivileged_and_only_it_holds_an_inet_socket(
     try:
         assert daisy.wait_for(lambda: len(daisy.exchanges) == 1, timeout=20)  # the POST hangs now
         worker = worker_of(root)
-        assert_unprivileged(worker, user)
+        assert_unprivileged(worker, worker_user)
         assert_contained(worker, crash_dir / NAME)
         assert proc_status(root)["Uid"].split()[0] == "0"
         assert inet_sockets(root) == set(), "the root process holds an inet socket"
@@ -474,13 +480,31 @@ def test_https_works_after_the_drop(crash_dir, tmp_path, user):
         server.join(10)
 
 
-def test_without_the_user_root_uploads_in_process_with_a_loud_warning(crash_dir, tmp_path, daisy):
-    config = write_config(tmp_path / "c.conf", **FAST, unprivileged_user="crashdt-nobody-here")
+def test_without_the_user_root_uploads_through_a_worker_as_nobody_and_says_so_once(crash_dir, tmp_path, daisy):
+    config = write_config(tmp_path / "c.conf", **FAST, unprivileged_user=NO_SUCH_USER)
     write(crash_dir / NAME, crash("app"))
+    write(crash_dir / "_usr_bin_other.0.crash", crash("other"))
     run = upload_all(crash_dir, daisy.url, config)
     assert run.code == 0, run.stderr
-    assert run.stderr.count("sysusers.d/crashd.conf") == 1, run.stderr
-    assert "crashdt-nobody-here" in run.stderr
+    assert run.json["sent"] == 2
+    said = [line for line in run.stderr.splitlines() if f"runs as {cli.WORKER_FALLBACK_USER!r}" in line]
+    assert len(said) == 1 and NO_SUCH_USER in said[0] and "useradd --system" in said[0], run.stderr
+
+
+def test_without_the_user_nor_nobody_root_refuses_with_exit_2_and_says_how_to_create_it(
+    crash_dir, tmp_path, monkeypatch, capsys
+):
+    """The other choice of fail-closed, for a system with no ``nobody`` either: nothing is sent."""
+    monkeypatch.setattr(cli, "WORKER_FALLBACK_USER", "crashdt-no-nobody-either")
+    config = write_config(tmp_path / "c.conf", unprivileged_user=NO_SUCH_USER)
+    write(crash_dir / NAME, crash("app"))
+    state = state_dir_of(crash_dir)
+    for command in ("upload-all", "daemon"):
+        where = ["--crash-dir", str(crash_dir), "--state-dir", str(state), "--url", "http://127.0.0.1:9"]
+        assert cli.main(["--config", str(config), command, *where]) == 2
+        error = capsys.readouterr().err
+        assert NO_SUCH_USER in error and "systemd-sysusers" in error and "useradd --system" in error, error
+    assert sorted(p.name for p in crash_dir.iterdir()) == [NAME]  # not even stamped
 
 
 def test_only_root_uses_the_worker(user, monkeypatch):

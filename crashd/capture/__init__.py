@@ -11,9 +11,7 @@ so it holds only :func:`install_excepthook` and imports nothing but ``sys``: the
 writer is imported when an exception actually reaches the top.
 """
 
-from __future__ import annotations
-
-import sys
+import sys  # no `from __future__ import annotations`: one module less at every start-up
 
 __all__ = ["install_excepthook"]
 
@@ -23,11 +21,16 @@ def install_excepthook() -> None:
 
     Why lazily: the ``.pth`` runs in every Python process on the system, so the
     start-up cost must stay near zero (goal < 1 ms) — nothing here reads a file
-    or imports a module.  ``CRASHD_EXCEPTHOOK=0`` in the environment opts out.
+    or imports a module.  ``CRASHD_EXCEPTHOOK=0`` in the environment opts out,
+    except in a privileged process (setuid, setgid or root), which trusts no
+    environment variable (DESIGN.md §7 rule 7).
     """
     import os  # already in sys.modules during site processing: free
 
-    if os.environ.get("CRASHD_EXCEPTHOOK") == "0" or getattr(sys.excepthook, "_crashd", False):
+    if getattr(sys.excepthook, "_crashd", False):
+        return
+    unprivileged = os.getuid() == os.geteuid() != 0 and os.getgid() == os.getegid()
+    if os.environ.get("CRASHD_EXCEPTHOOK") == "0" and unprivileged:
         return
     previous = sys.excepthook
 

@@ -16,18 +16,28 @@ core. Differences from apport, on purpose:
   never decompressed (flat memory for any core size);
 * ``COREDUMP_TRUNCATED=1`` really omits the core and says so in
   ``CoreDumpTruncated`` (apport's check looks at the wrong dict, §6.5);
+* the entry must be systemd-coredump's by the fields journald adds itself
+  (``_SYSTEMD_UNIT`` of the instance, ``_TRANSPORT``, ``_COMM``, a ``_UID``
+  systemd-coredump logs as; :func:`crashd.capture.journal.untrusted`) — not by
+  ``_UID=0``: systemd-coredump logs after dropping to the crashing user;
 * the core file must be a regular, singly linked, root-owned ``core.*`` file
-  directly in the coredump directory, opened ``O_NOFOLLOW`` — an export file or a
-  forged entry cannot make crashd embed ``/etc/shadow`` in a user's report;
-* the report is the crashing user's only when that user could read the core: a
-  process whose real, effective and saved uids differ (setuid) gets a root report.
+  directly in the coredump directory, named for this crash's uid and pid, opened
+  ``O_NOFOLLOW`` — an export file or a forged entry cannot make crashd embed
+  ``/etc/shadow`` or another crash's core in a user's report;
+* the report is the crashing user's only when that user could read the core
+  (:func:`core_owner`: every uid and gid match, and the process was dumpable);
+  otherwise it is root's;
+* crashes of crashd's own units (``crashd.service``, ``crashd-coredump@…``) are
+  skipped: crashd never reports itself, so never in a loop.
 
 Input: ``--from-export FILE`` (``journalctl -o export``, binary-safe fields), or
-the journal through ``systemd-python`` (``_SYSTEMD_UNIT=systemd-coredump@INSTANCE.service``
-and the MESSAGE_ID, both trusted). Every read is bounded.
+the journal (``_SYSTEMD_UNIT=systemd-coredump@INSTANCE.service`` and the
+MESSAGE_ID) through ``systemd-python``, or ``journalctl -o export`` without it;
+an entry not stored yet is looked for again for up to ``--wait`` seconds. Every
+read is bounded.
 
 Exit codes: 0 written, counted (flood rule) or skipped with a printed reason;
-2 usage (no input, missing crash dir, no systemd-python); 3 consent off; 4 invalid input.
+2 usage (no input, missing crash dir, no way to read the journal); 3 consent off; 4 invalid input.
 """
 
 from __future__ import annotations
@@ -39,14 +49,25 @@ import re
 import stat
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from crashd.capture.excepthook import Placed, filter_environ, place_report, report_stem
+from crashd.capture.crashdir import Placed, place_report
+from crashd.capture.excepthook import filter_environ, report_stem
+from crashd.capture.journal import (
+    ENTRY_WAIT,
+    MESSAGE_ID,
+    InvalidEntry,
+    JournalEntry,
+    coredump_user_uid,
+    find_entry,
+    parse_export,
+    select_entry,
+    untrusted,
+)
 
 __all__ = [
     "COREDUMP_DIR",
@@ -56,32 +77,26 @@ __all__ = [
     "Skipped",
     "add_ingest_coredump_command",
     "cmd_ingest_coredump",
+    "core_owner",
     "ingest",
     "main",
     "parse_export",
-    "read_journal",
     "report_fields",
 ]
 
-MESSAGE_ID = b"fc2e22bc6ee647b6b90729ab34a250b1"
 COREDUMP_DIR = Path("/var/lib/systemd/coredump")
 EXIT_OK, EXIT_USAGE, EXIT_CONSENT, EXIT_INVALID = 0, 2, 3, 4
 
-MAX_FIELD = 16 << 20  # one journal field (ProcMaps of a big process is a few MiB); DESIGN §7 text bound
-MAX_FIELDS = 1024  # fields in one export entry (systemd-coredump writes ~40)
-MAX_INLINE_CORE = 2 << 30  # a core stored in the journal itself (Storage=journal)
 MAX_STORED_CORE = (2 << 30) * 3 // 4 - (16 << 20)  # base64 grows by 4/3: keep the report under 2 GiB
+CRASHD_UNITS = re.compile(r"crashd\.service|crashd-coredump@.*\.service")  # crashd's own: never reported
 _CHUNK = 96 * 1024  # → one 128 KiB base64 line per piece
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ELF_MAGIC = b"\x7fELF"
-_FIELD_NAME = re.compile(rb"[A-Z0-9_]{1,64}")
 _INSTANCE = re.compile(r"[A-Za-z0-9:_.\\-]{1,200}")
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class InvalidEntry(ValueError):
-    """The input is not a usable systemd-coredump entry (exit 4); the message says why."""
+# auxv entry types (elf.h): what systemd-coredump itself weighs before letting a user read a core
+_AT_NULL, _AT_UID, _AT_EUID, _AT_GID, _AT_EGID, _AT_SECURE = 0, 11, 12, 13, 14, 23
 
 
 @dataclass(frozen=True)
@@ -91,178 +106,112 @@ class Skipped:
     reason: str
 
 
-@dataclass
-class JournalEntry:
-    """One journal entry: the first value of each field as bytes; a core stored in the
-    journal itself (``COREDUMP``) is kept aside in an unnamed temporary file."""
-
-    fields: dict[str, bytes] = field(default_factory=dict)
-    core: BinaryIO | None = None
-
-    def get(self, name: str) -> bytes | None:
-        return self.fields.get(name)
-
-    def text(self, name: str) -> str | None:
-        value = self.fields.get(name)
-        return None if value is None else value.decode("utf-8", "replace")
-
-    def close(self) -> None:
-        if self.core is not None:
-            self.core.close()
-            self.core = None
-
-
-# -- input -----------------------------------------------------------------------------------
-
-
-def parse_export(file: BinaryIO, *, max_field: int = MAX_FIELD) -> Iterator[JournalEntry]:
-    """Entries of ``journalctl -o export`` text, streamed; InvalidEntry for malformed input.
-
-    Text fields are ``NAME=value\\n``; binary-safe ones ``NAME\\n`` + 64-bit
-    little-endian length + data + ``\\n``; a blank line ends an entry. Every read
-    is bounded by *max_field* (the in-journal core by :data:`MAX_INLINE_CORE`,
-    spooled to a temporary file).
-    """
-    entry = JournalEntry()
-    count = 0
-    while True:
-        line = file.readline(max_field + 66)
-        if not line or line == b"\n":
-            if entry.fields or entry.core:
-                yield entry
-            entry, count = JournalEntry(), 0
-            if not line:
-                return
-            continue
-        if not line.endswith(b"\n"):
-            raise InvalidEntry("export: a line is longer than the field limit or the file is cut short")
-        count += 1
-        if count > MAX_FIELDS:
-            raise InvalidEntry(f"export: an entry has more than {MAX_FIELDS} fields")
-        name, eq, value = line[:-1].partition(b"=")
-        if not _FIELD_NAME.fullmatch(name):
-            raise InvalidEntry(f"export: bad field name {name[:64]!r}")
-        key = name.decode("ascii")
-        if eq:
-            entry.fields.setdefault(key, value)
-            continue
-        size_bytes = file.read(8)
-        if len(size_bytes) != 8:
-            raise InvalidEntry(f"export: {key}: the length is cut short")
-        (size,) = struct.unpack("<Q", size_bytes)
-        if key == "COREDUMP":
-            if size > MAX_INLINE_CORE:
-                raise InvalidEntry(f"export: COREDUMP is {size} bytes, over {MAX_INLINE_CORE}")
-            core = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the entry, closed by its close()
-            _copy_exactly(file, core, size)
-            core.seek(0)
-            if entry.core is None:
-                entry.core = core
-            else:
-                core.close()
-        else:
-            if size > max_field:
-                raise InvalidEntry(f"export: {key} is {size} bytes, over the {max_field} bytes limit")
-            data = file.read(size)
-            if len(data) != size:
-                raise InvalidEntry(f"export: {key}: the value is cut short")
-            entry.fields.setdefault(key, data)
-        if file.read(1) != b"\n":
-            raise InvalidEntry(f"export: {key}: no newline after the binary value")
-
-
-def _copy_exactly(src: BinaryIO, dst: BinaryIO, size: int) -> None:
-    left = size
-    while left:
-        piece = src.read(min(left, 1 << 20))
-        if not piece:
-            raise InvalidEntry("export: COREDUMP: the value is cut short")
-        dst.write(piece)
-        left -= len(piece)
-
-
-def read_journal(instance: str, files: Sequence[str] | None = None) -> list[JournalEntry]:
-    """The coredump entries of ``systemd-coredump@INSTANCE.service`` from the journal
-    (or from journal *files*), through systemd-python; ImportError without it.
-
-    Values are kept as raw bytes (no conversion: ProcMaps may not be UTF-8), and
-    the reader's data threshold is raised to :data:`MAX_FIELD` — its 64 KiB default
-    would silently cut ProcMaps.
-    """
-    from systemd import journal
-
-    class _RawReader(journal.Reader):  # type: ignore[misc,name-defined]
-        def _convert_field(self, key: str, value: Any) -> Any:
-            return value
-
-    reader = _RawReader(files=list(files)) if files else _RawReader()
-    try:
-        reader.data_threshold = MAX_FIELD
-        reader.add_match(MESSAGE_ID=MESSAGE_ID.decode())
-        reader.add_match(_SYSTEMD_UNIT=f"systemd-coredump@{instance}.service")
-        entries = []
-        for raw in reader:
-            entry = JournalEntry()
-            for key, value in raw.items():
-                value = value[0] if isinstance(value, list) else value
-                if key == "COREDUMP" and isinstance(value, bytes):
-                    if len(value) >= MAX_FIELD:
-                        continue  # cut at the threshold: not the whole core
-                    entry.core = tempfile.TemporaryFile()  # noqa: SIM115 - closed by entry.close()
-                    entry.core.write(value)
-                    entry.core.seek(0)
-                elif isinstance(value, bytes):
-                    entry.fields[key] = value
-                else:
-                    entry.fields[key] = str(value).encode()
-            entries.append(entry)
-            if len(entries) > 8:
-                break
-        return entries
-    finally:
-        reader.close()
-
-
-def _select(entries: Iterator[JournalEntry] | list[JournalEntry], instance: str | None) -> JournalEntry:
-    """The one coredump entry (of *instance*, when given); InvalidEntry for none or several."""
-    unit = f"systemd-coredump@{instance}.service".encode() if instance else None
-    found: list[JournalEntry] = []
-    for entry in entries:
-        if entry.get("MESSAGE_ID") == MESSAGE_ID and (unit is None or entry.get("_SYSTEMD_UNIT") == unit):
-            found.append(entry)
-        else:
-            entry.close()
-    if len(found) == 1:
-        return found[0]
-    for entry in found:
-        entry.close()
-    what = f"for systemd-coredump@{instance}.service" if instance else "(name the INSTANCE)"
-    count = f"{len(found)} systemd-coredump entries" if found else "no systemd-coredump entry"
-    raise InvalidEntry(f"{count} {what}")
-
-
 # -- mapping ---------------------------------------------------------------------------------
 
 
-def _owner(entry: JournalEntry, uid: int) -> int:
-    """The crashing uid when its real, effective, saved and fs uids agree; else root.
+def core_owner(entry: JournalEntry) -> tuple[int, str]:
+    """(the report's owner, why): the crashing uid only when the process was an ordinary one of that user.
 
-    A setuid program's core holds memory its user may not read; systemd-coredump
-    only grants the user access when the uids agree, and so does crashd.
+    The rule (issue 11, DESIGN.md §7 rule 7; apport's and systemd-coredump's own):
+    real, effective, saved and filesystem uid *and* gid in ``COREDUMP_PROC_STATUS``
+    all equal ``COREDUMP_UID``/``COREDUMP_GID``, and the process was dumpable —
+    ``COREDUMP_DUMPABLE=1`` (the kernel's ``%d``) and ``COREDUMP_PROC_AUXV``
+    without ``AT_SECURE`` and with matching ids, whichever of the two systemd
+    logged (systemd 252 in Debian logs both, and weighs them alike before it
+    grants the user its ACL on the core), else (no evidence either way) no
+    capabilities in ``CapPrm``/``CapEff``. Anything else —
+    a setuid or setgid program, a capability binary, missing fields — gives root:
+    its core holds memory the user may not read.
     """
-    status = entry.text("COREDUMP_PROC_STATUS") or ""
-    for line in status.splitlines():
-        if line.startswith("Uid:"):
-            ids = set(line.split()[1:])
-            return uid if ids == {str(uid)} else 0
-    return 0
+    uid, gid = _number(entry.get("COREDUMP_UID")), _number(entry.get("COREDUMP_GID"))
+    if uid is None or gid is None:
+        return 0, "no numeric COREDUMP_UID/COREDUMP_GID"
+    if uid == 0:
+        return 0, "root's crash"
+    status = _status_lines(entry.get("COREDUMP_PROC_STATUS") or b"")
+    for line, want in (("Uid", uid), ("Gid", gid)):
+        ids = status.get(line, [])
+        if len(ids) != 4 or any(value != str(want) for value in ids):
+            return 0, f"{line}: {' '.join(ids) or '(missing)'} — not all four are {want} (setuid/setgid)"
+    dumpable, auxv = entry.get("COREDUMP_DUMPABLE"), entry.get("COREDUMP_PROC_AUXV")
+    if dumpable is not None and dumpable != b"1":
+        return 0, f"COREDUMP_DUMPABLE={_shown(dumpable)}: the kernel did not let the user dump it"
+    if auxv is not None:
+        values = _parse_auxv(auxv)
+        if values is None:
+            return 0, "COREDUMP_PROC_AUXV cannot be read"
+        if values.get(_AT_SECURE, 1) != 0:
+            return 0, "AT_SECURE is set (a secure-execution program)"
+        for key, want in ((_AT_UID, uid), (_AT_EUID, uid), (_AT_GID, gid), (_AT_EGID, gid)):
+            if values.get(key, want) != want:
+                return 0, "the ids the program was started with differ (auxv)"
+    if dumpable is not None or auxv is not None:
+        return uid, "dumpable, not a secure-execution program"
+    for line in ("CapPrm", "CapEff"):
+        if status.get(line, ["?"]) != ["0" * 16]:
+            return 0, f"{line}: {' '.join(status.get(line, [])) or '(missing)'} — not dumpable by the user"
+    return uid, "ids and capabilities of an ordinary process"
 
 
-def _open_core(path: str, coredump_dir: Path) -> tuple[int, os.stat_result] | str:
-    """(fd, stat) of the stored core, or the reason it cannot be used."""
+def _number(value: bytes | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() and len(value) <= 10 else None
+
+
+def _shown(value: bytes) -> str:
+    return value[:20].decode("utf-8", "replace")
+
+
+def _status_lines(status: bytes) -> dict[str, list[str]]:
+    """``Name:\tvalue…`` lines of /proc/PID/status → {name: the value's words}."""
+    out: dict[str, list[str]] = {}
+    for line in status.decode("utf-8", "replace").splitlines():
+        name, colon, value = line.partition(":")
+        if colon:
+            out.setdefault(name, value.split())
+    return out
+
+
+def _parse_auxv(auxv: bytes) -> dict[int, int] | None:
+    """/proc/PID/auxv → {type: value}, read as 64-bit pairs or else as 32-bit pairs; None when neither
+    reads as an auxiliary vector (small types, one AT_NULL at the end)."""
+    for size in (8, 4):
+        pair = 2 * size
+        if len(auxv) % pair:
+            continue
+        words = struct.unpack(f"<{len(auxv) // size}{'Q' if size == 8 else 'I'}", auxv)
+        pairs = list(zip(words[::2], words[1::2], strict=True))
+        ends = [index for index, (kind, _) in enumerate(pairs) if kind == _AT_NULL]
+        if not ends:
+            continue
+        head, tail = pairs[: ends[0]], pairs[ends[0] :]
+        if all(kind < 64 for kind, _ in head) and all(kind == _AT_NULL for kind, _ in tail):
+            return dict(head)
+    return None
+
+
+def _core_name_matches(name: str, entry: JournalEntry) -> bool:
+    """``core.COMM.UID.BOOTID.PID.TIMESTAMP[.EXT]`` (coredump.c, make_filename()) naming this crash's uid
+    and pid: an entry cannot point at another crash's core."""
+    parts = name.split(".")
+    return (
+        len(parts) >= 6 and parts[0] == "core"
+        and parts[2].encode() == entry.get("COREDUMP_UID")
+        and parts[4].encode() == entry.get("COREDUMP_PID")
+    )  # fmt: skip
+
+
+def _open_core(path: str, coredump_dir: Path, entry: JournalEntry) -> tuple[int, os.stat_result] | str:
+    """(fd, stat) of the stored core, or the reason it cannot be used.
+
+    As systemd-coredump writes it: a regular file with one link, owned by root
+    (the unit writes it before dropping privileges), directly in *coredump_dir*,
+    named for this crash's uid and pid.
+    """
     directory, name = os.path.split(path)
     if os.path.normpath(directory) != os.path.normpath(coredump_dir) or not name.startswith("core."):
         return f"COREDUMP_FILENAME {path!r} is not a core.* file in {coredump_dir}"
+    if not _core_name_matches(name, entry):
+        return f"COREDUMP_FILENAME {path!r} does not name this crash's COREDUMP_UID and COREDUMP_PID"
     try:
         dirfd = os.open(coredump_dir, _DIR)
     except OSError as error:
@@ -316,18 +265,24 @@ class _StoredLines:
 
 
 def report_fields(
-    entry: JournalEntry, coredump_dir: Path = COREDUMP_DIR
+    entry: JournalEntry, coredump_dir: Path = COREDUMP_DIR, instance: str | None = None
 ) -> tuple[str, int, list[tuple[str, Any]]] | Skipped:
     """(report stem, owner uid, fields) for *entry*, or :class:`Skipped`; InvalidEntry if unusable.
 
-    The CoreDump value is a lazy :class:`~crashd.report.StoredBinary` (a zstd core),
-    a file object (an uncompressed one, gzip-streamed) or absent with the reason in
+    The entry must be systemd-coredump's (:func:`~crashd.capture.journal.untrusted`,
+    of *instance* when given). The CoreDump value is a lazy
+    :class:`~crashd.report.StoredBinary` (a zstd core), a file object (an
+    uncompressed one, gzip-streamed) or absent with the reason in
     ``CoreDumpTruncated``/``CoreDumpUnavailable``.
     """
     from crashd.report import StoredBinary
 
-    if entry.get("_UID") not in (None, b"0"):
-        raise InvalidEntry("the entry was not logged by root (systemd-coredump runs as root)")
+    refused = untrusted(entry, instance, coredump_user_uid())
+    if refused:
+        raise InvalidEntry(refused)
+    unit = entry.text("COREDUMP_UNIT") or ""
+    if CRASHD_UNITS.fullmatch(unit):
+        return Skipped(f"a crash of crashd itself ({unit}): crashd never reports itself")
     if entry.get("COREDUMP_CONTAINER_CMDLINE") is not None:
         return Skipped("the crash happened in a container (COREDUMP_CONTAINER_CMDLINE)")
     if entry.get("COREDUMP_ROOT") not in (None, b"/"):
@@ -340,7 +295,6 @@ def report_fields(
         stem = report_stem(exe, int(raw_uid))
     except (UnicodeDecodeError, ValueError) as error:
         raise InvalidEntry(f"COREDUMP_EXE: {error}") from None
-    uid = int(raw_uid)
     stamp = entry.get("COREDUMP_TIMESTAMP") or entry.get("__REALTIME_TIMESTAMP") or b""
     when = int(stamp) / 1e6 if stamp.isdigit() else time.time()
     fields: list[tuple[str, Any]] = [
@@ -366,7 +320,7 @@ def report_fields(
     elif entry.core is not None:
         fields.append(("CoreDump", entry.core))
     elif core_path:
-        opened = _open_core(core_path, coredump_dir)
+        opened = _open_core(core_path, coredump_dir, entry)
         if isinstance(opened, str):
             fields.append(("CoreDumpUnavailable", opened))
         else:
@@ -383,16 +337,19 @@ def report_fields(
                 fields.append(("CoreDumpUnavailable", why))
     else:
         fields.append(("CoreDumpUnavailable", "systemd-coredump stored no core (Storage=none?)"))
-    return stem, _owner(entry, uid), fields
+    return stem, core_owner(entry)[0], fields
 
 
 def ingest(
-    entry: JournalEntry, crash_dir: str | os.PathLike[str], coredump_dir: Path = COREDUMP_DIR
+    entry: JournalEntry,
+    crash_dir: str | os.PathLike[str],
+    coredump_dir: Path = COREDUMP_DIR,
+    instance: str | None = None,
 ) -> Placed | Skipped:
     """Write (or count, or skip) the report for one coredump entry into *crash_dir*."""
     from crashd.report import write_report
 
-    mapped = report_fields(entry, coredump_dir)
+    mapped = report_fields(entry, coredump_dir, instance)
     if isinstance(mapped, Skipped):
         return mapped
     stem, owner, fields = mapped
@@ -429,6 +386,10 @@ def add_ingest_coredump_command(subparsers: Any) -> argparse.ArgumentParser:
         help=f"where systemd-coredump stores cores (default {COREDUMP_DIR})",
     )  # fmt: skip
     parser.add_argument(
+        "--wait", type=float, default=ENTRY_WAIT, metavar="SECONDS",
+        help=f"how long to keep looking for an entry the journal has not stored yet (default {ENTRY_WAIT:g})",
+    )  # fmt: skip
+    parser.add_argument(
         "--crash-dir", metavar="DIR", help="crash directory (default /var/crash, $APPORT_REPORT_DIR)"
     )
     parser.add_argument(
@@ -460,19 +421,17 @@ def cmd_ingest_coredump(args: argparse.Namespace) -> int:
         if args.from_export is not None:
             try:
                 with open(args.from_export, "rb") as f:
-                    entry = _select(parse_export(f), args.instance)
+                    entry = select_entry(parse_export(f), args.instance)
             except OSError as error:
                 return _fail(EXIT_USAGE, f"{args.from_export}: {error.strerror}")
         elif args.instance is None:
             return _fail(EXIT_USAGE, "name the systemd-coredump INSTANCE or give --from-export FILE")
         else:
             try:
-                entries = read_journal(args.instance, args.journal_file)
-            except ImportError:
-                missing = "systemd-python (python3-systemd) is missing: use --from-export FILE"
-                return _fail(EXIT_USAGE, missing)
-            entry = _select(entries, args.instance)
-        outcome = ingest(entry, settings.crash_dir, args.coredump_dir)
+                entry = find_entry(args.instance, args.journal_file, wait=max(0.0, args.wait))
+            except ImportError as error:
+                return _fail(EXIT_USAGE, f"{error}: use --from-export FILE")
+        outcome = ingest(entry, settings.crash_dir, args.coredump_dir, args.instance)
     except InvalidEntry as error:
         return _fail(EXIT_INVALID, str(error))
     finally:

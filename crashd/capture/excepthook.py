@@ -1,55 +1,46 @@
-"""Uncaught Python exceptions → apport-format reports, and the crash-directory writer both capturers share.
+"""Uncaught Python exceptions → apport-format reports, and the text helpers both capturers share.
 
 :func:`report_exception` is what ``crashd.capture.install_excepthook`` calls (lazily,
 only once an exception reaches the top): it writes ``<argv[0] path, / → _>.<uid>.crash``
 into ``APPORT_REPORT_DIR`` (or the configured crash dir, /var/crash) *as the crashing
-user*, with the fields apport's Python hook writes.
+user*, with the fields apport's Python hook writes — except in a privileged process
+(:func:`privileged`) and in crashd's own (:func:`is_crashd_process`).
 
-Why standard library only (plus ``crashd.config``, ``crashd.consent`` and ``crashd.spool``, which are
-too): this runs inside an arbitrary user's program, possibly under an interpreter
-that lacks crashd's third-party dependencies (zstd), and must not fail there.
-That is also why it has its own tiny text-only report writer, and why the shared
-helpers — :func:`filter_environ`, :func:`report_stem`, :func:`place_report` (the
-flood rule and the atomic write) — live here: ``coredump.py`` imports them.
+Why standard library only (plus ``crashd.config``, ``crashd.consent``, ``crashd.spool`` and
+:mod:`crashd.capture.crashdir`, which are too): this runs inside an arbitrary user's
+program, possibly under an interpreter that lacks crashd's third-party dependencies
+(zstd), and must not fail there. That is also why it has its own tiny text-only
+report writer, and why the shared helpers — :func:`filter_environ`,
+:func:`report_stem` — live here: ``coredump.py`` imports them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import grp
 import os
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal
 
-from crashd.spool import place_file  # standard library only, like this module
+from crashd.capture.crashdir import Placed, place_report  # standard library only, like this module
 
 __all__ = [
-    "FLOOD_WINDOW",
-    "Placed",
     "encode_text_report",
     "filter_environ",
-    "place_report",
+    "is_crashd_process",
+    "privileged",
     "python_crash_fields",
     "report_exception",
     "report_stem",
 ]
 
-FLOOD_WINDOW = 24 * 3600
-"""An unsent report younger than this is counted (CrashCounter) instead of replaced (apport §2.4)."""
-
-REPORT_MODE = 0o640
 STATE_DIR_ENV = "CRASHD_STATE_DIR"  # tests point consent at a scratch state dir
 CONFIG_ENV = "CRASHD_CONFIG"
 MAX_TRACEBACK = 1 << 20  # a traceback of a deep recursion is cut here, not the report's size limit
 MAX_PROC_FILE = 1 << 20  # /proc/self/status and cmdline are a few KiB; bound them anyway
-_PIECE = 1 << 20
 
 # apport's add_proc_environ (research/apport.md §5): only these, verbatim...
 _SAFE_ENV = frozenset({"SHELL", "TERM", "LANGUAGE", "LANG", "LOCPATH"})
@@ -64,7 +55,7 @@ _STANDARD_PATH = frozenset(
 )  # fmt: skip
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0E, 0x1C)]}
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # .../crashd
 
 
 # -- shared helpers ------------------------------------------------------------------------
@@ -118,129 +109,6 @@ def encode_text_report(fields: Iterable[tuple[str, str]]) -> bytes:
         else:
             out += f"{key}: {value}\n".encode("utf-8", "surrogateescape")
     return bytes(out)
-
-
-@dataclass(frozen=True)
-class Placed:
-    """What :func:`place_report` did: ``written`` a report, ``counted`` a repeat, or ``skipped``."""
-
-    action: Literal["written", "counted", "skipped"]
-    path: str
-    detail: str = ""
-    crash_counter: int | None = None
-
-
-def place_report(
-    crash_dir: str | os.PathLike[str],
-    stem: str,
-    write: Callable[[BinaryIO], None],
-    *,
-    owner_uid: int,
-    now: float | None = None,
-) -> Placed:
-    """Write ``STEM.crash`` atomically, or count it as a repeat (apport's flood rule).
-
-    The rule: an existing report for the same executable and uid that is unsent
-    (no ``.uploaded`` at least as new as it and its ``.upload``) and younger than
-    :data:`FLOOD_WINDOW` gets ``CrashCounter`` incremented (atomic rewrite, same
-    owner, mode and mtime — so the day counts from the first crash) and no new
-    report is written: a crash loop cannot fill the disk. A sent or older report
-    is replaced. A name held by anything but a regular, singly linked file owned
-    by *owner_uid* or root is left alone (skipped): never follow, never clobber.
-
-    New files: ``O_CREAT|O_EXCL|O_NOFOLLOW`` mode 0 under a hidden name, owner
-    (as root: *owner_uid*, group whoopsie when it exists) and mode 0640 set on the
-    descriptor, fsync, rename into place — readers never see half a report.
-    """
-    now = time.time() if now is None else now
-    path = os.path.join(os.fspath(crash_dir), stem + ".crash")
-    dirfd = os.open(os.fspath(crash_dir), _DIR)
-    try:
-        try:
-            fd = os.open(stem + ".crash", _READ, dir_fd=dirfd)
-        except FileNotFoundError:
-            fd = -1
-        except OSError as error:
-            if error.errno in (errno.ELOOP, errno.ENXIO, errno.EACCES, errno.EPERM):
-                return Placed("skipped", path, f"an unusable file holds the name ({error.strerror})")
-            raise
-        if fd < 0:
-            _create(dirfd, stem + ".crash", write, owner_uid)
-            return Placed("written", path)
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid not in (owner_uid, 0):
-                why = "an unsafe file (not a plain report of this user) holds the name"
-                return Placed("skipped", path, why)
-            if _sent(dirfd, stem, st) or now - st.st_mtime >= FLOOD_WINDOW:
-                _create(dirfd, stem + ".crash", write, owner_uid)
-                return Placed("written", path, "replaced an older or already sent report")
-            counter = _rewrite_counter(dirfd, stem + ".crash", fd, st)
-        finally:
-            os.close(fd)
-        if counter is None:
-            return Placed("skipped", path, "the report changed while it was counted")
-        return Placed("counted", path, "an unsent report less than a day old exists", counter)
-    finally:
-        os.close(dirfd)
-
-
-def _sent(dirfd: int, stem: str, report: os.stat_result) -> bool:
-    """Whether a current ``.uploaded`` says this report went out (then a new crash replaces it)."""
-    try:
-        uploaded = os.stat(stem + ".uploaded", dir_fd=dirfd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISREG(uploaded.st_mode) or uploaded.st_uid not in (report.st_uid, 0):
-        return False
-    try:
-        upload = os.stat(stem + ".upload", dir_fd=dirfd, follow_symlinks=False)
-        upload_ns = upload.st_mtime_ns if stat.S_ISREG(upload.st_mode) else 0
-    except FileNotFoundError:
-        upload_ns = 0
-    return uploaded.st_mtime_ns >= max(report.st_mtime_ns, upload_ns)
-
-
-def _whoopsie_gid() -> int:
-    """The group apport gives reports (so whoopsie/crashd may read them); -1: leave it."""
-    try:
-        return grp.getgrnam("whoopsie").gr_gid
-    except KeyError:
-        return -1
-
-
-def _create(dirfd: int, name: str, write: Callable[[BinaryIO], None], owner_uid: int) -> None:
-    place_file(dirfd, name, write, (owner_uid, _whoopsie_gid()), REPORT_MODE)
-
-
-def _rewrite_counter(dirfd: int, name: str, fd: int, st: os.stat_result) -> int | None:
-    """Copy the report line by line (bounded pieces: a CoreDump line may be GiBs) with
-    ``CrashCounter`` replaced by old + 1 (a report without one counts as 1)."""
-    os.set_blocking(fd, True)
-    result = [1]
-
-    def write(out: BinaryIO) -> None:
-        old = 1
-        with os.fdopen(os.dup(fd), "rb") as src:
-            src.seek(0)
-            line_start = True
-            while piece := src.readline(_PIECE):
-                if line_start and piece.startswith(b"CrashCounter:"):
-                    with contextlib.suppress(ValueError):
-                        old = max(old, int(piece[13:].strip()))
-                else:
-                    out.write(piece)
-                line_start = piece.endswith(b"\n")
-            if not line_start:
-                out.write(b"\n")
-        result[0] = old + 1
-        out.write(b"CrashCounter: %d\n" % result[0])
-
-    ok = place_file(
-        dirfd, name, write, (st.st_uid, st.st_gid), stat.S_IMODE(st.st_mode) or REPORT_MODE,
-        times=(st.st_atime_ns, st.st_mtime_ns), expect=st,
-    )  # fmt: skip
-    return result[0] if ok else None
 
 
 def _read_bounded(path: str, limit: int = MAX_PROC_FILE) -> bytes | None:
@@ -302,26 +170,75 @@ def python_crash_fields(
     return executable, fields
 
 
+def privileged() -> bool:
+    """Whether this process must trust nothing in its environment (DESIGN.md §7 rule 7).
+
+    True when the real and effective uid or gid differ (setuid/setgid) or the
+    effective uid is 0: whoever set the environment may not be whoever the
+    process runs as, so ``APPORT_REPORT_DIR``, ``CRASHD_*`` and an env-named
+    config are ignored and the report is root's.
+    """
+    return os.getuid() != os.geteuid() or os.getgid() != os.getegid() or os.geteuid() == 0
+
+
+def is_crashd_process(argv0: str, frame_files: Iterable[str], package_dir: str = _PACKAGE_DIR) -> bool:
+    """Whether the crashing program is crashd itself, which never reports its own exceptions.
+
+    Why (issue 13): crashd's failures went through its own hook into the crash
+    directory and were uploaded by crashd — a loop waiting for a bug that
+    crashes on its own report. crashd's processes are recognised by what runs
+    them: ``python -m crashd`` and ``/usr/bin/crashd`` (argv[0] is crashd's
+    ``__main__.py``), the hook child (``crashd/hooks/child.py``), anything
+    started from crashd's package directory, and a pip console script (the
+    traceback runs through ``crashd/cli.py``). The upload worker is
+    ``python -I -c`` and, as every one-liner, is never reported anyway.
+    """
+    package = package_dir.rstrip(os.sep) + os.sep
+    if argv0 and os.path.realpath(argv0).startswith(package):
+        return True
+    cli = package + "cli.py"
+    return any(os.path.realpath(name) == cli for name in frame_files)
+
+
+def _frame_files(tb: TracebackType | None) -> Iterator[str]:
+    while tb is not None:
+        yield tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+
+
 def report_exception(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
 ) -> Placed | None:
     """Write (or count) the report for an uncaught exception; None when nothing is due.
 
     Nothing is written for KeyboardInterrupt, BrokenPipeError, interactive
-    sessions, ``-c`` one-liners, or when consent (``ReportCrashes``) is off. The
-    state dir (consent) is ``$CRASHD_STATE_DIR`` or the configured one.
+    sessions, ``-c`` one-liners, crashd's own processes (:func:`is_crashd_process`),
+    or when consent (``ReportCrashes``) is off. The state dir (consent) is
+    ``$CRASHD_STATE_DIR`` or the configured one.
+
+    A :func:`privileged` process reads only the system configuration, writes
+    only into its crash directory, and the report is root's: named for the real
+    uid (whose invocation crashed), owned by root. One that is not effectively
+    root (a setuid/setgid program of another user) cannot make a root-owned
+    file, so it writes nothing.
     """
     if issubclass(exc_type, (KeyboardInterrupt, BrokenPipeError)):
         return None
     if hasattr(sys, "ps1") or sys.flags.interactive or sys.flags.inspect:
         return None
+    if is_crashd_process(sys.argv[0] if sys.argv else "", _frame_files(tb)):
+        return None
     from crashd.config import DEFAULT_CONFIG, ConfigError, load_settings
     from crashd.consent import load_consent
 
-    config = Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None
+    trusted = privileged()
+    if trusted and os.geteuid() != 0:
+        return None
+    environ: Mapping[str, str] = {} if trusted else os.environ
+    config = Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None
     try:
-        settings = load_settings(config)
-        state_dir = Path(os.environ.get(STATE_DIR_ENV) or settings.state_dir)
+        settings = load_settings(config, environ=environ)
+        state_dir = Path(environ.get(STATE_DIR_ENV) or settings.state_dir)
         if not load_consent(state_dir, config=config or DEFAULT_CONFIG).report_crashes:
             return None
     except (ConfigError, OSError):
@@ -333,4 +250,5 @@ def report_exception(
     uid = os.getuid()
     data = encode_text_report(fields)
     stem = report_stem(executable, uid)
-    return place_report(settings.crash_dir, stem, lambda f: f.write(data), owner_uid=uid)
+    owner = 0 if trusted else uid
+    return place_report(settings.crash_dir, stem, lambda f: f.write(data), owner_uid=owner)

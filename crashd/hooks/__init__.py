@@ -11,8 +11,8 @@ Modules: :mod:`~crashd.hooks.discovery` (which hooks, in which order: pure),
 :mod:`~crashd.hooks.accounts` (which user, which Python),
 :mod:`~crashd.hooks.runner` (batches in, a result out),
 :mod:`~crashd.hooks.process` (the one subprocess wrapper: start, bound, kill,
-reap), ``child.py`` (the hook process itself: standard library only, run by
-path, never imported here),
+reap), ``child.py`` (the keeper, the runner and the hook processes: standard
+library only, run by path, never imported here),
 :mod:`~crashd.hooks.hooktest` (the command), ``builtin/`` (crashd's own hooks)
 and ``compat/apport/`` (``apport.hookutils`` for hooks where apport is absent).
 
@@ -65,7 +65,8 @@ def run_hooks(
     extra_dirs: Sequence[Path] = (),
     timeout: float = 30,
     output_cap: int = 10 * MiB,
-    fallback_user: str = "crashd",
+    fallback_user: str = "crashd-hook",
+    worker_user: str | None = "crashd",
     limits: HookLimits | None = None,
 ) -> HookResult:
     """Run every hook for a report with these text *fields*, owned by *owner_uid*.
@@ -93,9 +94,10 @@ def run_hooks(
         return None if phase is None else phase(current)
 
     try:
-        account = account_for(owner_uid, fallback_user)
+        account = account_for(owner_uid, fallback_user, worker_user)
         python = interpreter_for(account)
     except HookSetupError as error:
+        log.warning("%s", error)  # e.g. hook_user missing: root's reports go without their hooks
         result = _not_run(fields, roots, extra_dirs, str(error))
     else:
         result = run(

@@ -1,8 +1,9 @@
 """Who a report's hooks run as, and with which Python.
 
 A hook runs as the owner of the ``.crash`` file, with that user's groups and
-home; a report owned by root runs its hooks as the unprivileged ``crashd``
-system user instead. No path here ever yields uid or gid 0 (DESIGN.md §6).
+home; a report owned by root runs its hooks as the unprivileged ``crashd-hook``
+system user instead (the ``hook_user`` setting), never as the upload worker's
+``crashd``. No path here ever yields uid or gid 0 (DESIGN.md §6).
 
 The interpreter must be one the hook user can execute: the daemon's own
 ``sys.executable`` when that user can reach it and its standard library, else
@@ -66,21 +67,40 @@ class Account:
         }
 
 
-def account_for(owner_uid: int, fallback_user: str = "crashd") -> Account:
-    """The account for a report owned by *owner_uid* (*fallback_user* for root's reports).
+def account_for(
+    owner_uid: int, fallback_user: str = "crashd-hook", worker_user: str | None = None
+) -> Account:
+    """The account for a report owned by *owner_uid*: its owner, or *fallback_user* (the ``hook_user``
+    setting) for root's reports — and for reports of *worker_user*, the upload worker's user.
 
-    HookSetupError when that account does not exist, or when this process is not
-    root and the account is not its own (only root can switch users).
+    HookSetupError when that account does not exist, when it is the worker's user (a hook must not be
+    able to signal or read the process that talks to the network), or when this process is not root
+    and the account is not its own (only root can switch users).
     """
+    worker_uid = _uid_of(worker_user)
+    use_fallback = owner_uid == 0 or owner_uid == worker_uid
     try:
-        entry = pwd.getpwnam(fallback_user) if owner_uid == 0 else pwd.getpwuid(owner_uid)
+        entry = pwd.getpwnam(fallback_user) if use_fallback else pwd.getpwuid(owner_uid)
     except KeyError:
-        who = f"the system user {fallback_user!r}" if owner_uid == 0 else f"uid {owner_uid}"
+        who = f"the system user {fallback_user!r}" if use_fallback else f"uid {owner_uid}"
         raise HookSetupError(f"hooks not run: {who} does not exist") from None
     account = Account.from_passwd(entry)
+    if account.uid == worker_uid:
+        raise HookSetupError(
+            f"hooks not run: {account.name} is also the upload worker's user; set hook_user to another user"
+        )
     if os.geteuid() != 0 and account.uid != os.geteuid():
         raise HookSetupError(f"hooks not run: only root can run them as {account.name} (uid {account.uid})")
     return account
+
+
+def _uid_of(user: str | None) -> int | None:
+    if user is None:
+        return None
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
 
 
 def interpreter_for(account: Account) -> str:

@@ -1,28 +1,37 @@
-"""The hook child: runs the package hooks of one report in a process of its own, as the report's owner.
+"""The hook child: a root keeper, an unprivileged runner, and one process per hook (DESIGN.md §6).
 
-:mod:`crashd.hooks.runner` starts this file as ``python3 -I child.py LIMITS`` with
-the uid, groups, umask, session, working directory and environment already set by
-``subprocess`` (never by a ``preexec_fn``). This file never gains a privilege, it
-only gives them up: ``PR_SET_NO_NEW_PRIVS``, not dumpable (no core, no ptrace by
-other processes of the same user), rlimits, the first place in line for the OOM
-killer, and it refuses to run as root at all.
+:mod:`crashd.hooks.process` starts this file as ``python3 -I child.py CONFIG CONTROL`` with the
+working directory, session and environment already set by ``subprocess``. Three kinds of process:
 
-Import discipline: the standard library only, and only modules that load fast —
-the process starts once per report and its start-up *is* the hook overhead
-(DESIGN.md §8: < 80 ms). Nothing from crashd is imported: the daemon's modules
-stay out of the hooks' reach, and running this file by path needs no package on
-``sys.path`` (``-I`` ignores ``PYTHONPATH``, and ``python -m`` would have to find
-crashd before any argument could say where it is). ``import apport`` finds the
-real apport when it is installed and otherwise ``compat/apport`` beside this file
-(appended to ``sys.path``, so the real one always wins).
+- the **keeper** (this process; root when crashd is): a child subreaper, so every process started
+  below it stays below it whatever it does (``setsid``, a double fork); it forks the runner, keeps
+  only the *CONTROL* pipe, and when the runner ends or the parent closes *CONTROL* it kills and
+  reaps every descendant before it exits. Hooks never run here; no hook user can signal it.
+- the **runner** (forked by the keeper): switches to the hook user (uid, gid, groups; it refuses
+  uid or gid 0), sets ``PR_SET_NO_NEW_PRIVS``, rlimits, the first place in line for the OOM killer,
+  and is not dumpable — so no process of that user can ptrace it, open its ``/proc/PID/fd`` or
+  ``pidfd_getfd()`` its descriptors. It alone holds the protocol pipes to the parent. It is a
+  subreaper too: what a hook leaves running is killed before the next hook starts.
+- one **hook process** per hook (forked by the runner): it closes both protocol pipes before any
+  hook code runs, runs ``add_info`` in a session of its own, and sends what changed back to the
+  runner over a pipe of its own, which the runner reads bounded. Its stdout and stderr (and those
+  of the commands it runs) are the output pipe, which the parent counts and never parses.
 
-Protocol, one JSON document per line. stdin: ``{"fields": {key: value}, "hooks":
-[path, …], "owners": [uid, …] | null, "timeout": s}``, then ``{"hooks": […]}`` for
-every further batch, then EOF. stdout: ``{"start": path}`` before a hook,
-``{"done": path, "fields": {…}, "removed": […], "error": text | null, "stop": bool}``
-after it (the fields it added or changed), ``{"batch": "done"}`` after each batch.
-A value is a str, or ``{"base64": …}`` for bytes. The hooks' own output (print,
-commands they run) goes to stderr, never into the protocol.
+Import discipline: the standard library only, and only modules that load fast — the process
+starts once per report and its start-up *is* the hook overhead (DESIGN.md §8: < 80 ms). Nothing
+from crashd is imported: the daemon's modules stay out of the hooks' reach, and running this file
+by path needs no package on ``sys.path`` (``-I`` ignores ``PYTHONPATH``, and ``python -m`` would
+have to find crashd before any argument could say where it is). ``import apport`` finds the real
+apport when it is installed and otherwise ``compat/apport`` beside this file (appended to
+``sys.path``, so the real one always wins).
+
+Protocol between the parent and the runner, one JSON document per line. stdin: ``{"fields": {key:
+value}, "hooks": [path, …], "owners": [uid, …] | null, "timeout": s, "output_cap": bytes}``, then
+``{"hooks": […]}`` for every further batch, then EOF. stdout: ``{"start": path}`` before a hook,
+``{"done": path, "fields": {…}, "removed": […], "error": text | null, "stop": bool}`` after it (the
+fields it added or changed), or ``{"done": path, "died": sentence}`` when its process ended without
+a result, and ``{"batch": "done"}`` after each batch. A value is a str, or ``{"base64": …}`` for
+bytes. CONFIG: ``{"account": {"uid", "gid", "groups"}, "limits": {…}}``.
 """
 
 import base64
@@ -35,7 +44,7 @@ import sys
 from collections import UserDict
 
 PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 36, 4, 38
-EXIT_REFUSED = 70  # runner.py turns this status into "refused to run as root"
+EXIT_REFUSED = 70  # process.py turns this status into "refused to run as root"
 MAX_SOURCE = 4 << 20
 KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 COMPAT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compat")
@@ -89,14 +98,147 @@ class NoninteractiveUI:
 
 
 def main(argv):
-    limits = json.loads(argv[1])
-    _harden()
-    if 0 in os.getresuid() or 0 in os.getresgid():
-        os.write(2, b"crashd hook child: refusing to run as root\n")
+    config = json.loads(argv[1])
+    control = int(argv[2])
+    _harden_keeper()
+    runner = os.fork()
+    if runner == 0:
+        os.close(control)
+        _run(config)  # never returns
+    os.close(0)
+    os.close(1)
+    os.open(os.devnull, os.O_RDONLY)  # fd 0
+    os.open(os.devnull, os.O_WRONLY)  # fd 1: the protocol pipe is the runner's alone now
+    os._exit(_keep(runner, control))
+
+
+def _harden_keeper():
+    """The keeper: a subreaper (every orphan below it becomes its child), and not dumpable."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for option, value in ((PR_SET_DUMPABLE, 0), (PR_SET_CHILD_SUBREAPER, 1)):
+        if libc.prctl(option, value, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
+
+
+def _keep(runner, control):
+    """Wait until the runner ends or the parent closes *control*; then kill everything below us.
+
+    Returns the exit status for the parent: the runner's, or 128 + the signal that killed it.
+    """
+    import select
+
+    try:
+        pidfd = os.pidfd_open(runner)
+    except (AttributeError, OSError):
+        pidfd = None
+    status, watched = None, [control] + ([pidfd] if pidfd is not None else [])
+    while status is None:
+        ready, _, _ = select.select(watched, [], [], None if pidfd is not None else 0.05)
+        if control in ready:
+            break  # EOF or anything: the parent wants it all gone
+        pid, raw = os.waitpid(runner, os.WNOHANG)
+        if pid:
+            status = os.waitstatus_to_exitcode(raw)
+    end_descendants()
+    if status is None:
+        return 128 + signal.SIGKILL
+    return status if status >= 0 else 128 - status
+
+
+def end_descendants():
+    """Kill every descendant and reap it. We are a subreaper: whatever a killed process leaves behind
+    becomes our child, so nothing started below us escapes, whatever it does (setsid, double fork,
+    ignoring SIGTERM). A killed process can fork no more, and each child is killed before its own
+    children are listed, so one walk finds the whole tree; the loop catches what was re-parented."""
+    me = os.getpid()
+    while True:
+        seen, frontier = set(), [(pid, me) for pid in _children(me)]
+        while frontier:
+            pid, parent = frontier.pop()
+            if pid not in seen:
+                seen.add(pid)
+                _kill_child(pid, parent)
+                frontier.extend((child, pid) for child in _children(pid))
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+
+
+def _kill_child(pid, parent):
+    """SIGKILL *pid* if it still is *parent*'s child. A pidfd pins the process before its parent is
+    checked, so a pid freed and reused meanwhile (a grandchild its parent reaped) is never hit."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):  # no pidfd_open: the plain kill, with its tiny reuse window
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            still = int(f.read().rsplit(b")", 1)[1].split()[1]) == parent
+    except (OSError, IndexError, ValueError):
+        still = False  # gone meanwhile
+    try:
+        if still:  # else re-parented to us meanwhile: found in the next round
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except OSError:  # pidfd_send_signal filtered (seccomp): never leave it alive for that
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(pidfd)
+
+
+def _children(parent):
+    """The children of *parent*: from ``/proc/PID/task/*/children``, else by parent pid from ``/proc``."""
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{parent}/task"):
+            with open(f"/proc/{parent}/task/{task}/children", "rb") as f:
+                found.extend(int(pid) for pid in f.read().split())
+        return found
+    except FileNotFoundError as error:
+        if not error.filename or not error.filename.endswith("/children"):
+            return found  # the process is gone
+    except (OSError, ValueError):
+        return found
+    for name in os.listdir("/proc"):  # a kernel without CONFIG_PROC_CHILDREN
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == parent:
+                        found.append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def _run(config):
+    """The runner: drop to the hook user, then run each hook handed out in a process of its own."""
+    # Under memory pressure the kernel must pick a hook, never the daemon: raise our OOM score while
+    # /proc/self is still ours to write (not dumpable, it stays root's after the switch).
+    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
+    try:
+        _become(config["account"])
+    except BaseException as error:  # whatever failed, no hook runs
+        os.write(2, f"crashd hook runner: cannot switch user: {error}\n".encode())
         os._exit(EXIT_REFUSED)
-    _set_limits(limits)
-    # Private copies of the protocol pipes; fd 0 becomes /dev/null and fd 1 the
-    # stderr pipe, so neither hooks nor the commands they run can touch the protocol.
+    if 0 in os.getresuid() or 0 in os.getresgid():
+        os.write(2, b"crashd hook runner: refusing to run as root\n")
+        os._exit(EXIT_REFUSED)
+    _harden_runner(config["limits"])
+    # Private copies of the protocol pipes; fd 0 becomes /dev/null and fd 1 the output pipe, so that
+    # nothing but this loop ever writes a protocol line. Hook processes close both copies.
     requests = os.fdopen(os.dup(0), "rb")
     out = os.dup(1)
     devnull = os.open(os.devnull, os.O_RDWR)
@@ -107,40 +249,50 @@ def main(argv):
     first = json.loads(requests.readline())
     report = HookReport()
     report.data.update(decode(first["fields"]))
-    owners, timeout = first.get("owners"), float(first.get("timeout", 30))
-    me, hooks = os.getpid(), first["hooks"]
+    owners, timeout, cap = first.get("owners"), float(first.get("timeout", 30)), int(first["output_cap"])
+    hooks = first["hooks"]
     while hooks is not None:
-        signal.alarm(int(timeout * (len(hooks) + 1)) + 1)  # only if the parent is gone: it times us out first
         stopped = False
         for path in hooks:
             send(out, {"start": path})
-            before = dict(report.data)
-            error, stopped = run_hook(path, report, owners, timeout)
-            if os.getpid() != me:  # a fork of ours came back from the hook: it must not speak for us
-                os._exit(0)
-            fields, removed, bad = diff(before, report)
-            error = error or bad
-            send(out, {"done": path, "fields": fields, "removed": removed, "error": error, "stop": stopped})
+            result = _hook_process(path, report, owners, timeout, cap, (requests.fileno(), out))
+            end_descendants()  # what the hook left running dies before the next one starts
+            result = _apply(report, result)
+            send(out, {"done": path, **result})
+            stopped = bool(result.get("stop"))
             if stopped:
                 break
         send(out, {"batch": "done"})
         line = b"" if stopped else requests.readline()
         hooks = json.loads(line)["hooks"] if line.strip() else None
-    end_descendants()
     os._exit(0)
 
 
-def _harden():
-    # Under memory pressure the kernel must pick a hook, never the daemon: raise our OOM score
-    # (allowed unprivileged), before PR_SET_DUMPABLE makes /proc/self root's.
-    with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
-        f.write("1000")
+def _become(account):
+    """Switch to the hook user (uid, gid, groups) when root; otherwise it must be us already."""
+    uid, gid, groups = account["uid"], account["gid"], account["groups"]
+    if uid == 0 or gid == 0:
+        raise PermissionError("uid or gid 0")
+    if os.geteuid() == 0:
+        os.setgroups(groups)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid):
+        raise PermissionError(f"running as uid {os.getuid()}, not {uid}")
+
+
+def _harden_runner(limits):
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
+    # Not dumpable: no other process of this user can ptrace us, open /proc/PID/fd or pidfd_getfd() the
+    # protocol pipes. Subreaper: a hook's orphans come to us, and die before the next hook starts.
     for option, value in ((PR_SET_NO_NEW_PRIVS, 1), (PR_SET_DUMPABLE, 0), (PR_SET_CHILD_SUBREAPER, 1)):
         if libc.prctl(option, value, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), f"prctl({option}, {value}) failed")
+    os.umask(0o077)
+    os.chdir("/")
+    _set_limits(limits)
 
 
 def _set_limits(limits):
@@ -173,8 +325,104 @@ def _tasks_of(uid):
     return count
 
 
+def _hook_process(path, report, owners, timeout, cap, protocol):
+    """Run one hook in a fresh process that holds neither protocol pipe; its result, read back bounded.
+
+    The result is ``{"fields", "removed", "error", "stop"}`` as :func:`diff` makes it, or
+    ``{"died": sentence}`` when the process ended without one (``os._exit``, a signal, too much).
+    """
+    import select
+
+    result_r, result_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the hook process
+        try:
+            for fd in (*protocol, result_r):
+                os.close(fd)
+            os.setsid()
+            _cpu_limit(timeout)
+            me, before = os.getpid(), dict(report.data)
+            error, stopped = run_hook(path, report, owners)
+            if os.getpid() == me:  # a fork of the hook's that came back from add_info never speaks
+                fields, removed, bad = diff(before, report)
+                message = {"fields": fields, "removed": removed, "error": error or bad, "stop": stopped}
+                send(result_w, message, newline=False)
+        finally:
+            os._exit(0)
+    os.close(result_w)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd_open (old kernel, a seccomp filter): poll instead
+        pidfd = None
+    watched = [result_r] + ([pidfd] if pidfd is not None else [])
+    data, too_much = bytearray(), False
+    try:
+        while True:
+            ready, _, _ = select.select(watched, [], [], None if pidfd is not None else 0.05)
+            if pidfd is None and not ready:
+                done, raw = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    status = os.waitstatus_to_exitcode(raw)
+                    break
+                continue
+            if result_r in ready:
+                chunk = os.read(result_r, 1 << 16)
+                data += chunk
+                if len(data) > cap:
+                    too_much = True
+                    os.kill(pid, signal.SIGKILL)
+                if chunk and not too_much:
+                    continue
+            # The end of the result, or the end of the process (a descendant may still hold the pipe).
+            status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            break
+        os.set_blocking(result_r, False)
+        with contextlib.suppress(BlockingIOError):
+            while len(data) <= cap and (chunk := os.read(result_r, 1 << 16)):
+                data += chunk
+    finally:
+        os.close(result_r)
+        if pidfd is not None:
+            os.close(pidfd)
+    if too_much or len(data) > cap:
+        return {"died": f"returned more than {cap / (1 << 20):g} MiB of fields"}
+    if status != 0:
+        return {"died": _exit_sentence(status)}
+    try:
+        result = json.loads(data)
+    except ValueError:
+        result = None
+    return result if isinstance(result, dict) else {"died": "ended without a result"}
+
+
+def _exit_sentence(status):
+    if status < 0:
+        try:
+            return f"was killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"was killed by signal {-status}"
+    return f"exited with status {status}"
+
+
+def _apply(report, result):
+    """Take a hook process's result into our copy of the report; what to tell the parent."""
+    if "died" in result:
+        return {"died": str(result["died"])}
+    fields = result.get("fields") if isinstance(result.get("fields"), dict) else {}
+    removed = result.get("removed") if isinstance(result.get("removed"), list) else []
+    try:
+        report.data.update({k: v for k, v in decode(fields).items() if k and KEY_CHARS.issuperset(k)})
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {"died": "ended with a result crashd cannot read"}
+    for key in removed:
+        report.data.pop(key, None)
+    error = result.get("error")
+    return {"fields": fields, "removed": removed, "error": None if error is None else str(error),
+            "stop": bool(result.get("stop"))}
+
+
 def _cpu_limit(seconds):
-    """Allow the next hook *seconds* more CPU time; SIGXCPU ends the process past it."""
+    """Allow this hook process *seconds* of CPU time; SIGXCPU ends it past that."""
     used = resource.getrusage(resource.RUSAGE_SELF)
     soft = int(used.ru_utime + used.ru_stime + seconds) + 1
     hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
@@ -183,11 +431,9 @@ def _cpu_limit(seconds):
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def run_hook(path, report, owners, timeout):
+def run_hook(path, report, owners):
     """Run one hook's ``add_info``: (error text or None, whether it asked to stop the rest)."""
-    environ = dict(os.environ)
     try:
-        _cpu_limit(timeout)
         namespace = {"__file__": path, "__name__": "crashd_hook", "__builtins__": __builtins__}
         exec(compile(load(path, owners), path, "exec"), namespace)
         call_add_info(namespace["add_info"], report)
@@ -199,9 +445,6 @@ def run_hook(path, report, owners, timeout):
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):  # a hook may have closed or replaced them
                 stream.flush()
-        os.environ.clear()
-        os.environ.update(environ)
-        os.chdir("/")
     return None, False
 
 
@@ -292,45 +535,11 @@ def decode(fields):
     return {k: v if isinstance(v, str) else base64.b64decode(v["base64"]) for k, v in fields.items()}
 
 
-def send(fd, message):
-    data = (json.dumps(message, ensure_ascii=False) + "\n").encode("utf-8")
+def send(fd, message, newline=True):
+    data = (json.dumps(message, ensure_ascii=False) + ("\n" if newline else "")).encode("utf-8")
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
-
-
-def end_descendants():
-    """Kill whatever the hooks left running: as subreaper, every orphan of ours is our child."""
-    me = os.getpid()
-    for _ in range(1000):
-        try:
-            if os.waitpid(-1, os.WNOHANG) != (0, 0):
-                continue  # reaped one; look again
-        except ChildProcessError:
-            return  # no children at all: the common case, without scanning /proc
-        children = _children(me)
-        if not children:
-            return  # not visible (yet): never block on a child we cannot kill
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-
-
-def _children(parent):
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == parent:
-                        found.append(int(name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return found
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ running twice. ``<package>`` is the first word of ``Package``; anything but a
 plain Debian-style name there (``../../x`` above all: CVE-2016-9950) is an
 :class:`InvalidPackageError`, raised before any hook runs. ``/opt`` directories
 come from the *resolved* ``ExecutablePath`` (CVE-2017-10708: ``/opt/../../x``
-chose attacker-controlled hook directories). A hook file must be a regular file
+chose attacker-controlled hook directories); a value no kernel would resolve (longer
+than ``PATH_MAX``, or holding a control character) is an :class:`InvalidFieldError`
+raised before anything resolves it, since resolving is quadratic in the path's
+length (issue 11: 128 KiB took root 4.5 s). A hook file must be a regular file
 owned by root and writable by nobody else, in a directory nobody else can write
 to either (or a link there could point at any root-owned Python file); any other
 candidate is skipped with the reason.
@@ -35,7 +38,9 @@ from pathlib import Path
 
 __all__ = [
     "BUILTIN_DIR",
+    "PATH_MAX",
     "HookRoots",
+    "InvalidFieldError",
     "InvalidPackageError",
     "Plan",
     "builtin_plan",
@@ -49,21 +54,30 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 
 # Debian policy names, plus upper case (other distributions' names); never "/" or "..".
 _PACKAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,199}")
+PATH_MAX = 4096  # Linux's limit on a path, its terminating NUL included
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class InvalidPackageError(ValueError):
-    """``Package`` or ``SourcePackage`` names no plain package: the report is invalid.
+class InvalidFieldError(ValueError):
+    """A field that chooses hooks holds a value that could choose none: the report is invalid.
 
     ``str(e)`` is the reason, ready for the report's ``invalid`` state.
     """
 
-    def __init__(self, key: str, value: str) -> None:
-        super().__init__(
-            f"invalid {key} {value[:80]!r}: a package name is letters, digits and . + - "
-            "(never / or ..), so no hook file can be chosen by it"
-        )
+    def __init__(self, key: str, value: str, reason: str) -> None:
+        super().__init__(f"invalid {key} {value[:80]!r}: {reason}")
         self.key = key
         self.value = value
+
+
+class InvalidPackageError(InvalidFieldError):
+    """``Package`` or ``SourcePackage`` names no plain package."""
+
+    def __init__(self, key: str, value: str) -> None:
+        reason = (
+            "a package name is letters, digits and . + - (never / or ..), so no hook file can be chosen by it"
+        )
+        super().__init__(key, value, reason)
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,26 @@ def package_names(fields: Mapping[str, str | bytes]) -> tuple[str | None, str | 
             raise InvalidPackageError(key, words[0])
         names.append(words[0] if words else None)
     return names[0], names[1]
+
+
+def executable_path(fields: Mapping[str, str | bytes]) -> str | None:
+    """``ExecutablePath`` as text, or None when absent or binary; checked before anything resolves it.
+
+    Raises :class:`InvalidFieldError` for a path longer than ``PATH_MAX`` or holding a control
+    character: no program has such a path, and resolving one costs root time quadratic in its length.
+    Linear in the value's length.
+    """
+    value = fields.get("ExecutablePath")
+    if not isinstance(value, str):
+        return None
+    if (size := len(value.encode("utf-8", "surrogatepass"))) >= PATH_MAX:
+        reason = f"{size} bytes, longer than any path (PATH_MAX {PATH_MAX})"
+        raise InvalidFieldError("ExecutablePath", value, reason)
+    if (control := _CONTROL.search(value)) is not None:
+        where = f"control character {control.group()!r} at offset {control.start()}"
+        reason = f"{where}: no program has such a path"
+        raise InvalidFieldError("ExecutablePath", value, reason)
+    return value
 
 
 def opt_hook_dirs(executable: str, opt: Path) -> list[Path]:
@@ -177,16 +211,17 @@ def package_plan(
     """General, package and source-package hooks for a report with these fields.
 
     Raises :class:`InvalidPackageError` (before looking at any file) for a bad
-    package name. *realpath* resolves ``ExecutablePath`` for the ``/opt`` rule.
+    package name, :class:`InvalidFieldError` for an ``ExecutablePath`` no kernel would resolve
+    (see :func:`executable_path`). *realpath* resolves ``ExecutablePath`` for the ``/opt`` rule.
     """
     package, source = package_names(fields)
+    executable = executable_path(fields)
     plan = Plan()
     seen: set[str] = set()
     for directory in [*(d / "general" for d in extra_dirs), *roots.general]:
         _add_glob(plan, directory, seen)
     package_dirs = [*extra_dirs, *roots.package]
-    executable = fields.get("ExecutablePath")
-    if roots.opt is not None and isinstance(executable, str) and executable.startswith("/"):
+    if roots.opt is not None and executable is not None and executable.startswith("/"):
         package_dirs += opt_hook_dirs(realpath(executable), roots.opt)
     for name in (package and f"{package}.py", source and f"source_{source}.py"):
         if name:

@@ -1,7 +1,7 @@
 """``crashd hook-test HOOK FILE``: run one hook on one report exactly as the daemon would (DESIGN.md §9).
 
 For package authors: the hook runs as the report file's owner (root's reports:
-the ``crashd`` user), in the same contained child, with the same timeout, output
+the ``crashd-hook`` user), in the same contained child, with the same timeout, output
 cap and rlimits, and with the report's text fields; what it adds or changes is
 printed and nothing is written back. Unlike the daemon, it runs a hook file whoever
 owns it (a hook being written usually belongs to its author) but warns when
@@ -61,7 +61,8 @@ def hook_test(
     *,
     timeout: float = 30,
     output_cap: int = 10 * MiB,
-    fallback_user: str = "crashd",
+    fallback_user: str = "crashd-hook",
+    worker_user: str | None = "crashd",
     limits: HookLimits | None = None,
 ) -> HookResult:
     """Run the hook file *hook* on the report at *report_path* as the daemon would, and say what it did.
@@ -74,7 +75,7 @@ def hook_test(
         fields = text_fields(read_report(f, name=str(report_path)))
         owner = opened.stat.st_uid
     package_names(fields)
-    account = account_for(owner, fallback_user)
+    account = account_for(owner, fallback_user, worker_user)
     python = interpreter_for(account)
     plans = iter([Plan([Path(os.path.abspath(hook))])])  # the child's working directory is /
     return run(
@@ -95,10 +96,10 @@ def add_hook_test_command(subparsers: Any) -> argparse.ArgumentParser:
         "hook-test",
         help="run one hook on one report, as the daemon would",
         description="Run the package hook HOOK (a Python file with add_info(report, ui)) on the report "
-        "FILE exactly as the daemon would: as the report's owner (root's reports: the crashd user), in a "
-        "contained child process, with the report's text fields. Prints the fields it adds or changes; the "
-        "report is not modified. Exit 0: the hook ran; 1: it failed; 4: the report is invalid or the hook "
-        "made it unreportable.",
+        "FILE exactly as the daemon would: as the report's owner (root's reports: the crashd-hook user), "
+        "in a contained process tree, with the report's text fields. Prints the fields it adds or "
+        "changes; the report is not modified. Exit 0: the hook ran; 1: it failed; 4: the report is "
+        "invalid or the hook made it unreportable.",
     )
     parser.add_argument("hook", type=Path, metavar="HOOK", help="the hook file")
     parser.add_argument(
@@ -111,7 +112,7 @@ def add_hook_test_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--fallback-user",
         metavar="NAME",
-        help="who runs root's reports' hooks (default: unprivileged_user, crashd)",
+        help="who runs root's reports' hooks (default: hook_user, crashd-hook)",
     )
     return parser
 
@@ -134,7 +135,8 @@ def cmd_hook_test(args: argparse.Namespace) -> int:
             hook,
             args.file,
             timeout=args.timeout or _settings(args).hook_timeout,
-            fallback_user=args.fallback_user or _settings(args).unprivileged_user,
+            fallback_user=args.fallback_user or _settings(args).hook_user,
+            worker_user=_settings(args).unprivileged_user,
         )
     except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
         return _fail(EXIT_USAGE, f"{args.file}: {error.strerror}")

@@ -1,77 +1,114 @@
-"""The hook child as a process: started unprivileged, talked to, bounded, killed, always reaped.
+"""The hook child as a process tree: started, talked to, bounded, killed whole, always reaped.
 
-The privilege drop is ``subprocess``'s own ``user``/``group``/``extra_groups``/
-``umask`` (done in C between fork and exec: safe in the threaded daemon, unlike a
-``preexec_fn``, aesthetics lesson 11); ``start_new_session`` gives the child its
-own session and process group; the environment is built from an allow-list;
-``close_fds`` keeps every descriptor but the three pipes out.
+``child.py`` runs as a *keeper* (with this process's privileges: root in the daemon) that forks the
+unprivileged *runner*, which forks one process per hook (see its docstring). Four pipes::
 
-Bounds (aesthetics lesson 10): *timeout* seconds per step of the protocol
-(at least ``STARTUP_TIMEOUT`` for the interpreter to start), and
-*output_cap* bytes of output (stdout and stderr together) per hook, read
-incrementally from non-blocking pipes. Past either, :func:`kill_tree` stops the
-child and every descendant (also those that left the group with ``setsid``) and
-kills them with the group. After a normal exit the group is killed *before* the
-leader is reaped, so its id cannot have been reused meanwhile. The exit status
-becomes a sentence (:meth:`HookChild.exit_problem`).
+    requests   parent → runner (fd 0)     the report's fields, the hooks handed out
+    protocol   runner → parent (fd 1)     start / done / batch: written by the runner alone
+    output     hooks  → parent (fd 2)     what hooks and their commands print: counted, never parsed
+    control    parent → keeper            closed by the parent: kill everything, reap, exit
+
+``subprocess`` sets the working directory, session, umask and an allow-listed environment (in C
+between fork and exec: safe in the threaded daemon, aesthetics lesson 11); ``close_fds`` keeps
+every other descriptor out. The uid switch happens in the runner, never in the keeper, which runs
+no hook code.
+
+Bounds (aesthetics lesson 10), none of which anything the hooks send can raise: the caller's
+*deadline* for the current step and the report's :class:`Budget` (an absolute deadline and an
+output cap for all of the report's hooks together, protocol bytes included). Past any of them the
+control pipe is closed: the keeper, a subreaper, SIGKILLs every process below it — also those
+that left with ``setsid`` or a double fork, also those ignoring SIGTERM — and exits only when none
+is left.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import selectors
 import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
-from crashd.hooks.accounts import Account
+from crashd.hooks.accounts import CHILD, Account
 
-__all__ = ["EXIT_REFUSED", "HookChild", "kill_tree"]
+__all__ = ["EXIT_REFUSED", "STARTUP_TIMEOUT", "Budget", "HookChild"]
 
-EXIT_REFUSED = 70  # child.py's status for "refusing to run as root"
-_TAIL = 64 * 1024  # how much of the hooks' own output (stderr) is kept
+log = logging.getLogger(__name__)
+
+EXIT_REFUSED = 70  # child.py's status for "refusing to run as root" (or cannot become the hook user)
+_TAIL = 64 * 1024  # how much of the hooks' own output is kept
 STARTUP_TIMEOUT = 10.0  # seconds for an interpreter to start and speak, whatever the hook timeout
+_END_TIMEOUT = 10.0  # seconds for the keeper to kill and reap its tree once told to
 MiB = 1 << 20
 
 
-class HookChild:
-    """One running hook child: writes requests, yields protocol messages, enforces time and output bounds.
+@dataclass
+class Budget:
+    """The bounds of one report's hooks, shared by every child that runs them.
 
-    *tail* collects the end of the child's stderr (what hooks print); it is
-    shared by the children of one report.
+    Only the parent's runner code moves *deadline* (by a fixed amount per hook it hands out);
+    *output* counts every byte any child of the report sent, and is never reset.
     """
 
-    def __init__(
-        self, argv: list[str], account: Account, *, timeout: float, output_cap: int, tail: bytearray
-    ) -> None:
-        self.proc = proc = _spawn(argv, account)
-        try:
-            self._setup(proc)
-        except BaseException:
-            kill_tree(proc.pid)  # never leave a child unbounded or unreaped, whatever failed
-            proc.wait()
-            raise
-        self.python, self.timeout, self.output_cap, self.tail = argv[0], timeout, output_cap, tail
+    output_cap: int
+    deadline: float  # time.monotonic()
+    output: int = 0
 
-    def _setup(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdin and proc.stdout and proc.stderr
+
+class HookChild:
+    """One keeper and its runner: writes requests, yields protocol messages, enforces the bounds.
+
+    *tail* collects the end of the hooks' output; it is shared by the children of one report.
+    The caller sets :attr:`deadline` (monotonic) and :attr:`deadline_reason` for each step.
+    """
+
+    def __init__(self, python: str, account: Account, limits: Mapping[str, int], *, budget: Budget,
+                 tail: bytearray) -> None:  # fmt: skip
+        self.python, self.budget, self.tail = python, budget, tail
+        self.deadline = time.monotonic() + STARTUP_TIMEOUT
+        self.deadline_reason = f"did not start within {STARTUP_TIMEOUT:g} s"
         self.failure: str | None = None
-        self.output = 0  # bytes read from the child since the current hook started
         self._pending = bytearray()
         self._closing = False
         self._lines = bytearray()
+        self._eof = False
+        config = {"account": {"uid": account.uid, "gid": account.gid, "groups": list(account.groups)},
+                  "limits": dict(limits)}  # fmt: skip
+        ends = [os.pipe() for _ in range(4)]
+        (req_r, self._in), (self._out, proto_w), (self._err, out_w), (ctl_r, self._control) = ends
+        try:
+            self.proc = subprocess.Popen(
+                [python, "-I", str(CHILD), json.dumps(config), str(ctl_r)],
+                stdin=req_r,
+                stdout=proto_w,
+                stderr=out_w,
+                pass_fds=(ctl_r,),
+                env=account.environment(),
+                cwd="/",
+                umask=0o077,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except BaseException:
+            for fd in (self._in, self._out, self._err, self._control):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (req_r, proto_w, out_w, ctl_r):  # the tree's ends: only the tree holds them
+                os.close(fd)
         self._selector = selectors.DefaultSelector()
-        self._in, self._out, self._err = proc.stdin.fileno(), proc.stdout.fileno(), proc.stderr.fileno()
         for fd in (self._in, self._out, self._err):
             os.set_blocking(fd, False)
         self._selector.register(self._out, selectors.EVENT_READ)
         self._selector.register(self._err, selectors.EVENT_READ)
         self._pidfd: int | None = None
         with contextlib.suppress(OSError, AttributeError):  # pidfd_open: Linux >= 5.3
-            self._pidfd = os.pidfd_open(proc.pid)
+            self._pidfd = os.pidfd_open(self.proc.pid)
             self._selector.register(self._pidfd, selectors.EVENT_READ)
 
     def send(self, message: Mapping[str, object]) -> None:
@@ -84,67 +121,65 @@ class HookChild:
 
     @property
     def input_closed(self) -> bool:
-        """True once the last batch was handed out: the child may end."""
+        """True once the last batch was handed out: the runner may end."""
         return self._closing
 
     def messages(self) -> Iterator[dict[str, object]]:
-        # Until the child's first word only our own start-up runs, not a hook: a short hook timeout
-        # must not fail a child that a busy machine starts slowly.
-        deadline = time.monotonic() + max(self.timeout, STARTUP_TIMEOUT)
-        while not self._exited():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.failure = f"timed out after {self.timeout:g} s"
+        """The runner's messages, until it and everything below the keeper have ended, or a bound is hit."""
+        while not (self._eof and self._exited()):
+            now = time.monotonic()
+            if now >= self.budget.deadline:
+                self.failure = "ran out of the time all of this report's hooks may take"
                 return
-            wait = min(left, 0.05 if self._pidfd is None else left)
-            for key, _ in self._selector.select(wait):
+            if now >= self.deadline:
+                self.failure = self.deadline_reason
+                return
+            left = min(self.budget.deadline, self.deadline) - now
+            for key, _ in self._selector.select(min(left, 0.05 if self._pidfd is None else left)):
                 if key.fd == self._in:
                     self._write()
                 elif key.fd in (self._out, self._err):
                     self._read(key.fd)
-            if self.output > self.output_cap:
-                self.failure = f"wrote more than {self.output_cap / MiB:g} MiB of output"
+            if self.budget.output > self.budget.output_cap:
+                self.failure = f"wrote more than {self.budget.output_cap / MiB:g} MiB of output"
                 return
-            for message in self._parse():
-                # Progress: the next step gets a full timeout.
-                deadline = time.monotonic() + self.timeout
-                yield message
+            yield from self._parse()
             if self.failure:
                 return
         self._drain()
         yield from self._parse()
 
     def end(self) -> None:
-        """Make sure nothing of the child is left: kill what must die, reap, close."""
-        if self.failure is not None or not self._exited():
-            kill_tree(self.proc.pid)
-        else:  # exited: its zombie keeps the group id taken while we clean the group up
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        """Make sure nothing of the tree is left: tell the keeper to kill it all, reap the keeper, close."""
+        self._close_requests()  # a runner still waiting for work ends at once
+        os.close(self._control)  # the keeper kills and reaps everything below it, then exits
+        try:
+            self.proc.wait(timeout=_END_TIMEOUT)
+        except subprocess.TimeoutExpired:  # a process stuck in the kernel (D state): the keeper waits for it
+            log.error("hook child %d did not end %g s after it was told to", self.proc.pid, _END_TIMEOUT)
+            self.proc.kill()
+            self.proc.wait()
         self._drain()
-        self.proc.wait()
         self._selector.close()
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            with contextlib.suppress(OSError):
-                stream.close()  # type: ignore[union-attr]
+        for fd in (self._out, self._err, self._pidfd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def exit_problem(self) -> str | None:
         """A sentence for an exit that was not a clean end of the protocol, else None."""
         status = self.proc.returncode
         if status == 0:
             return None
-        if status < 0:
+        if status < 0 or status > 128:
+            number = -status if status < 0 else status - 128
             try:
-                name = signal.Signals(-status).name
+                name = signal.Signals(number).name
             except ValueError:
-                name = f"signal {-status}"
+                name = f"signal {number}"
             return f"was killed by {name}"
-        if status == 127:
-            return f"could not start: {self.python} not found (exit status 127)"
         if status == EXIT_REFUSED:
-            return "refused to run as root"
+            return "refused to run as root or could not switch to the hook user"
         return f"exited with status {status}"
 
     def last_words(self) -> str:
@@ -168,24 +203,34 @@ class HookChild:
                 del self._pending[: os.write(self._in, self._pending[: 1 << 20])]
         except BlockingIOError:
             return
-        except BrokenPipeError:  # the child is gone; its exit status will tell
+        except (BrokenPipeError, OSError):  # the runner is gone; its exit will tell
             self._pending.clear()
         if self._closing or not self._pending:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(self._in)
-        if self._closing and not self._pending and self.proc.stdin and not self.proc.stdin.closed:
-            self.proc.stdin.close()
+        if self._closing and not self._pending:
+            self._close_requests()
+
+    def _close_requests(self) -> None:
+        if self._in >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self._in)
+            os.close(self._in)
+            self._in = -1
 
     def _read(self, fd: int) -> bool:
         try:
             data = os.read(fd, 1 << 16)
         except BlockingIOError:
             return False
+        except OSError:  # closed
+            return False
         if not data:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(fd)
+            self._eof = self._eof or fd == self._out
             return False
-        self.output += len(data)
+        self.budget.output += len(data)
         if fd == self._out:
             self._lines += data
         else:
@@ -194,9 +239,9 @@ class HookChild:
         return True
 
     def _drain(self) -> None:
-        """Read what the child wrote before it ended, without waiting for anyone still holding a pipe."""
+        """Read what the tree wrote before it ended, within the cap, without waiting for anyone."""
         for fd in (self._out, self._err):
-            while self.output <= self.output_cap and self._read(fd):
+            while self.budget.output <= self.budget.output_cap and self._read(fd):
                 pass
 
     def _parse(self) -> Iterator[dict[str, object]]:
@@ -208,64 +253,6 @@ class HookChild:
             except ValueError:
                 message = None
             if not isinstance(message, dict):
-                self.failure = "wrote something that is not crashd's hook protocol"
+                self.failure = "broke crashd's hook protocol"
                 return
             yield message
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL the child, its group, and every descendant — also those that left the group with ``setsid``.
-
-    The child is stopped first: as a subreaper it then collects the orphans of its
-    tree, and, unable to reap them, keeps their pids from being reused while they
-    are found (by parent pid, from ``/proc``), stopped in turn, and killed.
-    Limit: once the child itself is gone (a hook called ``os._exit``), orphans that
-    also left the group have been re-parented to init and are out of reach; only
-    a pid namespace or a cgroup would hold those.
-    """
-    tree = {pid}
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGSTOP)
-    for _ in range(100):
-        new = {p for p, parent in _parents().items() if parent in tree and p not in tree}
-        if not new:
-            break
-        for p in new:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signal.SIGSTOP)
-        tree |= new
-    for p in tree:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-def _parents() -> dict[int, int]:
-    parents: dict[int, int] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat", "rb") as f:
-                    parents[int(name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    return parents
-
-
-def _spawn(argv: list[str], account: Account) -> subprocess.Popen[bytes]:
-    switch: dict[str, object] = {}
-    if os.geteuid() == 0:
-        switch = {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
-    return subprocess.Popen(  # type: ignore[call-overload]
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=account.environment(),
-        cwd="/",
-        umask=0o077,
-        start_new_session=True,
-        close_fds=True,
-        **switch,
-    )

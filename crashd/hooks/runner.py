@@ -1,37 +1,42 @@
 """Running a report's hooks: batches in, one child at a time, a :class:`HookResult` out (DESIGN.md §6).
 
-One child (``child.py``, run as ``python3 -I`` by :mod:`crashd.hooks.process`)
-runs every hook of a report, so the interpreter start is paid once per report,
-not per hook. Hooks come in batches (built-in ones first; the package hooks are
-chosen from the fields as the built-in hooks left them), handed to the child as
-it asks for more.
+One child (``child.py``: a keeper, an unprivileged runner, a process per hook; started by
+:mod:`crashd.hooks.process`) runs every hook of a report, so the interpreter start is paid once per
+report, not per hook. Hooks come in batches (built-in ones first; the package hooks are chosen from
+the fields as the built-in hooks left them), handed to the child as it asks for more. The runner's
+messages are checked against what was handed out: a ``start`` only for the next hook, in order, a
+``done`` only for the hook that started; anything else kills the child.
 
-A hook that ends its child (timeout, output cap, a crash, ``os._exit``) gets
-``HookError_<name>`` with a sentence saying what happened, and a fresh child runs
-the hooks after it: one bad hook never stops the others (only ``StopIteration``
-does, as in apport). Whatever does not run is listed in ``skipped`` with why.
+A hook whose process crashes or calls ``os._exit`` gets ``HookError_<name>`` with a sentence saying
+what happened, and the next hook runs. A hook that times out ends its child (the whole tree is
+killed), gets ``HookError_<name>`` too, and a fresh child runs the hooks after it: one bad hook never
+stops the others (only ``StopIteration`` does, as in apport) — unless the report's output cap or
+time budget is spent, which no child can reset. Whatever does not run is listed in ``skipped`` with
+why.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import re
 import subprocess
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crashd.hooks.accounts import CHILD, Account
+from crashd.hooks.accounts import Account
 from crashd.hooks.discovery import Plan
-from crashd.hooks.process import HookChild
+from crashd.hooks.process import STARTUP_TIMEOUT, Budget, HookChild
 
 __all__ = ["Batches", "HookLimits", "HookResult", "MiB", "error_key", "run"]
 
 MiB = 1 << 20
 _KEY = re.compile(r"[A-Za-z0-9._-]+")
+SLACK_PER_HOOK = 1.0
+"""Seconds each hook handed out adds to the report's time budget on top of its timeout (fork, results)."""
 
 Batches = Callable[[Mapping[str, str | bytes]], Plan | None]
 """Called with the report's current fields whenever the child has run out of hooks:
@@ -83,6 +88,8 @@ def error_key(hook: str | os.PathLike[str]) -> str:
 class _State:
     original: Mapping[str, str | bytes]
     current: dict[str, str | bytes]
+    budget: Budget
+    per_hook: float  # what each hook handed out adds to the report's time budget
     result: HookResult = field(default_factory=HookResult)
     exhausted: bool = False
     tail: bytearray = field(default_factory=bytearray)
@@ -95,6 +102,7 @@ class _State:
                 break
             self.result.skipped.update(plan.skipped)
             if plan.hooks:
+                self.budget.deadline += len(plan.hooks) * self.per_hook
                 return [str(hook) for hook in plan.hooks]
         return []
 
@@ -123,20 +131,24 @@ def run(
     """Run every batch *batches* hands out, as *account*, and collect what the hooks did.
 
     *owners*: the uids a hook file may belong to (the child re-checks each file it
-    opens); None accepts any owner (``crashd hook-test``).
+    opens); None accepts any owner (``crashd hook-test``). Bounds: *timeout* seconds
+    per hook from its start; *output_cap* bytes of output for all the hooks together;
+    and the report's whole run at most ``timeout + 1`` s per hook handed out plus
+    ``STARTUP_TIMEOUT`` per child started.
     """
     if account.uid == 0 or account.gid == 0:
         raise RuntimeError("refusing to run hooks as root")  # not assert: must hold under -O too
-    state = _State(fields, dict(fields))
+    budget = Budget(output_cap, deadline=time.monotonic())
+    state = _State(fields, dict(fields), budget, per_hook=timeout + SLACK_PER_HOOK)
     queue = state.next_batch(batches)
-    config = _Config(account, python, timeout, output_cap, limits or HookLimits(), owners)
+    config = _Config(account, python, timeout, limits or HookLimits(), owners)
     while queue:
         queue, failure = _session(state, queue, batches, config)
         if state.result.stopped:
             _skip(state, queue, batches, "not run: an earlier hook raised StopIteration")
             break
-        if failure is not None:  # the child failed before running any hook: so would the next one
-            _skip(state, queue, batches, f"not run: the hook child {failure}")
+        if failure is not None:  # the child failed before running any hook, or the report's bounds are spent
+            _skip(state, queue, batches, f"not run: {failure}")
             break
         if not queue:
             queue = state.next_batch(batches)
@@ -155,9 +167,12 @@ class _Config:
     account: Account
     python: str
     timeout: float
-    output_cap: int
     limits: HookLimits
     owners: list[int] | None
+
+
+class _ProtocolError(Exception):
+    """The runner said something crashd did not ask for: the child is killed."""
 
 
 def _session(
@@ -166,33 +181,49 @@ def _session(
     """One child over *queue* and the batches after it.
 
     Returns the hooks of the batch in progress that never started (empty when the
-    child finished normally), and a sentence when the child failed before any
-    hook started.
+    child finished normally), and a sentence when the rest must not run: the child
+    failed before any hook started, or the report's time or output is spent.
+    Every message is checked against what was handed out: a ``start`` only for the
+    next hook in order, a ``done`` only for the hook that started.
     """
-    argv = [config.python, "-I", str(CHILD), json.dumps(config.limits.__dict__)]
+    budget = state.budget
+    budget.deadline = max(budget.deadline, time.monotonic()) + STARTUP_TIMEOUT
     try:
         talk = HookChild(
-            argv, config.account, timeout=config.timeout, output_cap=config.output_cap, tail=state.tail
+            config.python, config.account, config.limits.__dict__, budget=budget, tail=state.tail
         )
-    except (OSError, subprocess.SubprocessError) as error:  # no child at all: exec or the uid switch failed
-        return list(queue), f"could not be started: {error}"
+    except (OSError, subprocess.SubprocessError) as error:  # no child at all: exec failed
+        return list(queue), f"the hook child could not be started: {error}"
     batch, started, any_started = list(queue), 0, False
     current: str | None = None
     try:
         talk.send({"fields": _encode(state.current), "hooks": batch, "owners": config.owners,
-                   "timeout": config.timeout})  # fmt: skip
+                   "timeout": config.timeout, "output_cap": budget.output_cap})  # fmt: skip
         for message in talk.messages():
             if "start" in message:
-                talk.output = 0  # the output cap is per hook: one loud hook must not silence the next
-                current = str(message["start"])
+                if current is not None or started >= len(batch) or message["start"] != batch[started]:
+                    raise _ProtocolError
+                current = batch[started]
                 started, any_started = started + 1, True
                 state.result.ran.append(current)
+                talk.deadline = time.monotonic() + config.timeout  # fixed: nothing resets it
+                talk.deadline_reason = f"timed out after {config.timeout:g} s"
             elif "done" in message:
-                _apply(state, str(message["done"]), message)
+                if current is None or message["done"] != current:
+                    raise _ProtocolError
+                if "died" in message:
+                    state.result.errors[error_key(current)] = (
+                        f"crashd: the hook {message['died']}{talk.last_words()}"
+                    )
+                else:
+                    _apply(state, current, message)
                 current = None
-            elif message.get("batch") == "done":
+                _between_hooks(talk)
+            elif message.get("batch") == "done" and current is None:
                 if state.result.stopped:
                     return batch[started:], None  # `finally` ends the child; run() records the rest
+                if started != len(batch):
+                    raise _ProtocolError
                 more = state.next_batch(batches)
                 if more:
                     batch, started = more, 0
@@ -200,6 +231,11 @@ def _session(
                 else:
                     talk.close_input()
                     batch, started = [], 0
+                _between_hooks(talk)
+            else:
+                raise _ProtocolError
+    except _ProtocolError:
+        talk.failure = "broke crashd's hook protocol"
     finally:
         talk.end()
     failure = talk.failure or talk.exit_problem()
@@ -209,9 +245,20 @@ def _session(
         return [], None
     if current is not None:
         state.result.errors[error_key(current)] = f"crashd: the hook {failure}{talk.last_words()}"
+    if budget.output > budget.output_cap:
+        cap = budget.output_cap / MiB
+        return batch[started:], f"this report's hooks wrote more than {cap:g} MiB of output"
+    if time.monotonic() >= budget.deadline:
+        return batch[started:], "this report's hooks ran out of time"
     if current is not None or any_started:
         return batch[started:], None  # a fresh child runs the rest
-    return batch, failure + talk.last_words()
+    return batch, f"the hook child {failure}{talk.last_words()}"
+
+
+def _between_hooks(talk: HookChild) -> None:
+    """The runner's own step between two hooks (or to its end) gets ``STARTUP_TIMEOUT``."""
+    talk.deadline = time.monotonic() + STARTUP_TIMEOUT
+    talk.deadline_reason = f"stalled for {STARTUP_TIMEOUT:g} s between hooks"
 
 
 def _apply(state: _State, hook: str, message: Mapping[str, object]) -> None:
