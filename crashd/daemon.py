@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -41,7 +42,7 @@ from crashd.spool import ReportName, Spool
 log = logging.getLogger(__name__)
 
 WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
-DUE_LIMIT = 1024  # reports remembered by name; beyond that a streamed rescan at the earliest time finds them
+DUE_LIMIT = 16384  # reports remembered by name (~4 MiB); past that, a streamed rescan finds them
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
 
 
@@ -70,6 +71,7 @@ class Daemon:
     bus_watch: asyncio.Task[None] | None = None
     due: dict[ReportName, float] = field(default_factory=dict)  # courier.clock() time; at most DUE_LIMIT
     scan: Generator[ReportName, None, None] | None = None  # a rescan in progress, pulled as workers free up
+    scan_again: bool = False  # a rescan was asked for while one was in progress
     rescan_at: float | None = None  # when the reports that did not fit in `due` fall due (their records say)
     busy: set[ReportName] = field(default_factory=set)
     again: set[ReportName] = field(default_factory=set)
@@ -152,9 +154,10 @@ class Daemon:
         """Look at every report: at start, when inotify lost events, and when reports that did not fit
         in ``due`` fall due. The directory is streamed (names pulled as workers free up), so memory
         does not grow with the number of reports; their delivery state is on disk."""
-        if self.scan is not None:
-            self.scan.close()
-        self.scan = self.spool.scan()
+        if self.scan is None:
+            self.scan = self.spool.scan()
+        else:  # one more pass once this one ends: restarting it would redo its start again and again
+            self.scan_again = True
         self.wake.set()
 
     def schedule(self, name: ReportName, when: float) -> None:
@@ -189,13 +192,15 @@ class Daemon:
             self.rescan_at = None
             self.rescan()
         free = WORKERS - len(self.busy)
-        for name in [name for name, when in self.due.items() if when <= now and name not in self.busy][:free]:
+        ready = (name for name, when in self.due.items() if when <= now and name not in self.busy)
+        for name in list(itertools.islice(ready, max(free, 0))):  # only as many as start: O(free) a pass
             start(name)
             free -= 1
         while free > 0 and self.scan is not None:
             name = next(self.scan, None)
             if name is None:
-                self.scan = None
+                self.scan = self.spool.scan() if self.scan_again else None
+                self.scan_again = False
             elif name in self.busy:
                 self.again.add(name)
             elif name not in self.due:
@@ -247,7 +252,9 @@ class Daemon:
 
     def _next_wake(self, now: float) -> float:
         """Seconds until the next report falls due, or until the idle timeout could end the run."""
-        if self.scan is not None and len(self.busy) < WORKERS:
+        if len(self.busy) >= WORKERS:
+            return float("inf")  # nothing can start before a worker frees up, which sets `wake`
+        if self.scan is not None:
             return 0.0  # more of the rescan to start
         rescan = self.rescan_at if self.rescan_at is not None else float("inf")
         next_due = min(min(self.due.values(), default=float("inf")), rescan) - now
