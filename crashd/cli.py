@@ -21,7 +21,7 @@ import pwd
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from crashd import __version__
@@ -326,6 +326,7 @@ def cmd_upload_all(args: argparse.Namespace) -> int:
             hooks = _hooks(settings)
             _tidy(spool, store, settings)()  # duplicates collapsed and the budget kept before sending
             summary = upload_all(spool, courier, limits=DEFAULT_LIMITS, deadline=deadline, hooks=hooks)
+            store.collect(spool.exists)  # records of reports that are gone (issue 11: bounded state)
     finally:
         uploader.close()
     if args.json:
@@ -421,10 +422,10 @@ def _backoff(settings: Settings) -> Backoff:
     )
 
 
-def _print_statuses(statuses: list[Status], crash_dir: Path) -> None:
-    if not statuses:
-        print(f"no reports in {crash_dir}")
+def _print_statuses(statuses: Iterable[Status], crash_dir: Path) -> None:
+    printed = False
     for status in statuses:
+        printed = True
         notes = [f"OOPS {status.oops_id}" if status.oops_id else ""]
         if status.attempts:
             notes.append(f"{status.attempts} attempt{'s' if status.attempts > 1 else ''}")
@@ -433,6 +434,8 @@ def _print_statuses(statuses: list[Status], crash_dir: Path) -> None:
         if status.detail:
             notes.append(f"({status.detail})")
         print(f"{status.state.value:<9} {status.name}  {'  '.join(filter(None, notes))}".rstrip())
+    if not printed:
+        print(f"no reports in {crash_dir}")
 
 
 # -- daemon -----------------------------------------------------------------------------
@@ -457,6 +460,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         courier = Courier(uploader, settings.url, system_id, store, _backoff(settings), network=monitor.hold)
         gate = _consent_gate(settings, config)
         with _spool(settings.crash_dir) as spool:
+            store.collect(spool.exists)  # records of reports that are gone (issue 11: bounded state)
             idle = args.idle_timeout or settings.idle_timeout
             dbus = DBusSettings(
                 settings.state_dir, config,
@@ -559,13 +563,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     with _spool(settings.crash_dir) as spool:
         gate = _consent_gate(settings, args.config or DEFAULT_CONFIG)
         statuses = survey(spool, StateStore.reader(settings.state_dir), gate, _network(settings))
-    ledger = read_ledger(settings.state_dir)
-    if args.json:
-        print(json.dumps({"reports": [status.as_json() for status in statuses], **ledger.as_json()}))
-    else:
-        _print_statuses(statuses, settings.crash_dir)
-        for line in ledger.lines():
-            print(line)
+        ledger = read_ledger(settings.state_dir)
+        if args.json:  # streamed, a report at a time: the text of json.dumps({"reports": [...], **ledger})
+            sys.stdout.write('{"reports": [')
+            for n, status in enumerate(statuses):
+                sys.stdout.write((", " if n else "") + json.dumps(status.as_json()))
+            rest = (f", {json.dumps(key)}: {json.dumps(value)}" for key, value in ledger.as_json().items())
+            sys.stdout.write(f"]{''.join(rest)}}}\n")
+        else:
+            _print_statuses(statuses, settings.crash_dir)
+            for line in ledger.lines():
+                print(line)
     return EXIT_OK
 
 

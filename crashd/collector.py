@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import BinaryIO
@@ -79,6 +79,7 @@ class Status:
     detail: str | None = None
     attempts: int = 0
     next_attempt: float | None = None  # seconds since the epoch
+    owner: int | None = field(default=None, compare=False)  # the file's uid, when known (who may see it)
 
     @property
     def retry_at(self) -> float | None:
@@ -123,6 +124,8 @@ def open_report(spool: Spool, name: ReportName) -> OpenReport | Status | None:
         return spool.open_report(name)
     except FileNotFoundError:
         return None
+    except PermissionError:  # a user flushing their own reports meets another user's 0640 report
+        return Status(name.crash, State.SKIPPED, detail="not readable by you", owner=spool.owner(name.crash))
     except UnsafeFileError as error:
         return invalid(name, error.reason)
 
@@ -130,15 +133,15 @@ def open_report(spool: Spool, name: ReportName) -> OpenReport | Status | None:
 def read_stamps(spool: Spool, opened: OpenReport) -> Stamps:
     """The report's ``.upload``/``.uploaded`` times; a stamp crashd cannot trust counts as absent."""
     try:
-        return spool.stamps(opened.name, opened.stat.st_uid)
-    except UnsafeFileError as error:
-        # A stamp planted by another user, or left by whoopsie under its own uid:
-        # ignore it; crashd's own stamps replace it (a resend is answered 409).
-        log.info("%s: ignoring a stamp crashd cannot trust: %s", opened.name.crash, error)
-        return Stamps(None, None)
-    except OSError as error:  # e.g. ENAMETOOLONG: a 255-character report name leaves no room for one
+        stamps = spool.stamps(opened.name, opened.stat.st_uid)
+    except OSError as error:  # not a refusal (those are in stamps.ignored): an I/O error; no stamps then
         log.info("%s: its stamps cannot be read: %s", opened.name.crash, error.strerror or error)
         return Stamps(None, None)
+    for reason in stamps.ignored:
+        # A stamp planted by another user, or not a file at all: ignored, and crashd's own stamp
+        # replaces it when it has one to write. The other stamp is judged on its own.
+        log.info("%s: ignoring a stamp crashd cannot trust: %s", opened.name.crash, reason)
+    return stamps
 
 
 def sent_before(stamps: Stamps, report: os.stat_result) -> bool:
@@ -180,11 +183,8 @@ def collect(
     try:
         if stamp:
             spool.mark_upload(collected.opened)
-    except OSError as error:
-        collected.close()
-        name = collected.opened.name
-        log.warning("%s: cannot stamp it for upload: %s", name.crash, error)
-        return Status(name.crash, State.FAILED, detail=f"cannot write {name.upload}: {error.strerror}")
+    except OSError as error:  # e.g. another user's directory under the stamp's name: deliver anyway
+        log.warning("%s: cannot stamp it for upload (it is sent all the same): %s", collected.name, error)
     return collected
 
 

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from crashd.spool import ReportName, Spool
 log = logging.getLogger(__name__)
 
 WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
+DUE_LIMIT = 16384  # reports remembered by name (~4 MiB); past that, a streamed rescan finds them
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
 
 
@@ -50,7 +52,7 @@ class DBusSettings:
 
     state_dir: Path
     config: Path | None
-    status_provider: Callable[[], list[Status]]
+    status_provider: Callable[[], Iterable[Status]]
 
 
 @dataclass
@@ -73,7 +75,10 @@ class Daemon:
     tidy: Callable[[Collection[str]], Collection[str]] | None = None  # crashd.tidy: given the busy names
     untidy: bool = True  # a report arrived since the last tidy
     held: set[ReportName] = field(default_factory=set)  # duplicates the last tidy said not to send yet
-    due: dict[ReportName, float] = field(default_factory=dict)  # courier.clock() time
+    due: dict[ReportName, float] = field(default_factory=dict)  # courier.clock() time; at most DUE_LIMIT
+    scan: Generator[ReportName, None, None] | None = None  # a rescan in progress, pulled as workers free up
+    scan_again: bool = False  # a rescan was asked for while one was in progress
+    rescan_at: float | None = None  # when the reports that did not fit in `due` fall due (their records say)
     busy: set[ReportName] = field(default_factory=set)
     again: set[ReportName] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -162,18 +167,66 @@ class Daemon:
         self.rescan()
 
     def rescan(self) -> None:
-        """Look at every report: at start, and when inotify lost events."""
-        now = self.courier.clock()
+        """Look at every report: at start, when inotify lost events, and when reports that did not fit
+        in ``due`` fall due. The directory is streamed (names pulled as workers free up), so memory
+        does not grow with the number of reports; their delivery state is on disk."""
         self.untidy = True
-        for name in self.spool.report_names():
-            self.schedule(name, now)
+        if self.scan is None:
+            self.scan = self.spool.scan()
+        else:  # one more pass once this one ends: restarting it would redo its start again and again
+            self.scan_again = True
+        self.wake.set()
 
     def schedule(self, name: ReportName, when: float) -> None:
         if name in self.busy:
             self.again.add(name)
             return
-        self.due[name] = min(when, self.due.get(name, when))
+        if name in self.due or len(self.due) < DUE_LIMIT:
+            self.due[name] = min(when, self.due.get(name, when))
+        else:  # bounded memory: a rescan at that time finds it (and any other) due
+            self.rescan_at = min(when, self.rescan_at if self.rescan_at is not None else when)
         self.wake.set()
+
+    def _start_due(
+        self,
+        now: float,
+        slots: asyncio.Semaphore,
+        tasks: set[asyncio.Task[None]],
+        finished: Callable[[asyncio.Task[None]], None],
+    ) -> None:
+        """Start work on due reports while worker slots are free: named ones first, then the rescan.
+
+        Never more tasks than workers: 100,000 reports at once were 100,000 tasks (224 MiB)."""
+
+        def start(name: ReportName) -> None:
+            self.due.pop(name, None)
+            self.busy.add(name)
+            task = asyncio.create_task(self._work(name, slots))
+            tasks.add(task)
+            task.add_done_callback(finished)
+
+        if self.rescan_at is not None and self.rescan_at <= now:
+            self.rescan_at = None
+            self.rescan()
+        free = WORKERS - len(self.busy)
+        ready = (name for name, when in self.due.items() if when <= now and name not in self.busy)
+        for name in list(itertools.islice(ready, max(free, 0))):  # only as many as start: O(free) a pass
+            start(name)
+            free -= 1
+        while free > 0 and self.scan is not None:
+            name = next(self.scan, None)
+            if name is None:
+                self.scan = self.spool.scan() if self.scan_again else None
+                self.scan_again = False
+            elif name in self.busy:
+                self.again.add(name)
+            elif name in self.held:
+                continue  # a duplicate the last tidy holds back
+            elif name not in self.due:
+                start(name)
+                free -= 1
+            else:
+                self.due[name] = now
 
     async def _watch(self, inotify: Inotify) -> None:
         async for event in inotify:
@@ -211,12 +264,7 @@ class Daemon:
                     self.due.pop(name, None)
                 self.held = held
             now = self.courier.clock()
-            for name in [name for name, when in self.due.items() if when <= now and name not in self.busy]:
-                del self.due[name]
-                self.busy.add(name)
-                task = asyncio.create_task(self._work(name, slots))
-                tasks.add(task)
-                task.add_done_callback(finished)
+            self._start_due(now, slots, tasks, finished)
             sd_notify(f"STATUS={len(self.busy)} in progress, {len(self.due)} waiting")
             if not tasks and self._idle(now):
                 log.info("idle: nothing due within %.0f s; exiting", self.idle_timeout)
@@ -224,16 +272,24 @@ class Daemon:
             await self._sleep(self._next_wake(now))
 
     def _idle(self, now: float) -> bool:
+        if self.scan is not None:
+            return False
+        later = [*self.due.values(), *([self.rescan_at] if self.rescan_at is not None else [])]
         if self.once:
-            return not any(when <= now for when in self.due.values())
+            return not any(when <= now for when in later)
         if self.held_by_network:  # only a running daemon hears the network change
             return False
         quiet = time.monotonic() - self.last_activity >= self.idle_timeout
-        return quiet and all(when - now > self.idle_timeout for when in self.due.values())
+        return quiet and all(when - now > self.idle_timeout for when in later)
 
     def _next_wake(self, now: float) -> float:
         """Seconds until the next report falls due, or until the idle timeout could end the run."""
-        next_due = min(self.due.values(), default=float("inf")) - now
+        if len(self.busy) >= WORKERS:
+            return float("inf")  # nothing can start before a worker frees up, which sets `wake`
+        if self.scan is not None:
+            return 0.0  # more of the rescan to start
+        rescan = self.rescan_at if self.rescan_at is not None else float("inf")
+        next_due = min(min(self.due.values(), default=float("inf")), rescan) - now
         if self.busy:  # a finishing task sets `wake`
             return max(0.0, next_due)
         idle_end = self.last_activity + self.idle_timeout - time.monotonic()

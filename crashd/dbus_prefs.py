@@ -56,7 +56,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -188,7 +188,7 @@ async def serve(
     *,
     state_dir: Path,
     config: Path | None = DEFAULT_CONFIG,
-    status_provider: Callable[[], list[Status]],
+    status_provider: Callable[[], Iterable[Status]],
     on_activity: Callable[[], None] = lambda: None,
     on_consent_change: Callable[[Consent], None] = lambda consent: None,
     on_upload_now: Callable[[], None] = lambda: None,
@@ -241,7 +241,7 @@ class Service:
         *,
         state_dir: Path,
         config: Path | None,
-        status_provider: Callable[[], list[Status]],
+        status_provider: Callable[[], Iterable[Status]],
         on_activity: Callable[[], None],
         on_consent_change: Callable[[Consent], None],
         on_upload_now: Callable[[], None],
@@ -271,6 +271,7 @@ class Service:
         self._cancel_ids = itertools.count(1)
         self._inotify: Inotify | None = None
         self._names: list[str] = []
+        self._escaped_names: set[str] = set()  # not-UTF-8 report names already logged
         # (path, interface, member) -> what polkit must allow before it runs
         self._guarded = {
             (PATH, REPORTS_INTERFACE, "UploadNow"): _Guarded(CHANGE_ACTION, "", self._upload_now),
@@ -363,6 +364,11 @@ class Service:
             return None
         _guard(self._on_activity)
         self.refresh()
+        if _is_call(msg, PATH, REPORTS_INTERFACE, "List"):
+            task = asyncio.create_task(self._answer_list(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
         if (msg.path, msg.member, msg.signature) == (PATH, "WhatIsSent", "s") and msg.interface in (
             None, REPORTS_INTERFACE,
         ):  # fmt: skip
@@ -372,12 +378,27 @@ class Service:
             return True
         guarded = self._guarded_for(msg)
         if guarded is None:
-            return None  # dbus-fast answers it: properties, introspection, List, GetIdentifier, errors
+            return None  # dbus-fast answers it: properties, introspection, GetIdentifier, errors
         previous, self._last_change = self._last_change, asyncio.get_running_loop().create_future()
         task = asyncio.create_task(self._answer(msg, guarded, previous, self._last_change))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
+
+    async def _answer_list(self, msg: Message) -> None:
+        """``Reports1.List``: the reports the caller may read — all for root, else the caller's own."""
+        try:
+            uid = await self._caller_uid(msg)
+            entries = await asyncio.to_thread(self.list_reports, uid)
+        except DBusError as error:
+            reply = Message.new_error(msg, error.type, error.text)
+        except Exception as error:
+            log.exception("Reports1.List failed")
+            reply = Message.new_error(msg, ErrorType.FAILED, f"cannot list the reports: {error}")
+        else:
+            reply = Message.new_method_return(msg, "a(ssxs)", [entries])
+        if not msg.flags & MessageFlag.NO_REPLY_EXPECTED and self.bus.connected:
+            self.bus.send(reply)
 
     def _guarded_for(self, msg: Message) -> _Guarded | None:
         if msg.interface is not None:
@@ -523,13 +544,48 @@ class Service:
             raise DBusError(ErrorType.LIMITS_EXCEEDED, f"{why}, {bound}: use crashd show --what-is-sent")
         return text
 
-    def list_reports(self) -> list[tuple[str, str, int, str]]:
-        """``Reports1.List``'s answer (blocking: the caller runs it in a worker thread)."""
-        return [_list_entry(status) for status in self._status_provider()]
+    def list_reports(self, caller_uid: int = 0) -> list[tuple[str, str, int, str]]:
+        """``Reports1.List``'s answer for *caller_uid* (blocking: the caller runs it in a worker thread).
+
+        Root sees every report; anyone else only the reports they own (the OOPS ids of other users'
+        crashes are theirs). A name that is not UTF-8 cannot travel as a D-Bus string: it is shown
+        with its bytes escaped (``\\xff``), and logged once.
+        """
+        entries = []
+        for status in self._status_provider():
+            if caller_uid != 0 and status.owner != caller_uid:
+                continue
+            entry = _list_entry(status)
+            if any(_not_utf8(text) for text in (entry[0], entry[3])):
+                if status.name not in self._escaped_names:
+                    self._escaped_names.add(status.name)
+                    shown = _escaped(status.name)
+                    log.warning("%s: the name is not UTF-8; Reports1.List shows it escaped", shown)
+                entry = (_escaped(entry[0]), entry[1], entry[2], _escaped(entry[3]))
+            entries.append(entry)
+        return entries
 
 
 def _visible(consent: Consent) -> tuple[bool, ...]:
     return consent.report_crashes, consent.automatic, consent.report_metrics, consent.locked
+
+
+def _not_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _escaped(text: str) -> str:
+    """*text* with the bytes that are not UTF-8 (surrogate escapes of a file name) written as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _is_call(msg: Message, path: str, interface: str, member: str) -> bool:
+    routed = msg.path == path and msg.member == member and msg.interface in (interface, None)
+    return routed and not msg.signature
 
 
 def _list_entry(status: Status) -> tuple[str, str, int, str]:
@@ -620,12 +676,9 @@ class _Reports(_Interface):
         super().__init__(REPORTS_INTERFACE, service)
 
     @dbus_method()
-    async def List(self) -> ReportList:
-        try:
-            return await asyncio.to_thread(self._service.list_reports)
-        except Exception as error:
-            log.exception("Reports1.List failed")
-            raise DBusError(ErrorType.FAILED, f"cannot list the reports: {error}") from None
+    def List(self) -> ReportList:  # answered by the message handler, which knows the caller
+        _unrouted()
+        return []
 
     @dbus_method()
     def UploadNow(self):

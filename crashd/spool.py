@@ -10,7 +10,14 @@ files are created ``O_EXCL`` under a random hidden name, given owner and mode
 through the descriptor and renamed into place.  Nothing is chown'd by path.
 
 Names follow apport: ``NAME.crash`` is the report, ``NAME.upload`` asks for it
-to be sent, ``NAME.uploaded`` says it was sent and holds the OOPS id.
+to be sent, ``NAME.uploaded`` says it was sent and holds the OOPS id.  Each
+stamp is judged on its own (:meth:`Spool.stamps`): one planted by another user,
+or that is not a regular file, is ignored and named, and never hides the
+other; whoopsie's own ``.uploaded`` (owned by its system user) counts as sent.
+
+A report whose allocated size is far below its length (:func:`sparse_refusal`)
+is refused on ``fstat``, before a byte is read: root must never copy a user's
+holes as data.  Every reader or rewriter of a user's file applies that one test.
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import errno
 import fcntl
 import io
 import os
+import pwd
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from stat import S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFSOCK, S_ISLNK, S_ISREG
 from stat import S_IMODE as stat_mode
@@ -46,6 +54,11 @@ __all__ = [
 
 MAX_REPORT_SIZE = 2 * 1024**3
 """Default bound on a report file (DESIGN.md §7 rule 3)."""
+
+LEGACY_UPLOADER = "whoopsie"
+"""The system user of the uploader crashd replaces: its ``.uploaded`` stamps count as sent (see
+:meth:`Spool.stamps`). Only root and that user can create a file it owns, so a stamp it owns is its own.
+A module constant and a :class:`Spool` argument, so tests can let a throwaway user play it."""
 
 STAMP_MODE = 0o640
 """Mode of the stamps crashd writes: the owner and the report's group may read."""
@@ -87,7 +100,7 @@ class UnsafeFileError(ValueError):
         return (type(self), (self.path, self.reason))
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)  # slots: a rescan may hold 100,000 of them
 class ReportName:
     """The name of a report, ``STEM.crash``, and the uid it claims.
 
@@ -299,6 +312,7 @@ class Stamps:
 
     upload_ns: int | None
     uploaded_ns: int | None
+    ignored: tuple[str, ...] = ()  # "path: reason" of each stamp that was not trusted
 
     @property
     def pending(self) -> bool:
@@ -323,11 +337,19 @@ class Spool:
 
     Root handles everyone's reports with it; a normal user its own (somebody
     else's unreadable report raises PermissionError, not a safety refusal).
+    *legacy_uploader* names the system user of the uploader crashd replaces
+    (default :data:`LEGACY_UPLOADER`); a missing user trusts nobody more.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], max_report_size: int = MAX_REPORT_SIZE):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        max_report_size: int = MAX_REPORT_SIZE,
+        legacy_uploader: str | None = None,
+    ):
         self.path = os.fspath(directory)
         self.max_report_size = max_report_size
+        self.legacy_uid = _uid_of_user(LEGACY_UPLOADER if legacy_uploader is None else legacy_uploader)
         try:
             self._fd = os.open(self.path, _DIR_FLAGS)
         except NotADirectoryError:
@@ -359,34 +381,64 @@ class Spool:
         return os.path.join(self.path, filename)
 
     def report_names(self) -> list[ReportName]:
-        """Every ``*.crash`` name that :meth:`ReportName.parse` accepts, sorted.
+        """Every ``*.crash`` name that :meth:`ReportName.parse` accepts, sorted (see :meth:`scan`)."""
+        return sorted(self.scan())
+
+    def scan(self) -> Generator[ReportName, None, None]:
+        """Every ``*.crash`` name that :meth:`ReportName.parse` accepts, in directory order, streamed.
 
         Names only — nothing is opened, so an entry may still be a FIFO that
-        :meth:`open_report` refuses.  A fresh directory descriptor per listing
-        keeps concurrent listings from sharing a directory offset.
+        :meth:`open_report` refuses.  Streamed with ``scandir`` on a fresh
+        directory descriptor (concurrent scans share no offset): memory stays
+        flat however many files the directory holds, so callers that can work
+        name by name should prefer this to :meth:`report_names`.
         """
         fd = os.open(".", _DIR_FLAGS, dir_fd=self._dirfd())
         try:
-            entries = os.listdir(fd)
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.name.endswith(".crash"):
+                        with contextlib.suppress(ValueError):
+                            yield ReportName.parse(entry.name)
         finally:
             os.close(fd)
-        names = []
-        for entry in entries:
-            with contextlib.suppress(ValueError):
-                names.append(ReportName.parse(entry))
-        return sorted(names)
+
+    def exists(self, filename: str) -> bool:
+        """Whether the crash directory has an entry *filename* (of any kind; links not followed)."""
+        return self._lstat(filename) is not None
+
+    def owner(self, filename: str) -> int | None:
+        """The uid owning the entry *filename* (links not followed), or None when there is none."""
+        st = self._lstat(filename)
+        return None if st is None else st.st_uid
+
+    def _lstat(self, filename: str) -> os.stat_result | None:
+        try:
+            return os.stat(filename, dir_fd=self._dirfd(), follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if error.errno == errno.ENAMETOOLONG:
+                return None
+            raise
 
     def open_report(self, name: ReportName | str) -> OpenReport:
         """Open ``NAME.crash``, or raise UnsafeFileError saying why not.
 
         Required: a regular file with one link, owned by the uid in its name or
-        by root (a name without a uid: by root), at most ``max_report_size``.
+        by root (a name without a uid: by root), at most ``max_report_size``,
+        and not sparse (:func:`sparse_refusal`): all decided on ``fstat``,
+        before a byte is read.
         FileNotFoundError if it vanished; PermissionError if we may not read it.
         """
         name = _as_name(name)
         fd, st = self._open_regular(name.crash)
         try:
-            reason = _owner_refusal(name.uid, st.st_uid) or _size_refusal(st.st_size, self.max_report_size)
+            reason = (
+                _owner_refusal(name.uid, st.st_uid)
+                or _size_refusal(st.st_size, self.max_report_size)
+                or sparse_refusal(st)
+            )
             if reason:
                 raise UnsafeFileError(self._path(name.crash), reason)
             _set_blocking(fd)
@@ -396,18 +448,22 @@ class Spool:
         return OpenReport(fd=fd, stat=st, name=name)
 
     def stamps(self, name: ReportName | str, owner_uid: int) -> Stamps:
-        """The report's ``.upload``/``.uploaded`` times, each opened safely.
+        """The report's ``.upload``/``.uploaded`` times, each opened safely and judged on its own.
 
-        A stamp must be a regular file with one link owned by ``owner_uid`` (the
-        report's owner) or root, else UnsafeFileError: otherwise one user could
-        make another's report "pending" or "uploaded".  Root-owned stamps are
-        trusted because nobody else can create a root-owned file.
+        A stamp counts only if it is a regular file with one link owned by
+        ``owner_uid`` (the report's owner) or root — and, for ``.uploaded``,
+        by the legacy uploader's user (whoopsie stamps what it sent as
+        itself).  Nobody else can create a file with such an owner in the
+        sticky crash directory, so one user cannot make another's report
+        "pending" or "sent".  Any other stamp (another user's file, a
+        directory, a symlink, a FIFO) is treated as absent and its reason put
+        in ``ignored``; it never hides the other, trusted stamp.
         """
         name = _as_name(name)
-        return Stamps(
-            self._stamp_mtime(name.upload, owner_uid),
-            self._stamp_mtime(name.uploaded, owner_uid),
-        )
+        ignored: list[str] = []
+        upload = self._stamp_mtime(name.upload, (owner_uid, 0), ignored)
+        uploaded = self._stamp_mtime(name.uploaded, self._senders(owner_uid), ignored)
+        return Stamps(upload, uploaded, tuple(ignored))
 
     def mark_upload(self, report: OpenReport) -> None:
         """Make the report pending with ``NAME.upload`` (report's owner and group, 0640).
@@ -415,14 +471,12 @@ class Spool:
         A safe ``.upload`` that already makes it pending is left alone (no
         needless inotify event; it keeps the time the user asked).  Otherwise a
         fresh stamp atomically replaces whatever has the name, a planted
-        symlink included (replaced, never followed).
+        symlink included (replaced, never followed).  OSError when it cannot
+        (a full disk, another user's directory under the name): the caller
+        says so and delivers the report all the same.
         """
-        owner = report.stat.st_uid
-        try:
-            if self.stamps(report.name, owner).pending:
-                return
-        except UnsafeFileError:
-            pass  # replaced below
+        if self.stamps(report.name, report.stat.st_uid).pending:
+            return
         self._write_stamp(report.name.upload, b"", report.stat)
 
     def mark_uploaded(self, report: OpenReport, oops_id: str) -> bool:
@@ -509,8 +563,12 @@ class Spool:
             fd, st = self._open_regular(filename)
         except FileNotFoundError:
             return None
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            return None
         try:
-            if owner_uid is not None and st.st_uid not in (owner_uid, 0):
+            if owner_uid is not None and st.st_uid not in self._senders(owner_uid):
                 raise UnsafeFileError(self._path(filename), _stamp_owner_refusal(st.st_uid, owner_uid))
             data = os.read(fd, 1024)
         finally:
@@ -524,15 +582,27 @@ class Spool:
         shown = self._path(filename)
         return _open_checked(filename, flags, _shape_refusal, dir_fd=self._dirfd(), shown=shown)
 
-    def _stamp_mtime(self, filename: str, owner_uid: int) -> int | None:
-        """mtime_ns of a stamp, None if it does not exist; refuses unsafe ones."""
+    def _senders(self, owner_uid: int) -> tuple[int, ...]:
+        """Who may own a report's ``.uploaded``: its owner, root, and the legacy uploader."""
+        return (owner_uid, 0) if self.legacy_uid is None else (owner_uid, 0, self.legacy_uid)
+
+    def _stamp_mtime(self, filename: str, owners: tuple[int, ...], ignored: list[str]) -> int | None:
+        """mtime_ns of a stamp; None if it does not exist or is not trusted (the reason goes to *ignored*)."""
         try:
             fd, st = self._open_regular(filename, _LOOK_FLAGS)
         except FileNotFoundError:
             return None
+        except OSError as error:
+            if error.errno != errno.ENAMETOOLONG:
+                raise
+            return None  # a report name of 250+ bytes leaves no room for a stamp: it can have none
+        except UnsafeFileError as error:
+            ignored.append(str(error))
+            return None
         os.close(fd)
-        if st.st_uid not in (owner_uid, 0):
-            raise UnsafeFileError(self._path(filename), _stamp_owner_refusal(st.st_uid, owner_uid))
+        if st.st_uid not in owners:
+            ignored.append(f"{self._path(filename)}: {_stamp_owner_refusal(st.st_uid, owners[0])}")
+            return None
         return st.st_mtime_ns
 
     def _write_stamp(self, final: str, content: bytes, owner: os.stat_result) -> None:
@@ -606,6 +676,14 @@ def place_file(
             os.unlink(tmp, dir_fd=dirfd)
         raise
     return True
+
+
+def _uid_of_user(user: str) -> int | None:
+    """The uid of *user*, or None when there is no such user."""
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
 
 
 def _as_name(name: ReportName | str) -> ReportName:
@@ -698,6 +776,8 @@ def sparse_refusal(st: os.stat_result) -> str | None:
 
     Copying one writes its holes as real data: a 2 GiB report with 4 KiB allocated would
     become 2 GiB on disk, in a directory any user can write to (issue 11, vulnerability 7).
+    The one test for it: :meth:`Spool.open_report` refuses such a report on ``fstat``, before
+    a byte is read, and every rewrite of a user's file applies it too.
     "Far": under an eighth of the length, which no report of text and base64 reaches even on a
     compressing file system (base64 of a compressed core does not compress below ~3/4).
     """

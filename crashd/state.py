@@ -1,5 +1,11 @@
 """Per-report delivery state: one small JSON record per report in ``STATE_DIR/reports/``.
 
+A record's file name is a hash of the report's name (``<sha256 prefix>.json``), so any name the
+crash directory accepts — up to 255 bytes, or not UTF-8 — has a record; the name itself is inside.
+Records written by older versions as ``<report name>.json`` are still read and moved to the new
+name on their next save. Records of reports that are gone are removed by :meth:`StateStore.collect`,
+so the directory holds at most one record per report in the crash directory.
+
 A record says how far a report got — attempts, when to try next, the last
 error, the OOPS id, the core upload — so that a restart, or a ``kill -9`` at any
 point, neither loses a report nor sends it again without need. Records are
@@ -16,12 +22,15 @@ which keeps records in memory for that run only.
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import logging
 import os
 import secrets
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -188,7 +197,7 @@ class StateStore:
             self._memory[record.name] = record
             return record
         data = json.dumps(record.as_json(), sort_keys=True).encode()
-        temporary = self.directory / f".{record.name}.{secrets.token_hex(4)}.tmp"
+        temporary = self.directory / f".{secrets.token_hex(8)}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             try:
@@ -199,18 +208,19 @@ class StateStore:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            os.rename(temporary, self.directory / f"{record.name}.json")
+            os.rename(temporary, self.record_path(record.name))
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
+        self._drop_legacy(record.name)
         return record
 
     def sync(self, name: str) -> None:
         """Make the record for *name* (saved without *sync*) durable: fsync it and the directory."""
         if self.directory is None:
             return
-        record = self.directory / f"{name}.json"
+        record = self.record_path(name)
         for path, flags in ((record, os.O_NOFOLLOW), (self.directory, os.O_DIRECTORY)):
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
             try:
@@ -218,10 +228,61 @@ class StateStore:
             finally:
                 os.close(fd)
 
+    def collect(self, exists: Callable[[str], bool]) -> int:
+        """Remove the records of reports that are gone (``exists(name)`` is False); how many went.
+
+        Streamed (one record in memory at a time) and safe against a report that appears meanwhile:
+        its record, if removed, is only started afresh. Files that are not records are left alone.
+        """
+        if self.directory is None:
+            gone = [name for name in self._memory if not exists(name)]
+            for name in gone:
+                del self._memory[name]
+            return len(gone)
+        removed = 0
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.name.endswith(".json"):
+                    continue
+                record = self._read_path(Path(entry.path))
+                if record is not None and exists(record.name):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+        if removed:
+            log.info("removed %d delivery record(s) of reports that are gone", removed)
+        return removed
+
+    def record_path(self, name: str) -> Path:
+        """The record file of report *name*: bounded whatever the name's length or bytes."""
+        assert self.directory is not None
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+        return self.directory / f"{digest}.json"
+
+    def _legacy_path(self, name: str) -> Path | None:
+        """Where versions before hashed names kept the record (None where that name cannot exist)."""
+        assert self.directory is not None
+        if len(f"{name}.json".encode("utf-8", "surrogateescape")) > 255 or name.startswith("."):
+            return None
+        return self.directory / f"{name}.json"
+
+    def _drop_legacy(self, name: str) -> None:
+        legacy = self._legacy_path(name)
+        if legacy is not None and legacy != self.record_path(name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(legacy)
+
     def _read(self, name: str) -> Record | None:
         """The stored record, or None; anything that is not a sound record of ours is started afresh."""
-        assert self.directory is not None
-        path = self.directory / f"{name}.json"
+        record = self._read_path(self.record_path(name), name)
+        if record is None and (legacy := self._legacy_path(name)) is not None:
+            record = self._read_path(legacy, name)  # written before record names were hashed
+        return record if record is None or record.name == name else None
+
+    def _read_path(self, path: Path, name: str | None = None) -> Record | None:
+        """The record in *path* (of report *name*, for the log), or None if absent or unsound."""
+        shown = f"{path} ({name})" if name else str(path)
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             fd = os.open(path, flags)
@@ -239,8 +300,13 @@ class StateStore:
             return Record.from_json(document)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
-            log.warning("state record %s is unreadable (%s): starting it afresh", path, error)
+        except OSError as error:
+            if error.errno == errno.ENAMETOOLONG:
+                return None
+            log.warning("state record %s is unreadable (%s): starting it afresh", shown, error)
+            return None
+        except (ValueError, KeyError, TypeError, RecursionError) as error:
+            log.warning("state record %s is unreadable (%s): starting it afresh", shown, error)
             return None
 
     def _remove_leftovers(self) -> None:

@@ -759,6 +759,70 @@ def test_client_without_service(system_bus: PrivateBus) -> None:
         dbus_client.get_preferences()
 
 
+# -- Reports1.List per caller (issue 11 robustness 5) ----------------------------------------------------
+
+
+def test_list_shows_each_caller_its_own_reports_and_survives_a_name_that_is_not_utf8(
+    user_tmp_path: Path, make_user: Callable[[], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Old: any user saw every report and its OOPS id, and one file name that is not UTF-8 made
+    ``List`` fail for every caller (UnicodeEncodeError in dbus-fast)."""
+    alice, bob = make_user(), make_user()
+    crash_dir = user_tmp_path / "crash"
+    crash_dir.mkdir()
+    crash_dir.chmod(0o3777)
+    for user, program in ((alice, "aliceprog"), (bob, "bobprog")):
+        report = write(crash_dir / f"_usr_bin_{program}.{user.pw_uid}.crash", crash(program),
+                       owner=(user.pw_uid, user.pw_gid))  # fmt: skip
+        report.chmod(0o640)
+        stamp = report.with_suffix(".uploaded")
+        stamp.write_text(f"{program}-oops-id")
+        os.chown(stamp, user.pw_uid, user.pw_gid)
+    with open(os.path.join(os.fsencode(crash_dir), b"_usr_bin_caf\xe9.0.crash"), "wb") as out:
+        out.write(b"ProblemType: Crash\n")
+    files = sorted((REPO / "data" / "dbus").glob("*.conf"))
+    with PrivateBus(user_tmp_path / "bus", strict=True, includes=files) as bus:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
+        polkit = Polkit(allow=False)
+        polkit.start(bus.address)
+        state = user_tmp_path / "state"
+        state.mkdir()
+        env = os.environ | {"PYTHONPATH": str(REPO), "CRASH_DB_IDENTIFIER": IDENTIFIER}
+        log = user_tmp_path / "service.log"
+        with log.open("w") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tests.dbus_service_main", "--state-dir", str(state), "--crash-dir",
+                 str(crash_dir)], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+            )  # fmt: skip
+        try:
+            assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+
+            def listed(user: Any = None) -> str:
+                ids = {} if user is None else {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+                done = subprocess.run(["gdbus", "call", "--system", "-d", C_NAME, "-o", C_PATH, "-m",
+                                       f"{C_REPORTS}.List"], capture_output=True, text=True, timeout=DEADLINE,
+                                      env={"DBUS_SYSTEM_BUS_ADDRESS": bus.address, "PATH": "/usr/bin:/bin"},
+                                      check=False, **ids)  # fmt: skip
+                return ok(done)
+
+            as_alice = listed(alice)
+            assert "aliceprog-oops-id" in as_alice and f"_usr_bin_aliceprog.{alice.pw_uid}.crash" in as_alice
+            assert "bobprog" not in as_alice and "caf" not in as_alice
+            as_bob = listed(bob)
+            assert "bobprog-oops-id" in as_bob and "aliceprog" not in as_bob
+            as_root = listed()
+            assert "aliceprog-oops-id" in as_root and "bobprog-oops-id" in as_root
+            assert "_usr_bin_caf\\\\xe9.0.crash" in as_root  # the byte escaped: \xe9 (gdbus doubles the \\)
+            listed()  # logged once, not per call
+            assert log.read_text().count("is not UTF-8") == 1, log.read_text()
+        finally:
+            process.terminate()
+            process.wait(DEADLINE)
+            assert process.stdout is not None
+            process.stdout.close()
+            polkit.stop()
+
+
 # -- the bus policy files, applied by dbus-daemon as on a real system bus -----------------------------
 
 

@@ -19,7 +19,7 @@ import pytest
 from crashd.collector import Collected, HookOptions, collect
 from crashd.hooks import HookRoots
 from crashd.report import Limits
-from crashd.spool import Spool
+from crashd.spool import Spool, UnsafeFileError
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="hooks switch uids: needs root")
 
@@ -88,14 +88,18 @@ def test_hook_fields_that_would_pass_the_size_bound_are_not_written(world) -> No
     assert b"Added: " + b"x" * 1000 in path.read_bytes()
 
 
-def test_a_sparse_report_is_not_rewritten_into_real_data(world) -> None:
-    crash_dir, hooks, user = world
+def test_a_sparse_report_is_refused_before_it_is_read_or_rewritten(world) -> None:
+    """Issue 11 vuln 7: refused on ``fstat`` by the spool's open (the one place the rule lives), so
+    neither hooks nor a rewrite ever see it; the file is left exactly as it was."""
+    crash_dir, _hooks, user = world
     length = 16 << 20
     path = place(crash_dir, user, HEADER + b"Blob:\n ", length=length)
     before = os.stat(path)
     assert before.st_blocks * 512 < length // 8  # the file system made a hole
-    result = enrich(crash_dir, hooks)
-    assert isinstance(result, Collected)  # sent as it was
+    with Spool(crash_dir) as spool, pytest.raises(UnsafeFileError, match="is sparse: 16 MiB long"):
+        spool.open_report(spool.report_names()[0])
     after = os.stat(path)
     assert (after.st_ino, after.st_size, after.st_blocks) == (before.st_ino, length, before.st_blocks)
     assert temp_files(crash_dir) == []
+
+

@@ -29,6 +29,7 @@ from crashd.spool import (
     Stamps,
     UnsafeFileError,
     open_file,
+    sparse_refusal,
 )
 
 GiB = 1024**3
@@ -390,15 +391,43 @@ def test_pending(
 
 
 @pytest.mark.parametrize("suffix", ["upload", "uploaded"])
-def test_stamp_owned_by_another_user_is_refused(
+def test_stamp_owned_by_another_user_is_ignored_and_the_other_stamp_still_counts(
     spool: Spool, crash_dir: Path, alice: pwd.struct_passwd, bob: pwd.struct_passwd, suffix: str
 ) -> None:
+    """Issue 11 vuln 6: bob's planted stamp neither counts nor hides alice's own stamp."""
     name = ReportName(f"_usr_bin_x.{alice.pw_uid}")
     put(crash_dir, name.crash, uid=alice.pw_uid, gid=alice.pw_gid)
+    other = "uploaded" if suffix == "upload" else "upload"
+    os.utime(put(crash_dir, f"{name.stem}.{other}", b"", uid=alice.pw_uid, gid=alice.pw_gid), ns=(T, T))
     put(crash_dir, f"{name.stem}.{suffix}", b"", uid=bob.pw_uid, gid=bob.pw_gid)
-    with pytest.raises(UnsafeFileError) as info:
-        spool.stamps(name, alice.pw_uid)
-    assert info.value.reason == f"is owned by uid {bob.pw_uid} but the report belongs to uid {alice.pw_uid}"
+    stamps = spool.stamps(name, alice.pw_uid)
+    reason = f"is owned by uid {bob.pw_uid} but the report belongs to uid {alice.pw_uid}"
+    assert stamps.ignored == (f"{crash_dir / f'{name.stem}.{suffix}'}: {reason}",)
+    kept = {"upload": stamps.upload_ns, "uploaded": stamps.uploaded_ns}
+    assert (kept[suffix], kept[other]) == (None, T)
+    assert stamps.pending is (other == "upload")
+
+
+def test_legacy_uploaders_uploaded_stamp_counts_as_sent(
+    crash_dir: Path, alice: pwd.struct_passwd, bob: pwd.struct_passwd
+) -> None:
+    """Issue 16 item 4: whoopsie's own ``.uploaded`` (bob plays whoopsie) is trusted; its
+    ``.upload`` is not (whoopsie never writes one), and nobody else's ``.uploaded`` is."""
+    name = ReportName(f"_usr_bin_x.{alice.pw_uid}")
+    put(crash_dir, name.crash, uid=alice.pw_uid, gid=alice.pw_gid)
+    os.utime(put(crash_dir, name.upload, b"", uid=alice.pw_uid, gid=alice.pw_gid), ns=(T, T))
+    os.utime(put(crash_dir, name.uploaded, b"oops-1", uid=bob.pw_uid, gid=bob.pw_gid), ns=(T + 1, T + 1))
+    with Spool(crash_dir, legacy_uploader=bob.pw_name) as whoopsie_spool:
+        stamps = whoopsie_spool.stamps(name, alice.pw_uid)
+        assert (stamps.upload_ns, stamps.uploaded_ns, stamps.ignored) == (T, T + 1, ())
+        assert not stamps.pending
+        assert whoopsie_spool.oops_id(name, alice.pw_uid) == "oops-1"
+    with Spool(crash_dir, legacy_uploader="crashd-no-such-user") as plain:
+        stamps = plain.stamps(name, alice.pw_uid)
+        assert (stamps.uploaded_ns, stamps.pending, len(stamps.ignored)) == (None, True, 1)
+    os.chown(crash_dir / name.upload, bob.pw_uid, bob.pw_gid)
+    with Spool(crash_dir, legacy_uploader=bob.pw_name) as whoopsie_spool:
+        assert whoopsie_spool.stamps(name, alice.pw_uid).upload_ns is None
 
 
 def test_root_owned_stamps_are_trusted(spool: Spool, crash_dir: Path, alice: pwd.struct_passwd) -> None:
@@ -416,7 +445,7 @@ def test_root_owned_stamps_are_trusted(spool: Spool, crash_dir: Path, alice: pwd
         ("directory", "is a directory, not a regular file"),
     ],
 )
-def test_unsafe_stamps_are_refused(spool: Spool, crash_dir: Path, kind: str, reason: str) -> None:
+def test_unsafe_stamps_are_ignored(spool: Spool, crash_dir: Path, kind: str, reason: str) -> None:
     name = ReportName("x.0")
     put(crash_dir, name.crash)
     stamp = crash_dir / name.uploaded
@@ -428,9 +457,58 @@ def test_unsafe_stamps_are_refused(spool: Spool, crash_dir: Path, kind: str, rea
         os.link(put(crash_dir, "other", b""), stamp)
     else:
         stamp.mkdir()
+    with deadline():
+        stamps = spool.stamps(name, 0)
+    assert stamps == Stamps(None, None, (f"{stamp}: {reason}",))
+
+
+def test_a_report_name_with_no_room_for_its_stamps_has_none(spool: Spool, crash_dir: Path) -> None:
+    """255 bytes is a valid report name, but ``NAME.uploaded`` would be 258: no stamp, no error."""
+    name = ReportName("x" * (255 - len(".0.crash")) + ".0")
+    put(crash_dir, name.crash)
+    assert spool.stamps(name, 0) == Stamps(None, None)
+    assert spool.oops_id(name, 0) is None
+
+
+# --- sparse files (issue 11 vuln 7) ----------------------------------------------------------------
+
+
+def _stat(size: int, allocated: int) -> os.stat_result:
+    fields = list(os.stat("/"))
+    fields[6] = size  # st_size
+    st = os.stat_result(fields, {"st_blocks": allocated // 512})
+    assert (st.st_size, st.st_blocks * 512) == (size, allocated)
+    return st
+
+
+MiB = 1024**2
+
+
+@pytest.mark.parametrize(
+    ("size", "allocated", "refused"),
+    [
+        (0, 0, False),
+        (MiB, 0, False),  # small files may live inline or in one compressed extent
+        (MiB + 1, 0, True),
+        (16 * MiB, 2 * MiB, False),  # exactly 1/8 stored: a compressing file system, not holes
+        (16 * MiB, 2 * MiB - 512, True),
+        (3 * GiB, 4096, True),  # the attack: 3 GiB with one page on disk
+        (100 * MiB, 100 * MiB + 4096, False),
+    ],
+)
+def test_sparse_refusal_table(size: int, allocated: int, refused: bool) -> None:
+    reason = sparse_refusal(_stat(size, allocated))
+    assert (reason is not None) is refused
+    if refused:
+        assert reason is not None and reason.startswith("is sparse: ") and reason.endswith(" allocated")
+
+
+def test_a_sparse_report_is_refused_on_open_before_any_read(spool: Spool, crash_dir: Path) -> None:
+    path = put(crash_dir, "sparse.0.crash")
+    os.truncate(path, 2 * GiB - 1)
     with deadline(), pytest.raises(UnsafeFileError) as info:
-        spool.stamps(name, 0)
-    assert (info.value.path, info.value.reason) == (str(stamp), reason)
+        spool.open_report("sparse.0.crash")
+    assert info.value.reason.startswith("is sparse: 2.0 GiB long but only ")
 
 
 # --- writing stamps -------------------------------------------------------------------------------------

@@ -47,8 +47,8 @@ def test_save_is_atomic_leaves_no_temporary_and_is_private(tmp_path):
     assert mode(tmp_path / "reports") == 0o700
     saved = store.save(a_record(), NOW)
     assert saved.updated == NOW
-    assert [p.name for p in (tmp_path / "reports").iterdir()] == [f"{NAME}.json"]
-    record = tmp_path / "reports" / f"{NAME}.json"
+    record = store.record_path(NAME)
+    assert [p.name for p in (tmp_path / "reports").iterdir()] == [record.name]
     assert mode(record) == 0o600
     assert json.loads(record.read_bytes())["attempts"] == 2
 
@@ -77,14 +77,68 @@ def test_open_creates_the_state_directory_0711_and_its_records_0700(tmp_path):
 
 def test_a_failed_write_leaves_neither_temporary_nor_record(store):
     with pytest.raises(OSError):
-        # A name too long for the file system: the temporary cannot even be created.
-        store.save(a_record(name="x" * 300), NOW)
-    with pytest.raises(OSError):
         # The temporary is written, the rename fails: the temporary must go.
-        (store.directory / "blocked.json").mkdir()
-        (store.directory / "blocked.json" / "inside").touch()
+        store.record_path("blocked").mkdir()
+        (store.record_path("blocked") / "inside").touch()
         store.save(a_record(name="blocked"), NOW)
-    assert sorted(p.name for p in store.directory.iterdir()) == ["blocked.json"]
+    assert sorted(p.name for p in store.directory.iterdir()) == [store.record_path("blocked").name]
+
+
+# -- record names: bounded, whatever the report's name (issue 11 robustness 2) ------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x" * 249 + ".crash", "_usr_bin_" + "\udcff" * 10 + ".0.crash", "é" * 120 + ".0.crash"],
+    ids=["255-bytes", "not-utf8", "multibyte"],
+)
+def test_any_name_the_crash_directory_accepts_has_a_record(store, name):
+    """Old: the record was NAME.json, 14 bytes more than the name: ENAMETOOLONG from 242 on."""
+    record = a_record(name=name)
+    store.save(record, NOW)
+    assert store.peek(name) == record
+    assert len(store.record_path(name).name) <= 64
+    assert store.peek("other.crash") is None
+
+
+def test_a_record_written_under_the_old_name_is_read_and_moved(store):
+    legacy = store.directory / f"{NAME}.json"
+    legacy.write_text(json.dumps(a_record().as_json()))
+    assert store.peek(NAME) == a_record()
+    store.save(a_record(attempts=3), NOW)
+    assert not legacy.exists()
+    assert sorted(p.name for p in store.directory.iterdir()) == [store.record_path(NAME).name]
+    assert store.peek(NAME) == a_record(attempts=3)
+
+
+def test_a_record_at_another_names_hash_is_not_taken_for_this_one(store):
+    store.record_path(NAME).write_text(json.dumps(a_record(name="someone-else.crash").as_json()))
+    assert store.peek(NAME) is None
+
+
+# -- collecting the records of reports that are gone (issue 11 robustness 3) ---------------------
+
+
+def test_collect_removes_only_the_records_of_reports_that_are_gone(store):
+    kept = {f"kept{n}.crash" for n in range(3)}
+    for name in [*kept, "gone1.crash", "gone2.crash"]:
+        store.save(a_record(name=name), NOW)
+    (store.directory / "gone3.crash.json").write_text(json.dumps(a_record(name="gone3.crash").as_json()))
+    (store.directory / "damaged.json").write_bytes(b"{")
+    (store.directory / ".in-flight.tmp").write_bytes(b"")
+    assert store.collect(kept.__contains__) == 4
+    assert {store.peek(name).name for name in kept} == kept
+    assert sorted(p.name for p in store.directory.iterdir()) == sorted(
+        [".in-flight.tmp", *(store.record_path(name).name for name in kept)]
+    )
+
+
+def test_collect_in_memory(tmp_path):
+    store = StateStore(None)
+    for name in ("a.crash", "b.crash"):
+        store.save(a_record(name=name), NOW)
+    assert store.collect({"a.crash"}.__contains__) == 1
+    assert (store.peek("a.crash") is not None, store.peek("b.crash")) == (True, None)
 
 
 def test_a_short_write_never_becomes_the_record(store):
@@ -99,7 +153,7 @@ def test_a_short_write_never_becomes_the_record(store):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, ignored)
     assert store.peek(NAME) == a_record()  # the previous record, whole
-    assert [p.name for p in store.directory.iterdir()] == [f"{NAME}.json"]
+    assert [p.name for p in store.directory.iterdir()] == [store.record_path(NAME).name]
 
 
 # -- loading ----------------------------------------------------------------------------
@@ -159,7 +213,7 @@ DAMAGED = {
 
 @pytest.mark.parametrize("data", DAMAGED.values(), ids=DAMAGED.keys())
 def test_damaged_record_is_fresh_with_a_warning(store, data, caplog):
-    (store.directory / f"{NAME}.json").write_bytes(data)
+    (store.record_path(NAME)).write_bytes(data)
     with caplog.at_level(logging.WARNING, logger="crashd.state"):
         record = store.load(NAME, PRINT, NOW)
     assert record == Record(name=NAME, fingerprint=PRINT, first_seen=NOW)
@@ -170,7 +224,7 @@ def test_damaged_record_is_fresh_with_a_warning(store, data, caplog):
 
 
 def test_oversized_record_is_not_read_whole(store, caplog):
-    (store.directory / f"{NAME}.json").write_bytes(b" " * (64 * MAX_RECORD) + valid_json())
+    (store.record_path(NAME)).write_bytes(b" " * (64 * MAX_RECORD) + valid_json())
     with caplog.at_level(logging.WARNING, logger="crashd.state"):
         assert store.load(NAME, PRINT, NOW).attempts == 0  # the valid JSON at the end is never reached
     assert "too large" in caplog.text
@@ -180,14 +234,14 @@ def test_oversized_record_is_not_read_whole(store, caplog):
     "data", [b"[]", b"null", b'"queued"', b"42"], ids=["list", "null", "string", "number"]
 )
 def test_record_that_is_not_an_object_is_fresh_with_a_warning(store, data, caplog):
-    (store.directory / f"{NAME}.json").write_bytes(data)
+    (store.record_path(NAME)).write_bytes(data)
     with caplog.at_level(logging.WARNING, logger="crashd.state"):
         assert store.load(NAME, PRINT, NOW) == Record(name=NAME, fingerprint=PRINT, first_seen=NOW)
     assert "unreadable" in caplog.text
 
 
 def test_deeply_nested_record_is_fresh_with_a_warning(store, caplog):
-    (store.directory / f"{NAME}.json").write_bytes(b"[" * 50_000)
+    (store.record_path(NAME)).write_bytes(b"[" * 50_000)
     with caplog.at_level(logging.WARNING, logger="crashd.state"):
         assert store.load(NAME, PRINT, NOW) == Record(name=NAME, fingerprint=PRINT, first_seen=NOW)
     assert "unreadable" in caplog.text
@@ -201,7 +255,7 @@ def planted(store, tmp_path) -> Path:
     """A valid record for NAME outside the store, and a symlink to it at NAME's record path."""
     target = tmp_path / "elsewhere.json"
     target.write_bytes(json.dumps(a_record(phase=Phase.SENT, oops_id="planted").as_json()).encode())
-    (store.directory / f"{NAME}.json").symlink_to(target)
+    (store.record_path(NAME)).symlink_to(target)
     return target
 
 
@@ -214,7 +268,7 @@ def test_symlink_at_record_path_is_refused_not_followed(store, planted, caplog):
 
 
 def test_directory_at_record_path_is_refused(store, caplog):
-    (store.directory / f"{NAME}.json").mkdir()
+    (store.record_path(NAME)).mkdir()
     with caplog.at_level(logging.WARNING, logger="crashd.state"):
         assert store.load(NAME, PRINT, NOW).attempts == 0
 
@@ -231,7 +285,7 @@ def test_saving_over_a_symlink_replaces_the_link_not_its_target(store, planted):
     before = planted.read_bytes()
     store.save(a_record(), NOW)
     assert planted.read_bytes() == before
-    path = store.directory / f"{NAME}.json"
+    path = store.record_path(NAME)
     assert not path.is_symlink() and json.loads(path.read_bytes())["phase"] == "queued"
 
 
