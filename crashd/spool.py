@@ -547,9 +547,10 @@ class Spool:
         if (now.st_dev, now.st_ino) != (report.stat.st_dev, report.stat.st_ino):
             return False
         os.unlink(report.name.crash, dir_fd=dirfd)
-        for stamp in (report.name.upload, report.name.uploaded):
-            with contextlib.suppress(FileNotFoundError, UnsafeFileError):
-                if self._stamp_mtime(stamp, report.stat.st_uid) is not None:
+        owner = report.stat.st_uid
+        for stamp, owners in ((report.name.upload, (owner, 0)), (report.name.uploaded, self._senders(owner))):
+            with contextlib.suppress(FileNotFoundError):
+                if self._stamp_mtime(stamp, owners, []) is not None:  # an untrusted stamp is left alone
                     os.unlink(stamp, dir_fd=dirfd)
         return True
 
