@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import requests
 
 from crashd.capture import coredump
 from crashd.capture.crashdir import report_names
@@ -485,7 +486,10 @@ def test_crashd_never_reports_its_own_exceptions(
     script = system["config"].parent / "crashd"
     script.write_text(launcher.format(pth_dir=str(system["site"])))
     script.chmod(0o755)
-    env = _env(system) | {"PYTHONPATH": os.pathsep.join([str(broken), str(REPO)])}
+    # The rest of crashd's dependencies from the test's environment, so that the broken one is what fails
+    # (a missing one would be a clean one-line "crashd: … is not installed", exit 2: no traceback at all).
+    site = str(Path(requests.__file__).parents[1])
+    env = _env(system) | {"PYTHONPATH": os.pathsep.join([str(broken), str(REPO), site])}
     argv = [str(script), "daemon", "--once", "--crash-dir", str(system["env_crash"]),
             "--state-dir", str(system["env_state"])]  # fmt: skip
     done = _run_script_as(run_as, user, argv, env)
