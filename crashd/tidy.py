@@ -66,7 +66,8 @@ class Tidy:
     max_use: str = "auto"
     limits: Limits = DEFAULT_LIMITS
     clock: Callable[[], float] = time.time
-    _seen: dict[str, _Seen] = field(default_factory=dict)
+    _seen: dict[str, _Seen] = field(default_factory=dict)  # reports that have a duplicate key
+    _keyless: set[int] = field(default_factory=set)  # _mark()s of report versions that have none
     _groups: dict[str, Group] | None = None
     _removed: list[dict[str, Any]] = field(default_factory=list)
     waiting: set[str] = field(default_factory=set)  # duplicates the last sweep could not count yet
@@ -87,49 +88,89 @@ class Tidy:
 
         Files are looked at one at a time (a crash directory may hold 100,000), and
         opened again to be acted on: only the very file that was judged is changed.
+        Memory stays small however many reports there are (issue 11, robustness 7):
+        a report without a duplicate key is remembered as one number, and every
+        report's size, stamps and record are gathered only when the directory is over
+        its budget.
         """
         now = self.clock()
-        entries: dict[str, Entry] = {}
-        for name in self.spool.report_names():
-            try:
-                report = collector.open_report(self.spool, name)
-            except PermissionError:
-                continue  # another user's report, as that user runs upload-all: not theirs to judge
-            if isinstance(report, OpenReport):
-                with report:
-                    entries[name.crash] = self._entry(report, name.crash in busy)
-        self._seen = {name: seen for name, seen in self._seen.items() if name in entries}
+        keyed: dict[str, Entry] = {}
+        seen: dict[str, _Seen] = {}
+        keyless: set[int] = set()
+        total = 0
+        for name in self.spool.scan():
+            opened = self._open(name)
+            if opened is None:
+                continue
+            with opened:
+                total += disk_use(opened.stat)
+                mark = _mark(opened)
+                if mark in self._keyless:
+                    keyless.add(mark)  # unchanged, and never a duplicate: not parsed again
+                    continue
+                judged = self._judge(opened)
+                if judged.key is None:
+                    keyless.add(mark)
+                    continue
+                seen[name.crash] = judged
+                keyed[name.crash] = self._entry(opened, judged, name.crash in busy)
+        self._seen, self._keyless = seen, keyless
         groups = self._load() if self._groups is None else self._groups
         removals = len(self._removed)
-        decision = budget.collapse(entries.values(), groups, self.window, now)
+        decision = budget.collapse(keyed.values(), groups, self.window, now)
         groups, removed = dict(decision.groups), set()
         for key, group in decision.groups.items():
             duplicates = [name for name in decision.of(key) if name not in busy]
             if duplicates and group.kept not in busy:
                 groups[key], gone = self._collapse(group, duplicates)
                 removed |= gone
-        left = [entry for name, entry in entries.items() if name not in removed]
         still = {name for name in decision.duplicates if name not in removed}
         self.waiting = still
         limit = budget.max_use_bytes(self.max_use, _filesystem_size(self.spool.path))
-        for removal in budget.fit(left, limit, still):
-            if self._remove(removal.name, f"over the {limit}-byte budget ({removal.reason})", now):
-                removed.add(removal.name)
-                self.waiting.discard(removal.name)
+        if total > limit:  # over the budget: now every report's size, age and state are needed
+            left = list(self._every_entry(busy, removed))
+            for removal in budget.fit(left, limit, still):
+                if self._remove(removal.name, f"over the {limit}-byte budget ({removal.reason})", now):
+                    removed.add(removal.name)
+                    self.waiting.discard(removal.name)
+            self._seen = {name: judged for name, judged in self._seen.items() if judged.key is not None}
         if groups != self._groups or len(self._removed) != removals or removed:
             self._groups = groups
             self._save()  # only on a change: a daemon sweeping on every new report writes nothing else
         return removed
 
-    def _entry(self, opened: OpenReport, busy: bool) -> Entry:
+    def _open(self, name: ReportName) -> OpenReport | None:
+        try:
+            report = collector.open_report(self.spool, name)
+        except PermissionError:
+            return None  # another user's report, as that user runs upload-all: not theirs to judge
+        return report if isinstance(report, OpenReport) else None
+
+    def _every_entry(self, busy: Collection[str], removed: Collection[str]) -> Iterator[Entry]:
+        """Every report still there, for the budget; their judgements kept for :meth:`_judged`."""
+        for name in self.spool.scan():
+            if name.crash in removed:
+                continue
+            opened = self._open(name)
+            if opened is None:
+                continue
+            with opened:
+                judged = self._seen[name.crash] = self._judge(opened)
+                yield self._entry(opened, judged, name.crash in busy)
+
+    def _judge(self, opened: OpenReport) -> _Seen:
+        """What the report says for the decisions: remembered while the file is unchanged."""
+        judged = self._seen.get(opened.name.crash)
+        if judged is None or judged.fingerprint != Fingerprint.of(opened.stat):
+            judged = self._read(opened)
+        return judged
+
+    def _entry(self, opened: OpenReport, judged: _Seen, busy: bool) -> Entry:
         name, st = opened.name.crash, opened.stat
-        seen = self._seen.get(name)
-        if seen is None or seen.fingerprint != Fingerprint.of(st):
-            seen = self._seen[name] = self._read(opened)
         stamps = collector.read_stamps(self.spool, opened)
         uploaded = None if stamps.uploaded_ns is None else stamps.uploaded_ns / 1e9
         finished = self._finished(opened, stamps)
-        return Entry(name, seen.key, disk_use(st), st.st_mtime, finished, busy, uploaded)
+        return Entry(name, judged.key, disk_use(st), st.st_mtime, finished, busy, uploaded)
 
     def _judged(self, name: str) -> OpenReport | None:
         """The report *name* again, if it still is the file judged in this sweep."""
@@ -300,6 +341,13 @@ def disk_use(st: os.stat_result) -> int:
     """Bytes a report takes on disk, as ``du`` counts them: its allocated blocks (a sparse file takes
     little room however large it claims to be; the size bound refuses it anyway)."""
     return st.st_blocks * 512
+
+
+def _mark(opened: OpenReport) -> int:
+    """One number for one version of one report file (its name and fingerprint), kept for the reports
+    that have no duplicate key: ~50 bytes each instead of a parsed entry's ~400."""
+    st = opened.stat
+    return hash((opened.name.crash, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
 
 
 def _filesystem_size(path: str) -> int:
