@@ -110,7 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Invalid reports are listed with the reason and left untouched. Exits 0 only when every report "
         "was sent (or is a kind that is never sent: Bug, KernelCrash). NetworkManager is honoured as by the "
         "daemon: offline nothing is attempted, on a metered network cores (or, with metered = hold, "
-        "everything) are held; held reports are listed and the exit status is 1.",
+        "everything) are held; held reports are listed and the exit status is 1. First, reports of one "
+        "crash (same signature, executable, version and owner within duplicate_window) are collapsed "
+        "into one, counted in its CrashCounter, and the crash directory is kept within max_use. A "
+        ".uploaded stamp of whoopsie's (owned by its user) counts as sent: what whoopsie sent is not "
+        "sent again.",
     )
     upload.add_argument(
         "--timeout",
