@@ -240,7 +240,11 @@ class StateStore:
                 del self._memory[name]
             return len(gone)
         removed = 0
-        with os.scandir(self.directory) as entries:
+        try:
+            entries = os.scandir(self.directory)
+        except PermissionError:  # root's records, as a user flushes their own reports: not theirs to collect
+            return 0
+        with entries:
             for entry in entries:
                 if entry.name.startswith(".") or not entry.name.endswith(".json"):
                     continue

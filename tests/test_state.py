@@ -6,8 +6,10 @@ import json
 import logging
 import os
 import resource
+import shutil
 import signal
 import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -131,6 +133,24 @@ def test_collect_removes_only_the_records_of_reports_that_are_gone(store):
     assert sorted(p.name for p in store.directory.iterdir()) == sorted(
         [".in-flight.tmp", *(store.record_path(name).name for name in kept)]
     )
+
+
+def test_a_user_cannot_collect_roots_records_and_is_not_stopped_by_them(tmp_path, make_user, run_as):
+    """A user's ``upload-all`` ends with ``collect``: root's 0700 records are not theirs (it crashed with
+    a PermissionError traceback in the booted system test)."""
+    state = Path(tempfile.mkdtemp(prefix="crashd-state-"))  # pytest's base is 0700: out of a user's reach
+    try:
+        state.chmod(0o711)  # as installed
+        store = StateStore.open(state)
+        store.save(a_record(name="gone.crash"), NOW)
+        store.directory.chmod(0o700)
+        code = ("import sys\nfrom pathlib import Path\nfrom crashd.state import StateStore\n"
+                "print(StateStore.open(Path(sys.argv[1])).collect(lambda name: False))")  # fmt: skip
+        done = run_as(make_user(), code, str(state))
+        assert (done.returncode, done.stdout.strip()) == (0, "0"), done.stderr
+        assert store.peek("gone.crash") is not None  # root's record is still there, for root to collect
+    finally:
+        shutil.rmtree(state)
 
 
 def test_collect_in_memory(tmp_path):
