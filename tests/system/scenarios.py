@@ -618,8 +618,10 @@ def user_status_and_upload_all() -> None:
     systemctl("stop", "crashd.path")
     try:
         systemctl("stop", "crashd.service")
-        mine, _ = crash_native(ALICE, sleeper("mine"), "coreutils 9.1-1")
-        theirs, _ = crash_native(BOB, sleeper("theirs"), "coreutils 9.1-1")
+        # A package version of their own: the same crash as an earlier scenario's, already sent, would be
+        # a duplicate within duplicate_window, counted and removed rather than sent again (by design).
+        mine, _ = crash_native(ALICE, sleeper("mine"), "coreutils 9.1-1+status")
+        theirs, _ = crash_native(BOB, sleeper("theirs"), "coreutils 9.1-1+status")
         for path in (mine, theirs):
             path.with_suffix(".upload").unlink()
         status = run(["crashd", "status"], user=ALICE, check=False)
