@@ -150,6 +150,8 @@ class StateStore:
         if directory is not None:
             directory.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
             directory.mkdir(mode=0o700, exist_ok=True)
+            if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):  # root's records, as seen by a user
+                raise PermissionError(errno.EACCES, "not readable and writable by this user", str(directory))
             self._remove_leftovers()
 
     @classmethod
