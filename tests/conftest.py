@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon_run import crash_dir_at
 from tests.daisy import DaisyServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -160,10 +161,15 @@ def no_real_system_bus() -> Iterator[None]:
 @pytest.fixture
 def crash_dir(tmp_path: Path) -> Path:
     """An empty crash directory with /var/crash's mode (3777: sticky, setgid, writable by all)."""
-    directory = tmp_path / "crash"
-    directory.mkdir()
-    directory.chmod(0o3777)
-    return directory
+    return crash_dir_at(tmp_path / "crash")
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    """An empty state directory, root's 0700 as a test's own."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    return state
 
 
 @pytest.fixture

@@ -36,18 +36,6 @@ NAME_RE = r"[\w.]+"
 
 
 @pytest.fixture
-def crash_dir(tmp_path: Path) -> Path:
-    return crash_dir_at(tmp_path / "crash")
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    return state
-
-
-@pytest.fixture
 def automatic(state_dir: Path) -> Path:
     """Consent: report crashes, automatically (as a settings UI would store it)."""
     set_preference(state_dir, "AutomaticallyReportCrashes", True, config=None)

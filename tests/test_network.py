@@ -30,7 +30,7 @@ from crashd.network import (
     hold_reason,
 )
 from tests import dbus_bus
-from tests.daemon_run import _environment, crash, crash_dir_at, crashd_status, drop, run_daemon
+from tests.daemon_run import _environment, crash, crashd_status, drop, run_daemon
 from tests.nm_standin import (
     CONNECTIVITY_FULL,
     CONNECTIVITY_NONE,
@@ -106,11 +106,6 @@ def test_metered_setting_default_values_and_errors(tmp_path: Path) -> None:
 
 
 # -- the real daemon on a private bus ---------------------------------------------------------
-
-
-@pytest.fixture
-def crash_dir(tmp_path: Path) -> Path:
-    return crash_dir_at(tmp_path / "crash")
 
 
 @pytest.fixture

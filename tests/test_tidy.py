@@ -16,7 +16,7 @@ from crashd.config import load_settings
 from crashd.spool import Spool
 from crashd.state import StateStore
 from crashd.tidy import Tidy, disk_use, read_ledger
-from tests.daemon_run import TOKEN, crash, crash_dir_at, drop, run_daemon, wait_until
+from tests.daemon_run import TOKEN, crash, drop, run_daemon, wait_until
 from tests.daisy import DaisyServer
 from tests.test_cli import REPO
 
@@ -28,18 +28,6 @@ LOOP = 1000
 def daisy():
     with DaisyServer(core_policy="never") as server:
         yield server
-
-
-@pytest.fixture
-def crash_dir(tmp_path: Path) -> Path:
-    return crash_dir_at(tmp_path / "crash")
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    state = tmp_path / "state"
-    state.mkdir(mode=0o700)
-    return state
 
 
 def looping(name: str, i: int) -> dict:
