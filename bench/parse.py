@@ -295,7 +295,7 @@ def _floor_child(directory: str, repeat: int) -> None:
     import binascii
     import zlib
 
-    from crashd._codec import ZSTD_MAGIC, zstd
+    from crashd._codec import ZSTD_MAGIC, zstd_module
     from crashd.report import read_report
 
     paths = sorted(str(p) for p in Path(directory).iterdir() if p.name.endswith(".crash"))
@@ -312,7 +312,7 @@ def _floor_child(directory: str, repeat: int) -> None:
         for lines in values:
             blocks = [binascii.a2b_base64(line) for line in lines]
             if blocks and blocks[0].startswith(ZSTD_MAGIC):
-                zstd.ZstdDecompressor().decompress(b"".join(blocks))
+                zstd_module().ZstdDecompressor().decompress(b"".join(blocks))
                 continue
             inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if blocks and blocks[0][:2] == b"\x1f\x8b" else zlib.MAX_WBITS)
             for block in blocks:

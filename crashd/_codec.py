@@ -13,12 +13,8 @@ import binascii
 import sys
 import zlib
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Protocol
-
-if sys.version_info >= (3, 14):
-    from compression import zstd
-else:
-    from backports import zstd
 
 OUTPUT_CHUNK = 1 << 20  # the most a decompressor returns per step
 
@@ -111,11 +107,22 @@ class _Inflate:
                 return
 
 
+def zstd_module() -> ModuleType:
+    """The zstd module — the standard library's from Python 3.14, ``backports.zstd`` before — imported
+    on the first zstd value: reading a report's text, or a gzip value, needs no zstd at all."""
+    if sys.version_info >= (3, 14):
+        from compression import zstd
+    else:
+        from backports import zstd
+    return zstd
+
+
 class _Zstd:
     """A zstd frame, as systemd-coredump stores cores, in bounded steps."""
 
     def __init__(self) -> None:
-        self._decompressor = zstd.ZstdDecompressor()
+        zstd = zstd_module()
+        self._decompressor, self._error = zstd.ZstdDecompressor(), zstd.ZstdError
 
     @property
     def eof(self) -> bool:
@@ -125,7 +132,7 @@ class _Zstd:
         while not self._decompressor.eof:
             try:
                 out = self._decompressor.decompress(data, OUTPUT_CHUNK)
-            except zstd.ZstdError as error:
+            except self._error as error:
                 raise CodecError(f"corrupt zstd data ({error})") from None
             if out:
                 yield out

@@ -159,6 +159,7 @@ def test_meson_options(tmp_path: Path, options: list[str], present: list[str], a
     installed = [str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()]
     version_files = list(dest.rglob("crashd/_version.py"))
     assert len(version_files) == 1 and f'__version__ = "{crashd.__version__}"' in version_files[0].read_text()
+    assert list(dest.rglob("crashd/py.typed")), "the library's type hints are published (PEP 561)"
     for want in present:
         assert any(want in name for name in installed), (want, installed)
     for unwanted in absent:

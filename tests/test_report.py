@@ -7,13 +7,16 @@ import gzip
 import hashlib
 import io
 import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crashd._codec import zstd
+from crashd._codec import zstd_module
 from crashd.report import (
     STRING_KEYS,
     Limits,
@@ -25,6 +28,8 @@ from crashd.report import (
     write_report,
 )
 from tests.fixtures import APPORT, WHOOPSIE, apport_manifest, apport_records, require
+
+zstd = zstd_module()
 
 
 def parse(data: bytes, **limits: int):
@@ -472,3 +477,17 @@ LINE_SOUP = [
 @given(st.lists(st.sampled_from(LINE_SOUP), max_size=20))
 def test_reader_on_plausible_line_soup(lines):
     exercise(b"".join(lines))
+
+
+def test_reading_text_and_gzip_values_imports_no_zstd(tmp_path: Path) -> None:
+    """crashd.report is a library (issue 14): zstd is imported on the first zstd value only."""
+    path = tmp_path / "r.crash"
+    path.write_bytes(b"ProblemType: Crash\nTitle: t\nB: base64\n " + base64.b64encode(gzip.compress(b"x")) + b"\n")
+    code = ("import sys\nfrom crashd.report import read_report\n"
+            "with open(sys.argv[1], 'rb') as f:\n"
+            "    r = read_report(f)\n    r.string('Title'); b''.join(r.chunks('B'))\n"
+            "print(sorted(m for m in sys.modules if m.endswith('zstd')))")  # fmt: skip
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)  # fmt: skip
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
