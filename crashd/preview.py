@@ -19,6 +19,8 @@ from crashd.report import DEFAULT_LIMITS, Limits, Report, read_report
 from crashd.spool import ReportName, Spool
 from crashd.uploader import CoreOffer, CoreUnavailable, core_offer, sent_fields
 
+__all__ = ["Preview", "may_read", "preview_in_spool", "what_is_sent"]
+
 
 @dataclass(frozen=True)
 class Preview:

@@ -20,6 +20,8 @@ from crashd.network import NetworkGate
 from crashd.spool import OpenReport, Spool
 from crashd.state import Fingerprint, StateStore
 
+__all__ = ["survey"]
+
 
 def survey(
     spool: Spool, store: StateStore, consent: Gate | None = None, network: NetworkGate | None = None
