@@ -813,3 +813,34 @@ def test_hook_overhead(tree: Tree, user: pwd.struct_passwd, capsys: pytest.Captu
     # The target is 80 ms; a loaded CI machine gets slack (the printed figure is the record).
     assert one < 0.080 * 3
     assert per_hook < 0.010 * 3
+
+
+KEYS = ["Title", "dmi.bios.version", "Tag-1_x", "x", "9", "_", ".", "-", "._-", "", "a b", "a/b", "é", "Ünï",
+        "a\n", "_HooksRun", "a" * 300]  # fmt: skip
+
+
+def _child_module() -> object:
+    """child.py as the child runs it: by path, importing nothing of crashd."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("crashd_hook_child", CHILD)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_the_childs_key_rule_is_the_reports(key: str) -> None:
+    """One key rule (issue 14): the child's copy (it imports nothing of crashd) equals crashd.report's."""
+    from crashd.report import valid_key
+
+    assert _child_module().valid_key(key) == valid_key(key)  # type: ignore[attr-defined]
+
+
+def test_a_hook_setting_an_invalid_key_gets_a_hook_error_naming_it(tree: Tree, user: pwd.struct_passwd) -> None:
+    """``report["_"] = …`` passed the child and was then dropped silently; now it is the hook's error."""
+    tree.hook("general", "a_bad_key.py", "def add_info(report):\n    report['Kept'] = 'yes'\n    report['_'] = 'x'\n")
+    result = hooks_for(tree, user)
+    assert "invalid key '_'" in result.errors[error_key("a_bad_key.py")]
+    assert "_" not in hook_fields(result)

@@ -47,8 +47,15 @@ PR_SET_CHILD_SUBREAPER, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS = 36, 4, 38
 EXIT_REFUSED = 70  # process.py turns this status into "refused to run as root"
 MAX_SOURCE = 4 << 20
 KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+KEY_PUNCTUATION = frozenset("._-")
 COMPAT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "compat")
 BUILTIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin") + os.sep
+
+
+def valid_key(key):
+    """The one key rule, :func:`crashd.report.valid_key`'s (this file imports nothing from crashd;
+    tests/test_hooks.py pins the two equal): ASCII letters, digits and ``. - _``, one letter or digit."""
+    return isinstance(key, str) and KEY_CHARS.issuperset(key) and not KEY_PUNCTUATION.issuperset(key)
 
 
 class HookReport(UserDict):
@@ -59,8 +66,8 @@ class HookReport(UserDict):
     """
 
     def __setitem__(self, key, value):
-        if not isinstance(key, str) or not key or not KEY_CHARS.issuperset(key):
-            raise ValueError(f"key {key!r} contains invalid characters (only letters, digits, '.', '_', '-')")
+        if not valid_key(key):
+            raise ValueError(f"invalid key {key!r}: letters, digits, '.', '_' and '-', one letter or digit")
         if isinstance(value, bytearray):
             value = bytes(value)
         elif type(value).__name__ == "CompressedValue":  # problem_report's, which apport's reports accept
@@ -464,7 +471,7 @@ def _apply(report, result):
     fields = result.get("fields") if isinstance(result.get("fields"), dict) else {}
     removed = result.get("removed") if isinstance(result.get("removed"), list) else []
     try:
-        report.data.update({k: v for k, v in decode(fields).items() if k and KEY_CHARS.issuperset(k)})
+        report.data.update({k: v for k, v in decode(fields).items() if valid_key(k)})
     except (KeyError, TypeError, ValueError, AttributeError):
         return {"died": "ended with a result crashd cannot read"}
     for key in removed:
@@ -558,7 +565,7 @@ def diff(before, report):
         old = before.get(key)
         if value is old or value == old:
             continue
-        if not isinstance(key, str) or not key or not KEY_CHARS.issuperset(key):
+        if not valid_key(key):
             bad[key] = f"invalid key {key!r}"
         elif not isinstance(value, (str, bytes)):
             bad[key] = f"{key} set to a {type(value).__name__}"

@@ -30,11 +30,11 @@ from pathlib import Path
 from crashd.hooks.accounts import Account
 from crashd.hooks.discovery import Plan
 from crashd.hooks.process import STARTUP_TIMEOUT, Budget, HookChild
+from crashd.report import valid_key
 
 __all__ = ["Batches", "HookLimits", "HookResult", "MiB", "error_key", "run"]
 
 MiB = 1 << 20
-_KEY = re.compile(r"[A-Za-z0-9._-]+")
 SLACK_PER_HOOK = 1.0
 """Seconds each hook handed out adds to the report's time budget on top of its timeout (fork, results)."""
 
@@ -266,7 +266,7 @@ def _apply(state: _State, hook: str, message: Mapping[str, object]) -> None:
     fields = message.get("fields")
     for key, value in (fields if isinstance(fields, dict) else {}).items():
         decoded = _decode(value)
-        if _KEY.fullmatch(key) and decoded is not None:
+        if valid_key(key) and decoded is not None:
             state.current[key] = decoded
         else:
             problems.append(f"dropped an invalid field {key[:80]!r}")
