@@ -23,7 +23,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -34,7 +34,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import ServiceInterface, dbus_method
 
-__all__ = ["Check", "Polkit", "PrivateBus", "polkit", "system_bus"]
+__all__ = ["Check", "Polkit", "PrivateBus", "StandIn", "polkit", "system_bus"]
 
 START_TIMEOUT = 10.0
 _HEAD = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -171,6 +171,66 @@ def _read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
     return data.decode(errors="replace").partition("\n")[0].strip()
 
 
+class StandIn:
+    """A stand-in service for one we do not own (DESIGN.md §11): *interface* exported at *path* under the
+    well-known *name*, served by an event loop of its own in a thread, so that a test may block on a
+    client process while the stand-in keeps answering. :meth:`start` returns once the name is owned;
+    :meth:`stop` releases it (``NameOwnerChanged``, as when the real service exits)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopped: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, address: str, name: str, path: str, interface: ServiceInterface) -> None:
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def run() -> None:
+            self.loop, self.stopped = asyncio.get_running_loop(), asyncio.Event()
+            try:
+                bus = await MessageBus(bus_address=address).connect()
+                bus.export(path, interface)
+                reply = await bus.request_name(name, NameFlag.DO_NOT_QUEUE)
+                assert reply is RequestNameReply.PRIMARY_OWNER, reply
+            except BaseException as error:
+                failure.append(error)
+                ready.set()
+                return
+            ready.set()
+            await self.stopped.wait()
+            bus.disconnect()
+            with contextlib.suppress(Exception):
+                await bus.wait_for_disconnect()
+
+        self._thread = threading.Thread(target=asyncio.run, args=(run(),), name=self.what, daemon=True)
+        self._thread.start()
+        if not ready.wait(START_TIMEOUT) or failure:
+            raise RuntimeError(f"the {self.what} stand-in did not start: {failure[:1]!r}")
+
+    def call(self, change: Callable[[], None]) -> None:
+        """Run *change* on the stand-in's loop (where its interface lives); return once it ran."""
+        assert self.loop is not None, f"the {self.what} stand-in is not running"
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                change()
+            finally:
+                done.set()
+
+        self.loop.call_soon_threadsafe(run)
+        assert done.wait(START_TIMEOUT), f"the {self.what} stand-in did not run the change"
+
+    def stop(self) -> None:
+        if self.loop is not None and self.stopped is not None and self._thread is not None:
+            with contextlib.suppress(RuntimeError):  # its loop already ended (the bus died)
+                self.loop.call_soon_threadsafe(self.stopped.set)
+            self._thread.join(START_TIMEOUT)
+            self.loop = None
+
+
 @dataclass(frozen=True)
 class Check:
     """One CheckAuthorization call as the stand-in received it."""
@@ -193,43 +253,14 @@ class Polkit:
     checks: list[Check] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)  # CancelCheckAuthorization ids
     cancellation: threading.Event = field(default_factory=threading.Event, repr=False)  # set on each
-    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
-    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
-    _stopped: asyncio.Event | None = field(default=None, init=False, repr=False)
+    _service: StandIn = field(default_factory=lambda: StandIn("polkit"), init=False, repr=False)
 
     def start(self, address: str) -> None:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        async def run() -> None:
-            self._loop, self._stopped = asyncio.get_running_loop(), asyncio.Event()
-            try:
-                bus = await MessageBus(bus_address=address).connect()
-                bus.export("/org/freedesktop/PolicyKit1/Authority", _Authority(self))
-                reply = await bus.request_name("org.freedesktop.PolicyKit1", NameFlag.DO_NOT_QUEUE)
-                assert reply is RequestNameReply.PRIMARY_OWNER, reply
-            except BaseException as error:
-                failure.append(error)
-                ready.set()
-                return
-            ready.set()
-            await self._stopped.wait()
-            bus.disconnect()
-            with contextlib.suppress(Exception):
-                await bus.wait_for_disconnect()
-
-        self._thread = threading.Thread(target=asyncio.run, args=(run(),), name="polkit", daemon=True)
-        self._thread.start()
-        if not ready.wait(START_TIMEOUT):
-            raise RuntimeError("the polkit stand-in did not start")
-        if failure:
-            raise RuntimeError(f"the polkit stand-in did not start: {failure[0]!r}")
+        authority = _Authority(self)
+        self._service.start(address, "org.freedesktop.PolicyKit1", "/org/freedesktop/PolicyKit1/Authority", authority)
 
     def stop(self) -> None:
-        if self._loop is not None and self._stopped is not None and self._thread is not None:
-            with contextlib.suppress(RuntimeError):  # its loop already ended (the bus died)
-                self._loop.call_soon_threadsafe(self._stopped.set)
-            self._thread.join(START_TIMEOUT)
+        self._service.stop()
 
 
 class _Authority(ServiceInterface):
@@ -251,8 +282,8 @@ class _Authority(ServiceInterface):
         polkit = self._polkit
         polkit.checks.append(Check(kind, plain, action_id, dict(details), flags, cancellation_id))
         if polkit.hang:
-            assert polkit._stopped is not None
-            await polkit._stopped.wait()
+            assert polkit._service.stopped is not None
+            await polkit._service.stopped.wait()
         return [polkit.allow, polkit.challenge and not polkit.allow, {}]
 
     @dbus_method()

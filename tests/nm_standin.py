@@ -10,21 +10,16 @@ thread, so a test may block on a client process while the stand-in keeps answeri
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
-
-from dbus_fast import NameFlag, RequestNameReply
-from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusUInt32
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_property
+
+from tests.dbus_bus import StandIn
 
 __all__ = ["CONNECTIVITY_FULL", "CONNECTIVITY_NONE", "METERED_GUESS_YES", "METERED_NO", "METERED_YES",
            "NetworkManager"]  # fmt: skip
 
 METERED_YES, METERED_NO, METERED_GUESS_YES = 1, 2, 3  # NMMetered
 CONNECTIVITY_NONE, CONNECTIVITY_FULL = 1, 4  # NMConnectivityState
-START_TIMEOUT = 10.0
 
 
 class _Interface(ServiceInterface):
@@ -47,41 +42,15 @@ class NetworkManager:
     def __init__(self, address: str, *, metered: int = METERED_NO, connectivity: int = CONNECTIVITY_FULL):
         self.address = address
         self._interface = _Interface(metered, connectivity)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
+        self._service = StandIn("NetworkManager")
 
     def start(self) -> NetworkManager:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        async def run() -> None:
-            self._loop, self._stopped = asyncio.get_running_loop(), asyncio.Event()
-            try:
-                bus = await MessageBus(bus_address=self.address).connect()
-                bus.export("/org/freedesktop/NetworkManager", self._interface)
-                reply = await bus.request_name("org.freedesktop.NetworkManager", NameFlag.DO_NOT_QUEUE)
-                assert reply is RequestNameReply.PRIMARY_OWNER, reply
-            except BaseException as error:
-                failure.append(error)
-                ready.set()
-                return
-            ready.set()
-            await self._stopped.wait()
-            bus.disconnect()
-            with contextlib.suppress(Exception):
-                await bus.wait_for_disconnect()
-
-        self._thread = threading.Thread(target=asyncio.run, args=(run(),), name="nm-standin", daemon=True)
-        self._thread.start()
-        if not ready.wait(START_TIMEOUT) or failure:
-            raise RuntimeError(f"the NetworkManager stand-in did not start: {failure[:1]!r}")
+        self._service.start(self.address, "org.freedesktop.NetworkManager", "/org/freedesktop/NetworkManager",
+                            self._interface)  # fmt: skip
         return self
 
     def set(self, *, metered: int | None = None, connectivity: int | None = None) -> None:
         """Change the properties and emit PropertiesChanged with the changed ones; returns once sent."""
-        assert self._loop is not None
-        done = threading.Event()
 
         def change() -> None:
             interface, changed = self._interface, {}
@@ -90,17 +59,11 @@ class NetworkManager:
             if connectivity is not None:
                 interface.connectivity = changed["Connectivity"] = connectivity
             interface.emit_properties_changed(changed)
-            done.set()
 
-        self._loop.call_soon_threadsafe(change)
-        assert done.wait(START_TIMEOUT), "the NetworkManager stand-in did not change its properties"
+        self._service.call(change)
 
     def stop(self) -> None:
-        if self._loop is not None and self._stopped is not None and self._thread is not None:
-            with contextlib.suppress(RuntimeError):  # its loop already ended (the bus died)
-                self._loop.call_soon_threadsafe(self._stopped.set)
-            self._thread.join(START_TIMEOUT)
-            self._loop = None
+        self._service.stop()
 
     def __enter__(self) -> NetworkManager:
         return self.start()
