@@ -360,32 +360,32 @@ def _uploader(settings: Settings, transport_deadline: float | None) -> Uploader:
 
 def _worker_user(name: str) -> pwd.struct_passwd:
     """*name*'s account, else ``nobody``'s (said once); without either, a ConfigError saying what to do."""
+    chosen = _worker_name(name)
     try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        pass
-    create = f"create it with 'systemd-sysusers' (crashd's sysusers.d file) or 'useradd --system {name}'"
-    try:
-        user = pwd.getpwnam(WORKER_FALLBACK_USER)
+        user = pwd.getpwnam(chosen)
     except KeyError:
         raise ConfigError(
             f"unprivileged_user {name!r} does not exist, nor does {WORKER_FALLBACK_USER!r}: root never "
-            f"uploads itself; {create}"
+            f"uploads itself; {_create_hint(name)}"
         ) from None
-    log.warning(
-        "the user %r for the upload worker does not exist: it runs as %r instead; %s",
-        name, WORKER_FALLBACK_USER, create,
-    )  # fmt: skip
+    if chosen != name:
+        log.warning("the user %r for the upload worker does not exist: it runs as %r instead; %s",
+                    name, chosen, _create_hint(name))  # fmt: skip
     return user
 
 
 def _worker_name(name: str) -> str:
-    """The user the upload worker will run as (quietly: :func:`_worker_user` says it once)."""
+    """The user the upload worker runs as: *name*, or ``nobody`` when *name* does not exist. The hooks
+    of root's reports must never share it (``HookOptions.worker_user``)."""
     try:
         pwd.getpwnam(name)
     except KeyError:
         return WORKER_FALLBACK_USER
     return name
+
+
+def _create_hint(name: str) -> str:
+    return f"create it with 'systemd-sysusers' (crashd's sysusers.d file) or 'useradd --system {name}'"
 
 
 def _network(settings: Settings) -> NetworkGate | None:
