@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
 DUE_LIMIT = 16384  # reports remembered by name (~4 MiB); past that, a streamed rescan finds them
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
+_FILES_WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.CREATE | Mask.DELETE | Mask.ONLYDIR
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class Daemon:
                 bus, state_dir=self.dbus.state_dir, config=self.dbus.config,
                 status_provider=self.dbus.status_provider, on_activity=self._touch,
                 on_consent_change=self._consent_changed, on_upload_now=self.rescan, spool=self.spool,
+                watch=watch_files,
             )  # fmt: skip
         except dbus_prefs.BusUnavailable as error:  # another crashd, or whoopsie-preferences, has a name
             log.warning("%s: running without the D-Bus preferences service", error)
@@ -351,6 +353,32 @@ def sd_notify(*assignments: str) -> None:
         address = "\0" + address[1:]  # an abstract socket
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.sendto("\n".join(assignments).encode(), address)
+
+
+def watch_files(files: Collection[Path], on_change: Callable[[], None]) -> Callable[[], None]:
+    """inotify on the directories of *files* (the consent file, its lock, the legacy switches): call
+    *on_change* on the loop when one of them is written, moved or deleted. Returns the function that
+    stops watching. Only the daemon watches files (DESIGN.md §2); the D-Bus service gets this as *watch*.
+    """
+    watched = {Path(path).absolute() for path in files}
+    inotify = Inotify()
+    for directory in {path.parent for path in watched}:
+        with contextlib.suppress(OSError):  # missing (no /etc/crashd): the per-call re-read covers it
+            inotify.add_watch(directory, _FILES_WATCH)
+
+    async def follow() -> None:
+        with contextlib.suppress(OSError):  # closed under us by stop()
+            async for event in inotify:
+                if Mask.Q_OVERFLOW in event.mask or event.path in watched:
+                    on_change()
+
+    task = asyncio.create_task(follow())
+
+    def stop() -> None:
+        inotify.close()
+        task.cancel()
+
+    return stop
 
 
 def journal_logging(level: int) -> bool:
