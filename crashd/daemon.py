@@ -29,15 +29,19 @@ import time
 from collections.abc import Callable, Collection, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asyncinotify import Inotify, Mask
 
-from crashd import dbus_prefs, network
+from crashd import network
 from crashd.collector import Gate, HookOptions, Status
 from crashd.consent import Consent, may_collect_automatically
 from crashd.delivery import Courier
 from crashd.report import Limits
 from crashd.spool import ReportName, Spool
+
+if TYPE_CHECKING:
+    from crashd import dbus_prefs  # imported when the bus is used: dbus-fast is not idle's to pay for
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +129,8 @@ class Daemon:
         """The consent service on the system bus; None with --once, or when there is no bus to use."""
         if self.dbus is None or self.once:
             return None
+        from crashd import dbus_prefs
+
         try:
             bus = await dbus_prefs.connect_system_bus()
         except dbus_prefs.BusUnavailable as error:
