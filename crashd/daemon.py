@@ -29,21 +29,26 @@ import time
 from collections.abc import Callable, Collection, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asyncinotify import Inotify, Mask
 
-from crashd import dbus_prefs, network
+from crashd import network
 from crashd.collector import Gate, HookOptions, Status
 from crashd.consent import Consent, may_collect_automatically
 from crashd.delivery import Courier
 from crashd.report import Limits
 from crashd.spool import ReportName, Spool
 
+if TYPE_CHECKING:
+    from crashd import dbus_prefs  # imported when the bus is used: dbus-fast is not idle's to pay for
+
 log = logging.getLogger(__name__)
 
 WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
 DUE_LIMIT = 16384  # reports remembered by name (~4 MiB); past that, a streamed rescan finds them
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
+_FILES_WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.CREATE | Mask.DELETE | Mask.ONLYDIR
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,8 @@ class Daemon:
         """The consent service on the system bus; None with --once, or when there is no bus to use."""
         if self.dbus is None or self.once:
             return None
+        from crashd import dbus_prefs
+
         try:
             bus = await dbus_prefs.connect_system_bus()
         except dbus_prefs.BusUnavailable as error:
@@ -134,6 +141,7 @@ class Daemon:
                 bus, state_dir=self.dbus.state_dir, config=self.dbus.config,
                 status_provider=self.dbus.status_provider, on_activity=self._touch,
                 on_consent_change=self._consent_changed, on_upload_now=self.rescan, spool=self.spool,
+                watch=watch_files,
             )  # fmt: skip
         except dbus_prefs.BusUnavailable as error:  # another crashd, or whoopsie-preferences, has a name
             log.warning("%s: running without the D-Bus preferences service", error)
@@ -351,6 +359,32 @@ def sd_notify(*assignments: str) -> None:
         address = "\0" + address[1:]  # an abstract socket
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.sendto("\n".join(assignments).encode(), address)
+
+
+def watch_files(files: Collection[Path], on_change: Callable[[], None]) -> Callable[[], None]:
+    """inotify on the directories of *files* (the consent file, its lock, the legacy switches): call
+    *on_change* on the loop when one of them is written, moved or deleted. Returns the function that
+    stops watching. Only the daemon watches files (DESIGN.md §2); the D-Bus service gets this as *watch*.
+    """
+    watched = {Path(path).absolute() for path in files}
+    inotify = Inotify()
+    for directory in {path.parent for path in watched}:
+        with contextlib.suppress(OSError):  # missing (no /etc/crashd): the per-call re-read covers it
+            inotify.add_watch(directory, _FILES_WATCH)
+
+    async def follow() -> None:
+        with contextlib.suppress(OSError):  # closed under us by stop()
+            async for event in inotify:
+                if Mask.Q_OVERFLOW in event.mask or event.path in watched:
+                    on_change()
+
+    task = asyncio.create_task(follow())
+
+    def stop() -> None:
+        inotify.close()
+        task.cancel()
+
+    return stop
 
 
 def journal_logging(level: int) -> bool:

@@ -132,12 +132,12 @@ class Monitor:
 
         Never raises for a missing bus or NetworkManager: crashd then sends as it always did.
         """
-        from crashd import dbus_prefs  # dbus-fast: only where the bus is used
+        from crashd.dbus.bus import BusUnavailable, connect_system_bus  # dbus-fast only where the bus is
 
         self._on_change = on_change
         try:
-            bus = await dbus_prefs.connect_system_bus()
-        except dbus_prefs.BusUnavailable as error:
+            bus = await connect_system_bus()
+        except BusUnavailable as error:
             log.info("%s: sending without regard to metered or offline networks", error)
             return
         self._bus = bus
@@ -212,11 +212,11 @@ def read_conditions(setting: Metered) -> NetworkGate | None:
     """One look at NetworkManager (``status``, ``upload-all``): its gate, or None without it."""
 
     async def look() -> dict[str, Any] | None:
-        from crashd import dbus_prefs
+        from crashd.dbus.bus import BusUnavailable, connect_system_bus
 
         try:
-            bus = await dbus_prefs.connect_system_bus()
-        except dbus_prefs.BusUnavailable:
+            bus = await connect_system_bus()
+        except BusUnavailable:
             return None
         try:
             return await _get_all(bus)

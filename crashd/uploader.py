@@ -37,8 +37,6 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import requests
 
-import bson
-
 from crashd import __version__
 from crashd.report import MalformedReportError, Report, ReportLimitError
 
@@ -105,6 +103,8 @@ def sent_fields(report: Report, max_text: int = MAX_TEXT) -> Iterator[tuple[str,
 
 def encode_report(report: Report, max_text: int = MAX_TEXT) -> bytes:
     """The first POST's body: :func:`sent_fields` as one BSON document of strings."""
+    import bson  # only where a body is made (the upload worker): not in the idle daemon
+
     return bson.encode(dict(sent_fields(report, max_text)))
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from crashd import dbus_prefs
 from crashd.consent import Consent
+from crashd.daemon import watch_files
 from crashd.spool import Spool
 from crashd.state import StateStore
 from crashd.status import survey
@@ -46,6 +47,7 @@ async def main(args: argparse.Namespace) -> int:
             whoopsie_default=args.legacy_dir / "whoopsie",
             apport_default=args.legacy_dir / "apport",
             spool=spool,
+            watch=watch_files,  # as crashd daemon does: the daemon is the one that watches files
         )
         say("ready")
         stop = asyncio.Event()

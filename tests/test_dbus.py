@@ -32,6 +32,7 @@ from dbus_fast.aio import MessageBus
 
 from crashd import consent, dbus_client, dbus_prefs
 from crashd.collector import State, Status
+from crashd.dbus.reports import list_entry
 from tests import dbus_bus
 from tests.dbus_bus import Polkit, PrivateBus
 from tests.test_upload_all import crash, write
@@ -616,7 +617,7 @@ def test_reports_list_and_upload_now(service: Served, polkit: Polkit) -> None:
 
 
 def test_list_entries() -> None:
-    entry = dbus_prefs._list_entry
+    entry = list_entry
     assert entry(Status("a.crash", State.NEW)) == ("a.crash", "new", 0, "")
     assert entry(Status("a.crash", State.QUEUED, detail="HTTP 503", next_attempt=1700000000.7)) == (
         "a.crash", "queued", 1700000000, "HTTP 503")  # fmt: skip

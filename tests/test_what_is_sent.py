@@ -24,6 +24,7 @@ import pytest
 from dbus_fast import DBusError
 
 from crashd import dbus_prefs
+from crashd.dbus import reports
 from crashd.preview import may_read
 from crashd.report import read_report, write_report
 from crashd.spool import Spool
@@ -301,7 +302,7 @@ def test_a_preview_too_big_for_the_bus_is_refused_naming_the_command(
     crash_dir = tmp_path / "crash"
     crash_dir.mkdir()
     write(crash_dir / "_usr_bin_gedit.0.crash", {**ENRICHED, "Big": "x" * 4096})
-    monkeypatch.setattr(dbus_prefs, "MAX_PREVIEW", 4096)
+    monkeypatch.setattr(reports, "MAX_PREVIEW", 4096)
     with Spool(crash_dir) as spool:
         service = dbus_prefs.Service(
             None, state_dir=tmp_path, config=None, status_provider=list, on_activity=lambda: None,  # type: ignore[arg-type]
@@ -311,5 +312,5 @@ def test_a_preview_too_big_for_the_bus_is_refused_naming_the_command(
         with pytest.raises(DBusError, match=r"more than a D-Bus answer carries \(4096\): use crashd show --what-is-sent") as refused:
             service.what_is_sent("_usr_bin_gedit.0.crash", 0)
         assert refused.value.type == "org.freedesktop.DBus.Error.LimitsExceeded"
-        monkeypatch.setattr(dbus_prefs, "MAX_PREVIEW", 1 << 20)
+        monkeypatch.setattr(reports, "MAX_PREVIEW", 1 << 20)
         assert json.loads(service.what_is_sent("_usr_bin_gedit.0.crash", 0))["fields"][-1]["name"] == "Big"
