@@ -79,10 +79,10 @@ from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr
 from dbus_fast.errors import AuthError, InvalidAddressError
 from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbus_property, dbus_signal
 
-from crashd.collector import Status
 from crashd.config import DEFAULT_CONFIG, ConfigError
 from crashd.consent import APPORT_DEFAULT, FILE_NAME, WHOOPSIE_DEFAULT, Consent, load_consent, set_preference
 from crashd.identity import system_identifier
+from crashd.lifecycle import Status
 from crashd.preview import preview_in_spool
 from crashd.report import ReportError
 from crashd.spool import Spool, UnsafeFileError
