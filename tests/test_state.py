@@ -225,6 +225,7 @@ DAMAGED = {
     "not utf-8": b'{"name": "\xff"}',
     "missing key": json.dumps({k: v for k, v in a_record().as_json().items() if k != "phase"}).encode(),
     "unknown phase": valid_json().replace(b'"queued"', b'"lost"'),
+    "a state no record holds": valid_json().replace(b'"queued"', b'"held"'),
     "bad attempts": valid_json().replace(b'"attempts": 2', b'"attempts": "two"'),
     "bad fingerprint": valid_json().replace(b'"device": 2049', b'"colour": 2049'),
     "bad core": valid_json().replace(b'"core": null', b'"core": {"phase": "pending"}'),
@@ -232,6 +233,23 @@ DAMAGED = {
     "oversized": valid_json()[:-1] + b', "pad": "' + b"x" * MAX_RECORD + b'"}',
     "huge integer": valid_json().replace(b'"attempts": 2', b'"attempts": ' + b"9" * 5000),
 }
+
+
+CURRENT_FORMAT = (  # a record as the versions before crashd.lifecycle wrote it, byte for byte
+    '{"attempts": 1, "core": {"attempts": 0, "last_error": null, "next_attempt": null, "phase": "pending"}, '
+    '"fingerprint": {"device": 2049, "inode": 1234, "mtime_ns": 1700000000123456789, "size": 5678}, '
+    '"first_seen": 1699999900.5, "last_error": null, "name": "_usr_bin_app.0.crash", "next_attempt": null, '
+    '"oops_id": "abc", "phase": "PHASE", "updated": 1700000000.5}'
+)
+
+
+@pytest.mark.parametrize("phase", ["queued", "posting", "sent", "rejected", "expired", "invalid", "skipped"])
+def test_records_written_by_earlier_versions_are_read(store, phase):
+    (store.record_path(NAME)).write_text(CURRENT_FORMAT.replace("PHASE", phase))
+    record = store.load(NAME, PRINT, NOW)
+    assert (record.phase, record.attempts, record.oops_id, record.core) == (State(phase), 1, "abc", Core())
+    store.save(record, NOW)
+    assert json.loads(store.record_path(NAME).read_text())["phase"] == phase  # and written the same way
 
 
 @pytest.mark.parametrize("data", DAMAGED.values(), ids=DAMAGED.keys())
