@@ -26,13 +26,14 @@ from pathlib import Path
 
 from crashd import __version__
 from crashd.capture.coredump import add_ingest_coredump_command, cmd_ingest_coredump
-from crashd.collector import Gate, HookOptions, Status
+from crashd.collector import HookOptions
 from crashd.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings, seconds_argument
 from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_preference
 from crashd.delivery import Courier
 from crashd.dependencies import explain as explain_dependency
 from crashd.hooks import add_hook_test_command, cmd_hook_test
 from crashd.identity import system_identifier
+from crashd.lifecycle import Gate, Status
 from crashd.network import NetworkGate, read_conditions
 from crashd.policy import Backoff
 from crashd.preview import Preview, what_is_sent

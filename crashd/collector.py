@@ -1,8 +1,8 @@
 """Collection: from a name in the crash directory to a report ready to send, or the reason it is not.
 
 Each report goes through the same steps whoever asks (``upload-all`` now, the
-daemon later): open it safely (:func:`open_report`), see whether it was already
-sent (:func:`read_stamps`, :func:`sent_before`), then :func:`collect` it: index it, check it is a
+daemon later): open it safely (:func:`open_report`), read its stamps (:func:`read_stamps`; whether
+it was already sent is :mod:`crashd.lifecycle`'s to say), then :func:`collect` it: index it, check it is a
 kind the crash database takes, and stamp it ``.upload``. Enrichment
 (package information and hooks) will slot in before the stamp. Every report
 that is not collected comes back as a :class:`Status` with a reason — nothing
@@ -13,43 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from crashd.hooks import HookRoots, run_hooks, text_fields
 from crashd.hooks.discovery import InvalidFieldError
+from crashd.lifecycle import State, Status
 from crashd.report import Limits, Report, ReportError, StoredBinary, read_report, valid_key, write_report
 from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError
 
 log = logging.getLogger(__name__)
 
-# Consent as the daemon and `crashd status` ask it: given whether the report is marked .upload, None
-# when it may be sent, else the reason it is held.
-Gate = Callable[[bool], str | None]
-
 # The kinds daisy handles (DESIGN.md §3). Bug reports belong in a bug tracker and
 # daisy refuses kernel vmcores, so those are left alone, with the reason.
 SENT_KINDS = frozenset({"Crash", "Package", "KernelOops", "Hang", "RecoverableProblem"})
-
-
-class State(StrEnum):
-    """Where a report stands (DESIGN.md §3); ``crashd status`` and ``upload-all`` print these."""
-
-    NEW = "new"  # not collected yet
-    QUEUED = "queued"  # collected and stamped .upload; waiting for its next attempt
-    POSTING = "posting"  # an upload was under way when crashd last stopped
-    SENT = "sent"
-    REJECTED = "rejected"  # the server refused it for good
-    EXPIRED = "expired"  # unsent for longer than expire_after; given up
-    FAILED = "failed"  # an attempt in this run failed; the report stays pending
-    PENDING = "pending"  # not attempted before the deadline
-    INVALID = "invalid"  # refused input, left untouched
-    SKIPPED = "skipped"  # a kind that is not sent to the crash database
-    HELD = "held"  # consent does not allow sending it (yet); kept, never dropped
 
 
 # A journal MESSAGE_ID per event kind (`journalctl MESSAGE_ID=…`), passed as logging "extra".
@@ -67,30 +45,6 @@ _MESSAGE_IDS = {
 def event(state: State, name: str) -> dict[str, str]:
     """Structured fields for a log line about one report: journald keeps them, stderr ignores them."""
     return {"MESSAGE_ID": _MESSAGE_IDS[state], "CRASHD_REPORT": name}
-
-
-@dataclass(frozen=True)
-class Status:
-    """One report's state, with the OOPS id once sent and a reason whenever it is not."""
-
-    name: str
-    state: State
-    oops_id: str | None = None
-    detail: str | None = None
-    attempts: int = 0
-    next_attempt: float | None = None  # seconds since the epoch
-    owner: int | None = field(default=None, compare=False)  # the file's uid, when known (who may see it)
-
-    @property
-    def retry_at(self) -> float | None:
-        """When to look at this report again: its retry, its requested core, or a failure's backoff."""
-        return self.next_attempt if self.state in (State.QUEUED, State.SENT, State.FAILED) else None
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "name": self.name, "state": self.state.value, "oops_id": self.oops_id, "detail": self.detail,
-            "attempts": self.attempts, "next_attempt": self.next_attempt,
-        }  # fmt: skip
 
 
 @dataclass
@@ -142,13 +96,6 @@ def read_stamps(spool: Spool, opened: OpenReport) -> Stamps:
         # replaces it when it has one to write. The other stamp is judged on its own.
         log.info("%s: ignoring a stamp crashd cannot trust: %s", opened.name.crash, reason)
     return stamps
-
-
-def sent_before(stamps: Stamps, report: os.stat_result) -> bool:
-    """True when ``.uploaded`` is newer than the report and no newer ``.upload`` asks again."""
-    if stamps.uploaded_ns is None or stamps.pending:
-        return False
-    return stamps.uploaded_ns >= report.st_mtime_ns  # an older one marks an earlier crash
 
 
 @dataclass(frozen=True)

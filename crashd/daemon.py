@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING
 
 from asyncinotify import Inotify, Mask
 
-from crashd import network
-from crashd.collector import Gate, HookOptions, Status
+from crashd import lifecycle, network
+from crashd.collector import HookOptions
 from crashd.consent import Consent, may_collect_automatically
 from crashd.delivery import Courier
+from crashd.lifecycle import Gate, Status
 from crashd.report import Limits
 from crashd.spool import ReportName, Spool
 
@@ -331,8 +332,8 @@ class Daemon:
             self.service.report_changed(status.name, status.state.value)  # settings UIs follow each outcome
         if status is not None and network.held_by_network(status.detail):
             self.held_by_network.add(name)
-        if status is not None and status.retry_at is not None:
-            self.schedule(name, status.retry_at)  # a retry, a core upload or a failure's backoff falls due
+        if status is not None and (when := lifecycle.retry_at(status)) is not None:
+            self.schedule(name, when)  # a retry, a core upload or a failure's backoff falls due
         if name in self.again:
             self.again.discard(name)
             self.schedule(name, self.courier.clock())

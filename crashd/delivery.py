@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from crashd import collector, policy
-from crashd.collector import Collected, Gate, HookOptions, State, Status, event, stamped_id
-from crashd.network import NetworkGate
+from crashd import collector, lifecycle, policy
+from crashd.collector import Collected, HookOptions, event, stamped_id
+from crashd.lifecycle import Core, CorePhase, Fingerprint, Gate, Record, State, Status, Step
 from crashd.policy import Backoff, Decision, Rejected, RetryAt, Sent
 from crashd.report import Limits, ReportError
 from crashd.spool import OpenReport, ReportName, Spool, UnsafeFileError
-from crashd.state import Core, CorePhase, Fingerprint, Phase, Record, StateStore
+from crashd.state import StateStore
 from crashd.uploader import (
     CoreUnavailable,
     OfflineError,
@@ -59,7 +59,7 @@ class Courier:
     # Reports that made processing fail, and how many times in a row: their retries back off
     # exponentially, so a report that always fails never becomes a loop (DESIGN.md §7 rule 6).
     failures: dict[str, int] = field(default_factory=dict)
-    network: NetworkGate | None = None  # metered/offline (crashd.network); None: always go
+    network: Gate | None = None  # metered/offline (crashd.network); None: always go
 
     def process(
         self,
@@ -104,28 +104,25 @@ class Courier:
         if not isinstance(opened, OpenReport):
             return opened
         with opened:
-            record = self.store.load(name.crash, Fingerprint.of(opened.stat), self.clock())
-            core_due = due(record) is not None and record.phase is Phase.SENT
+            fingerprint = Fingerprint.of(opened.stat)
+            record = self.store.load(name.crash, fingerprint, self.clock())
             stamps = collector.read_stamps(spool, opened)
-            if collector.sent_before(stamps, opened.stat) and not core_due:
-                oops_id = record.oops_id or stamped_id(spool, opened)
-                return Status(name.crash, State.SENT, oops_id, "uploaded before")
-            if record.phase is Phase.SENT and stamps.uploaded_ns is not None and stamps.pending:
-                record = replace(record, phase=Phase.QUEUED, core=None)  # a newer .upload: send it again
-            if record.phase.final and record.phase is not Phase.SENT:
-                return status(record)  # rejected, expired, invalid or skipped: this file, for good
-            if consent is not None:
-                if (held := consent(stamps.upload_ns is not None)) is not None:
-                    log.info("%s: held: %s", name.crash, held, extra=event(State.HELD, name.crash))
-                    return Status(name.crash, State.HELD, detail=held)
-                when = due(record)
-                if when is not None and when > self.clock():
-                    return status(record)  # backing off: not yet
-            if (waiting := self._network_hold(record)) is not None:
-                return waiting  # not an attempt: nothing counted, no backoff
+            step = lifecycle.next_step(
+                name.crash, record, fingerprint, stamps, self.clock(),
+                consent=consent, network=self.network, eager=consent is None,
+            )  # fmt: skip
+            record = step.record
+            if step.step is Step.DONE and step.status.state is State.SENT:
+                return lifecycle.uploaded_before(name.crash, record.oops_id or stamped_id(spool, opened))
+            if step.step is Step.HELD:  # not an attempt: nothing counted, no backoff
+                line = "%s: %s" if step.by_network else "%s: held: %s"
+                log.info(line, name.crash, step.status.detail, extra=event(State.HELD, name.crash))
+                return step.status
+            if step.step in (Step.DONE, Step.WAIT):
+                return step.status  # final for this file, or backing off: not yet
             # Only the core left to send: the report itself went out, so it is neither enriched nor
             # marked again.
-            first = record.phase is not Phase.SENT
+            first = step.step is Step.SEND
             collected = collector.collect(spool, opened, limits, stamp=first, hooks=hooks if first else None)
             if isinstance(collected, Status):
                 self._remember(record, collected)
@@ -144,25 +141,18 @@ class Courier:
                     log.error("%s: cannot record delivery state in %s: %s", name.crash, where, error)
                     reason = f"cannot record delivery state in {where}: {error.strerror or error}"
                     return Status(name.crash, State.FAILED, detail=reason)
-        return self._network_hold(record) or status(record)  # a core the network holds says so
+        settled = lifecycle.settled(record, self.network)
+        if settled.state is State.HELD:  # a core (or a retry) the network holds says so
+            log.info("%s: %s", record.name, settled.detail, extra=event(State.HELD, record.name))
+        return settled
 
     def _network_allows(self, *, core: bool) -> bool:
         return self.network is None or self.network(core) is None
 
-    def _network_hold(self, record: Record) -> Status | None:
-        """The record as held, when its next POST (report or core) must wait for the network."""
-        if self.network is None or due(record) is None:
-            return None
-        reason = self.network(record.phase is Phase.SENT)
-        if reason is None:
-            return None
-        log.info("%s: %s", record.name, reason, extra=event(State.HELD, record.name))
-        return replace(status(record), state=State.HELD, detail=reason, next_attempt=None)
-
     def _remember(self, record: Record, verdict: Status) -> None:
         """Record a final verdict on this very file, so nobody parses it again to reach it."""
-        phase = {State.INVALID: Phase.INVALID, State.SKIPPED: Phase.SKIPPED}.get(verdict.state)
-        if phase is not None:
+        if verdict.state in (State.INVALID, State.SKIPPED):
+            phase = verdict.state
             try:
                 self.store.save(replace(record, phase=phase, last_error=verdict.detail), self.clock())
             except OSError as error:  # only a shortcut for next time: the verdict stands without it
@@ -170,9 +160,9 @@ class Courier:
 
     def deliver(self, spool: Spool, collected: Collected, record: Record) -> Record:
         """Send the report if it is not sent yet, write its stamp, then its core if one is due."""
-        if record.phase in (Phase.QUEUED, Phase.POSTING):
+        if record.phase in (State.QUEUED, State.POSTING):
             record = self._post_report(collected, record)
-        if record.phase is Phase.SENT:
+        if record.phase is State.SENT:
             _stamp(spool, collected, record)
             if record.core is not None and not record.core.phase.final and self._network_allows(core=True):
                 record = self._post_core(collected, record)
@@ -183,7 +173,7 @@ class Courier:
         with self.wire:
             # Unsynced inside the lock: in the page cache, a record survives kill -9; the fsync
             # (against power cuts, where the worst case is a resend answered 409) comes after it.
-            record = self._save(replace(record, phase=Phase.POSTING, attempts=record.attempts + 1))
+            record = self._save(replace(record, phase=State.POSTING, attempts=record.attempts + 1))
             try:
                 fd = collected.opened.fd
                 answer = self.uploader.send_report(fd, collected.report, body, self.url, self.system_id)
@@ -205,13 +195,13 @@ class Courier:
                 "%s: sent, OOPS id %s", name, decision.oops_id or "(none)", extra=event(State.SENT, name)
             )
             core = Core() if decision.core_requested else None
-            return replace(record, phase=Phase.SENT, oops_id=decision.oops_id, next_attempt=None,
+            return replace(record, phase=State.SENT, oops_id=decision.oops_id, next_attempt=None,
                            last_error=decision.detail, core=core)  # fmt: skip
         if isinstance(decision, Rejected):
             log.info(
                 "%s: rejected by the server: %s", name, decision.reason, extra=event(State.REJECTED, name)
             )
-            return replace(record, phase=Phase.REJECTED, next_attempt=None, last_error=decision.reason)
+            return replace(record, phase=State.REJECTED, next_attempt=None, last_error=decision.reason)
         if policy.expired(record.first_seen, decision.when, self.backoff):
             since = time.ctime(record.first_seen)
             log.warning(
@@ -221,14 +211,14 @@ class Courier:
                 decision.reason,
                 extra=event(State.EXPIRED, name),
             )
-            return replace(record, phase=Phase.EXPIRED, next_attempt=None, last_error=decision.reason)
+            return replace(record, phase=State.EXPIRED, next_attempt=None, last_error=decision.reason)
         if decision.misconfigured:
             decision = replace(decision, reason=f"{decision.reason}: {self.url}")
         level = logging.ERROR if decision.misconfigured else logging.INFO
         next_try = time.ctime(decision.when)
         log.log(level, "%s: not delivered (%s); next try %s", name, decision.reason, next_try,
                 extra=event(State.FAILED, name))  # fmt: skip
-        return replace(record, phase=Phase.QUEUED, next_attempt=decision.when, last_error=decision.reason)
+        return replace(record, phase=State.QUEUED, next_attempt=decision.when, last_error=decision.reason)
 
     def _post_core(self, collected: Collected, record: Record) -> Record:
         assert record.core is not None and record.oops_id is not None
@@ -281,32 +271,3 @@ def _stamp(spool: Spool, collected: Collected, record: Record) -> None:
             log.info("%s: replaced by a newer crash while it was sent; that one goes out next", record.name)
     except (OSError, UnsafeFileError) as error:
         log.error("%s: sent as %s, but the .uploaded stamp failed: %s", record.name, record.oops_id, error)
-
-
-def due(record: Record) -> float | None:
-    """When this record next needs work (seconds since the epoch), or None if it needs none."""
-    if record.phase in (Phase.QUEUED, Phase.POSTING):
-        return record.next_attempt or 0.0
-    if record.phase is Phase.SENT and record.core is not None and not record.core.phase.final:
-        return record.core.next_attempt or 0.0
-    return None
-
-
-_STATES = {
-    Phase.QUEUED: State.QUEUED, Phase.POSTING: State.POSTING, Phase.SENT: State.SENT,
-    Phase.REJECTED: State.REJECTED, Phase.EXPIRED: State.EXPIRED, Phase.INVALID: State.INVALID,
-    Phase.SKIPPED: State.SKIPPED,
-}  # fmt: skip
-
-
-def status(record: Record) -> Status:
-    """How a record reads in ``crashd status`` and ``upload-all``."""
-    notes = [record.last_error]
-    core = record.core
-    if record.phase is Phase.SENT and core is not None:
-        if core.phase is CorePhase.SENT:
-            notes.append("core sent on request")
-        else:
-            notes.append(f"core {core.phase.value}" + (f": {core.last_error}" if core.last_error else ""))
-    detail = "; ".join(note for note in notes if note) or None
-    return Status(record.name, _STATES[record.phase], record.oops_id, detail, record.attempts, due(record))

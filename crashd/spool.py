@@ -36,6 +36,8 @@ from stat import S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFSOCK, S_ISLNK, 
 from stat import S_IMODE as stat_mode
 from typing import TYPE_CHECKING, BinaryIO, Self
 
+from crashd.lifecycle import pending  # standard library only, like this module
+
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
@@ -316,18 +318,8 @@ class Stamps:
 
     @property
     def pending(self) -> bool:
-        """Whether the report waits to be sent: ``.upload`` exists and
-        ``.uploaded`` is missing or strictly older.
-
-        Nanoseconds, not seconds: whoopsie compared whole seconds and resent a
-        report re-marked within the second it was sent.  Equal times count as
-        sent: file times tick with the kernel clock (a few ms), and a loopback
-        upload can finish within one tick of its ``.upload`` — treating that as
-        pending would send it twice.
-        """
-        if self.upload_ns is None:
-            return False
-        return self.uploaded_ns is None or self.uploaded_ns < self.upload_ns
+        """Whether the report waits to be sent (:func:`crashd.lifecycle.pending`)."""
+        return pending(self.upload_ns, self.uploaded_ns)
 
 
 class Spool:

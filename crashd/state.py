@@ -14,6 +14,9 @@ report's fingerprint (device, inode, size, mtime): when the file changes — a
 new crash of the same program replaced it — the old record is stale and is
 started afresh.
 
+What a record holds and what it means (:class:`~crashd.lifecycle.Record`, the states it passes
+through) is :mod:`crashd.lifecycle`'s; this module only keeps records on disk.
+
 The state directory is crashd's own (root, 0700); a user flushing their own
 reports without access to it gets a :class:`StateStore` with no directory,
 which keeps records in memory for that run only.
@@ -31,111 +34,14 @@ import secrets
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+
+from crashd.lifecycle import Fingerprint, Record
 
 log = logging.getLogger(__name__)
 
 MAX_RECORD = 64 * 1024  # a record is a few hundred bytes; anything bigger is not ours
-
-
-class Phase(StrEnum):
-    """Where a report's delivery stands; the final phases are never retried."""
-
-    QUEUED = "queued"  # waiting for its first or next attempt
-    POSTING = "posting"  # a POST was under way: if we find this after a restart, resend (daisy answers 409)
-    SENT = "sent"
-    REJECTED = "rejected"  # final: the server refused it
-    EXPIRED = "expired"  # final: unsent for longer than expire_after
-    INVALID = "invalid"  # final: crashd refuses to send this file (the reason is in last_error)
-    SKIPPED = "skipped"  # final: a kind the crash database does not take
-
-    @property
-    def final(self) -> bool:
-        return self not in (Phase.QUEUED, Phase.POSTING)
-
-
-class CorePhase(StrEnum):
-    PENDING = "pending"  # the server asked for the core; not delivered yet
-    POSTING = "posting"
-    SENT = "sent"
-    REJECTED = "rejected"
-    EXPIRED = "expired"
-    UNAVAILABLE = "unavailable"  # asked for, but the report has no usable CoreDump/Architecture
-
-    @property
-    def final(self) -> bool:
-        return self not in (CorePhase.PENDING, CorePhase.POSTING)
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    device: int
-    inode: int
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> Fingerprint:
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@dataclass(frozen=True)
-class Core:
-    """The core upload daisy asked for: it has its own attempts and backoff."""
-
-    phase: CorePhase = CorePhase.PENDING
-    attempts: int = 0
-    next_attempt: float | None = None
-    last_error: str | None = None
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Core:
-        return cls(
-            CorePhase(data["phase"]), int(data["attempts"]), _optional_float(data.get("next_attempt")),
-            data.get("last_error"),
-        )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Record:
-    """What crashd knows of one report's delivery. Immutable: update with :func:`dataclasses.replace`."""
-
-    name: str
-    fingerprint: Fingerprint
-    first_seen: float
-    phase: Phase = Phase.QUEUED
-    attempts: int = 0
-    next_attempt: float | None = None
-    last_error: str | None = None
-    oops_id: str | None = None
-    core: Core | None = None
-    updated: float = field(default=0.0, compare=False)
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Record:
-        core = data.get("core")
-        return cls(
-            name=str(data["name"]),
-            fingerprint=Fingerprint(**data["fingerprint"]),
-            first_seen=float(data["first_seen"]),
-            phase=Phase(data["phase"]),
-            attempts=int(data["attempts"]),
-            next_attempt=_optional_float(data.get("next_attempt")),
-            last_error=data.get("last_error"),
-            oops_id=data.get("oops_id"),
-            core=None if core is None else Core.from_json(core),
-            updated=float(data.get("updated", 0.0)),
-        )
-
-
-def _optional_float(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]
 
 
 class StateStore:

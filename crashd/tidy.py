@@ -31,16 +31,17 @@ from typing import Any, BinaryIO
 
 from crashd import budget, collector
 from crashd.budget import Entry, Group
+from crashd.lifecycle import Fingerprint, State, sent_before
 from crashd.report import DEFAULT_LIMITS, Limits, Report, ReportError, read_report, write_report
 from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError, open_file, place_file
-from crashd.state import Fingerprint, Phase, StateStore
+from crashd.state import StateStore
 
 log = logging.getLogger(__name__)
 
 LEDGER = "duplicates.json"
 MAX_LEDGER = 4 * 1024 * 1024
 KEEP_REMOVALS = 100  # the last removals `crashd status` lists
-_FINISHED = (Phase.SENT, Phase.REJECTED, Phase.EXPIRED)
+_FINISHED = (State.SENT, State.REJECTED, State.EXPIRED)
 _COUNTERS = ("CrashCounter", "DuplicatesCollapsed")
 
 
@@ -198,7 +199,7 @@ class Tidy:
         record = self.store.peek(opened.name.crash)
         if record is not None and record.fingerprint == Fingerprint.of(opened.stat):
             return record.phase in _FINISHED and (record.core is None or record.core.phase.final)
-        return collector.sent_before(stamps, opened.stat)
+        return sent_before(stamps.upload_ns, stamps.uploaded_ns, opened.stat.st_mtime_ns)
 
     def _collapse(self, group: Group, duplicates: list[str]) -> tuple[Group, set[str]]:
         """Count *duplicates* into the group's kept report (unless it went out already), then remove them."""

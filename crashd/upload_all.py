@@ -17,10 +17,12 @@ import logging
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from crashd.collector import HookOptions, State, Status
+from crashd import lifecycle
+from crashd.collector import HookOptions
 from crashd.delivery import Courier
+from crashd.lifecycle import State, Status
 from crashd.report import Limits
 from crashd.spool import ReportName, Spool
 
@@ -87,11 +89,9 @@ def upload_all(
                 del due[name]
                 if status is None:
                     continue  # the report vanished
-                if status.retry_at is not None and deadline is not None:
+                if (when := lifecycle.retry_at(status)) is not None and deadline is not None:
                     # A retry of the report, of its core, or of a failure; without a deadline every
                     # report is tried once, however soon its retry would fall due.
-                    due[name] = status.retry_at
-                if status.state is State.QUEUED:
-                    status = replace(status, state=State.FAILED)  # tried in this run, and will be again
-                results[name] = status
+                    due[name] = when
+                results[name] = lifecycle.attempted(status)  # still queued: failed in this run
     return Summary([results[name] for name in names if name in results])

@@ -31,8 +31,8 @@ from dbus_fast import Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
 
 from crashd import consent, dbus_client, dbus_prefs
-from crashd.collector import State, Status
 from crashd.dbus.reports import list_entry
+from crashd.lifecycle import State, Status
 from tests import dbus_bus
 from tests.dbus_bus import Polkit, PrivateBus
 from tests.test_upload_all import crash, write

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crashd.state import MAX_RECORD, Core, CorePhase, Fingerprint, Phase, Record, StateStore
+from crashd.lifecycle import Core, CorePhase, Fingerprint, Record, State
+from crashd.state import MAX_RECORD, StateStore
 
 NAME = "_usr_bin_app.0.crash"
 PRINT = Fingerprint(device=2049, inode=1234, size=5678, mtime_ns=1_700_000_000_123_456_789)
@@ -30,7 +31,7 @@ def mode(path: Path) -> int:
 
 def a_record(**changes: object) -> Record:
     fields: dict[str, object] = {
-        "name": NAME, "fingerprint": PRINT, "first_seen": NOW - 100, "phase": Phase.QUEUED, "attempts": 2,
+        "name": NAME, "fingerprint": PRINT, "first_seen": NOW - 100, "phase": State.QUEUED, "attempts": 2,
         "next_attempt": NOW + 60, "last_error": "503: busy",
     }  # fmt: skip
     return Record(**(fields | changes))  # type: ignore[arg-type]
@@ -57,8 +58,8 @@ def test_save_is_atomic_leaves_no_temporary_and_is_private(tmp_path):
 
 def test_saving_again_replaces_the_record_whole(store):
     store.save(a_record(), NOW)
-    store.save(a_record(phase=Phase.SENT, oops_id="abc", next_attempt=None), NOW + 1)
-    assert store.peek(NAME) == a_record(phase=Phase.SENT, oops_id="abc", next_attempt=None)
+    store.save(a_record(phase=State.SENT, oops_id="abc", next_attempt=None), NOW + 1)
+    assert store.peek(NAME) == a_record(phase=State.SENT, oops_id="abc", next_attempt=None)
     assert len(list(store.directory.iterdir())) == 1
 
 
@@ -184,7 +185,7 @@ def test_a_short_write_never_becomes_the_record(store):
 def test_missing_record_is_fresh_and_first_seen_now(store):
     record = store.load(NAME, PRINT, NOW)
     assert record == Record(name=NAME, fingerprint=PRINT, first_seen=NOW)
-    assert (record.phase, record.attempts, record.next_attempt, record.core) == (Phase.QUEUED, 0, None, None)
+    assert (record.phase, record.attempts, record.next_attempt, record.core) == (State.QUEUED, 0, None, None)
     assert store.peek(NAME) is None
     assert list(store.directory.iterdir()) == []  # loading writes nothing
 
@@ -205,12 +206,12 @@ def test_matching_fingerprint_gives_the_stored_record(store):
     ids=["inode", "size", "mtime_ns", "device"],
 )
 def test_stale_fingerprint_starts_afresh(store, changed, caplog):
-    store.save(a_record(phase=Phase.REJECTED, last_error="400: no"), NOW)
+    store.save(a_record(phase=State.REJECTED, last_error="400: no"), NOW)
     with caplog.at_level(logging.INFO, logger="crashd.state"):
         record = store.load(NAME, changed, NOW + 10)
     assert record == Record(name=NAME, fingerprint=changed, first_seen=NOW + 10)
     assert "starts afresh" in caplog.text
-    assert store.peek(NAME) == a_record(phase=Phase.REJECTED, last_error="400: no")  # until saved over
+    assert store.peek(NAME) == a_record(phase=State.REJECTED, last_error="400: no")  # until saved over
 
 
 def valid_json() -> bytes:
@@ -224,6 +225,7 @@ DAMAGED = {
     "not utf-8": b'{"name": "\xff"}',
     "missing key": json.dumps({k: v for k, v in a_record().as_json().items() if k != "phase"}).encode(),
     "unknown phase": valid_json().replace(b'"queued"', b'"lost"'),
+    "a state no record holds": valid_json().replace(b'"queued"', b'"held"'),
     "bad attempts": valid_json().replace(b'"attempts": 2', b'"attempts": "two"'),
     "bad fingerprint": valid_json().replace(b'"device": 2049', b'"colour": 2049'),
     "bad core": valid_json().replace(b'"core": null', b'"core": {"phase": "pending"}'),
@@ -231,6 +233,23 @@ DAMAGED = {
     "oversized": valid_json()[:-1] + b', "pad": "' + b"x" * MAX_RECORD + b'"}',
     "huge integer": valid_json().replace(b'"attempts": 2', b'"attempts": ' + b"9" * 5000),
 }
+
+
+CURRENT_FORMAT = (  # a record as the versions before crashd.lifecycle wrote it, byte for byte
+    '{"attempts": 1, "core": {"attempts": 0, "last_error": null, "next_attempt": null, "phase": "pending"}, '
+    '"fingerprint": {"device": 2049, "inode": 1234, "mtime_ns": 1700000000123456789, "size": 5678}, '
+    '"first_seen": 1699999900.5, "last_error": null, "name": "_usr_bin_app.0.crash", "next_attempt": null, '
+    '"oops_id": "abc", "phase": "PHASE", "updated": 1700000000.5}'
+)
+
+
+@pytest.mark.parametrize("phase", ["queued", "posting", "sent", "rejected", "expired", "invalid", "skipped"])
+def test_records_written_by_earlier_versions_are_read(store, phase):
+    (store.record_path(NAME)).write_text(CURRENT_FORMAT.replace("PHASE", phase))
+    record = store.load(NAME, PRINT, NOW)
+    assert (record.phase, record.attempts, record.oops_id, record.core) == (State(phase), 1, "abc", Core())
+    store.save(record, NOW)
+    assert json.loads(store.record_path(NAME).read_text())["phase"] == phase  # and written the same way
 
 
 @pytest.mark.parametrize("data", DAMAGED.values(), ids=DAMAGED.keys())
@@ -276,7 +295,7 @@ def test_deeply_nested_record_is_fresh_with_a_warning(store, caplog):
 def planted(store, tmp_path) -> Path:
     """A valid record for NAME outside the store, and a symlink to it at NAME's record path."""
     target = tmp_path / "elsewhere.json"
-    target.write_bytes(json.dumps(a_record(phase=Phase.SENT, oops_id="planted").as_json()).encode())
+    target.write_bytes(json.dumps(a_record(phase=State.SENT, oops_id="planted").as_json()).encode())
     (store.record_path(NAME)).symlink_to(target)
     return target
 
@@ -411,7 +430,7 @@ records = st.builds(
         st.integers(-(2**63), 2**63),
     ),
     first_seen=times,
-    phase=st.sampled_from(Phase),
+    phase=st.sampled_from([state for state in State if state.persisted]),
     attempts=st.integers(min_value=0, max_value=10**6),
     next_attempt=maybe_time,
     last_error=maybe_text,
@@ -433,7 +452,7 @@ def test_every_field_round_trips_through_a_file(tmp_path, record, now):
             record.phase,
             record.core and record.core.phase,
         )
-        assert type(loaded.phase) is Phase and (loaded.core is None or type(loaded.core.phase) is CorePhase)
+        assert type(loaded.phase) is State and (loaded.core is None or type(loaded.core.phase) is CorePhase)
     assert saved == record and saved.updated == now
     assert Record.from_json(json.loads(json.dumps(record.as_json()))) == record
     assert not [p for p in store.directory.iterdir() if p.name.endswith(".tmp")]

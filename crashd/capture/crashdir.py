@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
+from crashd.lifecycle import sent_before  # standard library only, like this module
 from crashd.spool import place_file  # standard library only, like this module
 
 __all__ = ["FLOOD_WINDOW", "MAX_NAMES", "REPORT_MODE", "Placed", "place_report", "report_names"]
@@ -178,10 +179,10 @@ def _sent(dirfd: int, stem: str, report: os.stat_result) -> bool:
         return False
     try:
         upload = os.stat(stem + ".upload", dir_fd=dirfd, follow_symlinks=False)
-        upload_ns = upload.st_mtime_ns if stat.S_ISREG(upload.st_mode) else 0
+        upload_ns = upload.st_mtime_ns if stat.S_ISREG(upload.st_mode) else None
     except FileNotFoundError:
-        upload_ns = 0
-    return uploaded.st_mtime_ns >= max(report.st_mtime_ns, upload_ns)
+        upload_ns = None
+    return sent_before(upload_ns, uploaded.st_mtime_ns, report.st_mtime_ns)
 
 
 def _whoopsie_gid() -> int:

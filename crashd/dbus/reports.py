@@ -26,7 +26,7 @@ from crashd.dbus.bus import ACCESS_DENIED, caller_uid, send_reply
 from crashd.dbus.interface import Interface, unrouted
 
 if TYPE_CHECKING:
-    from crashd.collector import Status
+    from crashd.lifecycle import Status
     from crashd.dbus.service import Service
     from crashd.spool import Spool
 

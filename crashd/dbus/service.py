@@ -37,7 +37,7 @@ from crashd.dbus.reports import REPORTS_INTERFACE, Reports, ReportsInterface
 from crashd.dbus.whoopsie import WHOOPSIE_ACTION, WHOOPSIE_NAME, WHOOPSIE_PATH, WhoopsiePreferences
 
 if TYPE_CHECKING:
-    from crashd.collector import Status
+    from crashd.lifecycle import Status
     from crashd.spool import Spool
 
 log = logging.getLogger("crashd.dbus_prefs")  # the face's name: one logger for the whole service
