@@ -26,8 +26,8 @@ from crashd.dbus.bus import ACCESS_DENIED, caller_uid, send_reply
 from crashd.dbus.interface import Interface, unrouted
 
 if TYPE_CHECKING:
-    from crashd.lifecycle import Status
     from crashd.dbus.service import Service
+    from crashd.lifecycle import Status
     from crashd.spool import Spool
 
 log = logging.getLogger("crashd.dbus_prefs")
