@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crashd import budget
+from crashd import budget, fs
 from crashd.network import Metered
 
 DEFAULT_CONFIG = Path("/etc/crashd/crashd.conf")
+MAX_CONFIG = 64 * 1024  # a configuration file is a few lines; it is read whole, so bounded
 
 # Environment variables apport, whoopsie and daisy's own tests already use.
 ENVIRONMENT = {"url": "CRASH_DB_URL", "crash_dir": "APPORT_REPORT_DIR"}
@@ -83,8 +84,9 @@ def load_settings(
 def _read_file(path: Path) -> dict[str, tuple[str, str]]:
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        with path.open(encoding="utf-8") as f:
-            parser.read_file(f)
+        parser.read_string(fs.read_bounded(path, MAX_CONFIG, follow=True).decode("utf-8"), source=str(path))
+    except fs.UnsafeFileError as error:
+        raise ConfigError(f"{path}: cannot read: {error.reason}") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
     except (configparser.Error, UnicodeDecodeError) as error:

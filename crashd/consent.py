@@ -25,19 +25,16 @@ damage and reads as the defaults, with a warning.
 from __future__ import annotations
 
 import configparser
-import contextlib
 import errno
 import json
 import logging
-import os
 import re
-import secrets
 import shlex
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from crashd import fs
 from crashd.config import DEFAULT_CONFIG, ConfigError
 
 __all__ = [
@@ -190,8 +187,11 @@ def set_preference(
 def _read_stored(path: Path) -> tuple[Consent, str | None]:
     """The stored preferences, and a reason to force reporting off when the file exists but is unreadable."""
     try:
-        data = _read_bounded(path, nofollow=True)
+        data = fs.read_bounded(path, MAX_FILE)
     except FileNotFoundError:
+        return Consent(), None
+    except fs.UnsafeFileError as error:
+        log.warning("%s is unusable (%s): using the default preferences", path, error.reason)
         return Consent(), None
     except OSError as error:
         if error.errno not in (errno.EACCES, errno.EPERM):
@@ -215,9 +215,11 @@ def _read_lock(config: Path) -> dict[str, bool] | None:
     """The values ``[consent]`` forces (possibly none) when ``locked = true``; None when not locked."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        parser.read_string(_read_bounded(config, nofollow=False).decode(), source=str(config))
+        parser.read_string(fs.read_bounded(config, MAX_FILE, follow=True).decode(), source=str(config))
     except FileNotFoundError:
         return None
+    except fs.UnsafeFileError as error:
+        raise ConfigError(f"{config}: cannot read: {error.reason}") from None
     except OSError as error:
         raise ConfigError(f"{config}: cannot read: {error.strerror or error}") from None
     except (configparser.Error, UnicodeDecodeError) as error:
@@ -255,9 +257,11 @@ def _legacy_off(path: Path, key: str, is_off: Callable[[str], bool]) -> str | No
     cannot be read counts as off: the admin's choice is unknown.
     """
     try:
-        text = _read_bounded(path, nofollow=False).decode(errors="replace")
+        text = fs.read_bounded(path, MAX_FILE, follow=True).decode(errors="replace")
     except FileNotFoundError:
         return None
+    except fs.UnsafeFileError as error:
+        return f"cannot read {path} ({error.reason}): reporting stays off"
     except OSError as error:
         return f"cannot read {path} ({error.strerror or error}): reporting stays off"
     found = None
@@ -275,43 +279,9 @@ def _legacy_off(path: Path, key: str, is_off: Callable[[str], bool]) -> str | No
     return None
 
 
-def _read_bounded(path: Path, *, nofollow: bool) -> bytes:
-    """At most MAX_FILE bytes of the regular file *path*; O_NONBLOCK so a planted FIFO cannot hang us."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (os.O_NOFOLLOW if nofollow else 0)
-    fd = os.open(path, flags)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        data = os.read(fd, MAX_FILE + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE:
-        raise OSError(errno.EFBIG, f"larger than {MAX_FILE} bytes")
-    return data
-
-
 def _write(state_dir: Path, data: bytes) -> None:
-    """Replace ``consent.json`` atomically and durably: a temporary file that cannot be a planted link
-    (O_EXCL|O_NOFOLLOW), fsync, rename over the old name (a symlink there is replaced, never followed)."""
+    """Replace ``consent.json`` atomically and durably (:func:`crashd.fs.replace_file`: a symlink there is
+    replaced, never followed). Readable by all (the state directory is 0711, its records 0700): a user
+    flushing their own reports must be able to see whether reporting is on. Consent is no secret."""
     state_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
-    temporary = state_dir / f".{FILE_NAME}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            # Readable by all (the state directory is 0711, its records 0700): a user flushing their
-            # own reports must be able to see whether reporting is on. Consent is no secret.
-            os.fchmod(fd, 0o644)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temporary, state_dir / FILE_NAME)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    directory = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fs.replace_file(state_dir / FILE_NAME, data, mode=0o644, sync_dir=True)

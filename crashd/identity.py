@@ -19,16 +19,15 @@ or machine id is later unreadable; the override is never cached.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import hmac
 import logging
 import os
 import re
-import secrets
 from collections.abc import Callable, Mapping
-from stat import S_ISREG
+
+from crashd import fs
 
 __all__ = [
     "CACHE_NAME",
@@ -143,7 +142,9 @@ def _from_source(path: str | os.PathLike[str], digest: _Digest, wanted: str, tri
     ``tried``) when the file is absent or unusable.  LookupError when it exists
     but cannot be read: that is a setup problem, not a reason to fall back."""
     try:
-        data = _read_head(path, 64)
+        data = fs.read_bounded(path, 64, follow=True, head=True)
+    except fs.UnsafeFileError as err:
+        raise LookupError(f"no system identifier: {err}; set {ENV_VAR}") from err
     except OSError as err:
         if err.errno not in _ABSENT:
             raise LookupError(
@@ -158,31 +159,13 @@ def _from_source(path: str | os.PathLike[str], digest: _Digest, wanted: str, tri
     return value
 
 
-def _read_head(path: str | os.PathLike[str], limit: int, *, dir_fd: int | None = None) -> bytes:
-    """At most ``limit`` bytes from the start of a regular file (never follows a
-    final symlink when ``dir_fd`` is given, which is how the cache is read)."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-    if dir_fd is not None:
-        flags |= os.O_NOFOLLOW
-    fd = os.open(path, flags, dir_fd=dir_fd)
-    try:
-        if not S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", os.fspath(path))
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
-
-
 def _read_cache(state_dir: str | os.PathLike[str]) -> str | None:
     """The cached identifier, or None if it is missing, unreadable or malformed."""
     try:
-        dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            data = _read_head(CACHE_NAME, 256, dir_fd=dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as err:
-        if err.errno not in _ABSENT:
+        with fs.directory(state_dir, follow=True) as dir_fd:
+            data = fs.read_bounded(CACHE_NAME, 256, dir_fd=dir_fd, head=True)
+    except (OSError, fs.UnsafeFileError) as err:
+        if getattr(err, "errno", None) not in _ABSENT:
             log.debug("cannot read the cached identifier in %s: %s", os.fspath(state_dir), err)
         return None
     match = _IDENTIFIER_RE.fullmatch(data)
@@ -195,29 +178,11 @@ def _read_cache(state_dir: str | os.PathLike[str]) -> str | None:
 def _write_cache(state_dir: str | os.PathLike[str], value: str) -> None:
     """Atomically store ``value`` in ``<state_dir>/identifier``; failure is only logged.
 
-    Written to a fresh hidden name with O_EXCL|O_NOFOLLOW, fsync'ed so a power
-    cut cannot leave an empty file behind the new name (it would only be
-    recomputed, but once per machine the fsync is free), then renamed over the
-    old file — a symlink in its place is replaced, never followed.
+    fsync'ed so a power cut cannot leave an empty file behind the new name (it would only be
+    recomputed, but once per machine the fsync is free); a symlink in its place is replaced, never
+    followed (:func:`crashd.fs.replace_file`).
     """
-    tmp = f".{CACHE_NAME}-{secrets.token_hex(8)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        dir_fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fs.replace_file(os.path.join(state_dir, CACHE_NAME), value.encode() + b"\n", mode=0o644)
     except OSError as err:
         log.debug("not caching the identifier in %s: %s", os.fspath(state_dir), err)
-        return
-    try:
-        fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
-        try:
-            os.write(fd, value.encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, CACHE_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except OSError as err:
-        log.debug("not caching the identifier in %s: %s", os.fspath(state_dir), err)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)

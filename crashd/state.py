@@ -30,14 +30,14 @@ import hashlib
 import json
 import logging
 import os
-import secrets
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from crashd.lifecycle import Fingerprint, Record
+
+from crashd import fs
 
 log = logging.getLogger(__name__)
 
@@ -105,22 +105,7 @@ class StateStore:
             self._memory[record.name] = record
             return record
         data = json.dumps(record.as_json(), sort_keys=True).encode()
-        temporary = self.directory / f".{secrets.token_hex(8)}.tmp"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                view = memoryview(data)
-                while view:  # a short write (disk full, RLIMIT_FSIZE) must not rename a torn record in
-                    view = view[os.write(fd, view) :]
-                if sync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temporary, self.record_path(record.name))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        fs.replace_file(self.record_path(record.name), data, mode=0o600, sync=sync)
         self._drop_legacy(record.name)
         return record
 
@@ -128,13 +113,8 @@ class StateStore:
         """Make the record for *name* (saved without *sync*) durable: fsync it and the directory."""
         if self.directory is None:
             return
-        record = self.record_path(name)
-        for path, flags in ((record, os.O_NOFOLLOW), (self.directory, os.O_DIRECTORY)):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fs.fsync_path(self.record_path(name))
+        fs.fsync_path(self.directory, is_dir=True)
 
     def collect(self, exists: Callable[[str], bool]) -> int:
         """Remove the records of reports that are gone (``exists(name)`` is False); how many went.
@@ -195,18 +175,8 @@ class StateStore:
     def _read_path(self, path: Path, name: str | None = None) -> Record | None:
         """The record in *path* (of report *name*, for the log), or None if absent or unsound."""
         shown = f"{path} ({name})" if name else str(path)
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            fd = os.open(path, flags)
-            try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise ValueError("not a regular file")
-                data = os.read(fd, MAX_RECORD + 1)
-            finally:
-                os.close(fd)
-            if len(data) > MAX_RECORD:
-                raise ValueError("too large")
-            document = json.loads(data)
+            document = json.loads(fs.read_bounded(path, MAX_RECORD))
             if not isinstance(document, dict):
                 raise TypeError("not a JSON object")
             return Record.from_json(document)

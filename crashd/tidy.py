@@ -29,11 +29,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from crashd import budget, collector
+from crashd import budget, collector, fs
 from crashd.budget import Entry, Group
 from crashd.lifecycle import Fingerprint, State, sent_before
 from crashd.report import DEFAULT_LIMITS, Limits, Report, ReportError, read_report, write_report
-from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError, open_file, place_file
+from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError
 from crashd.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -285,11 +285,8 @@ class Tidy:
         document = {"groups": [asdict(group) for group in groups.values()], "removed": self._removed}
         data = json.dumps(document, sort_keys=True).encode()
         try:
-            fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                place_file(fd, LEDGER, lambda out: out.write(data), (-1, -1), 0o600)
-            finally:
-                os.close(fd)
+            with fs.directory(self.state_dir) as fd:
+                fs.place_file(fd, LEDGER, data, mode=0o600)
         except OSError as error:
             where = self.state_dir / LEDGER
             log.warning("cannot record duplicates in %s: %s", where, error.strerror or error)
@@ -324,8 +321,7 @@ def read_ledger(state_dir: Path | None) -> Ledger:
         return Ledger({}, [])
     path = state_dir / LEDGER
     try:
-        with open_file(path, MAX_LEDGER) as opened, opened.file() as file:
-            document = json.loads(file.read(MAX_LEDGER))
+        document = json.loads(fs.read_bounded(path, MAX_LEDGER))
         groups = {item["key"]: Group(**item) for item in document["groups"]}
         removed = [dict(item) for item in document["removed"] if {"name", "reason", "when"} <= item.keys()]
         return Ledger(groups, removed[-KEEP_REMOVALS:])

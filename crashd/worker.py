@@ -48,7 +48,6 @@ import base64
 import binascii
 import contextlib
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -56,7 +55,6 @@ import pwd
 import select
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -65,7 +63,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from crashd import uploader
+from crashd import fs, uploader
 from crashd.report import Limits, MalformedReportError, Report, ReportError, read_report
 from crashd.uploader import Answer, CoreUnavailable, UploadError
 
@@ -552,7 +550,7 @@ def _work(data: bytes, fds: list[int], flags: int, transport: uploader.HttpTrans
         job_id = json.loads(data).get("id")
         job, limits = _job_fields(data, fds, flags)
         seconds = float(job["seconds"])
-        with _PositionalFile.reader(fds.pop()) as file:
+        with fs.reader(fds.pop(), shown="the report descriptor") as file:
             report = read_report(file, limits=limits)
             transport.deadline = time.monotonic() + seconds
             signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
@@ -582,53 +580,3 @@ def _work(data: bytes, fds: list[int], flags: int, transport: uploader.HttpTrans
     }
     body_b64 = base64.b64encode(answer.body[: uploader.MAX_ANSWER]).decode()
     return {"id": job_id, "status": answer.status, "body_b64": body_b64, "headers": headers}
-
-
-class _PositionalFile(io.RawIOBase):
-    """The report's descriptor, read with ``pread``: its offset is never used nor moved.
-
-    ``SCM_RIGHTS`` passes the same open file description the root side reads
-    from, with one shared offset; positional reads keep both sides independent.
-    """
-
-    def __init__(self, fd: int) -> None:
-        super().__init__()
-        self._fd, self._position = fd, 0
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise ValueError("the report descriptor is not a regular file")
-
-    @classmethod
-    def reader(cls, fd: int) -> io.BufferedReader:
-        return io.BufferedReader(cls(fd), buffer_size=64 * KiB)
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def readinto(self, buffer: Any) -> int:
-        count = os.preadv(self._fd, [buffer], self._position)
-        self._position += count
-        return count
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position}.get(whence)
-        if base is None:
-            base = os.fstat(self._fd).st_size
-        if base + offset < 0:
-            raise OSError(22, "negative seek position")
-        self._position = base + offset
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-        super().close()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from crashd.fs import sparse_refusal
 from crashd.spool import (
     MAX_REPORT_SIZE,
     STAMP_MODE,
@@ -29,7 +30,6 @@ from crashd.spool import (
     Stamps,
     UnsafeFileError,
     open_file,
-    sparse_refusal,
 )
 
 GiB = 1024**3

@@ -46,7 +46,6 @@ import argparse
 import base64
 import os
 import re
-import stat
 import struct
 import sys
 import time
@@ -55,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crashd import fs
 from crashd.capture.crashdir import Placed, place_report
 from crashd.capture.excepthook import filter_environ, report_stem
 from crashd.capture.journal import (
@@ -93,8 +93,6 @@ _CHUNK = 96 * 1024  # → one 128 KiB base64 line per piece
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ELF_MAGIC = b"\x7fELF"
 _INSTANCE = re.compile(r"[A-Za-z0-9:_.\\-]{1,200}")
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # auxv entry types (elf.h): what systemd-coredump itself weighs before letting a user read a core
 _AT_NULL, _AT_UID, _AT_EUID, _AT_GID, _AT_EGID, _AT_SECURE = 0, 11, 12, 13, 14, 23
 
@@ -200,6 +198,14 @@ def _core_name_matches(name: str, entry: JournalEntry) -> bool:
     )  # fmt: skip
 
 
+def _core_refusal(st: os.stat_result) -> str | None:
+    if st.st_uid != 0:
+        return f"is owned by uid {st.st_uid}, not root (systemd-coredump writes cores as root)"
+    if st.st_size > MAX_STORED_CORE:
+        return f"is {st.st_size} bytes, too large for a 2 GiB report"
+    return None
+
+
 def _open_core(path: str, coredump_dir: Path, entry: JournalEntry) -> tuple[int, os.stat_result] | str:
     """(fd, stat) of the stored core, or the reason it cannot be used.
 
@@ -213,28 +219,18 @@ def _open_core(path: str, coredump_dir: Path, entry: JournalEntry) -> tuple[int,
     if not _core_name_matches(name, entry):
         return f"COREDUMP_FILENAME {path!r} does not name this crash's COREDUMP_UID and COREDUMP_PID"
     try:
-        dirfd = os.open(coredump_dir, _DIR)
+        dirfd = os.open(coredump_dir, fs.DIR_FLAGS)
     except OSError as error:
         return f"{coredump_dir}: {error.strerror}"
     try:
-        fd = os.open(name, _READ, dir_fd=dirfd)
+        opened = fs.open_regular(name, dir_fd=dirfd, one_link=True, refusal=_core_refusal, shown=path)
+    except fs.UnsafeFileError as error:
+        return str(error)
     except OSError as error:
         return f"{path}: {error.strerror} (removed by systemd-coredump's clean-up?)"
     finally:
         os.close(dirfd)
-    st = os.fstat(fd)
-    reason = None
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        reason = f"{path}: not a regular file with one link"
-    elif st.st_uid != 0:
-        reason = f"{path}: owned by uid {st.st_uid}, not root (systemd-coredump writes cores as root)"
-    elif st.st_size > MAX_STORED_CORE:
-        reason = f"{path}: {st.st_size} bytes, too large for a 2 GiB report"
-    if reason:
-        os.close(fd)
-        return reason
-    os.set_blocking(fd, True)
-    return fd, st
+    return opened.fd, opened.stat
 
 
 class _StoredLines:

@@ -1,7 +1,7 @@
 """The crash directory's writer, shared by both capturers: a new report placed atomically, a repeat counted.
 
 :func:`place_report` is the one way capture puts a report into ``/var/crash``
-(through :func:`crashd.spool.place_file`): apport's flood rule, and the rules
+(through :func:`crashd.fs.place_file`): apport's flood rule, and the rules
 for names another user holds beforehand (issue 11). Standard library only,
 like :mod:`crashd.capture.excepthook`, which runs inside arbitrary programs.
 """
@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
+from crashd import fs  # standard library only, like this module
 from crashd.lifecycle import sent_before  # standard library only, like this module
-from crashd.spool import place_file  # standard library only, like this module
 
 __all__ = ["FLOOD_WINDOW", "MAX_NAMES", "REPORT_MODE", "Placed", "place_report", "report_names"]
 
@@ -31,8 +31,6 @@ MAX_NAMES = 8
 
 REPORT_MODE = 0o640
 _PIECE = 1 << 20
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -88,7 +86,7 @@ def place_report(
     """
     now = time.time() if now is None else now
     held: list[str] = []
-    dirfd = os.open(os.fspath(crash_dir), _DIR)
+    dirfd = os.open(os.fspath(crash_dir), fs.DIR_FLAGS)
     try:
         for name in report_names(stem):
             path = os.path.join(os.fspath(crash_dir), name)
@@ -129,13 +127,14 @@ def _judge_name(dirfd: int, name: str, owner_uid: int) -> str | tuple[int, os.st
     ours = seen.st_uid == owner_uid or (me == 0 and seen.st_uid == 0)  # root owns setuid crashes' reports
     if plain and ours and (me == 0 or seen.st_uid == me):
         try:
-            fd = os.open(name, _READ, dir_fd=dirfd)
+            opened = fs.open_regular(name, dir_fd=dirfd, one_link=True)
+        except fs.UnsafeFileError:
+            return "changed while it was looked at"
         except OSError as error:
             return f"cannot be opened ({error.strerror})"
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) == (seen.st_dev, seen.st_ino):
-            return fd, st
-        os.close(fd)
+        if (opened.stat.st_dev, opened.stat.st_ino) == (seen.st_dev, seen.st_ino):
+            return opened.fd, opened.stat
+        opened.close()
         return "changed while it was looked at"
     if stat.S_ISDIR(seen.st_mode):
         return "a directory holds it"
@@ -160,7 +159,7 @@ def _create_or_skip(
     """Create the report at *name*; a rename refused in a race (a directory or another user's entry
     appeared) skips the crash rather than retrying with a *write* that may have consumed its input."""
     try:
-        place_file(dirfd, name, write, (owner_uid, _whoopsie_gid()), REPORT_MODE)
+        fs.place_file(dirfd, name, write, mode=REPORT_MODE, owner=(owner_uid, _whoopsie_gid()))
     except OSError as error:
         if error.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.EPERM, errno.EACCES):
             why = f"the name was taken while the report was written ({error.strerror})"
@@ -196,13 +195,11 @@ def _whoopsie_gid() -> int:
 def _rewrite_counter(dirfd: int, name: str, fd: int, st: os.stat_result) -> int | None:
     """Copy the report line by line (bounded pieces: a CoreDump line may be GiBs) with
     ``CrashCounter`` replaced by old + 1 (a report without one counts as 1)."""
-    os.set_blocking(fd, True)
     result = [1]
 
     def write(out: BinaryIO) -> None:
         old = 1
-        with os.fdopen(os.dup(fd), "rb") as src:
-            src.seek(0)
+        with fs.reader(os.dup(fd)) as src:
             line_start = True
             while piece := src.readline(_PIECE):
                 if line_start and piece.startswith(b"CrashCounter:"):
@@ -216,8 +213,8 @@ def _rewrite_counter(dirfd: int, name: str, fd: int, st: os.stat_result) -> int 
         result[0] = old + 1
         out.write(b"CrashCounter: %d\n" % result[0])
 
-    ok = place_file(
-        dirfd, name, write, (st.st_uid, st.st_gid), stat.S_IMODE(st.st_mode) or REPORT_MODE,
+    ok = fs.place_file(
+        dirfd, name, write, mode=stat.S_IMODE(st.st_mode) or REPORT_MODE, owner=(st.st_uid, st.st_gid),
         times=(st.st_atime_ns, st.st_mtime_ns), expect=st,
     )  # fmt: skip
     return result[0] if ok else None

@@ -6,7 +6,7 @@ into ``APPORT_REPORT_DIR`` (or the configured crash dir, /var/crash) *as the cra
 user*, with the fields apport's Python hook writes — except in a privileged process
 (:func:`privileged`) and in crashd's own (:func:`is_crashd_process`).
 
-Why standard library only (plus ``crashd.config``, ``crashd.consent``, ``crashd.spool`` and
+Why standard library only (plus ``crashd.config``, ``crashd.consent``, ``crashd.fs`` and
 :mod:`crashd.capture.crashdir`, which are too): this runs inside an arbitrary user's
 program, possibly under an interpreter that lacks crashd's third-party dependencies
 (zstd), and must not fail there. That is also why it has its own tiny text-only
@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
+from crashd import fs  # standard library only, like this module
 from crashd.capture.crashdir import Placed, place_report  # standard library only, like this module
 
 __all__ = [
@@ -54,7 +55,6 @@ _STANDARD_PATH = frozenset(
     }
 )  # fmt: skip
 _CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0E, 0x1C)]}
-_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # .../crashd
 
 
@@ -111,17 +111,12 @@ def encode_text_report(fields: Iterable[tuple[str, str]]) -> bytes:
     return bytes(out)
 
 
-def _read_bounded(path: str, limit: int = MAX_PROC_FILE) -> bytes | None:
+def _read_proc(path: str) -> bytes | None:
+    """The first :data:`MAX_PROC_FILE` bytes of a ``/proc`` file, or None when it cannot be read."""
     try:
-        fd = os.open(path, _READ)
-    except OSError:
+        return fs.read_bounded(path, MAX_PROC_FILE, head=True)
+    except (OSError, fs.UnsafeFileError):
         return None
-    try:
-        return os.read(fd, limit)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 # -- the Python exception hook -------------------------------------------------------------
@@ -161,10 +156,10 @@ def python_crash_fields(
     ]
     with contextlib.suppress(OSError):
         fields.append(("ProcCwd", os.getcwd()))
-    cmdline = _read_bounded("/proc/self/cmdline")
+    cmdline = _read_proc("/proc/self/cmdline")
     if cmdline is not None:
         fields.append(("ProcCmdline", cmdline.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")))
-    status = _read_bounded("/proc/self/status")
+    status = _read_proc("/proc/self/status")
     if status is not None:
         fields.append(("ProcStatus", status.decode("utf-8", "replace").rstrip("\n")))
     return executable, fields
