@@ -35,9 +35,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from crashd.lifecycle import Fingerprint, Record
-
 from crashd import fs
+from crashd.lifecycle import Fingerprint, Record
 
 log = logging.getLogger(__name__)
 
