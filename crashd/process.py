@@ -40,7 +40,10 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
 __all__ = [
+    "DEVNULL",
+    "PIPE",
     "SAFE_PATH",
+    "STDOUT",
     "Finished",
     "PrivilegeError",
     "children",
@@ -66,6 +69,7 @@ SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 IDENTITY = ("HOME", "USER", "LOGNAME")  # what a hook's own commands keep of the hook's environment
 CAP = 8 << 20  # bytes of output run() keeps by default
 NO_CORE = {resource.RLIMIT_CORE: 0}
+PIPE, STDOUT, DEVNULL = -1, -2, -3  # subprocess's, without importing it
 _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 4, 36, 38
 
 
@@ -121,7 +125,7 @@ def start(
 
     proc = subprocess.Popen(
         list(argv),
-        stdin=subprocess.DEVNULL if stdin is None else stdin,
+        stdin=DEVNULL if stdin is None else stdin,
         stdout=stdout,
         stderr=stderr,
         pass_fds=tuple(pass_fds),
@@ -175,17 +179,17 @@ def run(
     timeout: float,
     env: Mapping[str, str] | None = None,
     input: bytes | str | None = None,
-    stdout: int | IO[Any] | None = -1,
-    stderr: int | IO[Any] | None = None,
+    stdout: int | IO[Any] | None = PIPE,
+    stderr: int | IO[Any] | None = DEVNULL,
     cap: int = CAP,
     keep: Callable[[bytes], bool] | None = None,
     limits: Mapping[int, int] = NO_CORE,
 ) -> Finished:
     """Run *argv* to its end within *timeout* seconds, reading at most *cap* bytes of its output.
 
-    The output is what comes through the one pipe (``subprocess.PIPE`` = -1) among *stdout* and
-    *stderr* — *stderr* ``subprocess.STDOUT`` merges the two, ``subprocess.DEVNULL`` drops it, None
-    (the default) leaves it where ours goes. Past *timeout* or *cap* the child's process group is
+    The output is what comes through the one :data:`PIPE` among *stdout* and *stderr* — *stderr*
+    :data:`STDOUT` merges the two, :data:`DEVNULL` (the default) drops it, None leaves it where
+    ours goes. Past *timeout* or *cap* the child's process group is
     killed and ``status`` is None. With *keep*, the output is read line by line and only the lines
     *keep* accepts are kept, up to *cap* (the rest are read and dropped, never a failure). *env*
     None is :func:`environment` with our :data:`IDENTITY`. OSError when *argv* cannot be started.
@@ -194,14 +198,14 @@ def run(
     import subprocess
     import time
 
-    piped = [stream for stream in (stdout, stderr) if stream == subprocess.PIPE]
+    piped = [stream for stream in (stdout, stderr) if stream == PIPE]
     if len(piped) != 1:
         raise ValueError("run() reads exactly one pipe: stdout or stderr")
     proc = start(
         argv, env=environment(passed=IDENTITY) if env is None else env, limits=limits,
-        stdin=subprocess.PIPE if input is not None else None, stdout=stdout, stderr=stderr,
+        stdin=PIPE if input is not None else None, stdout=stdout, stderr=stderr,
     )  # fmt: skip
-    pipe = proc.stdout if stdout == subprocess.PIPE else proc.stderr
+    pipe = proc.stdout if stdout == PIPE else proc.stderr
     pending = memoryview(input.encode() if isinstance(input, str) else input or b"")
     output, partial, problem = bytearray(), bytearray(), None
     deadline = time.monotonic() + timeout
