@@ -288,7 +288,7 @@ def cpu_limit(seconds: float) -> None:
 
 
 def _prctl(option: int, value: int) -> None:
-    import ctypes
+    import ctypes  # imported here, not at the top: loading ctypes costs the hook child start-up time
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(option, value, 0, 0, 0) != 0:
@@ -316,6 +316,8 @@ def drop_privileges(uid: int, gid: int, groups: Iterable[int] = ()) -> None:
     """
     if uid == 0 or gid == 0:
         raise PrivilegeError("refusing to run as uid or gid 0")
+    import ctypes  # noqa: F401  (now: after the switch, a 0700 interpreter's modules can no longer be read)
+
     groups = sorted(set(groups))
     switched = os.geteuid() == 0
     if switched:
