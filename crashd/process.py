@@ -25,6 +25,9 @@ by path (``importlib.util.spec_from_file_location``, beside the package) and reg
 apport run inside that child and ``import crashd_process`` by that name; everything else imports
 :mod:`crashd.process`. Imports that cost start-up time (``subprocess``, ``ctypes``) happen on
 first use: the hook child's start is the hook overhead (DESIGN.md §8).
+
+Longer than ~400 lines on purpose: one concept (the process door), and one file, because the
+hook child loads it by path and can load no package around it.
 """
 
 from __future__ import annotations
