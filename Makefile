@@ -6,7 +6,9 @@
 #
 # crashd itself is NOT installed into .venv: an editable meson-python install needs meson and ninja at
 # import time and rebuilds on import.  Everything runs from the source tree with PYTHONPATH=$(CURDIR)
-# instead, so `python -m crashd`, `import crashd` and `from tests.daisy import ...` all work.
+# instead, so `python -m crashd`, `import crashd` and `from tests.daisy import ...` all work.  The one process
+# that cannot get PYTHONPATH, the upload worker (`python -I -m crashd.worker`, isolated on purpose), finds
+# this tree through a crashd-source.pth in the venv's site-packages, which the `source-pth` step writes.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -50,7 +52,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config dbus-daemon dbus
                 gdb zstd systemd passwd procps systemd-journal-remote python3-systemd python3-docutils \
                 meson ninja-build git
 
-.PHONY: help deps apt-deps venv check test lint fix demo bench system-test check-all-pythons clean distclean FORCE
+.PHONY: help deps apt-deps venv source-pth check test lint fix demo bench system-test check-all-pythons clean distclean FORCE
 
 help:
 	@echo 'crashd make targets:'
@@ -66,9 +68,15 @@ help:
 	@echo '  make clean              remove build dirs and caches;  make distclean  also the venvs'
 	@echo 'Variables: PYTHON=$(PYTHON) (creates .venv, >= 3.11)  EXTRAS=$(EXTRAS)  PYTEST_ARGS=$(PYTEST_ARGS)'
 
-deps: apt-deps $(VENV_STAMP)
+deps: apt-deps $(VENV_STAMP) source-pth
 
-venv: $(VENV_STAMP)
+venv: $(VENV_STAMP) source-pth
+
+# crashd-source.pth (this checkout's path) in the venv's site-packages, so that an isolated `python -I -m
+# crashd.worker` imports this tree's crashd (.pth entries come after the standard library). Run every time,
+# not only when the stamp is made: the checkout may have moved, and it costs one interpreter start.
+source-pth: $(VENV_STAMP)
+	$(call source-pth-recipe,$(VENV))
 
 # Only the missing packages are installed, and `apt-get update` runs only when something is missing, so a
 # second run costs one dpkg-query per package and never touches the network.
@@ -113,6 +121,14 @@ define venv-recipe
 	echo "make: pip install into $$dir:" $$(cat "$$dir/requirements.txt"); \
 	"$$dir/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$$dir/requirements.txt"; \
 	touch "$$dir/.installed"
+endef
+
+# $(call source-pth-recipe,DIR): write DIR's crashd-source.pth, only when its content would change.
+define source-pth-recipe
+	@"$(1)/bin/python" -c 'import pathlib, sys, sysconfig; \
+	  pth = pathlib.Path(sysconfig.get_paths()["purelib"], "crashd-source.pth"); \
+	  text = sys.argv[1] + "\n"; \
+	  pth.exists() and pth.read_text() == text or pth.write_text(text)' "$(CURDIR)"
 endef
 
 # Prints [project].dependencies plus the requirements of the extras named in argv, one per line,
@@ -239,6 +255,7 @@ check-all-pythons: apt-deps
 	  fi; \
 	  if [ -z "$$py" ]; then echo "== python$$v: not installed, skipped"; continue; fi; \
 	  $(MAKE) -s --no-print-directory .venv-$$v/.installed VENV_PYTHON="$$py" || { rc=1; continue; }; \
+	  $(call source-pth-recipe,.venv-$$v); \
 	  echo "== pytest under $$(.venv-$$v/bin/python -V)"; \
 	  $(RUN) $(CURDIR)/.venv-$$v/bin/python -m pytest $(PYTEST_ARGS) || rc=1; \
 	done; \

@@ -30,15 +30,18 @@ trusts nothing either: it reads a report only from the descriptor it was given
   :class:`~crashd.report.ReportError`) or ``{id, unavailable: reason}``
   (:class:`~crashd.uploader.CoreUnavailable`).
 
-**Import discipline.** The worker is a fresh interpreter (``python -I -c BOOT``),
-exec'd — never forked from the threaded daemon and never set up in a
-``preexec_fn``. It starts as root because the interpreter and its library may
-live where only root can read (a pyenv or venv under ``/root``, mode 0700), so it
-imports and warms up everything a job will touch (``requests``, ``bson``,
-``ssl``, the IDNA codec) *before* it drops privileges; after the drop nothing
-new may be imported. The root side uses :mod:`crashd.uploader` only for its
-error classes and :class:`~crashd.uploader.Answer` (importing it still loads
-``requests``, which the root side never calls) and never opens an
+**Import discipline.** The worker is a fresh interpreter (``python -I -m
+crashd.worker``: crashd must be importable by it — installed, or a source tree's
+``crashd-source.pth`` that ``make`` writes into the venv — and nothing is put
+ahead of the standard library), exec'd — never forked from the threaded daemon
+and never set up in a ``preexec_fn``. It starts as root because the interpreter
+and its library may live where only root can read (a pyenv or venv under
+``/root``, mode 0700), so it imports and warms up everything a job will touch
+(``requests``, ``bson``, ``ssl``, the IDNA codec) *before* it drops privileges;
+after the drop nothing new may be imported. The root side uses
+:mod:`crashd.uploader` only for its error classes and
+:class:`~crashd.uploader.Answer` (importing it still loads ``requests``, which
+the root side never calls) and never opens an
 ``AF_INET``/``AF_INET6`` socket.
 """
 
@@ -52,18 +55,16 @@ import json
 import logging
 import os
 import pwd
-import select
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from crashd import fs, uploader
+from crashd import process as processes
 from crashd.report import Limits, MalformedReportError, Report, ReportError, read_report
 from crashd.uploader import Answer, CoreUnavailable, UploadError
 
@@ -98,11 +99,6 @@ _ERRORS: dict[str, type[UploadError]] = {
     )
 }
 _LIMITS = {field.name for field in dataclasses.fields(Limits)}
-# What the worker's interpreter runs: -I ignores PYTHONPATH, and the package need not be installed.
-BOOT = (
-    f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
-    "from crashd.worker import main; sys.exit(main())"
-)
 
 
 class WorkerError(UploadError):
@@ -218,14 +214,11 @@ class WorkerUploader:
             raise WorkerError(f"the upload worker failed; restarting it in {self._not_before - now:.1f} s")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            process = subprocess.Popen(
+            process = processes.start(
                 self._argv(theirs.fileno()),
-                stdin=subprocess.DEVNULL,
+                env=processes.environment(passed=PASSED_ENVIRONMENT),
                 stdout=2,  # into our stderr: upload-all --json owns stdout, and the worker only logs
                 pass_fds=[theirs.fileno()],
-                start_new_session=True,
-                env=_environment(os.environ),
-                cwd="/",
             )
         except OSError as error:
             ours.close()
@@ -248,7 +241,7 @@ class WorkerUploader:
     def _argv(self, fd: int) -> list[str]:
         # sys.executable is exec'd as root, so a 0700 pyenv is fine; the worker drops privileges itself.
         user = self.user
-        return [sys.executable, "-I", "-c", BOOT, str(fd), str(user.pw_uid), str(user.pw_gid),
+        return [sys.executable, "-I", "-m", "crashd.worker", str(fd), str(user.pw_uid), str(user.pw_gid),
                 repr(float(self.connect_timeout)), repr(float(self.read_timeout))]  # fmt: skip
 
     def _fail(self, why: str) -> int | None:
@@ -266,20 +259,8 @@ class WorkerUploader:
 
 def _kill(process: subprocess.Popen[bytes]) -> int | None:
     """SIGKILL the worker's process group and reap it; its exit status if it ended on its own."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    try:
-        code = process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        return None
+    code = processes.stop(process)
     return None if code == -signal.SIGKILL else code
-
-
-def _environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The worker's whole environment: an allow-list, with the administrator's proxy and CA settings."""
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
-    env.update({name: environ[name] for name in PASSED_ENVIRONMENT if environ.get(name)})
-    return env
 
 
 def _size(fd: int) -> int:
@@ -372,12 +353,6 @@ def _response(reply: dict[str, Any]) -> Answer:
 
 # -- the worker process -----------------------------------------------------------------------
 
-PR_SET_NO_NEW_PRIVS = 38
-
-
-class PrivilegeError(RuntimeError):
-    """The privilege drop did not take: the worker must not run at all."""
-
 
 def main(argv: list[str] | None = None) -> int:
     """The worker: ``SOCKET_FD UID GID CONNECT_TIMEOUT READ_TIMEOUT``; exits 0 when the root side goes."""
@@ -391,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(fileno=fd)
     transport = _warm_up(connect_timeout, read_timeout)
     try:
-        _drop_privileges(uid, gid)
-    except (OSError, PrivilegeError) as error:
+        processes.drop_privileges(uid, gid)  # no groups, no capabilities, no_new_privs; verified
+    except (OSError, processes.PrivilegeError) as error:
         print(f"crashd-worker: cannot drop privileges to {uid}:{gid}: {error}", file=sys.stderr)
         return 3
     os.closerange(3, fd)  # nothing root opened may outlive the drop
@@ -401,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGALRM, _out_of_time)
     # The watchdog thread inherits a mask without SIGALRM, so the job's alarm interrupts the job itself.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    threading.Thread(target=_exit_when_orphaned, args=(fd,), daemon=True).start()
+    threading.Thread(target=processes.exit_when_orphaned, args=(fd,), daemon=True).start()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
     try:
         sock.send(json.dumps({"ready": True}).encode())
@@ -433,37 +408,6 @@ def _warm_up(connect_timeout: float, read_timeout: float) -> uploader.HttpTransp
     return uploader.HttpTransport(connect_timeout, read_timeout)
 
 
-def _drop_privileges(uid: int, gid: int) -> None:
-    """Become *uid*:*gid* for good, with no groups, no capabilities and no way back (``no_new_privs``)."""
-    import ctypes
-
-    if uid == 0 or gid == 0:
-        raise PrivilegeError("refusing to run as uid or gid 0")
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)  # a full switch from root clears the permitted and effective sets
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-    # Trust the kernel's word, not the calls': a wrong assumption here would be silent.
-    status = _proc_status()
-    if status.get("Uid", "").split() != [str(uid)] * 4 or status.get("Gid", "").split() != [str(gid)] * 4:
-        raise PrivilegeError(f"still Uid {status.get('Uid')!r} Gid {status.get('Gid')!r}")
-    if status.get("Groups", "").split():
-        raise PrivilegeError(f"still in groups {status['Groups']!r}")
-    for capabilities in ("CapEff", "CapPrm", "CapInh", "CapAmb"):
-        if int(status.get(capabilities, "1"), 16) != 0:
-            raise PrivilegeError(f"{capabilities} is {status.get(capabilities)}")
-    if status.get("NoNewPrivs", "").strip() != "1":
-        raise PrivilegeError("no_new_privs did not take")
-
-
-def _proc_status() -> dict[str, str]:
-    with open("/proc/self/status", "rb") as f:  # bytes: a text codec not loaded yet cannot be imported now
-        text = f.read().decode("utf-8", "replace")
-    return {key: value.strip() for key, _, value in (line.partition(":") for line in text.splitlines())}
-
-
 def _check_ca_bundle(uid: int) -> None:
     """Say now, once, if HTTPS cannot work: requests loads its CA bundle on every new connection."""
     import requests.certs
@@ -472,20 +416,6 @@ def _check_ca_bundle(uid: int) -> None:
     if not os.access(bundle, os.R_OK):
         print(f"crashd-worker: uid {uid} cannot read the CA bundle {bundle}: https uploads will fail",
               file=sys.stderr)  # fmt: skip
-
-
-def _exit_when_orphaned(fd: int) -> None:
-    """End the worker as soon as the root side is gone, even in the middle of a job.
-
-    The root side closes its end (or dies); poll reports the hang-up without
-    taking a message, so the main thread's jobs are unaffected.
-    """
-    poller = select.poll()
-    poller.register(fd, select.POLLRDHUP)
-    while True:
-        for _, events in poller.poll():
-            if events & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                os._exit(0)
 
 
 class _OutOfTime(uploader.UploadTimeout):
@@ -580,3 +510,7 @@ def _work(data: bytes, fds: list[int], flags: int, transport: uploader.HttpTrans
     }
     body_b64 = base64.b64encode(answer.body[: uploader.MAX_ANSWER]).decode()
     return {"id": job_id, "status": answer.status, "body_b64": body_b64, "headers": headers}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

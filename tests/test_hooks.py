@@ -369,7 +369,7 @@ def test_hostile_hooks_are_contained_and_recorded(tree: Tree, user: pwd.struct_p
     assert not os.path.exists("/etc/crashd-hook-was-here")
     assert "PermissionError" in errors[error_key("c_setuid.py")]
     assert errors[error_key("d_exit.py")].startswith("crashd: the hook exited with status 3")
-    assert errors[error_key("e_segv.py")].startswith("crashd: the hook was killed by SIGSEGV")
+    assert errors[error_key("e_segv.py")].startswith("crashd: the hook was killed by signal 11 (SIGSEGV)")
     assert "SystemExit: 5" in errors[error_key("f_sysexit.py")]
     assert wait_until(lambda: gone(int(result.fields["Background"])), 1)  # left behind, then killed
     assert result.fields["Last"] == "ran"

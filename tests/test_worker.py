@@ -30,7 +30,7 @@ from crashd.config import ConfigError, Settings
 from crashd.consent import set_preference
 from crashd.report import DEFAULT_LIMITS, Limits, MalformedReportError, Report, read_report
 from crashd.uploader import ConnectError, CoreUnavailable, DirectUploader, ExchangeError, OfflineError
-from crashd.worker import BOOT, PASSED_ENVIRONMENT, WorkerError, WorkerUploader, _answer
+from crashd.worker import PASSED_ENVIRONMENT, WorkerError, WorkerUploader, _answer
 from tests.crashd_run import FAST, TOKEN, crash, crashd, popen, state_dir_of, write, write_config
 from tests.daemon_run import drop, run_daemon, wait_until
 from tests.daisy import DaisyServer, Hang, Reset, Respond
@@ -580,7 +580,7 @@ def test_the_worker_exits_non_zero_when_it_cannot_drop_privileges():
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
         done = subprocess.run(
-            [sys.executable, "-I", "-c", BOOT, str(theirs.fileno()), "0", "0", "1", "1"],
+            [sys.executable, "-I", "-m", "crashd.worker", str(theirs.fileno()), "0", "0", "1", "1"],
             pass_fds=[theirs.fileno()], capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
     assert done.returncode == 3 and "uid or gid 0" in done.stderr, done.stderr

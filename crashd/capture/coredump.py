@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crashd import fs
+from crashd import fs, process
 from crashd.capture.crashdir import Placed, place_report
 from crashd.capture.excepthook import filter_environ, report_stem
 from crashd.capture.journal import (
@@ -161,12 +161,7 @@ def _shown(value: bytes) -> str:
 
 def _status_lines(status: bytes) -> dict[str, list[str]]:
     """``Name:\tvalue…`` lines of /proc/PID/status → {name: the value's words}."""
-    out: dict[str, list[str]] = {}
-    for line in status.decode("utf-8", "replace").splitlines():
-        name, colon, value = line.partition(":")
-        if colon:
-            out.setdefault(name, value.split())
-    return out
+    return {name: value.split() for name, value in process.parse_status(status).items()}
 
 
 def _parse_auxv(auxv: bytes) -> dict[int, int] | None:

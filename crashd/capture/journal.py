@@ -21,13 +21,14 @@ import contextlib
 import pwd
 import re
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
+
+from crashd import process
 
 __all__ = [
     "ENTRY_WAIT",
@@ -210,17 +211,14 @@ def read_journalctl(instance: str, files: Sequence[str] | None = None) -> list[J
     argv += [f"MESSAGE_ID={MESSAGE_ID.decode()}", f"_SYSTEMD_UNIT=systemd-coredump@{instance}.service"]
     with tempfile.TemporaryFile() as out:
         try:
-            done = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE,
-                timeout=JOURNALCTL_TIMEOUT, check=False,
-            )  # fmt: skip
+            done = process.run(argv, timeout=JOURNALCTL_TIMEOUT, stdout=out, stderr=process.PIPE, cap=1 << 16)
         except FileNotFoundError:
             raise ImportError("neither systemd-python nor journalctl is available") from None
-        except subprocess.TimeoutExpired:
-            raise InvalidEntry(f"journalctl took more than {JOURNALCTL_TIMEOUT:.0f} s") from None
-        if done.returncode != 0:
-            detail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
-            raise NoEntry(f"journalctl failed (exit {done.returncode}): {detail[0][:200]}")
+        if done.status is None:
+            raise InvalidEntry(f"journalctl {done.problem}") from None
+        if done.status != 0:
+            detail = done.output.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+            raise NoEntry(f"journalctl failed (exit {done.status}): {detail[0][:200]}")
         out.seek(0)
         entries: list[JournalEntry] = []
         try:

@@ -10,9 +10,9 @@ Public surface::
 Modules: :mod:`~crashd.hooks.discovery` (which hooks, in which order: pure),
 :mod:`~crashd.hooks.accounts` (which user, which Python),
 :mod:`~crashd.hooks.runner` (batches in, a result out),
-:mod:`~crashd.hooks.process` (the one subprocess wrapper: start, bound, kill,
+:mod:`~crashd.hooks.process` (the hook child as a process tree: start, bound, kill,
 reap), ``child.py`` (the keeper, the runner and the hook processes: standard
-library only, run by path, never imported here),
+library only, run by path with ``hook_api.py`` beside it, never imported here),
 :mod:`~crashd.hooks.hooktest` (the command), ``builtin/`` (crashd's own hooks)
 and ``compat/apport/`` (``apport.hookutils`` for hooks where apport is absent).
 

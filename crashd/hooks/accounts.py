@@ -17,9 +17,10 @@ import functools
 import os
 import pwd
 import stat
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from crashd import process
 
 __all__ = ["CHILD", "Account", "HookSetupError", "account_for", "interpreter_for"]
 
@@ -55,13 +56,7 @@ class Account:
 
     def environment(self) -> dict[str, str]:
         """The child's whole environment: built from an allow-list, nothing inherited."""
-        return {
-            "HOME": self.home,
-            "USER": self.name,
-            "LOGNAME": self.name,
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8",
-        }
+        return process.environment(HOME=self.home, USER=self.name, LOGNAME=self.name)
 
 
 def account_for(
@@ -107,8 +102,9 @@ def interpreter_for(account: Account, python: str = SYSTEM_PYTHON) -> str:
     importable when it is installed; never the daemon's own interpreter, which
     may be a venv that hides it (issue 12).
     """
-    if not _reachable(str(CHILD), account, _READ):
-        raise HookSetupError(f"hooks not run: {account.name} cannot read {CHILD}")
+    for part in (CHILD, CHILD.with_name("hook_api.py"), CHILD.parent.parent / "process.py"):  # what it loads
+        if not _reachable(str(part), account, _READ):
+            raise HookSetupError(f"hooks not run: {account.name} cannot read {part}")
     if _reachable(python, account, _EXEC) and _recent_enough(python):
         return python
     raise HookSetupError(f"hooks not run: {account.name} cannot run {python} (hook_python), or it is < 3.11")
@@ -117,16 +113,11 @@ def interpreter_for(account: Account, python: str = SYSTEM_PYTHON) -> str:
 @functools.cache
 def _recent_enough(python: str) -> bool:
     try:
-        done = subprocess.run(
-            [python, "-I", "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        done = process.run([python, "-I", "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
+                           timeout=30)  # fmt: skip
+    except OSError:
         return False
-    return done.returncode == 0
+    return done.status == 0
 
 
 def _reachable(path: str, account: Account, want: int) -> bool:

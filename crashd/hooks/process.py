@@ -8,10 +8,10 @@ unprivileged *runner*, which forks one process per hook (see its docstring). Fou
     output     hooks  → parent (fd 2)     what hooks and their commands print: counted, never parsed
     control    parent → keeper            closed by the parent: kill everything, reap, exit
 
-``subprocess`` sets the working directory, session, umask and an allow-listed environment (in C
-between fork and exec: safe in the threaded daemon, aesthetics lesson 11); ``close_fds`` keeps
-every other descriptor out. The uid switch happens in the runner, never in the keeper, which runs
-no hook code.
+:func:`crashd.process.start` sets the working directory, session, umask and an allow-listed
+environment (in C between fork and exec: safe in the threaded daemon, aesthetics lesson 11);
+``close_fds`` keeps every other descriptor out. The uid switch happens in the runner, never in
+the keeper, which runs no hook code.
 
 Bounds (aesthetics lesson 10), none of which anything the hooks send can raise: the caller's
 *deadline* for the current step and the report's :class:`Budget` (an absolute deadline and an
@@ -28,12 +28,12 @@ import json
 import logging
 import os
 import selectors
-import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from crashd import process
 from crashd.hooks.accounts import CHILD, Account
 
 __all__ = ["EXIT_REFUSED", "STARTUP_TIMEOUT", "Budget", "HookChild"]
@@ -82,17 +82,13 @@ class HookChild:
         ends = [os.pipe() for _ in range(4)]
         (req_r, self._in), (self._out, proto_w), (self._err, out_w), (ctl_r, self._control) = ends
         try:
-            self.proc = subprocess.Popen(
+            self.proc = process.start(
                 [python, "-I", str(CHILD), json.dumps(config), str(ctl_r)],
+                env=account.environment(),
                 stdin=req_r,
                 stdout=proto_w,
                 stderr=out_w,
                 pass_fds=(ctl_r,),
-                env=account.environment(),
-                cwd="/",
-                umask=0o077,
-                start_new_session=True,
-                close_fds=True,
             )
         except BaseException:
             for fd in (self._in, self._out, self._err, self._control):
@@ -171,16 +167,11 @@ class HookChild:
         status = self.proc.returncode
         if status == 0:
             return None
-        if status < 0 or status > 128:
-            number = -status if status < 0 else status - 128
-            try:
-                name = signal.Signals(number).name
-            except ValueError:
-                name = f"signal {number}"
-            return f"was killed by {name}"
+        if status > 128:  # the keeper's way of saying the runner was killed by a signal
+            status = 128 - status
         if status == EXIT_REFUSED:
             return "refused to run as root or could not switch to the hook user"
-        return f"exited with status {status}"
+        return process.exit_sentence(status)
 
     def last_words(self) -> str:
         lines = self.tail[-2000:].decode("utf-8", "replace").strip().splitlines()[-5:]

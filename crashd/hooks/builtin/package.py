@@ -12,7 +12,8 @@ there is no dpkg the hook adds nothing, and a program no package owns gets no
 """
 
 import os
-import subprocess
+
+import crashd_process  # crashd/process.py, loaded by the hook child (its docstring says why)
 
 TIMEOUT = 10  # seconds per dpkg-query call; the hook as a whole is bounded by the runner
 GLOB = frozenset("*?[\\")
@@ -49,16 +50,10 @@ def _first_word(value):
 
 def _dpkg_query(*args):
     try:
-        done = subprocess.run(
-            ["dpkg-query", *args],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        done = crashd_process.run(["dpkg-query", *args], timeout=TIMEOUT)
+    except OSError:
         return ""
-    return done.stdout.decode("utf-8", "replace")
+    return "" if done.problem else done.output.decode("utf-8", "replace")
 
 
 def _owner(executable):

@@ -8,7 +8,8 @@ crash-time value unless the program was upgraded since.
 
 import contextlib
 import os
-import subprocess
+
+import crashd_process  # crashd/process.py, loaded by the hook child (its docstring says why)
 
 
 def add_info(report, ui=None):
@@ -31,16 +32,10 @@ def add_info(report, ui=None):
 
 def _dpkg_architecture():
     try:
-        done = subprocess.run(
-            ["dpkg", "--print-architecture"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        done = crashd_process.run(["dpkg", "--print-architecture"], timeout=10)
+    except OSError:
         return None
-    return done.stdout.decode("ascii", "replace").strip() or None
+    return None if done.problem else done.output.decode("ascii", "replace").strip() or None
 
 
 def _distro_release():
