@@ -56,6 +56,7 @@ __all__ = [
 
 # In the order `crashd --help` lists them.
 COMMANDS = (show, upload_all, daemon, prefs, hook_test, ingest_coredump, status, identifier)
+_RUN = {command.NAME: command.run for command in COMMANDS}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,6 +109,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (problem := explain_dependency(error)) is None:
             raise
         return fail(EXIT_USAGE, problem)
-
-
-_RUN = {command.NAME: command.run for command in COMMANDS}
