@@ -10,7 +10,7 @@ except ImportError as error:  # a dependency the command line itself imports is 
     if (problem := explain(error)) is None:
         raise
     print(f"crashd: {problem}", file=sys.stderr)
-    sys.exit(2)  # cli.EXIT_USAGE: a configuration problem that restarting cannot fix
+    sys.exit(2)  # crashd.cli.EXIT_USAGE: a configuration problem that restarting cannot fix
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -8,7 +8,6 @@ default (DESIGN.md §9).
 
 from __future__ import annotations
 
-import argparse
 import configparser
 import dataclasses
 import os
@@ -105,7 +104,7 @@ def _read_file(path: Path) -> dict[str, tuple[str, str]]:
 
 def _convert(name: str, value: str, where: str) -> Any:
     try:
-        return _CONVERTERS.get(name, _seconds)(value)
+        return _CONVERTERS.get(name, parse_seconds)(value)
     except ValueError as error:
         raise ConfigError(f"{where}: bad value {value!r}: {error}") from None
 
@@ -155,19 +154,12 @@ def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(part) for part in value.split())
 
 
-def _seconds(value: str) -> float:
+def parse_seconds(value: str) -> float:
+    """A positive, finite number of seconds (a duration setting, or ``--timeout`` on the command line)."""
     seconds = float(value)
     if not 0 < seconds < float("inf"):
         raise ValueError("must be a positive number of seconds")
     return seconds
-
-
-def seconds_argument(text: str) -> float:
-    """A duration given on the command line (``--timeout 60``), for argparse's ``type=``."""
-    try:
-        return _seconds(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}") from None
 
 
 _CONVERTERS = {

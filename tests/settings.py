@@ -5,7 +5,7 @@ defaults look that user up (it runs root's reports' hooks and the upload worker)
 ``unprivileged_user`` to the default got hooks on one machine and none on the other (issue 14). Every
 config file a test writes names the user explicitly: a throwaway user when the test is about that
 user, else :data:`NO_SUCH_USER` — root's reports then get no hooks, and the upload worker runs as
-``nobody`` (see ``crashd.cli.WORKER_FALLBACK_USER``).
+``nobody`` (see ``crashd.cli._common.WORKER_FALLBACK_USER``).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from crashd import cli
 from crashd.capture import coredump
 from crashd.capture.excepthook import filter_environ
 from crashd.consent import set_preference, store_consent
@@ -144,7 +145,7 @@ def ingest(
     """``crashd ingest-coredump --from-export FILE`` in-process; (exit code, stdout + stderr)."""
     path = dirs["crash"].parent / "entry.export"
     path.write_bytes(export)
-    code = coredump.main(
+    code = cli.main(
         ["ingest-coredump", *args, "--from-export", str(path), "--crash-dir", str(dirs["crash"]),
          "--state-dir", str(dirs["state"]), "--coredump-dir", str(coredump_dir)]
     )  # fmt: skip
@@ -377,7 +378,7 @@ def test_journal_file_round_trip(
     assert done.returncode == 0 and journal.exists(), done.stderr
     env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO), extra) if p)}
     run = subprocess.run(
-        [sys.executable, "-m", "crashd.capture.coredump", "ingest-coredump", f"0-{pid}-0",
+        [sys.executable, "-m", "crashd", "ingest-coredump", f"0-{pid}-0",
          "--journal-file", str(journal), "--crash-dir", str(dirs["crash"]), "--state-dir", str(dirs["state"]),
          "--coredump-dir", str(stored.parent)],
         capture_output=True, text=True, env=env, timeout=60,

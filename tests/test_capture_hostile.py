@@ -397,7 +397,7 @@ def _reader_env(reader: str, tmp_path: Path) -> dict[str, str]:
 
 
 def _ingest_argv(pid: int, journal: Path, dirs: dict[str, Path], store: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "crashd.capture.coredump", "ingest-coredump", f"0-{pid}-0",
+    return [sys.executable, "-m", "crashd", "ingest-coredump", f"0-{pid}-0",
             "--journal-file", str(journal), "--crash-dir", str(dirs["crash"]), "--state-dir", str(dirs["state"]),
             "--coredump-dir", str(store), *extra]  # fmt: skip
 
@@ -502,7 +502,11 @@ def test_crashd_never_reports_its_own_exceptions(
     [
         ("{pkg}/__main__.py", [], True),  # python -m crashd, /usr/bin/crashd
         ("{pkg}/hooks/child.py", [], True),  # the hook child
-        ("/usr/local/bin/crashd", ["/usr/local/bin/crashd", "{pkg}/cli.py", "{pkg}/daemon.py"], True),
+        (
+            "/usr/local/bin/crashd",
+            ["/usr/local/bin/crashd", "{pkg}/cli/__init__.py", "{pkg}/daemon.py"],
+            True,
+        ),
         ("/usr/bin/prog", ["/usr/bin/prog", "{pkg}/report.py"], False),  # a program using crashd's library
         ("/usr/bin/prog", ["/usr/bin/prog"], False),
         ("", [], False),
@@ -512,7 +516,8 @@ def test_crashd_never_reports_its_own_exceptions(
 def test_is_crashd_process_table(argv0: str, frames: list[str], own: bool, tmp_path: Path) -> None:
     package = tmp_path / "crashd"
     (package / "hooks").mkdir(parents=True)
-    for name in ("__main__.py", "hooks/child.py", "cli.py", "daemon.py", "report.py"):
+    (package / "cli").mkdir()
+    for name in ("__main__.py", "hooks/child.py", "cli/__init__.py", "daemon.py", "report.py"):
         (package / name).touch()
     argv0 = argv0.format(pkg=package)
     assert is_crashd_process(argv0, [f.format(pkg=package) for f in frames], str(package)) == own

@@ -9,7 +9,6 @@ child really had: its uid, groups, environment, descriptors, limits.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pwd
@@ -26,13 +25,12 @@ from pathlib import Path
 import pytest
 
 import crashd
+from crashd.cli import main
 from crashd.hooks import (
     HookLimits,
     HookResult,
     HookRoots,
     InvalidPackageError,
-    add_hook_test_command,
-    cmd_hook_test,
     error_key,
     run_hooks,
 )
@@ -697,11 +695,8 @@ def test_builtin_hooks_fill_package_and_system_fields(user: pwd.struct_passwd) -
 
 @pytest.fixture
 def hook_test_cli(user: pwd.struct_passwd, tree: Tree) -> Iterator[Callable[..., tuple[int, str, str]]]:
-    parser = argparse.ArgumentParser()
-    add_hook_test_command(parser.add_subparsers(dest="command"))
-
     def cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-        code = cmd_hook_test(parser.parse_args(["hook-test", *argv]))
+        code = main(["hook-test", *argv])
         out, err = capsys.readouterr()
         return code, out, err
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from crashd import cli
+from crashd.cli import _common
 from crashd.config import ConfigError, Settings
 from crashd.consent import set_preference
 from crashd.report import DEFAULT_LIMITS, Limits, MalformedReportError, Report, read_report
@@ -176,7 +177,7 @@ def test_the_worker_is_unprivileged_and_only_it_holds_an_inet_socket(
     never the HTTP in the root process."""
     name = user.pw_name if configured else NO_SUCH_USER
     config = write_config(tmp_path / "hang.conf", **FAST, unprivileged_user=name, read_timeout=60)
-    worker_user = user if configured else pwd.getpwnam(cli.WORKER_FALLBACK_USER)
+    worker_user = user if configured else pwd.getpwnam(_common.WORKER_FALLBACK_USER)
     daisy.script(Hang())
     if command == "upload-all":
         write(crash_dir / NAME, crash("app"))
@@ -479,7 +480,7 @@ def test_without_the_user_root_uploads_through_a_worker_as_nobody_and_says_so_on
     run = upload_all(crash_dir, daisy.url, config)
     assert run.code == 0, run.stderr
     assert run.json["sent"] == 2
-    said = [line for line in run.stderr.splitlines() if f"runs as {cli.WORKER_FALLBACK_USER!r}" in line]
+    said = [line for line in run.stderr.splitlines() if f"runs as {_common.WORKER_FALLBACK_USER!r}" in line]
     assert len(said) == 1 and NO_SUCH_USER in said[0] and "useradd --system" in said[0], run.stderr
 
 
@@ -487,7 +488,7 @@ def test_without_the_user_nor_nobody_root_refuses_with_exit_2_and_says_how_to_cr
     crash_dir, tmp_path, monkeypatch, capsys
 ):
     """The other choice of fail-closed, for a system with no ``nobody`` either: nothing is sent."""
-    monkeypatch.setattr(cli, "WORKER_FALLBACK_USER", "crashdt-no-nobody-either")
+    monkeypatch.setattr(_common, "WORKER_FALLBACK_USER", "crashdt-no-nobody-either")
     config = write_config(tmp_path / "c.conf", unprivileged_user=NO_SUCH_USER)
     write(crash_dir / NAME, crash("app"))
     state = state_dir_of(crash_dir)
@@ -501,12 +502,12 @@ def test_without_the_user_nor_nobody_root_refuses_with_exit_2_and_says_how_to_cr
 
 def test_only_root_uses_the_worker(user, monkeypatch):
     settings = Settings(unprivileged_user=user.pw_name)
-    uploader = cli._uploader(settings, None)
+    uploader = _common.make_uploader(settings, None)
     assert isinstance(uploader, WorkerUploader) and uploader.pid is None  # started on the first job
     with pytest.raises(ConfigError, match="root"):
-        cli._uploader(Settings(unprivileged_user="root"), None)
-    monkeypatch.setattr(cli.os, "geteuid", lambda: 1000)  # a user flushing their own reports: one process
-    assert isinstance(cli._uploader(settings, None), DirectUploader)
+        _common.make_uploader(Settings(unprivileged_user="root"), None)
+    monkeypatch.setattr(_common.os, "geteuid", lambda: 1000)  # a user flushing their own reports: one process
+    assert isinstance(_common.make_uploader(settings, None), DirectUploader)
 
 
 # -- the answer protocol -----------------------------------------------------------------------

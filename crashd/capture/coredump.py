@@ -30,26 +30,19 @@ core. Differences from apport, on purpose:
 * crashes of crashd's own units (``crashd.service``, ``crashd-coredump@…``) are
   skipped: crashd never reports itself, so never in a loop.
 
-Input: ``--from-export FILE`` (``journalctl -o export``, binary-safe fields), or
-the journal (``_SYSTEMD_UNIT=systemd-coredump@INSTANCE.service`` and the
-MESSAGE_ID) through ``systemd-python``, or ``journalctl -o export`` without it;
-an entry not stored yet is looked for again for up to ``--wait`` seconds. Every
-read is bounded.
-
-Exit codes: 0 written, counted (flood rule) or skipped with a printed reason;
-2 usage (no input, missing crash dir, no way to read the journal); 3 consent off; 4 invalid input.
+The entry comes from :mod:`crashd.capture.journal` (an export file, or the
+journal itself); every read is bounded. The command's options, wording and exit
+codes are :mod:`crashd.cli.ingest_coredump`'s.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import os
 import re
 import struct
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,14 +51,11 @@ from crashd import fs, process
 from crashd.capture.crashdir import Placed, place_report
 from crashd.capture.excepthook import filter_environ, report_stem
 from crashd.capture.journal import (
-    ENTRY_WAIT,
     MESSAGE_ID,
     InvalidEntry,
     JournalEntry,
     coredump_user_uid,
-    find_entry,
     parse_export,
-    select_entry,
     untrusted,
 )
 
@@ -75,24 +65,19 @@ __all__ = [
     "InvalidEntry",
     "JournalEntry",
     "Skipped",
-    "add_ingest_coredump_command",
-    "cmd_ingest_coredump",
     "core_owner",
     "ingest",
-    "main",
     "parse_export",
     "report_fields",
 ]
 
 COREDUMP_DIR = Path("/var/lib/systemd/coredump")
-EXIT_OK, EXIT_USAGE, EXIT_CONSENT, EXIT_INVALID = 0, 2, 3, 4
 
 MAX_STORED_CORE = (2 << 30) * 3 // 4 - (16 << 20)  # base64 grows by 4/3: keep the report under 2 GiB
 CRASHD_UNITS = re.compile(r"crashd\.service|crashd-coredump@.*\.service")  # crashd's own: never reported
 _CHUNK = 96 * 1024  # → one 128 KiB base64 line per piece
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ELF_MAGIC = b"\x7fELF"
-_INSTANCE = re.compile(r"[A-Za-z0-9:_.\\-]{1,200}")
 # auxv entry types (elf.h): what systemd-coredump itself weighs before letting a user read a core
 _AT_NULL, _AT_UID, _AT_EUID, _AT_GID, _AT_EGID, _AT_SECURE = 0, 11, 12, 13, 14, 23
 
@@ -352,106 +337,3 @@ def ingest(
                 value.close()
             elif isinstance(getattr(value, "body", None), _StoredLines):
                 value.body.close()
-
-
-# -- command line ----------------------------------------------------------------------------
-
-
-def add_ingest_coredump_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``ingest-coredump`` to cli.py's sub-parsers (mapped to :func:`cmd_ingest_coredump`)."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "ingest-coredump",
-        help="write the report for one systemd-coredump crash",
-        description="Turn one systemd-coredump crash into a report in the crash directory: the journal "
-        "entry of systemd-coredump@INSTANCE.service, or the entry in a `journalctl -o export` file. A "
-        "repeat of an unsent report less than a day old only increments its CrashCounter. Exit 0: written, "
-        "counted or skipped (the reason is printed); 3: reporting is switched off; 4: invalid input.",
-    )
-    parser.add_argument("instance", nargs="?", metavar="INSTANCE", help="the systemd-coredump@ instance")
-    parser.add_argument("--from-export", type=Path, metavar="FILE", help="read `journalctl -o export` text")
-    parser.add_argument(
-        "--journal-file", action="append", metavar="FILE", help="read this journal file (repeatable)"
-    )
-    parser.add_argument(
-        "--coredump-dir", type=Path, default=COREDUMP_DIR, metavar="DIR",
-        help=f"where systemd-coredump stores cores (default {COREDUMP_DIR})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--wait", type=float, default=ENTRY_WAIT, metavar="SECONDS",
-        help=f"how long to keep looking for an entry the journal has not stored yet (default {ENTRY_WAIT:g})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--crash-dir", metavar="DIR", help="crash directory (default /var/crash, $APPORT_REPORT_DIR)"
-    )
-    parser.add_argument(
-        "--state-dir", metavar="DIR", help="crashd's state directory (default /var/lib/crashd)"
-    )
-    return parser
-
-
-def cmd_ingest_coredump(args: argparse.Namespace) -> int:
-    """``crashd ingest-coredump``; see the module docstring for the exit codes."""
-    from crashd.config import DEFAULT_CONFIG, ConfigError, load_settings
-    from crashd.consent import load_consent
-
-    config = getattr(args, "config", None)
-    try:
-        settings = load_settings(config, overrides={"crash_dir": args.crash_dir, "state_dir": args.state_dir})
-        consent = load_consent(settings.state_dir, config=config or DEFAULT_CONFIG)
-    except ConfigError as error:
-        return _fail(EXIT_USAGE, f"configuration error: {error}")
-    if not consent.report_crashes:
-        why = f" ({consent.reason})" if consent.reason else ""
-        return _fail(EXIT_CONSENT, f"reporting crashes is switched off{why}: no report written")
-    if args.instance is not None and not _INSTANCE.fullmatch(args.instance):
-        return _fail(EXIT_USAGE, f"{args.instance!r}: not a unit instance name")
-    if not os.path.isdir(settings.crash_dir):
-        return _fail(EXIT_USAGE, f"the crash directory {settings.crash_dir} does not exist")
-    entry: JournalEntry | None = None
-    try:
-        if args.from_export is not None:
-            try:
-                with open(args.from_export, "rb") as f:
-                    entry = select_entry(parse_export(f), args.instance)
-            except OSError as error:
-                return _fail(EXIT_USAGE, f"{args.from_export}: {error.strerror}")
-        elif args.instance is None:
-            return _fail(EXIT_USAGE, "name the systemd-coredump INSTANCE or give --from-export FILE")
-        else:
-            try:
-                entry = find_entry(args.instance, args.journal_file, wait=max(0.0, args.wait))
-            except ImportError as error:
-                return _fail(EXIT_USAGE, f"{error}: use --from-export FILE")
-        outcome = ingest(entry, settings.crash_dir, args.coredump_dir, args.instance)
-    except InvalidEntry as error:
-        return _fail(EXIT_INVALID, str(error))
-    finally:
-        if entry is not None:
-            entry.close()
-    if isinstance(outcome, Skipped):
-        print(f"skipped: {outcome.reason}")
-    elif outcome.action == "counted":
-        print(f"counted: {outcome.path} (CrashCounter {outcome.crash_counter}): {outcome.detail}")
-    elif outcome.action == "skipped":
-        print(f"skipped: {outcome.path}: {outcome.detail}")
-    else:
-        print(f"written: {outcome.path}" + (f" ({outcome.detail})" if outcome.detail else ""))
-    return EXIT_OK
-
-
-def _fail(code: int, message: str) -> int:
-    print(f"crashd: {message}", file=sys.stderr)
-    return code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m crashd.capture.coredump [--config FILE] ingest-coredump ...`` until cli.py has it."""
-    parser = argparse.ArgumentParser(prog="crashd")
-    parser.add_argument("--config", type=Path, metavar="FILE")
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_ingest_coredump_command(commands)
-    return cmd_ingest_coredump(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -185,13 +185,13 @@ def is_crashd_process(argv0: str, frame_files: Iterable[str], package_dir: str =
     them: ``python -m crashd`` and ``/usr/bin/crashd`` (argv[0] is crashd's
     ``__main__.py``), the hook child (``crashd/hooks/child.py``), anything
     started from crashd's package directory, and a pip console script (the
-    traceback runs through ``crashd/cli.py``). The upload worker is
+    traceback runs through ``crashd/cli/__init__.py``). The upload worker is
     ``python -I -c`` and, as every one-liner, is never reported anyway.
     """
     package = package_dir.rstrip(os.sep) + os.sep
     if argv0 and os.path.realpath(argv0).startswith(package):
         return True
-    cli = package + "cli.py"
+    cli = package + os.path.join("cli", "__init__.py")
     return any(os.path.realpath(name) == cli for name in frame_files)
 
 

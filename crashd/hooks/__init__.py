@@ -3,8 +3,7 @@
 Public surface::
 
     run_hooks(fields, owner_uid=uid) -> HookResult     the collector's entry point
-    hook_test(hook, report_path) -> HookResult          ``crashd hook-test HOOK FILE``
-    add_hook_test_command(subparsers), cmd_hook_test(args)   that command, for cli.py
+    hook_test(hook, report_path) -> HookResult          what ``crashd hook-test HOOK FILE`` runs
     text_fields(report)                                 the fields hooks get, from a parsed report
 
 Modules: :mod:`~crashd.hooks.discovery` (which hooks, in which order: pure),
@@ -13,8 +12,9 @@ Modules: :mod:`~crashd.hooks.discovery` (which hooks, in which order: pure),
 :mod:`~crashd.hooks.process` (the hook child as a process tree: start, bound, kill,
 reap), ``child.py`` (the keeper, the runner and the hook processes: standard
 library only, run by path with ``hook_api.py`` beside it, never imported here),
-:mod:`~crashd.hooks.hooktest` (the command), ``builtin/`` (crashd's own hooks)
-and ``compat/apport/`` (``apport.hookutils`` for hooks where apport is absent).
+:mod:`~crashd.hooks.hooktest` (one hook on one report, for ``crashd hook-test``),
+``builtin/`` (crashd's own hooks) and ``compat/apport/`` (``apport.hookutils`` for hooks where
+apport is absent).
 
 Exceptions::
 
@@ -37,7 +37,7 @@ from crashd.hooks.discovery import (
     package_names,
     package_plan,
 )
-from crashd.hooks.hooktest import add_hook_test_command, cmd_hook_test, hook_test, text_fields
+from crashd.hooks.hooktest import hook_test, text_fields
 from crashd.hooks.runner import HookLimits, HookResult, MiB, error_key, run
 
 log = logging.getLogger(__name__)
@@ -48,8 +48,6 @@ __all__ = [
     "HookRoots",
     "HookSetupError",
     "InvalidPackageError",
-    "add_hook_test_command",
-    "cmd_hook_test",
     "error_key",
     "hook_test",
     "run_hooks",

@@ -1,0 +1,111 @@
+"""``crashd COMMAND …``: the command line (DESIGN.md §9 is the contract scripts rely on).
+
+Only this package imports argparse and decides exit codes and wording: the library
+raises or returns, and each command module (one a command: its options, its steps,
+its output) turns that into output and a code; :func:`main` turns the errors every
+command may raise into one ``crashd: …`` line on stderr and a code:
+
+    0  success, or nothing to do
+    1  some report failed, was rejected or refused, or is still pending at the timeout;
+       hook-test: the hook failed
+    2  usage or configuration error
+    3  reporting is switched off by consent
+    4  an input file is invalid (``show``, ``hook-test``, ``ingest-coredump``)
+    5  not allowed: polkit refused a preference change, or the administrator locked the preferences
+
+What the commands share (these codes, the errors, building the settings, spool and
+uploader) is in :mod:`crashd.cli._common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from crashd import __version__
+from crashd.cli import daemon, hook_test, identifier, ingest_coredump, prefs, show, status, upload_all
+from crashd.cli._common import (
+    EXIT_CONSENT,
+    EXIT_INCOMPLETE,
+    EXIT_INVALID,
+    EXIT_NOT_ALLOWED,
+    EXIT_OK,
+    EXIT_USAGE,
+    NotAllowed,
+    UsageError,
+    fail,
+)
+from crashd.config import ConfigError
+from crashd.dependencies import explain as explain_dependency
+from crashd.report import ReportError
+from crashd.spool import UnsafeFileError
+
+__all__ = [
+    "EXIT_CONSENT",
+    "EXIT_INCOMPLETE",
+    "EXIT_INVALID",
+    "EXIT_NOT_ALLOWED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "build_parser",
+    "main",
+]
+
+# In the order `crashd --help` lists them.
+COMMANDS = (show, upload_all, daemon, prefs, hook_test, ingest_coredump, status, identifier)
+_RUN = {command.NAME: command.run for command in COMMANDS}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"crashd: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="crashd",
+        description="Collect crash reports from the crash directory and send them to a crash database "
+        "speaking the Ubuntu Error Tracker (daisy) protocol.",
+        epilog="Exit codes: 0 success or nothing to do; 1 a report failed, was rejected or refused, or is "
+        "still pending; 2 usage or configuration error; 3 reporting is switched off; 4 invalid input file; "
+        "5 not allowed (polkit refused, or the preferences are locked).",
+    )
+    parser.add_argument("--version", action="version", version=f"crashd {__version__}")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="configuration file (default /etc/crashd/crashd.conf)"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="say more (repeat for debug output)"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    for command in COMMANDS:
+        command.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+        format="crashd: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _RUN[args.command](args)
+    except UsageError as error:
+        return fail(EXIT_USAGE, str(error))
+    except NotAllowed as error:
+        return fail(EXIT_NOT_ALLOWED, str(error))
+    except ConfigError as error:
+        return fail(EXIT_USAGE, f"configuration error: {error}")
+    except (ReportError, UnsafeFileError) as error:
+        return fail(EXIT_INVALID, str(error))
+    except KeyboardInterrupt:
+        return 130
+    except ImportError as error:  # an installed dependency too old for crashd (dependencies.py)
+        if (problem := explain_dependency(error)) is None:
+            raise
+        return fail(EXIT_USAGE, problem)
