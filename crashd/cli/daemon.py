@@ -52,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     from crashd.daemon import run as run_daemon
     from crashd.network import Monitor
 
+    if not args.once:  # the service serves the bus: a missing or too-old dbus-fast is said first, alone
+        import crashd.dbus_prefs  # noqa: F401
     settings = settings_from(args)
     if not journal_logging(logging.INFO) and not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # a service says what it does
