@@ -6,11 +6,11 @@ into ``APPORT_REPORT_DIR`` (or the configured crash dir, /var/crash) *as the cra
 user*, with the fields apport's Python hook writes — except in a privileged process
 (:func:`privileged`) and in crashd's own (:func:`is_crashd_process`).
 
-Why standard library only (plus ``crashd.config``, ``crashd.consent``, ``crashd.fs`` and
-:mod:`crashd.capture.crashdir`, which are too): this runs inside an arbitrary user's
-program, possibly under an interpreter that lacks crashd's third-party dependencies
-(zstd), and must not fail there. That is also why it has its own tiny text-only
-report writer, and why the shared helpers — :func:`filter_environ`,
+Why standard library only (plus ``crashd.config``, ``crashd.consent``, ``crashd.fs``,
+:mod:`crashd.capture.crashdir` and, at crash time, :func:`crashd.report.write_report`, which
+are too — the report module imports zstd only to read a zstd block): this runs inside an
+arbitrary user's program, possibly under an interpreter that lacks crashd's third-party
+dependencies, and must not fail there. The shared helpers — :func:`filter_environ`,
 :func:`report_stem` — live here: ``coredump.py`` imports them.
 """
 
@@ -29,7 +29,6 @@ from crashd import fs  # standard library only, like this module
 from crashd.capture.crashdir import Placed, place_report  # standard library only, like this module
 
 __all__ = [
-    "encode_text_report",
     "filter_environ",
     "is_crashd_process",
     "privileged",
@@ -54,7 +53,6 @@ _STANDARD_PATH = frozenset(
         "/usr/games", "/usr/local/games", "/snap/bin",
     }
 )  # fmt: skip
-_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0E, 0x1C)]}
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # .../crashd
 
 
@@ -96,19 +94,6 @@ def report_stem(executable: str, uid: int) -> str:
     if len(stem) + len(".uploaded") > 255:
         raise ValueError(f"{executable!r}: too long for a report name")
     return stem
-
-
-def encode_text_report(fields: Iterable[tuple[str, str]]) -> bytes:
-    """A report of text fields in apport's format; control characters are escaped so
-    every value stays text (the writer must not need compression modules)."""
-    out = bytearray()
-    for key, value in fields:
-        value = value.translate(_CONTROL)
-        if "\n" in value:
-            out += f"{key}:\n {value.replace(chr(10), chr(10) + ' ')}\n".encode("utf-8", "surrogateescape")
-        else:
-            out += f"{key}: {value}\n".encode("utf-8", "surrogateescape")
-    return bytes(out)
 
 
 def _read_proc(path: str) -> bytes | None:
@@ -243,7 +228,8 @@ def report_exception(
         return None
     executable, fields = found
     uid = os.getuid()
-    data = encode_text_report(fields)
     stem = report_stem(executable, uid)
     owner = 0 if trusted else uid
-    return place_report(settings.crash_dir, stem, lambda f: f.write(data), owner_uid=owner)
+    from crashd.report import write_report  # the one writer: a value with control bytes reads back exact
+
+    return place_report(settings.crash_dir, stem, lambda f: write_report(f, fields), owner_uid=owner)
