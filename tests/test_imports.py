@@ -1,0 +1,142 @@
+"""The import graph (DESIGN.md §2): a tree with no cycles, each third-party package imported by its home.
+
+Read from the source with ``ast`` (nothing is imported), so a test run proves the shape of the code
+as it is written: module-level imports make the graph; imports inside functions (the lazy ones) and
+under ``TYPE_CHECKING`` do not, but they still count for where a third-party package is used.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "crashd"
+# Run by path in the hook child, or apport's API for hooks: not part of crashd's import graph.
+OUTSIDE = ("crashd.hooks.child", "crashd.hooks.hook_api", "crashd.hooks.compat")
+
+# Where each third-party package may be imported (DESIGN.md §2: a swap touches one place).
+HOMES = {
+    "asyncinotify": ("crashd.daemon",),
+    "dbus_fast": ("crashd.dbus", "crashd.dbus_prefs", "crashd.dbus_client", "crashd.network"),
+    "requests": ("crashd.uploader", "crashd.worker"),
+    "urllib3": ("crashd.uploader", "crashd.worker"),
+    "bson": ("crashd.uploader", "crashd.worker"),
+    "systemd": ("crashd.daemon", "crashd.capture.journal"),
+    "backports": ("crashd._codec",),
+    "compression": ("crashd._codec",),
+    "argparse": ("crashd.cli",),  # only the command line parses arguments and decides exit codes
+}
+# The foundations: standard library only, and from crashd only each other, so the exception hook, the
+# hook child and the library's users can import them anywhere.
+FOUNDATIONS = {
+    "crashd.fs": (),
+    "crashd.process": (),
+    "crashd.lifecycle": (),
+    "crashd._codec": (),
+    "crashd._scan": (),
+    "crashd.report": ("crashd._codec", "crashd._scan"),
+}
+
+
+def _name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_name(path): path for path in sorted(PACKAGE.rglob("*.py")) if not _name(path).startswith(OUTSIDE)}
+
+
+def _imports(tree: ast.Module, *, top_level: bool) -> Iterator[str]:
+    """Names imported, as ``module`` and ``module.name``; with *top_level*, only what runs at import."""
+
+    def walk(nodes: list[ast.stmt]) -> Iterator[ast.stmt]:
+        for node in nodes:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            yield node
+            if isinstance(node, (ast.If, ast.Try, ast.With)):
+                for body in ("body", "orelse", "finalbody", "handlers"):
+                    for child in getattr(node, body, []):
+                        yield from walk(child.body if isinstance(child, ast.ExceptHandler) else [child])
+
+    for node in walk(tree.body) if top_level else ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def _crashd_module(name: str) -> str | None:
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for module, path in MODULES.items():
+        targets = {_crashd_module(name) for name in _imports(ast.parse(path.read_text()), top_level=True)}
+        # A package's own __init__ is not an edge: importing crashd.hooks.runner runs crashd.hooks first.
+        graph[module] = {t for t in targets if t and t != module and not module.startswith(f"{t}.")}
+    return graph
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    graph, state, path = _graph(), dict[str, int](), list[str]()
+    cycles: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                cycles.append(" → ".join([*path[path.index(target) :], target]))
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    assert not cycles, cycles
+
+
+@pytest.mark.parametrize("module", sorted(FOUNDATIONS))
+def test_foundations_import_only_the_standard_library(module: str) -> None:
+    names = set(_imports(ast.parse(MODULES[module].read_text()), top_level=True))
+    roots = {name.partition(".")[0] for name in names}
+    third_party = {root for root in roots if root not in sys.stdlib_module_names and root != "crashd"}
+    from_crashd = {_crashd_module(name) for name in names if name.startswith("crashd.")} - {None}
+    assert not third_party, third_party
+    assert from_crashd <= set(FOUNDATIONS[module]), from_crashd
+
+
+@pytest.mark.parametrize("package", sorted(HOMES))
+def test_each_third_party_package_is_imported_by_its_home_only(package: str) -> None:
+    users = {
+        module
+        for module, path in MODULES.items()
+        if any(
+            name.partition(".")[0] == package
+            for name in _imports(ast.parse(path.read_text()), top_level=False)
+        )
+    }
+    strays = {module for module in users if not module.startswith(HOMES[package])}
+    assert not strays, f"{package} imported outside {HOMES[package]}: {sorted(strays)}"
+
+
+def test_nothing_below_the_command_line_imports_it() -> None:
+    upward = {
+        module
+        for module, targets in _graph().items()
+        if not module.startswith("crashd.cli") and module != "crashd.__main__" and any(
+            target.startswith("crashd.cli") for target in targets
+        )
+    }  # fmt: skip
+    assert not upward, upward
