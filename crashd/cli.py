@@ -31,6 +31,7 @@ from crashd.config import DEFAULT_CONFIG, ConfigError, Settings, load_settings, 
 from crashd.consent import PREFERENCES, Consent, load_consent, may_send, set_preference
 from crashd.delivery import Courier
 from crashd.dependencies import explain as explain_dependency
+from crashd.errors import CrashdError
 from crashd.hooks import add_hook_test_command, cmd_hook_test
 from crashd.identity import system_identifier
 from crashd.network import NetworkGate, read_conditions
@@ -53,11 +54,11 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_CONSENT, EXIT_INVALID, EXIT_NOT_ALLOW
 WORKER_FALLBACK_USER = "nobody"
 
 
-class UsageError(Exception):
+class UsageError(CrashdError):
     """A problem with what the user asked for; exit 2."""
 
 
-class NotAllowed(Exception):
+class NotAllowed(CrashdError):
     """The request was understood but refused (polkit, a lock, not root); exit 5, so that a script can
     tell "ask an administrator" from "fix the command line"."""
 

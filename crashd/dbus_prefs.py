@@ -82,6 +82,7 @@ from dbus_fast.service import PropertyAccess, ServiceInterface, dbus_method, dbu
 from crashd.collector import Status
 from crashd.config import DEFAULT_CONFIG, ConfigError
 from crashd.consent import APPORT_DEFAULT, FILE_NAME, WHOOPSIE_DEFAULT, Consent, load_consent, set_preference
+from crashd.errors import CrashdError
 from crashd.identity import system_identifier
 from crashd.preview import preview_in_spool
 from crashd.report import ReportError
@@ -122,7 +123,7 @@ _ACCESS_DENIED = ErrorType.ACCESS_DENIED.value
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.CREATE | Mask.DELETE | Mask.ONLYDIR
 
 
-class BusUnavailable(ConnectionError):
+class BusUnavailable(CrashdError, ConnectionError):
     """The system bus cannot be used: no connection, or a name we must own is taken or refused."""
 
 

@@ -36,6 +36,8 @@ from stat import S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFSOCK, S_ISLNK, 
 from stat import S_IMODE as stat_mode
 from typing import TYPE_CHECKING, BinaryIO, Self
 
+from crashd.errors import CrashdError
+
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
@@ -83,7 +85,7 @@ _KINDS = {
 }
 
 
-class UnsafeFileError(ValueError):
+class UnsafeFileError(CrashdError, ValueError):
     """A file in the crash directory that breaks a safety rule; refused, never acted on.
 
     ``reason`` is in plain words ("is a symbolic link"); ``str(e)`` is

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 import bson
 
 from crashd import __version__
+from crashd.errors import CrashdError
 from crashd.report import MalformedReportError, Report, ReportLimitError
 
 MiB = 1 << 20
@@ -49,7 +50,7 @@ VERSION_HEADER = f"crashd {__version__}"
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")  # OOPS ids, architectures in URLs
 
 
-class UploadError(Exception):
+class UploadError(CrashdError):
     """The report could not be delivered this time; it stays pending."""
 
 
@@ -69,7 +70,7 @@ class ExchangeError(UploadError):
     """The connection broke during the exchange, or the answer could not be read."""
 
 
-class CoreUnavailable(Exception):
+class CoreUnavailable(CrashdError):
     """The report cannot send a core: no CoreDump, no usable Architecture, or an OOPS id that cannot
     name the upload. Raised when the server asks for it, and shown by ``show --what-is-sent``."""
 

@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from crashd import uploader
+from crashd.errors import CrashdError
 from crashd.report import Limits, MalformedReportError, Report, ReportError, read_report
 from crashd.uploader import Answer, CoreUnavailable, UploadError
 
@@ -377,7 +378,7 @@ def _response(reply: dict[str, Any]) -> Answer:
 PR_SET_NO_NEW_PRIVS = 38
 
 
-class PrivilegeError(RuntimeError):
+class PrivilegeError(CrashdError, RuntimeError):
     """The privilege drop did not take: the worker must not run at all."""
 
 
