@@ -13,7 +13,8 @@ Exceptions — talking to the server::
     ├── ConnectError       refused, TLS, proxy, bad URL
     │   └── OfflineError   this device has no network: no DNS answer, no route
     ├── UploadTimeout      no connection or no answer within the timeout
-    └── ExchangeError      the connection broke mid-exchange, or the answer was unusable
+    ├── ExchangeError      the connection broke mid-exchange, or the answer was unusable
+    └── WorkerError        the upload worker (crashd.worker) died, hung or said something malformed
 
 A report crashd refuses to send (not UTF-8, too much text) raises
 :class:`crashd.report.ReportError` instead: that is the report's fault, not the
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import re
 import socket
 import threading
@@ -32,7 +34,7 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
 if TYPE_CHECKING:
     import requests
@@ -41,7 +43,15 @@ import bson
 
 from crashd import __version__
 from crashd.errors import CrashdError
-from crashd.report import MalformedReportError, Report, ReportLimitError
+from crashd.report import (
+    DEFAULT_LIMITS,
+    Limits,
+    MalformedReportError,
+    Report,
+    ReportLimitError,
+    read_report,
+)
+from crashd.spool import OpenFile
 
 MiB = 1 << 20
 MAX_TEXT = 32 * MiB  # text sent in one report (DESIGN.md §7 rule 3)
@@ -68,6 +78,14 @@ class UploadTimeout(UploadError):
 
 class ExchangeError(UploadError):
     """The connection broke during the exchange, or the answer could not be read."""
+
+
+class WorkerError(UploadError):
+    """The upload worker died, hung or said something malformed: this attempt failed on this side.
+
+    Nothing may have reached the server, so delivery retries it as soon as it
+    retries :class:`OfflineError`, with exponential backoff.
+    """
 
 
 class CoreUnavailable(CrashdError):
@@ -107,6 +125,12 @@ def sent_fields(report: Report, max_text: int = MAX_TEXT) -> Iterator[tuple[str,
 def encode_report(report: Report, max_text: int = MAX_TEXT) -> bytes:
     """The first POST's body: :func:`sent_fields` as one BSON document of strings."""
     return bson.encode(dict(sent_fields(report, max_text)))
+
+
+def max_body(limits: Limits, max_text: int = MAX_TEXT) -> int:
+    """The most bytes :func:`encode_report` can make of a report read with *limits*: the text, and per
+    key its type byte, name, NUL, length and NUL, plus the document's length and final NUL."""
+    return max_text + limits.keys * (limits.key_length + 7) + 5
 
 
 @dataclass(frozen=True)
@@ -175,16 +199,43 @@ def post_core(report: Report, transport: Transport, url: str, system_id: str, oo
     return transport.post(f"{url}/{oops_id}/submit-core/{offer.architecture}/{system_id}", body)
 
 
-class Uploader(Protocol):
-    """Sends one report's POSTs: here (:class:`DirectUploader`) or in the unprivileged upload worker.
+Kind = Literal["report", "core"]
 
-    The worker gets the report's open descriptor and reads the report itself, so both the descriptor
-    and the indexed report are passed; each implementation uses what it needs.
+
+@dataclass(frozen=True)
+class Job:
+    """One POST to the crash database: everything an :class:`Uploader` needs, nothing it ignores.
+
+    A ``report`` job carries its *body*, encoded once by the caller (:func:`encode_report`: a report
+    crashd refuses fails there, before any state is written), so no uploader encodes it again. A
+    ``core`` job carries the report's open descriptor *fd* and the *limits* it was read with: the
+    uploader indexes the report from it and streams the CoreDump as stored (:func:`post_core`),
+    in whichever process does the HTTP. Make them with :meth:`of_report` and :meth:`of_core`.
     """
 
-    def send_report(self, fd: int, report: Report, body: bytes, url: str, system_id: str) -> Answer: ...
+    kind: Kind
+    url: str
+    system_id: str
+    body: bytes = b""  # report: the BSON document
+    fd: int = -1  # core: the report's descriptor; read positionally, never closed by the uploader
+    limits: Limits = DEFAULT_LIMITS  # core: the bounds the report is read with
+    oops_id: str = ""  # core: the id daisy gave the report, naming the upload
 
-    def send_core(self, fd: int, report: Report, url: str, system_id: str, oops_id: str) -> Answer: ...
+    @classmethod
+    def of_report(cls, body: bytes, url: str, system_id: str) -> Job:
+        return cls("report", url, system_id, body=body)
+
+    @classmethod
+    def of_core(cls, fd: int, limits: Limits, url: str, system_id: str, oops_id: str) -> Job:
+        return cls("core", url, system_id, fd=fd, limits=limits, oops_id=oops_id)
+
+
+class Uploader(Protocol):
+    """Sends one POST: here (:class:`DirectUploader`) or in the unprivileged upload worker
+    (:class:`crashd.worker.WorkerUploader`). Raises :class:`UploadError` (the network's or the
+    worker's fault: try later), :class:`CoreUnavailable` or :class:`~crashd.report.ReportError`."""
+
+    def send(self, job: Job) -> Answer: ...
 
     def close(self) -> None: ...
 
@@ -195,16 +246,22 @@ class DirectUploader:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
 
-    def send_report(self, fd: int, report: Report, body: bytes, url: str, system_id: str) -> Answer:
-        return post_report(body, self.transport, url, system_id)
-
-    def send_core(self, fd: int, report: Report, url: str, system_id: str, oops_id: str) -> Answer:
-        return post_core(report, self.transport, url, system_id, oops_id)
+    def send(self, job: Job) -> Answer:
+        if job.kind == "report":
+            return post_report(job.body, self.transport, job.url, job.system_id)
+        with open_core_source(job.fd) as file:
+            report = read_report(file, limits=job.limits)
+            return post_core(report, self.transport, job.url, job.system_id, job.oops_id)
 
     def close(self) -> None:
         close = getattr(self.transport, "close", None)
         if close is not None:
             close()
+
+
+def open_core_source(fd: int) -> BinaryIO:
+    """A reader of the report on *fd* from offset 0 that never moves the descriptor's shared offset."""
+    return OpenFile(fd, os.fstat(fd)).file()  # a positional reader on a dup: *fd* stays the caller's
 
 
 class HttpTransport:

@@ -15,15 +15,25 @@ A worker that dies, hangs past its budget or says anything else is killed with
 its process group, the job raises :class:`WorkerError`, and the next start waits
 out a backoff of its own (1 s doubling to 60 s), so a report that breaks the
 worker costs one failed attempt per backoff step, never a crash loop. The worker
-trusts nothing either: it reads a report only from the descriptor it was given
-(never a path), with the same :class:`~crashd.report.Limits` root used.
+trusts nothing either: it reads only from the descriptor it was given (never a
+path), a core's report with the same :class:`~crashd.report.Limits` root used.
+
+**The body is encoded once, on the root side.** Delivery encodes a report's BSON
+body before it records the attempt, so that a report crashd refuses (text that is
+not UTF-8, too much of it) is refused before any state is written; the worker gets
+that very body in a memory file (``memfd``) and sends it as it is, bounded by
+:func:`crashd.uploader.max_body`. Encoding is not parsing: root reads no byte
+the network wrote, and the report's text is what root has already indexed. A
+core is streamed as stored, so for a core job the worker gets the report's own
+descriptor and indexes the report itself.
 
 **The messages** (one ``AF_UNIX``/``SOCK_SEQPACKET`` datagram each, boundaries kept):
 
 * worker → root, once after the privilege drop: ``{"ready": true}``;
-* root → worker, one per job (≤ 64 KiB), the report's open descriptor attached
-  (``SCM_RIGHTS``): ``{id, kind: "report"|"core", url, system_id, oops_id,
-  seconds, limits}`` — *seconds* is the job's whole budget;
+* root → worker, one per job (≤ 64 KiB), one descriptor attached (``SCM_RIGHTS``:
+  the body's memfd for a report, the report's own for a core): ``{id, kind:
+  "report"|"core", url, system_id, oops_id, seconds, limits}`` — *seconds* is the
+  job's whole budget;
 * worker → root, one per job (≤ 256 KiB): ``{id, status, body_b64, headers}``
   (the body cut at 64 KiB, only the headers in :data:`ANSWER_HEADERS`),
   ``{id, error: {class, message}}``, ``{id, invalid: detail}`` (a
@@ -61,16 +71,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from crashd import uploader
 from crashd.errors import CrashdError
-from crashd.report import Limits, MalformedReportError, Report, ReportError, read_report
-from crashd.uploader import Answer, CoreUnavailable, UploadError
+from crashd.report import Limits, MalformedReportError, ReportError, read_report
+from crashd.uploader import Answer, CoreUnavailable, Job, UploadError, WorkerError
 
-__all__ = ["WorkerError", "WorkerUploader", "main"]
+__all__ = ["WorkerUploader", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +108,7 @@ _ERRORS: dict[str, type[UploadError]] = {
         uploader.OfflineError,
         uploader.UploadTimeout,
         uploader.ExchangeError,
+        WorkerError,
     )
 }
 _LIMITS = {field.name for field in dataclasses.fields(Limits)}
@@ -108,14 +119,6 @@ BOOT = (
 )
 
 
-class WorkerError(UploadError):
-    """The upload worker died, hung or said something malformed: this attempt failed on this side.
-
-    Nothing may have reached the server, so delivery retries it as soon as it
-    retries :class:`~crashd.uploader.OfflineError`, with exponential backoff.
-    """
-
-
 class WorkerUploader:
     """:class:`~crashd.uploader.Uploader` that hands each job to the unprivileged upload worker.
 
@@ -123,7 +126,7 @@ class WorkerUploader:
 
         uploader = WorkerUploader(pwd.getpwnam("crashd"), connect_timeout=10, read_timeout=60)
         try:
-            answer = uploader.send_report(fd, report, body, url, system_id)
+            answer = uploader.send(Job.of_report(body, url, system_id))
         finally:
             uploader.close()
 
@@ -158,15 +161,15 @@ class WorkerUploader:
         """The running worker's pid (and process group), or None: for logs and tests."""
         return self._process.pid if self._process is not None else None
 
-    def send_report(self, fd: int, report: Report, body: bytes, url: str, system_id: str) -> Answer:
-        # The worker encodes the report itself (BSON work happens unprivileged too); *body* sizes the budget.
-        job = {"kind": "report", "url": url, "system_id": system_id, "oops_id": None}
-        return self._job(fd, report, job, len(body))
-
-    def send_core(self, fd: int, report: Report, url: str, system_id: str, oops_id: str) -> Answer:
-        entry = report.entries.get("CoreDump")
-        job = {"kind": "core", "url": url, "system_id": system_id, "oops_id": oops_id}
-        return self._job(fd, report, job, entry.size if entry is not None else 0)
+    def send(self, job: Job) -> Answer:
+        """Run *job* in the worker: a report's body goes in a memfd, a core's report as its descriptor."""
+        if job.kind == "core":
+            return self._job(job, job.fd, _size(job.fd))
+        fd = _memfd(job.body)
+        try:
+            return self._job(job, fd, len(job.body))
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """End the worker: EOF on its socket makes it exit; it is killed if it has not, promptly."""
@@ -183,7 +186,7 @@ class WorkerUploader:
 
     # -- one job
 
-    def _job(self, fd: int, report: Report, job: dict[str, Any], sent: int) -> Answer:
+    def _job(self, job: Job, fd: int, sent: int) -> Answer:
         with self._lock:
             # The HTTP timeouts bound each stall, the budget the whole exchange: a server trickling a
             # byte a second never trips a read timeout. Sending *sent* bytes steadily fits in it.
@@ -196,13 +199,14 @@ class WorkerUploader:
             sock = self._ensure_worker()
             self._next_id += 1
             job_id = self._next_id
-            limits = dataclasses.asdict(report.limits)
-            message = json.dumps({"id": job_id, **job, "seconds": seconds, "limits": limits}).encode()
+            fields = {"kind": job.kind, "url": job.url, "system_id": job.system_id}
+            fields |= {"oops_id": job.oops_id if job.kind == "core" else None, "seconds": seconds}
+            message = json.dumps({"id": job_id, **fields, "limits": dataclasses.asdict(job.limits)}).encode()
             if len(message) > MAX_JOB:  # only a giant URL or OOPS id gets here: a local fault
                 raise WorkerError(f"the upload job is larger than {MAX_JOB} bytes")
             try:
                 socket.send_fds(sock, [message], [fd])
-                reply = _receive(sock, seconds + GRACE + _size(fd) / SCAN_RATE)  # + indexing the file
+                reply = _receive(sock, seconds + GRACE + sent / SCAN_RATE)  # + indexing the file
                 answer = _answer(reply, job_id)
             except (OSError, WorkerError) as error:
                 why = str(error) if isinstance(error, WorkerError) else f"the upload worker is gone ({error})"
@@ -283,6 +287,19 @@ def _environment(environ: Mapping[str, str]) -> dict[str, str]:
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
     env.update({name: environ[name] for name in PASSED_ENVIRONMENT if environ.get(name)})
     return env
+
+
+def _memfd(body: bytes) -> int:
+    """A memory file holding *body*, for the worker: the body is encoded once, on this side."""
+    fd = os.memfd_create("crashd-report-body", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _size(fd: int) -> int:
@@ -553,20 +570,17 @@ def _work(data: bytes, fds: list[int], flags: int, transport: uploader.HttpTrans
         job_id = json.loads(data).get("id")
         job, limits = _job_fields(data, fds, flags)
         seconds = float(job["seconds"])
-        with _PositionalFile.reader(fds.pop()) as file:
-            report = read_report(file, limits=limits)
-            transport.deadline = time.monotonic() + seconds
-            signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
-            try:
-                if job["kind"] == "report":
-                    body = uploader.encode_report(report)
-                    answer = uploader.post_report(body, transport, job["url"], job["system_id"])
-                else:
+        if job["kind"] == "report":
+            body = _read_body(fds[0], uploader.max_body(limits))
+            with _deadline(transport, seconds):
+                answer = uploader.post_report(body, transport, job["url"], job["system_id"])
+        else:
+            with _PositionalFile.reader(fds.pop()) as file:
+                report = read_report(file, limits=limits)
+                with _deadline(transport, seconds):
                     answer = uploader.post_core(
                         report, transport, job["url"], job["system_id"], job["oops_id"]
                     )
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
     except CoreUnavailable as error:
         return {"id": job_id, "unavailable": str(error)[:MAX_TEXT]}
     except ReportError as error:
@@ -583,6 +597,32 @@ def _work(data: bytes, fds: list[int], flags: int, transport: uploader.HttpTrans
     }
     body_b64 = base64.b64encode(answer.body[: uploader.MAX_ANSWER]).decode()
     return {"id": job_id, "status": answer.status, "body_b64": body_b64, "headers": headers}
+
+
+@contextlib.contextmanager
+def _deadline(transport: uploader.HttpTransport, seconds: float) -> Iterator[None]:
+    """The job's whole budget: the transport's deadline, and an alarm for any call that ignores it."""
+    transport.deadline = time.monotonic() + seconds
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _read_body(fd: int, bound: int) -> bytes:
+    """The report body root encoded, from the memory file it came in: regular, at most *bound* bytes."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > bound:
+        raise ValueError(f"the report body is not a regular file of at most {bound} bytes")
+    chunks, offset = [], 0
+    while offset < st.st_size:
+        chunk = os.pread(fd, st.st_size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 class _PositionalFile(io.RawIOBase):
