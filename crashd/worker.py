@@ -44,12 +44,12 @@ descriptor and indexes the report itself.
 exec'd — never forked from the threaded daemon and never set up in a
 ``preexec_fn``. It starts as root because the interpreter and its library may
 live where only root can read (a pyenv or venv under ``/root``, mode 0700), so it
-imports and warms up everything a job will touch (``requests``, ``bson``,
-``ssl``, the IDNA codec) *before* it drops privileges; after the drop nothing
-new may be imported. The root side uses :mod:`crashd.uploader` only for its
-error classes and :class:`~crashd.uploader.Answer` (importing it still loads
-``requests``, which the root side never calls) and never opens an
-``AF_INET``/``AF_INET6`` socket.
+imports and warms up everything a job will touch (``http.client``, ``bson``,
+``ssl`` and the CA certificates, the IDNA codec) *before* it drops privileges;
+after the drop nothing new may be imported. The root side uses
+:mod:`crashd.uploader` only for the job, its error classes and
+:class:`~crashd.uploader.Answer` (the HTTP modules are imported only where HTTP
+is spoken) and never opens an ``AF_INET``/``AF_INET6`` socket.
 """
 
 from __future__ import annotations
@@ -435,21 +435,22 @@ def main(argv: list[str] | None = None) -> int:
 def _warm_up(connect_timeout: float, read_timeout: float) -> uploader.HttpTransport:
     """Import and initialise everything a job needs while the interpreter's files are still readable.
 
-    After the drop, a lazy import from a 0700 ``/root/.pyenv`` would fail; so
-    would the first use of a codec or module that ``requests``, ``urllib3`` or
-    ``ssl`` load on demand.
+    After the drop, a lazy import from a 0700 ``/root/.pyenv`` would fail; so would
+    the first use of a codec or module that ``http.client``, ``urllib.request`` (the
+    proxy variables) or ``ssl`` load on demand. The TLS context is made here too, so
+    the CA certificates are read once, as root.
     """
-    import ssl
+    import http.client
+    import io
+    import urllib.request
 
     import bson
-    import requests
 
     bson.encode({"x": "y"})
-    ssl.create_default_context()
-    requests.Session().close()
-    requests.Request("POST", "http://x/", data=b"x").prepare()
+    uploader.tls_context()
+    http.client.parse_headers(io.BytesIO(b"Content-Type: text/plain\r\n\r\n"))
+    urllib.request.getproxies_environment()
     "x".encode("idna")
-    requests.utils.get_environ_proxies("http://x/")
     return uploader.HttpTransport(connect_timeout, read_timeout)
 
 
@@ -485,13 +486,15 @@ def _proc_status() -> dict[str, str]:
 
 
 def _check_ca_bundle(uid: int) -> None:
-    """Say now, once, if HTTPS cannot work: requests loads its CA bundle on every new connection."""
-    import requests.certs
+    """Say now, once, if HTTPS cannot work: no CA certificate loaded, and none this user can look up."""
+    import ssl
 
-    bundle = requests.certs.where()
-    if not os.access(bundle, os.R_OK):
-        print(f"crashd-worker: uid {uid} cannot read the CA bundle {bundle}: https uploads will fail",
-              file=sys.stderr)  # fmt: skip
+    if uploader.tls_context().cert_store_stats()["x509_ca"]:
+        return  # read before the drop (_warm_up)
+    capath = ssl.get_default_verify_paths().capath
+    if capath is None or not os.access(capath, os.R_OK | os.X_OK):
+        print(f"crashd-worker: uid {uid} has no CA certificates (SSL_CERT_FILE, SSL_CERT_DIR): "
+              "https uploads will fail", file=sys.stderr)  # fmt: skip
 
 
 def _exit_when_orphaned(fd: int) -> None:

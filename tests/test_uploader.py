@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
+import errno
+import http.client
 import io
 import os
+import socket
+import ssl
 
 import bson
 import pytest
-import requests
 
 from crashd.report import MalformedReportError, ReportLimitError, read_report, write_report
 from crashd.uploader import (
@@ -16,9 +18,9 @@ from crashd.uploader import (
     CoreUnavailable,
     ExchangeError,
     HttpTransport,
+    OfflineError,
     UploadError,
     UploadTimeout,
-    _errors,
     encode_report,
     post_core,
     post_report,
@@ -27,16 +29,28 @@ from crashd.uploader import (
 from tests.daisy import DaisyServer, Delay, Reset, Respond
 
 
-def test_every_requests_exception_maps_to_a_crashd_error():
-    mapped = {source for source, _ in _errors()}
-    for name, cls in inspect.getmembers(requests.exceptions, inspect.isclass):
-        if issubclass(cls, requests.RequestException):
-            assert cls in mapped, f"requests.exceptions.{name} has no explicit entry"
-            error = cls("boom", "doc", 0) if cls is requests.exceptions.JSONDecodeError else cls("boom")
-            assert isinstance(translate(error), UploadError)
-    assert isinstance(translate(requests.exceptions.ReadTimeout()), UploadTimeout)
-    assert isinstance(translate(requests.exceptions.SSLError()), ConnectError)
-    assert isinstance(translate(requests.exceptions.ChunkedEncodingError()), ExchangeError)
+@pytest.mark.parametrize(
+    ("error", "connected", "expected"),
+    [
+        (TimeoutError("timed out"), False, UploadTimeout),
+        (TimeoutError("timed out"), True, UploadTimeout),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), False, OfflineError),
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), False, OfflineError),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), False, ConnectError),
+        (ssl.SSLCertVerificationError(1, "CERTIFICATE_VERIFY_FAILED"), False, ConnectError),
+        (OSError("Tunnel connection failed: 407 Proxy Authentication Required"), False, ConnectError),
+        (http.client.InvalidURL("no host"), False, ConnectError),
+        (UnicodeError("label too long"), False, ConnectError),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), True, ExchangeError),
+        (http.client.RemoteDisconnected("closed"), True, ExchangeError),
+        (http.client.BadStatusLine("junk"), True, ExchangeError),
+        (http.client.IncompleteRead(b"x", 5), True, ExchangeError),
+        (ssl.SSLError(1, "bad record mac"), True, ExchangeError),
+    ],
+)
+def test_every_failure_maps_to_the_crashd_error_a_caller_handles(error, connected, expected):
+    translated = translate(error, connected=connected)
+    assert type(translated) is expected and str(translated)
 
 
 def make_report(fields):
