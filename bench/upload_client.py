@@ -122,7 +122,10 @@ def run(quick: bool = False) -> dict[str, object]:
     count, rounds = (60, 2) if quick else (COUNT, ROUNDS)
     per_post: dict[str, list[float]] = {name: [] for name in CLIENTS}
     ratios: dict[str, list[float]] = {name: [] for name in CLIENTS}
-    with tempfile.TemporaryDirectory() as tmp, daisy_server(Path(tmp) / "daisy.log", "--core-policy", "never") as url:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        daisy_server(Path(tmp) / "daisy.log", "--core-policy", "never") as url,
+    ):
         start = time.time_ns() % 10**9 * 10  # round-unique Dates across runs too
         for round_ in range(rounds):
             seconds = {}
@@ -137,9 +140,11 @@ def run(quick: bool = False) -> dict[str, object]:
         ms = statistics.median(per_post[name]) * 1000
         ratio = statistics.median(ratios[name])
         low, high = min(ratios[name]), max(ratios[name])
-        print(f"upload_client: {name:12s} {ms:6.3f} ms per POST   {ratio:4.2f}× http.client ({low:.2f}–{high:.2f})")
+        print(
+            f"upload_client: {name:12s} {ms:6.3f} ms per POST   x{ratio:4.2f} of http.client ({low:.2f}-{high:.2f})"
+        )
         result[name] = {"ms_per_post": ms, "ratio": ratio, "ratio_range": [low, high]}
-    summary = ", ".join(f"{name} {result[name]['ratio']:.2f}×" for name in CLIENTS)  # type: ignore[index]
+    summary = ", ".join(f"{name} x{result[name]['ratio']:.2f}" for name in CLIENTS)  # type: ignore[index]
     print(f"SUMMARY upload_client: per POST against bare http.client: {summary}")
     return result
 

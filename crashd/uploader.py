@@ -483,12 +483,13 @@ def _basic(proxy: urllib.parse.SplitResult) -> tuple[tuple[str, str], ...]:
 
 @functools.cache
 def tls_context() -> ssl.SSLContext:
-    """Certificates verified, host names checked, against the system's CA certificates (OpenSSL's
-    defaults: ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` override them). Made once: the upload worker
-    makes it before it drops privileges, so the CA file is read while it still can be."""
+    """Certificates verified and host names checked, against the system's CA certificates (OpenSSL's
+    defaults, which ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` override) or, as with requests, the bundle
+    ``REQUESTS_CA_BUNDLE`` names instead. Made once: the upload worker makes it before it drops
+    privileges, so the CA file is read while it still can be."""
     import ssl
 
-    return ssl.create_default_context()
+    return ssl.create_default_context(cafile=os.environ.get("REQUESTS_CA_BUNDLE") or None)
 
 
 def translate(error: BaseException, *, connected: bool) -> UploadError:
