@@ -1,9 +1,16 @@
 """The daisy protocol (DESIGN.md §4): the BSON report, the core upload, the HTTP transport.
 
 The protocol is a pure function of an indexed report and a :class:`Transport`
-(one ``post(url, body) -> Answer`` call), so it can later move into the
-unprivileged upload worker unchanged, and tests can drive it against a real
-loopback server. What an answer *means* is :mod:`crashd.policy`'s business.
+(one ``post(url, body) -> Answer`` call), so it runs unchanged in the unprivileged
+upload worker, and tests can drive it against a real loopback server. What an
+answer *means* is :mod:`crashd.policy`'s business. One seam leads to it:
+:class:`Uploader` ``.send(Job) -> Answer``, here (:class:`DirectUploader`) or in the
+worker (:class:`crashd.worker.WorkerUploader`).
+
+Past ~400 lines on purpose: the transport (``http.client`` with the proxy route,
+TLS and the error translation, about 250 lines) is the protocol's only way to the
+server and is read with it; splitting it off would put the upload errors in one
+module and their only producer in another.
 Only this module imports ``bson`` and talks HTTP — with ``http.client`` and ``ssl``, imported on
 first use in the process that actually talks HTTP: as root that is the upload worker, and the daemon
 never loads them.

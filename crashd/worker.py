@@ -108,8 +108,7 @@ _ERRORS: dict[str, type[UploadError]] = {
         uploader.OfflineError,
         uploader.UploadTimeout,
         uploader.ExchangeError,
-        WorkerError,
-    )
+    )  # never WorkerError: a worker cannot make its own failure pass for this side's
 }
 _LIMITS = {field.name for field in dataclasses.fields(Limits)}
 # What the worker's interpreter runs: -I ignores PYTHONPATH, and the package need not be installed.

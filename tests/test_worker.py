@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import bson
 import pytest
 
 from crashd import cli
@@ -411,6 +412,19 @@ def test_a_report_the_worker_cannot_read_is_invalid_and_a_missing_core_unavailab
     finally:
         uploader.close()
     assert daisy.reports == []
+
+
+def test_the_worker_sends_the_body_root_encoded_as_it_is(crash_dir, daisy, user):
+    """The body is encoded once, on the root side: the worker neither reads the report nor re-encodes it."""
+    path = write(crash_dir / NAME, crash("app"))
+    uploader = WorkerUploader(user, 2, 2)
+    try:
+        with opened(path) as (_fd, report):
+            document = bson.decode(encode_report(report)) | {"EncodedBy": "root"}
+            assert uploader.send(Job.of_report(bson.encode(document), daisy.url, TOKEN)).status == 200
+    finally:
+        uploader.close()
+    assert daisy.reports[0].document == document
 
 
 def test_the_worker_reads_with_the_root_sides_limits_and_never_moves_its_offset(crash_dir, daisy, user):
