@@ -121,7 +121,7 @@ def _library(
     store = StateStore(state_dir)
     with Spool(crash_dir) as spool:
         if timed is not None:
-            timed.wrap(transport, "post", "POST (requests + server)")
+            timed.wrap(transport, "post", "POST (http.client + server)")
             timed.wrap(store, "save", "state record save (write + fsync + rename)")
             timed.wrap(spool, "mark_upload", ".upload stamp")
             timed.wrap(spool, "mark_uploaded", ".uploaded stamp")

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Protocol
 
+from crashd.errors import CrashdError
+
 OUTPUT_CHUNK = 1 << 20  # the most a decompressor returns per step
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
@@ -26,7 +28,7 @@ _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _NOT_BASE64 = bytes(sorted(set(range(256)) - set(_ALPHABET + b"=")))
 
 
-class CodecError(ValueError):
+class CodecError(CrashdError, ValueError):
     """Stored binary data that does not decode: bad base64 padding, corrupt compressed data."""
 
 

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
 
+from crashd.errors import CrashdError
+
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 # The most of one physical line looked at in one step, and the least a full buffer holds:
@@ -42,7 +44,7 @@ _VALID_KEYS: dict[bytes, str] = {}
 _EMPTY_LINES = re.compile(rb"(?: \n)*")  # continuation lines with nothing on them
 
 
-class ReportError(ValueError):
+class ReportError(CrashdError, ValueError):
     """A report that crashd refuses; the message names the file, the line and the reason."""
 
     def __init__(self, reason: str, *, line: int | None = None, name: str | None = None) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from crashd import budget, fs
+from crashd.errors import CrashdError
 from crashd.network import Metered
 
 DEFAULT_CONFIG = Path("/etc/crashd/crashd.conf")
@@ -26,7 +27,7 @@ MAX_CONFIG = 64 * 1024  # a configuration file is a few lines; it is read whole,
 ENVIRONMENT = {"url": "CRASH_DB_URL", "crash_dir": "APPORT_REPORT_DIR"}
 
 
-class ConfigError(ValueError):
+class ConfigError(CrashdError, ValueError):
     """A configuration value crashd cannot use; the message says where it came from."""
 
 

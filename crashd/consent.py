@@ -36,6 +36,7 @@ from pathlib import Path
 
 from crashd import fs
 from crashd.config import DEFAULT_CONFIG, ConfigError
+from crashd.errors import CrashdError
 
 __all__ = [
     "PREFERENCES", "Consent", "ConsentLocked", "load_consent", "may_collect_automatically", "may_send",
@@ -59,7 +60,7 @@ _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 _ASSIGNMENT = re.compile(r"\s*(?:export\s+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=(?P<value>.*)")
 
 
-class ConsentLocked(PermissionError):
+class ConsentLocked(CrashdError, PermissionError):
     """The administrator locked the preferences; the message names the file that does it."""
 
 

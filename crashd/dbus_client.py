@@ -25,6 +25,7 @@ from dbus_fast.aio import MessageBus
 
 from crashd import dbus_prefs
 from crashd.dbus_prefs import BusUnavailable
+from crashd.errors import CrashdError
 
 __all__ = ["TIMEOUT", "BusUnavailable", "NotAuthorized", "Preferences", "get_preferences", "set_preference"]
 
@@ -40,7 +41,7 @@ _NO_SERVICE = {
 }  # fmt: skip
 
 
-class NotAuthorized(PermissionError):
+class NotAuthorized(CrashdError, PermissionError):
     """The service refused the change: polkit said no, or the administrator locked the preferences."""
 
 

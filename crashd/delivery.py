@@ -34,12 +34,13 @@ from crashd.spool import OpenReport, ReportName, Spool, UnsafeFileError
 from crashd.state import StateStore
 from crashd.uploader import (
     CoreUnavailable,
+    Job,
     OfflineError,
     Uploader,
     UploadError,
+    WorkerError,
     encode_report,
 )
-from crashd.worker import WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +176,7 @@ class Courier:
             # (against power cuts, where the worst case is a resend answered 409) comes after it.
             record = self._save(replace(record, phase=State.POSTING, attempts=record.attempts + 1))
             try:
-                fd = collected.opened.fd
-                answer = self.uploader.send_report(fd, collected.report, body, self.url, self.system_id)
+                answer = self.uploader.send(Job.of_report(body, self.url, self.system_id))
             except UploadError as error:
                 decision: Decision = self._retry(error, record.attempts)
             else:
@@ -227,8 +227,8 @@ class Courier:
             core = replace(core, phase=CorePhase.POSTING, attempts=core.attempts + 1)
             record = self._save(replace(record, core=core))
             try:
-                fd, report = collected.opened.fd, collected.report
-                answer = self.uploader.send_core(fd, report, self.url, self.system_id, record.oops_id)
+                fd, limits = collected.opened.fd, collected.report.limits
+                answer = self.uploader.send(Job.of_core(fd, limits, self.url, self.system_id, record.oops_id))
             except CoreUnavailable as error:
                 log.info("%s: %s", record.name, error)
                 core = replace(core, phase=CorePhase.UNAVAILABLE, next_attempt=None, last_error=str(error))

@@ -18,7 +18,6 @@ from importlib import metadata
 MINIMUMS: dict[str, tuple[str, str]] = {
     "dbus_fast": ("dbus-fast", "4.0"),
     "asyncinotify": ("asyncinotify", "4.0"),
-    "requests": ("requests", "2.28"),
     "bson": ("pymongo", "3.11"),
     "backports": ("backports.zstd", "1.0"),
 }

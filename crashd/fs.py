@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from stat import S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFSOCK, S_ISLNK, S_ISREG
 from typing import TYPE_CHECKING, BinaryIO, Self
 
+from crashd.errors import CrashdError
+
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
@@ -81,7 +83,7 @@ Refusal = Callable[[os.stat_result], str | None]
 """A caller's own rule on ``fstat`` of the open descriptor: why the file is refused, or None."""
 
 
-class UnsafeFileError(ValueError):
+class UnsafeFileError(CrashdError, ValueError):
     """A file that breaks a safety rule; refused, never acted on.
 
     ``reason`` is in plain words ("is a symbolic link"); ``str(e)`` is

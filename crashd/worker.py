@@ -15,15 +15,25 @@ A worker that dies, hangs past its budget or says anything else is killed with
 its process group, the job raises :class:`WorkerError`, and the next start waits
 out a backoff of its own (1 s doubling to 60 s), so a report that breaks the
 worker costs one failed attempt per backoff step, never a crash loop. The worker
-trusts nothing either: it reads a report only from the descriptor it was given
-(never a path), with the same :class:`~crashd.report.Limits` root used.
+trusts nothing either: it reads only from the descriptor it was given (never a
+path), a core's report with the same :class:`~crashd.report.Limits` root used.
+
+**The body is encoded once, on the root side.** Delivery encodes a report's BSON
+body before it records the attempt, so that a report crashd refuses (text that is
+not UTF-8, too much of it) is refused before any state is written; the worker gets
+that very body in a memory file (``memfd``) and sends it as it is, bounded by
+:func:`crashd.uploader.max_body`. Encoding is not parsing: root reads no byte
+the network wrote, and the report's text is what root has already indexed. A
+core is streamed as stored, so for a core job the worker gets the report's own
+descriptor and indexes the report itself.
 
 **The messages** (one ``AF_UNIX``/``SOCK_SEQPACKET`` datagram each, boundaries kept):
 
 * worker → root, once after the privilege drop: ``{"ready": true}``;
-* root → worker, one per job (≤ 64 KiB), the report's open descriptor attached
-  (``SCM_RIGHTS``): ``{id, kind: "report"|"core", url, system_id, oops_id,
-  seconds, limits}`` — *seconds* is the job's whole budget;
+* root → worker, one per job (≤ 64 KiB), one descriptor attached (``SCM_RIGHTS``:
+  the body's memfd for a report, the report's own for a core): ``{id, kind:
+  "report"|"core", url, system_id, oops_id, seconds, limits}`` — *seconds* is the
+  job's whole budget;
 * worker → root, one per job (≤ 256 KiB): ``{id, status, body_b64, headers}``
   (the body cut at 64 KiB, only the headers in :data:`ANSWER_HEADERS`),
   ``{id, error: {class, message}}``, ``{id, invalid: detail}`` (a
@@ -37,12 +47,11 @@ ahead of the standard library), exec'd — never forked from the threaded daemon
 and never set up in a ``preexec_fn``. It starts as root because the interpreter
 and its library may live where only root can read (a pyenv or venv under
 ``/root``, mode 0700), so it imports and warms up everything a job will touch
-(``requests``, ``bson``, ``ssl``, the IDNA codec) *before* it drops privileges;
-after the drop nothing new may be imported. The root side uses
-:mod:`crashd.uploader` only for its error classes and
-:class:`~crashd.uploader.Answer` (importing it still loads ``requests``, which
-the root side never calls) and never opens an
-``AF_INET``/``AF_INET6`` socket.
+(``http.client``, ``bson``, ``ssl`` and the CA certificates, the IDNA codec)
+*before* it drops privileges; after the drop nothing new may be imported. The
+root side uses :mod:`crashd.uploader` only for the job, its error classes and
+:class:`~crashd.uploader.Answer` (the HTTP modules are imported only where HTTP
+is spoken) and never opens an ``AF_INET``/``AF_INET6`` socket.
 """
 
 from __future__ import annotations
@@ -61,14 +70,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from crashd import fs, uploader
 from crashd import process as processes
-from crashd.report import Limits, MalformedReportError, Report, ReportError, read_report
-from crashd.uploader import Answer, CoreUnavailable, UploadError
+from crashd.report import Limits, MalformedReportError, ReportError, read_report
+from crashd.uploader import Answer, CoreUnavailable, Job, UploadError, WorkerError
 
-__all__ = ["WorkerError", "WorkerUploader", "main"]
+__all__ = ["WorkerUploader", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +106,9 @@ _ERRORS: dict[str, type[UploadError]] = {
         uploader.OfflineError,
         uploader.UploadTimeout,
         uploader.ExchangeError,
-    )
+    )  # never WorkerError: a worker cannot make its own failure pass for this side's
 }
 _LIMITS = {field.name for field in dataclasses.fields(Limits)}
-
-
-class WorkerError(UploadError):
-    """The upload worker died, hung or said something malformed: this attempt failed on this side.
-
-    Nothing may have reached the server, so delivery retries it as soon as it
-    retries :class:`~crashd.uploader.OfflineError`, with exponential backoff.
-    """
 
 
 class WorkerUploader:
@@ -116,7 +118,7 @@ class WorkerUploader:
 
         uploader = WorkerUploader(pwd.getpwnam("crashd"), connect_timeout=10, read_timeout=60)
         try:
-            answer = uploader.send_report(fd, report, body, url, system_id)
+            answer = uploader.send(Job.of_report(body, url, system_id))
         finally:
             uploader.close()
 
@@ -151,15 +153,15 @@ class WorkerUploader:
         """The running worker's pid (and process group), or None: for logs and tests."""
         return self._process.pid if self._process is not None else None
 
-    def send_report(self, fd: int, report: Report, body: bytes, url: str, system_id: str) -> Answer:
-        # The worker encodes the report itself (BSON work happens unprivileged too); *body* sizes the budget.
-        job = {"kind": "report", "url": url, "system_id": system_id, "oops_id": None}
-        return self._job(fd, report, job, len(body))
-
-    def send_core(self, fd: int, report: Report, url: str, system_id: str, oops_id: str) -> Answer:
-        entry = report.entries.get("CoreDump")
-        job = {"kind": "core", "url": url, "system_id": system_id, "oops_id": oops_id}
-        return self._job(fd, report, job, entry.size if entry is not None else 0)
+    def send(self, job: Job) -> Answer:
+        """Run *job* in the worker: a report's body goes in a memfd, a core's report as its descriptor."""
+        if job.kind == "core":
+            return self._job(job, job.fd, _size(job.fd))
+        fd = _memfd(job.body)
+        try:
+            return self._job(job, fd, len(job.body))
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """End the worker: EOF on its socket makes it exit; it is killed if it has not, promptly."""
@@ -176,7 +178,7 @@ class WorkerUploader:
 
     # -- one job
 
-    def _job(self, fd: int, report: Report, job: dict[str, Any], sent: int) -> Answer:
+    def _job(self, job: Job, fd: int, sent: int) -> Answer:
         with self._lock:
             # The HTTP timeouts bound each stall, the budget the whole exchange: a server trickling a
             # byte a second never trips a read timeout. Sending *sent* bytes steadily fits in it.
@@ -189,13 +191,14 @@ class WorkerUploader:
             sock = self._ensure_worker()
             self._next_id += 1
             job_id = self._next_id
-            limits = dataclasses.asdict(report.limits)
-            message = json.dumps({"id": job_id, **job, "seconds": seconds, "limits": limits}).encode()
+            fields = {"kind": job.kind, "url": job.url, "system_id": job.system_id}
+            fields |= {"oops_id": job.oops_id if job.kind == "core" else None, "seconds": seconds}
+            message = json.dumps({"id": job_id, **fields, "limits": dataclasses.asdict(job.limits)}).encode()
             if len(message) > MAX_JOB:  # only a giant URL or OOPS id gets here: a local fault
                 raise WorkerError(f"the upload job is larger than {MAX_JOB} bytes")
             try:
                 socket.send_fds(sock, [message], [fd])
-                reply = _receive(sock, seconds + GRACE + _size(fd) / SCAN_RATE)  # + indexing the file
+                reply = _receive(sock, seconds + GRACE + sent / SCAN_RATE)  # + indexing the file
                 answer = _answer(reply, job_id)
             except (OSError, WorkerError) as error:
                 why = str(error) if isinstance(error, WorkerError) else f"the upload worker is gone ({error})"
@@ -261,6 +264,19 @@ def _kill(process: subprocess.Popen[bytes]) -> int | None:
     """SIGKILL the worker's process group and reap it; its exit status if it ended on its own."""
     code = processes.stop(process)
     return None if code == -signal.SIGKILL else code
+
+
+def _memfd(body: bytes) -> int:
+    """A memory file holding *body*, for the worker: the body is encoded once, on this side."""
+    fd = os.memfd_create("crashd-report-body", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(body)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _size(fd: int) -> int:
@@ -390,32 +406,35 @@ def main(argv: list[str] | None = None) -> int:
 def _warm_up(connect_timeout: float, read_timeout: float) -> uploader.HttpTransport:
     """Import and initialise everything a job needs while the interpreter's files are still readable.
 
-    After the drop, a lazy import from a 0700 ``/root/.pyenv`` would fail; so
-    would the first use of a codec or module that ``requests``, ``urllib3`` or
-    ``ssl`` load on demand.
+    After the drop, a lazy import from a 0700 ``/root/.pyenv`` would fail; so would
+    the first use of a codec or module that ``http.client``, ``urllib.request`` (the
+    proxy variables) or ``ssl`` load on demand. The TLS context is made here too, so
+    the CA certificates are read once, as root.
     """
-    import ssl
+    import http.client
+    import io
+    import urllib.request
 
     import bson
-    import requests
 
     bson.encode({"x": "y"})
-    ssl.create_default_context()
-    requests.Session().close()
-    requests.Request("POST", "http://x/", data=b"x").prepare()
+    uploader.tls_context()
+    http.client.parse_headers(io.BytesIO(b"Content-Type: text/plain\r\n\r\n"))
+    urllib.request.getproxies_environment()
     "x".encode("idna")
-    requests.utils.get_environ_proxies("http://x/")
     return uploader.HttpTransport(connect_timeout, read_timeout)
 
 
 def _check_ca_bundle(uid: int) -> None:
-    """Say now, once, if HTTPS cannot work: requests loads its CA bundle on every new connection."""
-    import requests.certs
+    """Say now, once, if HTTPS cannot work: no CA certificate loaded, and none this user can look up."""
+    import ssl
 
-    bundle = requests.certs.where()
-    if not os.access(bundle, os.R_OK):
-        print(f"crashd-worker: uid {uid} cannot read the CA bundle {bundle}: https uploads will fail",
-              file=sys.stderr)  # fmt: skip
+    if uploader.tls_context().cert_store_stats()["x509_ca"]:
+        return  # read before the drop (_warm_up)
+    capath = ssl.get_default_verify_paths().capath
+    if capath is None or not os.access(capath, os.R_OK | os.X_OK):
+        print(f"crashd-worker: uid {uid} has no CA certificates (SSL_CERT_FILE, SSL_CERT_DIR): "
+              "https uploads will fail", file=sys.stderr)  # fmt: skip
 
 
 class _OutOfTime(uploader.UploadTimeout):
@@ -480,20 +499,17 @@ def _work(data: bytes, fds: list[int], flags: int, transport: uploader.HttpTrans
         job_id = json.loads(data).get("id")
         job, limits = _job_fields(data, fds, flags)
         seconds = float(job["seconds"])
-        with fs.reader(fds.pop(), shown="the report descriptor") as file:
-            report = read_report(file, limits=limits)
-            transport.deadline = time.monotonic() + seconds
-            signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
-            try:
-                if job["kind"] == "report":
-                    body = uploader.encode_report(report)
-                    answer = uploader.post_report(body, transport, job["url"], job["system_id"])
-                else:
+        if job["kind"] == "report":
+            body = _read_body(fds.pop(), uploader.max_body(limits))
+            with _deadline(transport, seconds):
+                answer = uploader.post_report(body, transport, job["url"], job["system_id"])
+        else:
+            with fs.reader(fds.pop(), shown="the report descriptor") as file:
+                report = read_report(file, limits=limits)
+                with _deadline(transport, seconds):
                     answer = uploader.post_core(
                         report, transport, job["url"], job["system_id"], job["oops_id"]
                     )
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
     except CoreUnavailable as error:
         return {"id": job_id, "unavailable": str(error)[:MAX_TEXT]}
     except ReportError as error:
@@ -510,6 +526,26 @@ def _work(data: bytes, fds: list[int], flags: int, transport: uploader.HttpTrans
     }
     body_b64 = base64.b64encode(answer.body[: uploader.MAX_ANSWER]).decode()
     return {"id": job_id, "status": answer.status, "body_b64": body_b64, "headers": headers}
+
+
+@contextlib.contextmanager
+def _deadline(transport: uploader.HttpTransport, seconds: float) -> Iterator[None]:
+    """The job's whole budget: the transport's deadline, and an alarm for any call that ignores it."""
+    transport.deadline = time.monotonic() + seconds
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _read_body(fd: int, bound: int) -> bytes:
+    """The report body root encoded, from the memory file it came in (which this owns): at most *bound*."""
+    with fs.reader(fd, shown="the report body") as file:
+        body = file.read(bound + 1)
+    if len(body) > bound:
+        raise ValueError(f"the report body is larger than {bound} bytes")
+    return body
 
 
 if __name__ == "__main__":

@@ -33,12 +33,13 @@ HOMES = {
 # The foundations: standard library only, and from crashd only each other, so the exception hook, the
 # hook child and the library's users can import them anywhere.
 FOUNDATIONS = {
-    "crashd.fs": (),
-    "crashd.process": (),
+    "crashd.errors": (),
+    "crashd.fs": ("crashd.errors",),
+    "crashd.process": (),  # loaded by path in the hook child, where there is no crashd package
     "crashd.lifecycle": (),
-    "crashd._codec": (),
-    "crashd._scan": (),
-    "crashd.report": ("crashd._codec", "crashd._scan"),
+    "crashd._codec": ("crashd.errors",),
+    "crashd._scan": ("crashd.errors",),
+    "crashd.report": ("crashd._codec", "crashd._scan", "crashd.errors"),
 }
 
 

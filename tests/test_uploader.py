@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import inspect
+import base64
+import errno
+import http.client
 import io
 import os
+import socket
+import ssl
+import threading
 
 import bson
 import pytest
-import requests
 
 from crashd.report import MalformedReportError, ReportLimitError, read_report, write_report
 from crashd.uploader import (
@@ -16,9 +20,10 @@ from crashd.uploader import (
     CoreUnavailable,
     ExchangeError,
     HttpTransport,
+    OfflineError,
     UploadError,
     UploadTimeout,
-    _errors,
+    _route,
     encode_report,
     post_core,
     post_report,
@@ -27,16 +32,28 @@ from crashd.uploader import (
 from tests.daisy import DaisyServer, Delay, Reset, Respond
 
 
-def test_every_requests_exception_maps_to_a_crashd_error():
-    mapped = {source for source, _ in _errors()}
-    for name, cls in inspect.getmembers(requests.exceptions, inspect.isclass):
-        if issubclass(cls, requests.RequestException):
-            assert cls in mapped, f"requests.exceptions.{name} has no explicit entry"
-            error = cls("boom", "doc", 0) if cls is requests.exceptions.JSONDecodeError else cls("boom")
-            assert isinstance(translate(error), UploadError)
-    assert isinstance(translate(requests.exceptions.ReadTimeout()), UploadTimeout)
-    assert isinstance(translate(requests.exceptions.SSLError()), ConnectError)
-    assert isinstance(translate(requests.exceptions.ChunkedEncodingError()), ExchangeError)
+@pytest.mark.parametrize(
+    ("error", "connected", "expected"),
+    [
+        (TimeoutError("timed out"), False, UploadTimeout),
+        (TimeoutError("timed out"), True, UploadTimeout),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), False, OfflineError),
+        (OSError(errno.ENETUNREACH, "Network is unreachable"), False, OfflineError),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), False, ConnectError),
+        (ssl.SSLCertVerificationError(1, "CERTIFICATE_VERIFY_FAILED"), False, ConnectError),
+        (OSError("Tunnel connection failed: 407 Proxy Authentication Required"), False, ConnectError),
+        (http.client.InvalidURL("no host"), False, ConnectError),
+        (UnicodeError("label too long"), False, ConnectError),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), True, ExchangeError),
+        (http.client.RemoteDisconnected("closed"), True, ExchangeError),
+        (http.client.BadStatusLine("junk"), True, ExchangeError),
+        (http.client.IncompleteRead(b"x", 5), True, ExchangeError),
+        (ssl.SSLError(1, "bad record mac"), True, ExchangeError),
+    ],
+)
+def test_every_failure_maps_to_the_crashd_error_a_caller_handles(error, connected, expected):
+    translated = translate(error, connected=connected)
+    assert type(translated) is expected and str(translated)
 
 
 def make_report(fields):
@@ -140,3 +157,122 @@ def test_answer_body_is_bounded(daisy):
     daisy.script(Respond(200, b"x" * (1 << 20)))
     answer = HttpTransport().post(daisy.url + "/x", b"")
     assert answer.status == 200 and len(answer.body) == 64 * 1024
+
+
+# -- the administrator's proxy (README: http_proxy, https_proxy, no_proxy) --------------------------
+
+
+@pytest.fixture
+def proxy_env(monkeypatch):
+    for name in (
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "REQUEST_METHOD",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    _route.cache_clear()
+    yield monkeypatch
+    _route.cache_clear()
+
+
+def test_without_proxy_settings_the_server_is_reached_straight(proxy_env):
+    route = _route("https", "daisy.ubuntu.com")
+    assert (route.host, route.port, route.tls, route.forward, route.tunnel) == (
+        "daisy.ubuntu.com",
+        443,
+        True,
+        False,
+        None,
+    )
+
+
+def test_https_goes_through_a_connect_tunnel_whose_credentials_only_the_proxy_sees(proxy_env):
+    proxy_env.setenv("https_proxy", "http://us%40er:p%3Ass@proxy.example:3128")
+    route = _route("https", "daisy.ubuntu.com")
+    assert (route.host, route.port, route.tunnel) == ("proxy.example", 3128, ("daisy.ubuntu.com", 443))
+    token = base64.b64encode(b"us@er:p:ss").decode()
+    assert route.proxy_auth == (("Proxy-Authorization", f"Basic {token}"),)
+    assert route.forward_headers == ()  # never sent to the crash database itself
+
+
+def test_http_is_forwarded_by_the_proxy_named_without_a_scheme(proxy_env):
+    proxy_env.setenv("HTTP_PROXY", "proxy.example:8080")
+    route = _route("http", "127.0.0.1:9000")
+    assert (route.host, route.port, route.forward, route.tls) == ("proxy.example", 8080, True, False)
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "netloc", "bypassed"),
+    [
+        ("*", "daisy.ubuntu.com", True),
+        ("ubuntu.com", "daisy.ubuntu.com", True),
+        (".ubuntu.com", "daisy.ubuntu.com", True),
+        ("daisy.ubuntu.com:443", "daisy.ubuntu.com", True),
+        ("daisy.ubuntu.com:8443", "daisy.ubuntu.com", False),
+        ("buntu.com", "daisy.ubuntu.com", False),
+        ("10.0.0.0/8, localhost", "10.1.2.3", True),
+        ("127.0.0.1", "127.0.0.1:9000", True),
+        ("10.0.0.0/8", "192.168.1.1", False),
+    ],
+)
+def test_no_proxy_as_requests_reads_it(proxy_env, no_proxy, netloc, bypassed):
+    proxy_env.setenv("https_proxy", "http://proxy.example:3128")
+    proxy_env.setenv("no_proxy", no_proxy)
+    assert (_route("https", netloc).tunnel is None) is bypassed
+
+
+def test_an_https_proxy_or_a_bad_url_is_a_connect_error(proxy_env):
+    proxy_env.setenv("https_proxy", "https://proxy.example:3128")
+    with pytest.raises(ConnectError, match="http:// proxies"):
+        HttpTransport(connect_timeout=1).post("https://daisy.ubuntu.com/x", b"")
+    with pytest.raises(ConnectError, match="not ftp"):
+        HttpTransport(connect_timeout=1).post("ftp://daisy.ubuntu.com/x", b"")
+
+
+def test_one_kept_alive_connection_per_server_and_a_fresh_one_after_connection_close(daisy):
+    transport = HttpTransport()
+    try:
+        for _ in range(3):
+            assert transport.post(daisy.url + "/x", bson.encode({"Package": "p"})).status == 200
+        assert daisy.connections == 1
+        daisy.script(Respond(200, b"ok", {"Connection": "close"}))
+        assert transport.post(daisy.url + "/x", bson.encode({"Package": "q"})).status == 200
+        assert transport.post(daisy.url + "/x", bson.encode({"Package": "r"})).status == 200
+        assert daisy.connections == 2
+    finally:
+        transport.close()
+
+
+def test_a_kept_alive_connection_the_server_closed_while_idle_is_replaced_not_failed():
+    """The server closes an idle connection without saying so first: the next POST opens a new one."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    closed, accepted = threading.Event(), []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data or not data.endswith(b"body"):
+                    data += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            closed.set()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    transport = HttpTransport(connect_timeout=5, read_timeout=5)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+    try:
+        assert transport.post(url, b"body").body == b"ok"
+        assert closed.wait(10)
+        assert transport.post(url, b"body").body == b"ok"
+    finally:
+        transport.close()
+        listener.close()
+        server.join(10)
+    assert len(accepted) == 2

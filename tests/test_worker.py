@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import bson
 import pytest
 
 from crashd import cli
@@ -30,8 +31,17 @@ from crashd.cli import _common
 from crashd.config import ConfigError, Settings
 from crashd.consent import set_preference
 from crashd.report import DEFAULT_LIMITS, Limits, MalformedReportError, Report, read_report
-from crashd.uploader import ConnectError, CoreUnavailable, DirectUploader, ExchangeError, OfflineError
-from crashd.worker import PASSED_ENVIRONMENT, WorkerError, WorkerUploader, _answer
+from crashd.uploader import (
+    ConnectError,
+    CoreUnavailable,
+    DirectUploader,
+    ExchangeError,
+    Job,
+    OfflineError,
+    WorkerError,
+    encode_report,
+)
+from crashd.worker import PASSED_ENVIRONMENT, WorkerUploader, _answer
 from tests.crashd_run import FAST, TOKEN, crash, crashd, popen, state_dir_of, write, write_config
 from tests.daemon_run import drop, run_daemon, wait_until
 from tests.daisy import DaisyServer, Hang, Reset, Respond
@@ -125,7 +135,8 @@ def assert_unprivileged(worker: int, user: pwd.struct_passwd) -> None:
 
 
 def assert_contained(worker: int, report: Path) -> None:
-    """A clean environment, cwd /, and no descriptor but stdio, sockets and the report it was handed."""
+    """A clean environment, cwd /, and no descriptor but stdio, sockets and what it was handed: the
+    report's body in a memory file (a report job) or the report itself (a core job)."""
     environment = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
     names = {entry.partition(b"=")[0].decode() for entry in environment if entry}
     assert names <= {"PATH", "LANG", *PASSED_ENVIRONMENT}, names
@@ -133,7 +144,8 @@ def assert_contained(worker: int, report: Path) -> None:
     for fd in Path(f"/proc/{worker}/fd").iterdir():
         target = os.readlink(fd)
         if int(fd.name) > 2:
-            assert target.startswith("socket:[") or target == str(report), (fd.name, target)
+            handed = target in (str(report), "/memfd:crashd-report-body (deleted)")
+            assert target.startswith("socket:[") or handed, (fd.name, target)
 
 
 # -- delivery ---------------------------------------------------------------------------------
@@ -324,21 +336,21 @@ def test_a_dead_worker_is_restarted_only_after_a_backoff(crash_dir, daisy, user)
     now = [1000.0]
     uploader.clock = lambda: now[0]
     try:
-        with opened(path) as (fd, report):
+        with opened(path) as (_fd, report):
             assert uploader.pid is None  # started on the first job, not before
-            assert uploader.send_report(fd, report, b"", daisy.url, TOKEN).status == 200
+            assert uploader.send(report_job(report, daisy.url)).status == 200
             first = uploader.pid
             assert first is not None
             os.kill(first, signal.SIGKILL)
             with pytest.raises(WorkerError, match="upload worker"):
-                uploader.send_report(fd, report, b"", daisy.url, TOKEN)
+                uploader.send(report_job(report, daisy.url))
             assert uploader.pid is None
             now[0] += 0.9
             with pytest.raises(WorkerError, match="restarting"):  # within the backoff: no new process
-                uploader.send_report(fd, report, b"", daisy.url, TOKEN)
+                uploader.send(report_job(report, daisy.url))
             assert uploader.pid is None
             now[0] += 0.2  # 1 s after the failure
-            assert uploader.send_report(fd, report, b"", daisy.url, TOKEN).status == 409
+            assert uploader.send(report_job(report, daisy.url)).status == 409
             assert uploader.pid not in (None, first)
     finally:
         uploader.close()
@@ -369,10 +381,10 @@ def test_a_worker_that_crashes_on_every_job_is_restarted_at_most_once_per_backof
     killer.start()
     starts, failures = [], 0
     try:
-        with opened(path) as (fd, report):
+        with opened(path) as (_fd, report):
             for _ in range(400):  # one attempt every 0.25 s for 100 s
                 try:
-                    uploader.send_report(fd, report, b"", daisy.url, TOKEN)
+                    uploader.send(report_job(report, daisy.url))
                 except WorkerError as error:
                     failures += 1
                     if "restarting" not in str(error):
@@ -392,15 +404,28 @@ def test_a_report_the_worker_cannot_read_is_invalid_and_a_missing_core_unavailab
     uploader = WorkerUploader(user, 2, 2)
     try:
         with opened(path) as (fd, report), pytest.raises(CoreUnavailable):
-            uploader.send_core(fd, report, daisy.url, TOKEN, "some-oops")
+            uploader.send(core_job(fd, report, daisy.url))
         with opened(path) as (fd, report):
             path.write_bytes(b"ProblemType: Crash\nno colon here\n")  # changed after root indexed it
             with pytest.raises(MalformedReportError, match="line 2: no colon"):
-                uploader.send_report(fd, report, b"", daisy.url, TOKEN)
+                uploader.send(core_job(fd, report, daisy.url))  # a core's report is indexed by the worker
         assert uploader.pid is not None, "neither refusal is the worker's failure"
     finally:
         uploader.close()
     assert daisy.reports == []
+
+
+def test_the_worker_sends_the_body_root_encoded_as_it_is(crash_dir, daisy, user):
+    """The body is encoded once, on the root side: the worker neither reads the report nor re-encodes it."""
+    path = write(crash_dir / NAME, crash("app"))
+    uploader = WorkerUploader(user, 2, 2)
+    try:
+        with opened(path) as (_fd, report):
+            document = bson.decode(encode_report(report)) | {"EncodedBy": "root"}
+            assert uploader.send(Job.of_report(bson.encode(document), daisy.url, TOKEN)).status == 200
+    finally:
+        uploader.close()
+    assert daisy.reports[0].document == document
 
 
 def test_the_worker_reads_with_the_root_sides_limits_and_never_moves_its_offset(crash_dir, daisy, user):
@@ -411,12 +436,14 @@ def test_the_worker_reads_with_the_root_sides_limits_and_never_moves_its_offset(
             report.limits = Limits(text_value=1000)  # the worker applies root's limits, whatever they are
             os.lseek(fd, 17, os.SEEK_SET)
             with pytest.raises(MalformedReportError, match="text_value"):
-                uploader.send_report(fd, report, b"", daisy.url, TOKEN)
+                uploader.send(core_job(fd, report, daisy.url))
             assert os.lseek(fd, 0, os.SEEK_CUR) == 17
         with opened(path) as (fd, report):
             os.lseek(fd, 17, os.SEEK_SET)
-            assert uploader.send_report(fd, report, b"", daisy.url, TOKEN).status == 200
+            with pytest.raises(CoreUnavailable):  # read to the end with the default limits: no core
+                uploader.send(core_job(fd, report, daisy.url))
             assert os.lseek(fd, 0, os.SEEK_CUR) == 17
+            assert uploader.send(report_job(report, daisy.url)).status == 200
     finally:
         uploader.close()
 
@@ -466,14 +493,19 @@ def test_https_works_after_the_drop(crash_dir, tmp_path, user):
         server.start()
         uploader = WorkerUploader(user, 5, 5)
         try:
-            with opened(path) as (fd, report), pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-                uploader.send_report(fd, report, b"", f"https://127.0.0.1:{port}", TOKEN)
+            with (
+                opened(path) as (_fd, report),
+                pytest.raises(ConnectError, match="CERTIFICATE_VERIFY_FAILED"),
+            ):
+                uploader.send(report_job(report, f"https://127.0.0.1:{port}"))
         finally:
             uploader.close()
         server.join(10)
 
 
-def test_without_the_user_root_uploads_through_a_worker_as_nobody_and_says_so_once(crash_dir, tmp_path, daisy):
+def test_without_the_user_root_uploads_through_a_worker_as_nobody_and_says_so_once(
+    crash_dir, tmp_path, daisy
+):
     config = write_config(tmp_path / "c.conf", **FAST, unprivileged_user=NO_SUCH_USER)
     write(crash_dir / NAME, crash("app"))
     write(crash_dir / "_usr_bin_other.0.crash", crash("other"))
@@ -526,6 +558,15 @@ def opened(path: Path, limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[int, R
     """A report as delivery holds it: an open descriptor and the index root read from it."""
     with path.open("rb") as f:
         yield f.fileno(), read_report(f, limits=limits)
+
+
+def report_job(report: Report, url: str) -> Job:
+    """The report's POST as delivery makes it: its body encoded on this side."""
+    return Job.of_report(encode_report(report), url, TOKEN)
+
+
+def core_job(fd: int, report: Report, url: str) -> Job:
+    return Job.of_core(fd, report.limits, url, TOKEN, "some-oops")
 
 
 def _json(value: object) -> bytes:

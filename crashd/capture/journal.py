@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from crashd import process
+from crashd.errors import CrashdError
 
 __all__ = [
     "ENTRY_WAIT",
@@ -57,7 +58,7 @@ _FIELD_NAME = re.compile(rb"[A-Z0-9_]{1,64}")
 _UNIT = re.compile(rb"systemd-coredump@[A-Za-z0-9:_.\\-]{1,200}\.service")
 
 
-class InvalidEntry(ValueError):
+class InvalidEntry(CrashdError, ValueError):
     """The input is not a usable systemd-coredump entry (exit 4); the message says why."""
 
 

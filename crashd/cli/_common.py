@@ -21,6 +21,7 @@ from pathlib import Path
 from crashd.collector import HookOptions
 from crashd.config import ConfigError, Settings, load_settings, parse_seconds
 from crashd.consent import Consent, load_consent, may_send
+from crashd.errors import CrashdError
 from crashd.identity import system_identifier
 from crashd.lifecycle import Gate, Status
 from crashd.network import NetworkGate, read_conditions
@@ -38,11 +39,11 @@ EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_CONSENT, EXIT_INVALID, EXIT_NOT_ALLOW
 WORKER_FALLBACK_USER = "nobody"
 
 
-class UsageError(Exception):
+class UsageError(CrashdError):
     """A problem with what the user asked for; exit 2."""
 
 
-class NotAllowed(Exception):
+class NotAllowed(CrashdError):
     """The request was understood but refused (polkit, a lock, not root); exit 5, so that a script can
     tell "ask an administrator" from "fix the command line"."""
 

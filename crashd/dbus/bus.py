@@ -17,6 +17,8 @@ from dbus_fast import BusType, DBusError, ErrorType, Message, MessageFlag, Messa
 from dbus_fast.aio import MessageBus
 from dbus_fast.errors import AuthError, InvalidAddressError
 
+from crashd.errors import CrashdError
+
 log = logging.getLogger("crashd.dbus_prefs")
 
 DEFAULT_SYSTEM_BUS = "unix:path=/var/run/dbus/system_bus_socket"
@@ -24,7 +26,7 @@ BUS_TIMEOUT = 25.0  # the bus daemon's own answers (who is calling)
 ACCESS_DENIED = ErrorType.ACCESS_DENIED.value
 
 
-class BusUnavailable(ConnectionError):
+class BusUnavailable(CrashdError, ConnectionError):
     """The system bus cannot be used: no connection, or a name we must own is taken or refused."""
 
 

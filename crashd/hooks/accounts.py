@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crashd import process
+from crashd.errors import CrashdError
 
 __all__ = ["CHILD", "Account", "HookSetupError", "account_for", "interpreter_for"]
 
@@ -29,7 +30,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 _READ, _EXEC = 4, 1
 
 
-class HookSetupError(RuntimeError):
+class HookSetupError(CrashdError, RuntimeError):
     """Hooks cannot run for this report at all (no user to run them as, no usable Python).
 
     ``str(e)`` is the reason; :func:`crashd.hooks.run_hooks` records it for every

@@ -36,6 +36,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crashd.errors import CrashdError
+
 __all__ = [
     "BUILTIN_DIR",
     "PATH_MAX",
@@ -58,7 +60,7 @@ PATH_MAX = 4096  # Linux's limit on a path, its terminating NUL included
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class InvalidFieldError(ValueError):
+class InvalidFieldError(CrashdError, ValueError):
     """A field that chooses hooks holds a value that could choose none: the report is invalid.
 
     ``str(e)`` is the reason, ready for the report's ``invalid`` state.

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crashd.errors import CrashdError
 from crashd.hooks.accounts import Account
 from crashd.hooks.discovery import Plan
 from crashd.hooks.process import STARTUP_TIMEOUT, Budget, HookChild
@@ -171,7 +172,7 @@ class _Config:
     owners: list[int] | None
 
 
-class _ProtocolError(Exception):
+class _ProtocolError(CrashdError):
     """The runner said something crashd did not ask for: the child is killed."""
 
 
