@@ -33,13 +33,16 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 # lines have no length limit (a bytes CoreDump is one line of its whole compressed size).
 PIECE = 1 * MiB
 _FIRST_READ = 64 * KiB  # most reports are a few KiB: don't ask for a whole block at first
-KEEP_WHOLE = 64 * KiB  # a file this small is kept whole by the index pass, for its text values
+KEEP_WHOLE = 64 * KiB  # a file this small is indexed at once and its text values decoded with the index
 
 KEY = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*")
 _NEXT_HEADER = re.compile(rb"\n[^ ]")  # a line that does not continue the entry before it
 # Keys already found valid: a few hundred in practice; at most 4096 of at most 256 bytes each.
 _VALID_KEYS: dict[bytes, str] = {}
 _EMPTY_LINES = re.compile(rb"(?: \n)*")  # continuation lines with nothing on them
+# One whole entry of a small file: key (at most 256 bytes; longer goes the general way), the
+# rest of the header line, the continuation lines. Tried at line starts only, so it stays linear.
+_SMALL_ENTRY = re.compile(rb"(?m)^([A-Za-z0-9._-]{1,256}):([^\n]*)\n((?: [^\n]*+\n)*+)")
 
 
 class ReportError(ValueError):
@@ -169,9 +172,12 @@ class _Buffer:
         return length, last, ends
 
 
-def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> tuple[dict[str, Entry], bytes | None]:
+def index_entries(
+    file: BinaryIO, limits: Limits, name: str | None
+) -> tuple[dict[str, Entry], dict[str, bytes] | None]:
     """Index every entry of the report in *file* (binary, at offset 0) in one bounded pass;
-    return the entries and, for a file of at most KEEP_WHOLE bytes, its bytes.
+    return the entries and, for a well-formed file of at most KEEP_WHOLE bytes, its text values
+    decoded (they come almost for free while the file is in hand).
 
     Raises :class:`ReportError` for input apport's loader would refuse and for anything
     over *limits*, naming the line, as soon as the offending line has been read.
@@ -183,7 +189,9 @@ def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> tuple[dic
     buffer.fill()
     data = buffer.data
     if buffer.eof and len(data) <= min(KEEP_WHOLE, PIECE, limits.file_size) and limits.text_value >= PIECE:
-        buffer.pos = _small_file(data, entries, cursor, limits)
+        small = _small_file(data, limits)
+        if small is not None:
+            return small
     while True:
         buffer.fill()
         data, pos = buffer.data, buffer.pos
@@ -233,66 +241,70 @@ def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> tuple[dic
             raise fail(ReportLimitError, f"more than {limits.keys} keys")
     if builder is not None:
         entries[builder.key] = builder.finish(buffer.base + buffer.pos)
-    whole = buffer.base == 0 and buffer.eof and len(buffer.data) <= KEEP_WHOLE
-    return entries, buffer.data if whole else None
+    return entries, None
 
 
-def _small_file(data: bytes, entries: dict[str, Entry], cursor: _Cursor, limits: Limits) -> int:
-    """Index a small file (all of it in hand, at most KEEP_WHOLE and PIECE bytes) as far as it
-    goes without a question; return where the line-by-line path must take over (``len(data)``
-    when done). A larger file goes entry by entry (:func:`_whole_entry`), so that a core's
-    base64 lines are stepped over rather than scanned byte by byte.
+def _small_file(data: bytes, limits: Limits) -> tuple[dict[str, Entry], dict[str, bytes]] | None:
+    """Index a small, well-formed file (all of it in hand, at most KEEP_WHOLE and PIECE bytes) and
+    decode its text values on the way; None when anything is unusual, for the general path.
 
-    Entry boundaries come from one regex scan for a newline not followed by a space; each
-    entry then costs a few ``find``/``count`` calls. No line can be longer than PIECE and no
-    text value can reach the text_value bound here (the caller checks both), so only the key
-    bounds remain to be checked; anything unusual (a bad key, an empty line, a last line with
-    no newline) stops the fast path at that entry, before anything of it is recorded.
+    One ``findall`` cuts every entry into its key, the rest of its header line and its block of
+    continuation lines, in C; Python then runs a few steps per entry. The matches cover the file
+    without a gap exactly when their lengths add up to its size, so anything the regex does not
+    take — an empty line, a bad key, a last line without its newline — sends the whole file to
+    the general path, which names the line of any refusal. No line can be longer than PIECE and no
+    text value can reach the text_value bound here (the caller checks both).
     """
+    entries: dict[str, Entry] = {}
+    values: dict[str, bytes] = {}  # text values, decoded as Report.text would decode them
     pos = line = 0
-    bounds = [match.start() + 1 for match in _NEXT_HEADER.finditer(data)]
-    bounds.append(len(data))
-    find, count_of, known = data.find, data.count, _VALID_KEYS.get
-    key_length, most_keys = limits.key_length, limits.keys
+    known, key_length = _VALID_KEYS.get, limits.key_length
     make = tuple.__new__  # Entry(...) through its Python-level __new__ costs more than the rest of the loop
-    for end in bounds:
-        header_end = find(b"\n", pos, end)
-        colon = find(b":", pos, header_end)
-        if colon < 0 or data[end - 1] != 0x0A:
-            break  # an empty line, no colon, or a line with no newline at the end of the file
-        raw_key = data[pos:colon]
+    for raw_key, raw_value, block in _SMALL_ENTRY.findall(data):
         key = known(raw_key)
         if key is None:
             if not KEY.fullmatch(raw_key):
-                break
+                return None
             key = raw_key.decode("ascii")
-            if len(_VALID_KEYS) < 4096 and len(raw_key) <= 256:
+            if len(_VALID_KEYS) < 4096:
                 _VALID_KEYS[raw_key] = key
-        if colon - pos > key_length or (len(entries) >= most_keys and key not in entries):
-            break
-        value = data[colon + 1 : header_end].strip()
-        binary = value == b"base64"
+        if len(raw_key) > key_length:
+            return None
+        start = pos
+        pos += len(raw_key) + len(raw_value) + len(block) + 2
         line += 1
-        if header_end + 1 == end:
-            entries[key] = make(Entry, (key, line, binary, pos, end, 0 if binary else len(value)))
-            pos = end
+        value = raw_value.strip()
+        if not block:
+            if value == b"base64":
+                values.pop(key, None)  # a duplicated key takes its last value
+                entries[key] = make(Entry, (key, line, True, start, pos, 0))
+            else:
+                values[key] = value
+                entries[key] = make(Entry, (key, line, False, start, pos, len(value)))
             continue
-        count = count_of(b"\n", header_end + 1, end)
-        body = end - header_end - 1 - 2 * count
-        if binary:
-            size = body + count - 1  # base64 lines joined with "\n"
-        elif value:
-            size = len(value) + body + count
-        elif body:  # leading empty lines vanish; "\n" joins every line after the first non-empty one
-            empty = _EMPTY_LINES.match(data, header_end + 1, end).end() - header_end - 1  # type: ignore[union-attr]
-            size = body + count - empty // 2 - 1
+        count = block.count(b"\n")
+        if value == b"base64":  # base64 lines joined with "\n"
+            values.pop(key, None)  # a duplicated key takes its last value
+            entries[key] = make(Entry, (key, line, True, start, pos, len(block) - count - 1))
         else:
-            size = 0
-        entries[key] = make(Entry, (key, line, binary, pos, end, size))
+            value = _joined(value, block[1:-1])
+            values[key] = value
+            entries[key] = make(Entry, (key, line, False, start, pos, len(value)))
         line += count
-        pos = end
-    cursor.line = line
-    return pos
+    if pos != len(data) or len(entries) > limits.keys:
+        return None  # a gap the regex skipped, or too many keys: the general path names the line
+    return entries, values
+
+
+def _joined(first: bytes, lines: bytes) -> bytes:
+    """A text value from its stripped first line and its continuation lines as stored, less the
+    first line's leading space and the last line's newline (one home for Report.text too).
+
+    Every continuation line loses its one leading space; apport adds "\n" only once the value
+    is non-empty, so leading empty lines vanish.
+    """
+    rest = lines.replace(b"\n ", b"\n")
+    return first + b"\n" + rest if first else rest.lstrip(b"\n")
 
 
 def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, limits: Limits) -> bool:

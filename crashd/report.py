@@ -54,6 +54,7 @@ from crashd._scan import (
     MalformedReportError,
     ReportError,
     ReportLimitError,
+    _joined,
     index_entries,
     size_text,
 )
@@ -157,8 +158,8 @@ class Report:
 
     The report reads from the file object it was given, so that file must stay
     open and must not be read by anyone else while the report is in use. A small
-    file's bytes (*whole*, at most :data:`crashd._scan.KEEP_WHOLE`) are kept from
-    the index pass, and its text values are cut from them without reading again.
+    file's text values (*values*, from a file of at most :data:`crashd._scan.KEEP_WHOLE`
+    bytes) are decoded by the index pass and kept, so they are not read again.
     """
 
     def __init__(
@@ -167,9 +168,10 @@ class Report:
         entries: dict[str, Entry],
         limits: Limits,
         name: str | None,
-        whole: bytes | None = None,
+        values: dict[str, bytes] | None = None,
     ):
-        self._file, self.entries, self.limits, self.name, self._whole = file, entries, limits, name, whole
+        self._file, self.entries, self.limits, self.name = file, entries, limits, name
+        self._values = values or {}
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
@@ -188,24 +190,21 @@ class Report:
 
     def text(self, key: str) -> bytes:
         """The decoded bytes of a text entry (``KeyError`` if absent, ``TypeError`` if binary)."""
+        value = self._values.get(key)  # a small file's text values are decoded already
+        if value is not None:
+            return value
         entry = self.entries[key]
         if entry.binary:
             raise TypeError(f"{key} is a binary value; use chunks() or base64_body()")
-        raw, start, stop = self._whole, entry.start, entry.end
-        if raw is None:
-            self._file.seek(entry.start)
-            raw = self._file.read(entry.end - entry.start)
-            start, stop = 0, len(raw)
-        header_end = raw.find(b"\n", start, stop)
+        self._file.seek(entry.start)
+        raw = self._file.read(entry.end - entry.start)
+        header_end = raw.find(b"\n")
         if header_end < 0:
-            header_end = stop  # the file's last line, with no newline
-        first = raw[start + len(key) + 1 : header_end].strip()
-        if header_end + 1 >= stop:
+            header_end = len(raw)  # the file's last line, with no newline
+        first = raw[len(key) + 1 : header_end].strip()
+        if header_end + 1 >= len(raw):
             return first
-        # Every continuation line loses its one leading space; apport adds "\n" only once the value
-        # is non-empty, so leading empty lines vanish.
-        rest = raw[header_end + 2 : stop - (raw[stop - 1] == 0x0A)].replace(b"\n ", b"\n")
-        return first + b"\n" + rest if first else rest.lstrip(b"\n")
+        return _joined(first, raw[header_end + 2 : len(raw) - (raw[-1] == 0x0A)])
 
     def string(self, key: str) -> str:
         """A text entry as ``str``; ``MalformedReportError`` when it is not valid UTF-8."""
@@ -345,8 +344,8 @@ def read_report(file: BinaryIO, *, limits: Limits = DEFAULT_LIMITS, name: str | 
     anything over *limits*; *name* (usually the path) prefixes every message.
     The pass itself is :func:`crashd._scan.index_entries`.
     """
-    entries, whole = index_entries(file, limits, name)
-    return Report(file, entries, limits, name, whole)
+    entries, values = index_entries(file, limits, name)
+    return Report(file, entries, limits, name, values)
 
 
 # -- writing --------------------------------------------------------------------------
