@@ -214,6 +214,9 @@ def index_entries(
                 builder.add_line(length - 1 - ends, fail)
                 continue
             window = min(len(data), pos + PIECE)
+            if builder.binary and (stepped := _long_lines(data, pos, window))[1]:
+                _continuations(builder, buffer, stepped[0], cursor, limits, newlines=stepped[1])
+                continue
             following = _NEXT_HEADER.search(data, pos, window)
             if following is not None:
                 end = following.start() + 1
@@ -319,7 +322,7 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
         return False
     value = data[colon + 1 : header_end].strip()
     binary = value == b"base64"
-    end = _entry_end(data, header_end, window, long_lines=binary)
+    end, count = _entry_end(data, header_end, window, long_lines=binary)
     if end < 0 and buffer.eof and window == len(data):
         end = len(data)
     if end < 0 or data[end - 1] != 0x0A or buffer.base + end > limits.file_size:
@@ -334,7 +337,8 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
             _VALID_KEYS[raw_key] = key
     if colon - pos > limits.key_length or (key not in entries and len(entries) >= limits.keys):
         return False
-    count = data.count(b"\n", header_end + 1, end)
+    if count < 0:
+        count = data.count(b"\n", header_end + 1, end)  # C, but byte by byte: not over a core's lines
     body = end - header_end - 1 - 2 * count
     if binary:
         size = body + count - 1 if count else 0  # base64 lines joined with "\n"
@@ -353,39 +357,52 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
     return True
 
 
-def _entry_end(data: bytes, header_end: int, window: int, long_lines: bool) -> int:
-    """Where the entry whose header line ends at *header_end* ends, if before *window*; else -1.
+def _entry_end(data: bytes, header_end: int, window: int, long_lines: bool) -> tuple[int, int]:
+    """Where the entry whose header line ends at *header_end* ends, if before *window* (else -1),
+    and how many continuation lines it has when they were stepped over (else -1).
 
     A base64 block written by apport has one line per compressor block, so its few long
-    lines are stepped over with ``find`` (memchr); text, or a block of short lines, is
-    searched for its end with the regex, which looks at every byte.
+    lines are stepped over with ``find`` (memchr), and counted on the way; text, or a block
+    of short lines, is searched for its end with the regex, which looks at every byte.
     """
     if long_lines:
-        at = header_end + 1
-        while at < window and data[at] == 0x20:
-            newline = data.find(b"\n", at, window)
-            if newline < 0:
-                return -1
-            if newline - at < 1024:  # short lines after all: let the regex take the rest
-                break
-            at = newline + 1
-        else:
-            return at if at < window else -1
-        header_end = newline
+        at, lines = _long_lines(data, header_end + 1, window)
+        if at >= window:
+            return -1, -1
+        if data[at] != 0x20:
+            return at, lines  # the next line starts another entry
+        header_end = data.find(b"\n", at, window)
+        if header_end < 0:
+            return -1, -1  # a line not whole in the window
+        # a short line: let the regex take the rest
     following = _NEXT_HEADER.search(data, header_end, window)
-    return following.start() + 1 if following is not None else -1
+    return (following.start() + 1 if following is not None else -1), -1
+
+
+def _long_lines(data: bytes, pos: int, window: int) -> tuple[int, int]:
+    """The end of the run of whole lines of at least 1 KiB that start with a space at *pos*,
+    and their number (maybe 0), stepped over with ``find`` (memchr)."""
+    at, lines = pos, 0
+    while at < window and data[at] == 0x20:
+        newline = data.find(b"\n", at, window)
+        if newline - at < 1024:  # short, or not whole before window (-1)
+            break
+        at, lines = newline + 1, lines + 1
+    return at, lines
 
 
 def _continuations(
-    builder: _EntryBuilder, buffer: _Buffer, end: int, cursor: _Cursor, limits: Limits
+    builder: _EntryBuilder, buffer: _Buffer, end: int, cursor: _Cursor, limits: Limits, newlines: int = -1
 ) -> None:
-    """Add the continuation lines ``data[pos:end]`` (each at most PIECE bytes) to *builder*.
+    """Add the continuation lines ``data[pos:end]`` (each at most PIECE bytes) to *builder*;
+    *newlines*, when known, is how many of them end with a newline.
 
     The sums are taken in C; only when a bound would be crossed somewhere in the run are the
     lines walked one by one, to name the exact line.
     """
     data, pos = buffer.data, buffer.pos
-    newlines = data.count(b"\n", pos, end)
+    if newlines < 0:
+        newlines = data.count(b"\n", pos, end)
     count = newlines + (data[end - 1] != 0x0A)  # the file's last line may lack its newline
     body = end - pos - count - newlines  # without the leading spaces and the newlines
     stored = builder.stored + body + 2 * count
