@@ -9,9 +9,10 @@ the same line, with the same reason, as a line-at-a-time reader would. The error
 :class:`Limits` live here (and are re-exported by :mod:`crashd.report`) so that this module
 needs nothing of the report module.
 
-Why ~450 lines: three paths that must agree to the byte — a small file at once, a large file
-entry by entry, and the line-at-a-time fallback that names the line of a refusal — are one
-concept and are kept side by side so that a change to one is seen against the others.
+Why ~480 lines: three paths that must agree to the byte — a small file by one ``findall``, a
+large file entry by entry (a core's long lines stepped over with ``find``), and the
+line-at-a-time fallback that names the line of a refusal — are one concept and are kept side by
+side so that a change to one is seen against the others.
 
 Exceptions::
 

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crashd import _scan
 from crashd._codec import zstd_module
 from crashd.report import (
     STRING_KEYS,
@@ -477,6 +478,33 @@ LINE_SOUP = [
 @given(st.lists(st.sampled_from(LINE_SOUP), max_size=20))
 def test_reader_on_plausible_line_soup(lines):
     exercise(b"".join(lines))
+
+
+def _indexed(data: bytes, **limits: int) -> object:
+    """Everything the index pass and the text values say about *data*, or the refusal."""
+    try:
+        report = parse(data, **limits)
+        entries = report.entries.values()
+        return [(entry, None if entry.binary else report.text(entry.key)) for entry in entries]
+    except ReportError as error:
+        return type(error), str(error)
+
+
+SMALL_SOUP = [*LINE_SOUP, b"A: base64\n", b"D:\n", b"  \n", b"E: base64 \n", b"bad key: x\n", b" z", b"A: t \n"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(SMALL_SOUP), max_size=24), st.sampled_from([(10_000, 256), (3, 256), (9, 1)]))
+def test_a_small_file_indexes_as_the_general_path_does(lines, bounds):
+    """A file of at most 64 KiB is cut by one findall (crashd._scan._small_file); anything it
+    does not take goes the general way. Both must say the same, to the byte and the line."""
+    data, (keys, key_length) = b"".join(lines), bounds
+    fast = _indexed(data, keys=keys, key_length=key_length)
+    whole, _scan.KEEP_WHOLE = _scan.KEEP_WHOLE, 0  # the general path only
+    try:
+        assert _indexed(data, keys=keys, key_length=key_length) == fast
+    finally:
+        _scan.KEEP_WHOLE = whole
 
 
 def test_reading_text_and_gzip_values_imports_no_zstd(tmp_path: Path) -> None:
