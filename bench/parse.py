@@ -2,8 +2,9 @@
 
 DESIGN.md §8: "parse the shared corpus — apport's loader ≈ 440 reports/s; target ≥ 2x
 apport; memory independent of core size". The default run compares with that external
-anchor; ``--apport`` (:func:`compare_with_apport`) measures apport 2.36's own loader in the
-same run, on three corpora, as ratios (bench/README.md says how to get its source).
+anchor; ``--apport`` (:func:`compare_with_apport`, also part of the default run when
+``APPORT_SRC`` is set) measures apport 2.36's own loader and a floor (a minimal line splitter)
+in the same run, on three corpora, as ratios (bench/README.md says how to get its source).
 
 Three passes over the same files, each in a fresh child so its peak RSS is its own:
 
@@ -450,6 +451,8 @@ def run(quick: bool = False) -> dict:
 
         results["core_size"] = _core_size_memory(Path(tmp), big)
         results["fixtures"] = _fixtures(repeat)
+    if APPORT_SRC:  # the same-run ratios against apport and the floor (bench/README.md)
+        results["apport"] = compare_with_apport(rounds=3 if quick else 5)
     d = results["decode"]
     print(
         f"parse: SUMMARY decode {d['reports_per_s_median']:.0f} reports/s (x{d['reports_per_s_median'] / APPORT_ANCHOR:.1f} "
