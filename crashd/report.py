@@ -298,18 +298,35 @@ class Report:
     # -- internals ----------------------------------------------------------------------
 
     def _lines(self, entry: Entry) -> Iterator[tuple[bytes, bool, bool]]:
-        """(piece, starts a line, ends a line) over the continuation lines of *entry*."""
-        self._file.seek(entry.start)
-        self._file.readline(PIECE)  # the header line: "Key: base64"
-        position, line_start = self._file.tell(), True
-        while position < entry.end:
-            piece = self._file.readline(min(PIECE, entry.end - position))
-            if not piece:
+        """(piece, starts a line, ends a line) over the continuation lines of *entry*.
+
+        Read in blocks of PIECE (``readline`` would fill its 8 KiB buffer many times over for a
+        core's long line); a line is handed over whole when it fits in two blocks, else in
+        pieces of at least PIECE bytes, so at most 2 PIECE are held.
+        """
+        file = self._file
+        file.seek(entry.start)
+        file.readline(PIECE)  # the header line: "Key: base64"
+        position, line_start, data, at = file.tell(), True, b"", 0
+        while True:
+            newline = data.find(b"\n", at)
+            if newline >= 0:
+                yield data[at : newline + 1], line_start, True
+                at, line_start = newline + 1, True
+                continue
+            rest = data[at:]
+            if position >= entry.end:
+                if rest:
+                    yield rest, line_start, False  # the file's last line, without its newline
+                return
+            if len(rest) >= PIECE:  # a long line: hand this much of it over, read on
+                yield rest, line_start, False
+                rest, line_start = b"", False
+            more = file.read(min(PIECE, entry.end - position))
+            if not more:
                 raise MalformedReportError("the file changed while it was read", name=self.name)
-            position += len(piece)
-            ends = piece.endswith(b"\n")
-            yield piece, line_start, ends
-            line_start = ends
+            position += len(more)
+            data, at = rest + more, 0
 
     def _base64_blocks(self, entry: Entry) -> Iterator[bytes]:
         """Each stored line decoded as its own base64 string, in pieces."""
@@ -317,12 +334,14 @@ class Report:
         try:
             for piece, line_start, ends in self._lines(entry):
                 line += line_start
-                if line_start and ends:  # a whole line in hand: exactly what b64decode(line) does, in C
+                if line_start and ends:  # a whole line in hand: what b64decode(line) does, in C
                     try:
-                        yield a2b_base64(piece)
-                    except binascii.Error:
-                        raise CodecError("incorrect base64 padding") from None
-                    continue
+                        block = a2b_base64(piece)
+                    except binascii.Error:  # decoded piecewise below: the quanta before the bad
+                        block = None  # padding still reach the decompressor first, as they always did
+                    if block is not None:
+                        yield block
+                        continue
                 yield decoder.feed(piece)
                 if ends:
                     decoder.finish()
