@@ -249,7 +249,7 @@ def _child(mode: str, directory: str, repeat: int) -> None:
                     for _chunk in report.chunks(key):
                         pass
                 else:
-                    report.text(key)
+                    report.text_bytes(key)
         elif mode == "digest":
             for key in report:
                 report.digest(key)

@@ -260,7 +260,7 @@ def _small_file(data: bytes, limits: Limits) -> tuple[dict[str, Entry], dict[str
     text value can reach the text_value bound here (the caller checks both).
     """
     entries: dict[str, Entry] = {}
-    values: dict[str, bytes] = {}  # text values, decoded as Report.text would decode them
+    values: dict[str, bytes] = {}  # text values, decoded as Report.text_bytes would decode them
     pos = line = 0
     known, key_length = _VALID_KEYS.get, limits.key_length
     make = tuple.__new__  # Entry(...) through its Python-level __new__ costs more than the rest of the loop
@@ -302,7 +302,7 @@ def _small_file(data: bytes, limits: Limits) -> tuple[dict[str, Entry], dict[str
 
 def _joined(first: bytes, lines: bytes) -> bytes:
     """A text value from its stripped first line and its continuation lines as stored, less the
-    first line's leading space and the last line's newline (one home for Report.text too).
+    first line's leading space and the last line's newline (one home for Report.text_bytes too).
 
     Every continuation line loses its one leading space; apport adds "\n" only once the value
     is non-empty, so leading empty lines vanish.

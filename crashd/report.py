@@ -28,7 +28,7 @@ Usage::
 
     with open(path, "rb") as f:
         report = read_report(f, name=path)
-        report.problem_type, report.text("ExecutablePath")
+        report.problem_type, report.text_bytes("ExecutablePath")
         for chunk in report.chunks("CoreDump"): ...
 """
 
@@ -190,8 +190,9 @@ class Report:
         entry = self.entries.get("ProblemType")
         return self.string("ProblemType") if entry and not entry.binary else None
 
-    def text(self, key: str) -> bytes:
-        """The decoded bytes of a text entry (``KeyError`` if absent, ``TypeError`` if binary)."""
+    def text_bytes(self, key: str) -> bytes:
+        """The decoded bytes of a text entry (``KeyError`` if absent, ``TypeError`` if binary);
+        :meth:`string` gives it as ``str``."""
         value = self._values.get(key)  # a small file's text values are decoded already
         if value is not None:
             return value
@@ -210,7 +211,7 @@ class Report:
 
     def string(self, key: str) -> str:
         """A text entry as ``str``; ``MalformedReportError`` when it is not valid UTF-8."""
-        value = self.text(key)
+        value = self.text_bytes(key)
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -221,7 +222,7 @@ class Report:
         """The decoded value as a stream of chunks: decompressed for a binary entry."""
         entry = self.entries[key]
         if not entry.binary:
-            yield self.text(key)
+            yield self.text_bytes(key)
             return
         decompressor, total = None, 0
         try:
@@ -265,7 +266,7 @@ class Report:
         valid UTF-8 in a :data:`STRING_KEYS` key; invalid UTF-8 there is an error.
         """
         if not self.entries[key].binary:  # bounded by the text_value limit: in memory, all at once
-            return self._digest_text(key, self.text(key), head_limit)
+            return self._digest_text(key, self.text_bytes(key), head_limit)
         sha, size, head = hashlib.sha256(), 0, bytearray()
         utf8, valid_utf8, controls = codecs.getincrementaldecoder("utf-8")(), True, False
         for chunk in self.chunks(key):
