@@ -9,9 +9,10 @@ the same line, with the same reason, as a line-at-a-time reader would. The error
 :class:`Limits` live here (and are re-exported by :mod:`crashd.report`) so that this module
 needs nothing of the report module.
 
-Why ~450 lines: three paths that must agree to the byte — a small file at once, a large file
-entry by entry, and the line-at-a-time fallback that names the line of a refusal — are one
-concept and are kept side by side so that a change to one is seen against the others.
+Why ~480 lines: three paths that must agree to the byte — a small file by one ``findall``, a
+large file entry by entry (a core's long lines stepped over with ``find``), and the
+line-at-a-time fallback that names the line of a refusal — are one concept and are kept side by
+side so that a change to one is seen against the others.
 
 Exceptions::
 
@@ -35,13 +36,16 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 # lines have no length limit (a bytes CoreDump is one line of its whole compressed size).
 PIECE = 1 * MiB
 _FIRST_READ = 64 * KiB  # most reports are a few KiB: don't ask for a whole block at first
-KEEP_WHOLE = 64 * KiB  # a file this small is kept whole by the index pass, for its text values
+KEEP_WHOLE = 64 * KiB  # a file this small is indexed at once and its text values decoded with the index
 
 KEY = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*")
 _NEXT_HEADER = re.compile(rb"\n[^ ]")  # a line that does not continue the entry before it
 # Keys already found valid: a few hundred in practice; at most 4096 of at most 256 bytes each.
 _VALID_KEYS: dict[bytes, str] = {}
 _EMPTY_LINES = re.compile(rb"(?: \n)*")  # continuation lines with nothing on them
+# One whole entry of a small file: key (at most 256 bytes; longer goes the general way), the
+# rest of the header line, the continuation lines. Tried at line starts only, so it stays linear.
+_SMALL_ENTRY = re.compile(rb"(?m)^([A-Za-z0-9._-]{1,256}):([^\n]*)\n((?: [^\n]*+\n)*+)")
 
 
 class ReportError(CrashdError, ValueError):
@@ -171,9 +175,12 @@ class _Buffer:
         return length, last, ends
 
 
-def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> tuple[dict[str, Entry], bytes | None]:
+def index_entries(
+    file: BinaryIO, limits: Limits, name: str | None
+) -> tuple[dict[str, Entry], dict[str, bytes] | None]:
     """Index every entry of the report in *file* (binary, at offset 0) in one bounded pass;
-    return the entries and, for a file of at most KEEP_WHOLE bytes, its bytes.
+    return the entries and, for a well-formed file of at most KEEP_WHOLE bytes, its text values
+    decoded (they come almost for free while the file is in hand).
 
     Raises :class:`ReportError` for input apport's loader would refuse and for anything
     over *limits*, naming the line, as soon as the offending line has been read.
@@ -185,7 +192,9 @@ def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> tuple[dic
     buffer.fill()
     data = buffer.data
     if buffer.eof and len(data) <= min(KEEP_WHOLE, PIECE, limits.file_size) and limits.text_value >= PIECE:
-        buffer.pos = _small_file(data, entries, cursor, limits)
+        small = _small_file(data, limits)
+        if small is not None:
+            return small
     while True:
         buffer.fill()
         data, pos = buffer.data, buffer.pos
@@ -208,6 +217,9 @@ def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> tuple[dic
                 builder.add_line(length - 1 - ends, fail)
                 continue
             window = min(len(data), pos + PIECE)
+            if builder.binary and (stepped := _long_lines(data, pos, window))[1]:
+                _continuations(builder, buffer, stepped[0], cursor, limits, newlines=stepped[1])
+                continue
             following = _NEXT_HEADER.search(data, pos, window)
             if following is not None:
                 end = following.start() + 1
@@ -235,66 +247,70 @@ def index_entries(file: BinaryIO, limits: Limits, name: str | None) -> tuple[dic
             raise fail(ReportLimitError, f"more than {limits.keys} keys")
     if builder is not None:
         entries[builder.key] = builder.finish(buffer.base + buffer.pos)
-    whole = buffer.base == 0 and buffer.eof and len(buffer.data) <= KEEP_WHOLE
-    return entries, buffer.data if whole else None
+    return entries, None
 
 
-def _small_file(data: bytes, entries: dict[str, Entry], cursor: _Cursor, limits: Limits) -> int:
-    """Index a small file (all of it in hand, at most KEEP_WHOLE and PIECE bytes) as far as it
-    goes without a question; return where the line-by-line path must take over (``len(data)``
-    when done). A larger file goes entry by entry (:func:`_whole_entry`), so that a core's
-    base64 lines are stepped over rather than scanned byte by byte.
+def _small_file(data: bytes, limits: Limits) -> tuple[dict[str, Entry], dict[str, bytes]] | None:
+    """Index a small, well-formed file (all of it in hand, at most KEEP_WHOLE and PIECE bytes) and
+    decode its text values on the way; None when anything is unusual, for the general path.
 
-    Entry boundaries come from one regex scan for a newline not followed by a space; each
-    entry then costs a few ``find``/``count`` calls. No line can be longer than PIECE and no
-    text value can reach the text_value bound here (the caller checks both), so only the key
-    bounds remain to be checked; anything unusual (a bad key, an empty line, a last line with
-    no newline) stops the fast path at that entry, before anything of it is recorded.
+    One ``findall`` cuts every entry into its key, the rest of its header line and its block of
+    continuation lines, in C; Python then runs a few steps per entry. The matches cover the file
+    without a gap exactly when their lengths add up to its size, so anything the regex does not
+    take — an empty line, a bad key, a last line without its newline — sends the whole file to
+    the general path, which names the line of any refusal. No line can be longer than PIECE and no
+    text value can reach the text_value bound here (the caller checks both).
     """
+    entries: dict[str, Entry] = {}
+    values: dict[str, bytes] = {}  # text values, decoded as Report.text_bytes would decode them
     pos = line = 0
-    bounds = [match.start() + 1 for match in _NEXT_HEADER.finditer(data)]
-    bounds.append(len(data))
-    find, count_of, known = data.find, data.count, _VALID_KEYS.get
-    key_length, most_keys = limits.key_length, limits.keys
+    known, key_length = _VALID_KEYS.get, limits.key_length
     make = tuple.__new__  # Entry(...) through its Python-level __new__ costs more than the rest of the loop
-    for end in bounds:
-        header_end = find(b"\n", pos, end)
-        colon = find(b":", pos, header_end)
-        if colon < 0 or data[end - 1] != 0x0A:
-            break  # an empty line, no colon, or a line with no newline at the end of the file
-        raw_key = data[pos:colon]
+    for raw_key, raw_value, block in _SMALL_ENTRY.findall(data):
         key = known(raw_key)
         if key is None:
             if not KEY.fullmatch(raw_key):
-                break
+                return None
             key = raw_key.decode("ascii")
-            if len(_VALID_KEYS) < 4096 and len(raw_key) <= 256:
+            if len(_VALID_KEYS) < 4096:
                 _VALID_KEYS[raw_key] = key
-        if colon - pos > key_length or (len(entries) >= most_keys and key not in entries):
-            break
-        value = data[colon + 1 : header_end].strip()
-        binary = value == b"base64"
+        if len(raw_key) > key_length:
+            return None
+        start = pos
+        pos += len(raw_key) + len(raw_value) + len(block) + 2
         line += 1
-        if header_end + 1 == end:
-            entries[key] = make(Entry, (key, line, binary, pos, end, 0 if binary else len(value)))
-            pos = end
+        value = raw_value.strip()
+        if not block:
+            if value == b"base64":
+                values.pop(key, None)  # a duplicated key takes its last value
+                entries[key] = make(Entry, (key, line, True, start, pos, 0))
+            else:
+                values[key] = value
+                entries[key] = make(Entry, (key, line, False, start, pos, len(value)))
             continue
-        count = count_of(b"\n", header_end + 1, end)
-        body = end - header_end - 1 - 2 * count
-        if binary:
-            size = body + count - 1  # base64 lines joined with "\n"
-        elif value:
-            size = len(value) + body + count
-        elif body:  # leading empty lines vanish; "\n" joins every line after the first non-empty one
-            empty = _EMPTY_LINES.match(data, header_end + 1, end).end() - header_end - 1  # type: ignore[union-attr]
-            size = body + count - empty // 2 - 1
+        count = block.count(b"\n")
+        if value == b"base64":  # base64 lines joined with "\n"
+            values.pop(key, None)  # a duplicated key takes its last value
+            entries[key] = make(Entry, (key, line, True, start, pos, len(block) - count - 1))
         else:
-            size = 0
-        entries[key] = make(Entry, (key, line, binary, pos, end, size))
+            value = _joined(value, block[1:-1])
+            values[key] = value
+            entries[key] = make(Entry, (key, line, False, start, pos, len(value)))
         line += count
-        pos = end
-    cursor.line = line
-    return pos
+    if pos != len(data) or len(entries) > limits.keys:
+        return None  # a gap the regex skipped, or too many keys: the general path names the line
+    return entries, values
+
+
+def _joined(first: bytes, lines: bytes) -> bytes:
+    """A text value from its stripped first line and its continuation lines as stored, less the
+    first line's leading space and the last line's newline (one home for Report.text_bytes too).
+
+    Every continuation line loses its one leading space; apport adds "\n" only once the value
+    is non-empty, so leading empty lines vanish.
+    """
+    rest = lines.replace(b"\n ", b"\n")
+    return first + b"\n" + rest if first else rest.lstrip(b"\n")
 
 
 def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, limits: Limits) -> bool:
@@ -309,7 +325,7 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
         return False
     value = data[colon + 1 : header_end].strip()
     binary = value == b"base64"
-    end = _entry_end(data, header_end, window, long_lines=binary)
+    end, count = _entry_end(data, header_end, window, long_lines=binary)
     if end < 0 and buffer.eof and window == len(data):
         end = len(data)
     if end < 0 or data[end - 1] != 0x0A or buffer.base + end > limits.file_size:
@@ -324,7 +340,8 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
             _VALID_KEYS[raw_key] = key
     if colon - pos > limits.key_length or (key not in entries and len(entries) >= limits.keys):
         return False
-    count = data.count(b"\n", header_end + 1, end)
+    if count < 0:
+        count = data.count(b"\n", header_end + 1, end)  # C, but byte by byte: not over a core's lines
     body = end - header_end - 1 - 2 * count
     if binary:
         size = body + count - 1 if count else 0  # base64 lines joined with "\n"
@@ -343,39 +360,52 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
     return True
 
 
-def _entry_end(data: bytes, header_end: int, window: int, long_lines: bool) -> int:
-    """Where the entry whose header line ends at *header_end* ends, if before *window*; else -1.
+def _entry_end(data: bytes, header_end: int, window: int, long_lines: bool) -> tuple[int, int]:
+    """Where the entry whose header line ends at *header_end* ends, if before *window* (else -1),
+    and how many continuation lines it has when they were stepped over (else -1).
 
     A base64 block written by apport has one line per compressor block, so its few long
-    lines are stepped over with ``find`` (memchr); text, or a block of short lines, is
-    searched for its end with the regex, which looks at every byte.
+    lines are stepped over with ``find`` (memchr), and counted on the way; text, or a block
+    of short lines, is searched for its end with the regex, which looks at every byte.
     """
     if long_lines:
-        at = header_end + 1
-        while at < window and data[at] == 0x20:
-            newline = data.find(b"\n", at, window)
-            if newline < 0:
-                return -1
-            if newline - at < 1024:  # short lines after all: let the regex take the rest
-                break
-            at = newline + 1
-        else:
-            return at if at < window else -1
-        header_end = newline
+        at, lines = _long_lines(data, header_end + 1, window)
+        if at >= window:
+            return -1, -1
+        if data[at] != 0x20:
+            return at, lines  # the next line starts another entry
+        header_end = data.find(b"\n", at, window)
+        if header_end < 0:
+            return -1, -1  # a line not whole in the window
+        # a short line: let the regex take the rest
     following = _NEXT_HEADER.search(data, header_end, window)
-    return following.start() + 1 if following is not None else -1
+    return (following.start() + 1 if following is not None else -1), -1
+
+
+def _long_lines(data: bytes, pos: int, window: int) -> tuple[int, int]:
+    """The end of the run of whole lines of at least 1 KiB that start with a space at *pos*,
+    and their number (maybe 0), stepped over with ``find`` (memchr)."""
+    at, lines = pos, 0
+    while at < window and data[at] == 0x20:
+        newline = data.find(b"\n", at, window)
+        if newline - at < 1024:  # short, or not whole before window (-1)
+            break
+        at, lines = newline + 1, lines + 1
+    return at, lines
 
 
 def _continuations(
-    builder: _EntryBuilder, buffer: _Buffer, end: int, cursor: _Cursor, limits: Limits
+    builder: _EntryBuilder, buffer: _Buffer, end: int, cursor: _Cursor, limits: Limits, newlines: int = -1
 ) -> None:
-    """Add the continuation lines ``data[pos:end]`` (each at most PIECE bytes) to *builder*.
+    """Add the continuation lines ``data[pos:end]`` (each at most PIECE bytes) to *builder*;
+    *newlines*, when known, is how many of them end with a newline.
 
     The sums are taken in C; only when a bound would be crossed somewhere in the run are the
     lines walked one by one, to name the exact line.
     """
     data, pos = buffer.data, buffer.pos
-    newlines = data.count(b"\n", pos, end)
+    if newlines < 0:
+        newlines = data.count(b"\n", pos, end)
     count = newlines + (data[end - 1] != 0x0A)  # the file's last line may lack its newline
     body = end - pos - count - newlines  # without the leading spaces and the newlines
     stored = builder.stored + body + 2 * count

@@ -159,7 +159,7 @@ def needs_hooks(report: Report) -> bool:
     enriched (apport's UI collects before it stamps ``.upload``; crashd writes ``_HooksRun: yes``)."""
     entry = report.entries.get("_HooksRun")
     if entry is not None and not entry.binary:
-        return report.text("_HooksRun").strip() == b"no"
+        return report.text_bytes("_HooksRun").strip() == b"no"
     return "Dependencies" not in report
 
 
@@ -203,7 +203,7 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
 
 def _stored(report: Report, key: str) -> bytes | StoredBinary:
     """A field as it is: text decoded, a binary block copied as stored (never decompressed)."""
-    return StoredBinary.of(report, key) if report.entries[key].binary else report.text(key)
+    return StoredBinary.of(report, key) if report.entries[key].binary else report.text_bytes(key)
 
 
 def stamped_id(spool: Spool, opened: OpenReport) -> str | None:

@@ -28,18 +28,20 @@ Usage::
 
     with open(path, "rb") as f:
         report = read_report(f, name=path)
-        report.problem_type, report.text("ExecutablePath")
+        report.problem_type, report.text_bytes("ExecutablePath")
         for chunk in report.chunks("CoreDump"): ...
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import codecs
 import hashlib
 import io
 import re
 import zlib
+from binascii import a2b_base64
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -54,6 +56,7 @@ from crashd._scan import (
     MalformedReportError,
     ReportError,
     ReportLimitError,
+    _joined,
     index_entries,
     size_text,
 )
@@ -157,8 +160,8 @@ class Report:
 
     The report reads from the file object it was given, so that file must stay
     open and must not be read by anyone else while the report is in use. A small
-    file's bytes (*whole*, at most :data:`crashd._scan.KEEP_WHOLE`) are kept from
-    the index pass, and its text values are cut from them without reading again.
+    file's text values (*values*, from a file of at most :data:`crashd._scan.KEEP_WHOLE`
+    bytes) are decoded by the index pass and kept, so they are not read again.
     """
 
     def __init__(
@@ -167,9 +170,10 @@ class Report:
         entries: dict[str, Entry],
         limits: Limits,
         name: str | None,
-        whole: bytes | None = None,
+        values: dict[str, bytes] | None = None,
     ):
-        self._file, self.entries, self.limits, self.name, self._whole = file, entries, limits, name, whole
+        self._file, self.entries, self.limits, self.name = file, entries, limits, name
+        self._values = values or {}
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)
@@ -186,30 +190,28 @@ class Report:
         entry = self.entries.get("ProblemType")
         return self.string("ProblemType") if entry and not entry.binary else None
 
-    def text(self, key: str) -> bytes:
-        """The decoded bytes of a text entry (``KeyError`` if absent, ``TypeError`` if binary)."""
+    def text_bytes(self, key: str) -> bytes:
+        """The decoded bytes of a text entry (``KeyError`` if absent, ``TypeError`` if binary);
+        :meth:`string` gives it as ``str``."""
+        value = self._values.get(key)  # a small file's text values are decoded already
+        if value is not None:
+            return value
         entry = self.entries[key]
         if entry.binary:
             raise TypeError(f"{key} is a binary value; use chunks() or base64_body()")
-        raw, start, stop = self._whole, entry.start, entry.end
-        if raw is None:
-            self._file.seek(entry.start)
-            raw = self._file.read(entry.end - entry.start)
-            start, stop = 0, len(raw)
-        header_end = raw.find(b"\n", start, stop)
+        self._file.seek(entry.start)
+        raw = self._file.read(entry.end - entry.start)
+        header_end = raw.find(b"\n")
         if header_end < 0:
-            header_end = stop  # the file's last line, with no newline
-        first = raw[start + len(key) + 1 : header_end].strip()
-        if header_end + 1 >= stop:
+            header_end = len(raw)  # the file's last line, with no newline
+        first = raw[len(key) + 1 : header_end].strip()
+        if header_end + 1 >= len(raw):
             return first
-        # Every continuation line loses its one leading space; apport adds "\n" only once the value
-        # is non-empty, so leading empty lines vanish.
-        rest = raw[header_end + 2 : stop - (raw[stop - 1] == 0x0A)].replace(b"\n ", b"\n")
-        return first + b"\n" + rest if first else rest.lstrip(b"\n")
+        return _joined(first, raw[header_end + 2 : len(raw) - (raw[-1] == 0x0A)])
 
     def string(self, key: str) -> str:
         """A text entry as ``str``; ``MalformedReportError`` when it is not valid UTF-8."""
-        value = self.text(key)
+        value = self.text_bytes(key)
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -220,7 +222,7 @@ class Report:
         """The decoded value as a stream of chunks: decompressed for a binary entry."""
         entry = self.entries[key]
         if not entry.binary:
-            yield self.text(key)
+            yield self.text_bytes(key)
             return
         decompressor, total = None, 0
         try:
@@ -264,7 +266,7 @@ class Report:
         valid UTF-8 in a :data:`STRING_KEYS` key; invalid UTF-8 there is an error.
         """
         if not self.entries[key].binary:  # bounded by the text_value limit: in memory, all at once
-            return self._digest_text(key, self.text(key), head_limit)
+            return self._digest_text(key, self.text_bytes(key), head_limit)
         sha, size, head = hashlib.sha256(), 0, bytearray()
         utf8, valid_utf8, controls = codecs.getincrementaldecoder("utf-8")(), True, False
         for chunk in self.chunks(key):
@@ -297,18 +299,35 @@ class Report:
     # -- internals ----------------------------------------------------------------------
 
     def _lines(self, entry: Entry) -> Iterator[tuple[bytes, bool, bool]]:
-        """(piece, starts a line, ends a line) over the continuation lines of *entry*."""
-        self._file.seek(entry.start)
-        self._file.readline(PIECE)  # the header line: "Key: base64"
-        position, line_start = self._file.tell(), True
-        while position < entry.end:
-            piece = self._file.readline(min(PIECE, entry.end - position))
-            if not piece:
+        """(piece, starts a line, ends a line) over the continuation lines of *entry*.
+
+        Read in blocks of PIECE (``readline`` would fill its 8 KiB buffer many times over for a
+        core's long line); a line is handed over whole when it fits in two blocks, else in
+        pieces of at least PIECE bytes, so at most 2 PIECE are held.
+        """
+        file = self._file
+        file.seek(entry.start)
+        file.readline(PIECE)  # the header line: "Key: base64"
+        position, line_start, data, at = file.tell(), True, b"", 0
+        while True:
+            newline = data.find(b"\n", at)
+            if newline >= 0:
+                yield data[at : newline + 1], line_start, True
+                at, line_start = newline + 1, True
+                continue
+            rest = data[at:]
+            if position >= entry.end:
+                if rest:
+                    yield rest, line_start, False  # the file's last line, without its newline
+                return
+            if len(rest) >= PIECE:  # a long line: hand this much of it over, read on
+                yield rest, line_start, False
+                rest, line_start = b"", False
+            more = file.read(min(PIECE, entry.end - position))
+            if not more:
                 raise MalformedReportError("the file changed while it was read", name=self.name)
-            position += len(piece)
-            ends = piece.endswith(b"\n")
-            yield piece, line_start, ends
-            line_start = ends
+            position += len(more)
+            data, at = rest + more, 0
 
     def _base64_blocks(self, entry: Entry) -> Iterator[bytes]:
         """Each stored line decoded as its own base64 string, in pieces."""
@@ -316,6 +335,14 @@ class Report:
         try:
             for piece, line_start, ends in self._lines(entry):
                 line += line_start
+                if line_start and ends:  # a whole line in hand: what b64decode(line) does, in C
+                    try:
+                        block = a2b_base64(piece)
+                    except binascii.Error:  # decoded piecewise below: the quanta before the bad
+                        block = None  # padding still reach the decompressor first, as they always did
+                    if block is not None:
+                        yield block
+                        continue
                 yield decoder.feed(piece)
                 if ends:
                     decoder.finish()
@@ -345,8 +372,8 @@ def read_report(file: BinaryIO, *, limits: Limits = DEFAULT_LIMITS, name: str | 
     anything over *limits*; *name* (usually the path) prefixes every message.
     The pass itself is :func:`crashd._scan.index_entries`.
     """
-    entries, whole = index_entries(file, limits, name)
-    return Report(file, entries, limits, name, whole)
+    entries, values = index_entries(file, limits, name)
+    return Report(file, entries, limits, name, values)
 
 
 # -- writing --------------------------------------------------------------------------

@@ -358,7 +358,7 @@ def _key_fields(report: Report, keys: Collection[str] = (*budget.KEY_FIELDS, *_C
     for key in keys:
         entry = report.entries.get(key)
         if entry is not None and not entry.binary:
-            fields[key] = report.text(key).decode("utf-8", "surrogateescape")
+            fields[key] = report.text_bytes(key).decode("utf-8", "surrogateescape")
     return fields
 
 

@@ -69,7 +69,7 @@ def test_hooks_run_once_as_the_owner_and_their_fields_are_sent(setup):
         assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (user.pw_uid, user.pw_gid, 0o640)
         with report.open("rb") as f:
             stored = read_report(f)
-            assert stored.text("EnrichedBy") == f"uid {user.pw_uid}".encode()
+            assert stored.text_bytes("EnrichedBy") == f"uid {user.pw_uid}".encode()
             assert b"".join(stored.chunks("CoreDump")) == core
         assert not [p for p in crash_dir.iterdir() if p.name.startswith(".")]  # no temporary left behind
 

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crashd import _scan
 from crashd._codec import zstd_module
 from crashd.report import (
     STRING_KEYS,
@@ -126,11 +127,11 @@ def test_whoopsie_fixture_refused_naming_file_line_and_reason(name):
 def test_whoopsie_exact_values():
     with open(require(WHOOPSIE / "crash" / "valid"), "rb") as f:
         report = read_report(f)
-        assert report.text("Date") == b"Thu Feb  2 17:09:31 2012"
-        assert report.text("ProcEnviron").count(b"\n") == 6
-        assert not report.text("ProcEnviron").startswith(b"\n")
+        assert report.text_bytes("Date") == b"Thu Feb  2 17:09:31 2012"
+        assert report.text_bytes("ProcEnviron").count(b"\n") == 6
+        assert not report.text_bytes("ProcEnviron").startswith(b"\n")
     with open(require(WHOOPSIE / "crash" / "invalid_value_embedded_nul"), "rb") as f:
-        assert read_report(f).text("ProblemType") == b"Cr\x00ash"
+        assert read_report(f).text_bytes("ProblemType") == b"Cr\x00ash"
     with open(require(WHOOPSIE / "crash" / "unicode"), "rb") as f:
         assert read_report(f).string("ProcCmdline") == "gedit ♥"
 
@@ -161,13 +162,13 @@ TEXT_CASES = [
 
 @pytest.mark.parametrize(("data", "expected"), TEXT_CASES)
 def test_text_decoding(data, expected):
-    assert parse(data).text("A") == expected
+    assert parse(data).text_bytes("A") == expected
 
 
 def test_duplicate_key_keeps_first_position_and_last_value():
     report = parse(b"A: 1\nB: 2\nA: 3\n")
     assert list(report) == ["A", "B"]
-    assert report.text("A") == b"3"
+    assert report.text_bytes("A") == b"3"
 
 
 def test_empty_file_is_an_empty_report():
@@ -241,7 +242,7 @@ def test_data_after_padding_on_a_line_is_ignored_as_b64decode_does():
 def test_empty_block_is_an_empty_value():
     report = parse(b"B: base64\nC: after\n")
     assert value(b"B: base64\nC: after\n", "B") == b""
-    assert report.text("C") == b"after"
+    assert report.text_bytes("C") == b"after"
 
 
 BINARY_ERRORS = [
@@ -274,7 +275,7 @@ def test_base64_body_is_the_stored_lines_joined():
     body = b"".join(report.base64_body("CoreDump"))
     assert body == b"\n".join(line[1:] for line in stored.splitlines())
     assert len(body) == report.entries["CoreDump"].size
-    assert report.text("Z") == b"2"
+    assert report.text_bytes("Z") == b"2"
 
 
 def test_long_lines_are_read_in_pieces(tmp_path):
@@ -317,7 +318,7 @@ def test_entries_across_block_edges_index_and_decode_exactly():
     assert list(report) == [key for key, _ in fields]
     line = 1
     for key, expected in fields:
-        assert report.text(key) == expected, key
+        assert report.text_bytes(key) == expected, key
         assert report.entries[key].size == len(expected)
         assert report.entries[key].line == line
         multi_line = int(key[1:]) % 3 != 0  # as _many_entries writes them
@@ -477,6 +478,33 @@ LINE_SOUP = [
 @given(st.lists(st.sampled_from(LINE_SOUP), max_size=20))
 def test_reader_on_plausible_line_soup(lines):
     exercise(b"".join(lines))
+
+
+def _indexed(data: bytes, **limits: int) -> object:
+    """Everything the index pass and the text values say about *data*, or the refusal."""
+    try:
+        report = parse(data, **limits)
+        entries = report.entries.values()
+        return [(entry, None if entry.binary else report.text_bytes(entry.key)) for entry in entries]
+    except ReportError as error:
+        return type(error), str(error)
+
+
+SMALL_SOUP = [*LINE_SOUP, b"A: base64\n", b"D:\n", b"  \n", b"E: base64 \n", b"bad key: x\n", b" z", b"A: t \n"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(SMALL_SOUP), max_size=24), st.sampled_from([(10_000, 256), (3, 256), (9, 1)]))
+def test_a_small_file_indexes_as_the_general_path_does(lines, bounds):
+    """A file of at most 64 KiB is cut by one findall (crashd._scan._small_file); anything it
+    does not take goes the general way. Both must say the same, to the byte and the line."""
+    data, (keys, key_length) = b"".join(lines), bounds
+    fast = _indexed(data, keys=keys, key_length=key_length)
+    whole, _scan.KEEP_WHOLE = _scan.KEEP_WHOLE, 0  # the general path only
+    try:
+        assert _indexed(data, keys=keys, key_length=key_length) == fast
+    finally:
+        _scan.KEEP_WHOLE = whole
 
 
 def test_reading_text_and_gzip_values_imports_no_zstd(tmp_path: Path) -> None:

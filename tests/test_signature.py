@@ -18,7 +18,7 @@ def text_fields(path) -> dict[str, str]:
         for key, entry in report.entries.items():
             if not entry.binary:
                 with contextlib.suppress(UnicodeDecodeError):
-                    fields[key] = report.text(key).decode()
+                    fields[key] = report.text_bytes(key).decode()
         return fields
 
 

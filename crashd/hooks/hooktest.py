@@ -31,7 +31,7 @@ def text_fields(report: Report) -> dict[str, str | bytes]:
     fields: dict[str, str | bytes] = {}
     for key, entry in report.entries.items():
         if not entry.binary:
-            value = report.text(key)
+            value = report.text_bytes(key)
             try:
                 fields[key] = value.decode("utf-8")
             except UnicodeDecodeError:
