@@ -87,7 +87,7 @@ def roots(reachable: Path) -> HookRoots:
         target = package / hook.name
         shutil.copyfile(hook, target)
         target.chmod(0o644)
-    return HookRoots(builtin=None, general=(), package=(package,), opt=None)
+    return HookRoots(general=(), package=(package,), opt=None)
 
 
 def run_compat_hook(
@@ -338,7 +338,7 @@ def test_the_real_apport_wins_where_it_is_importable(
         "    report['Ui'] = type(ui).__name__\n"
     )
     hook.chmod(0o644)
-    roots = HookRoots(builtin=None, general=(), package=(hooks,), opt=None)
+    roots = HookRoots(general=(), package=(hooks,), opt=None)
     fields = {"ProblemType": "Crash", "ExecutablePath": "/usr/bin/true", "Package": "realpkg 1"}
     result = run_hooks(fields, owner_uid=user.pw_uid, roots=roots, python=python_with_apport)
     assert result.errors == {}, result.errors
