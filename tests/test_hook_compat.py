@@ -348,12 +348,14 @@ def test_the_real_apport_wins_where_it_is_importable(
     assert result.fields["Ui"] == "NoninteractiveHookUI"
 
 
-def test_crashds_own_hooks_alone_import_no_apport(user: pwd.struct_passwd, reachable: Path) -> None:
-    """Only the built-in hooks ran: no apport was loaded for them, so the report says nothing of one."""
+def test_no_hook_to_run_imports_no_apport(user: pwd.struct_passwd, reachable: Path) -> None:
+    """No hook applies: nothing ran and no apport was loaded, so the report says nothing of one.
+
+    (crashd's own fields are added in its own process, not by hooks: tests/test_enrich.py.)"""
     empty = reachable / "empty"
     empty.mkdir(mode=0o755, exist_ok=True)
-    roots = HookRoots(general=(empty,), package=(empty,), opt=None)  # the built-in hooks only
-    fields = {"ProblemType": "Crash", "ExecutablePath": "/usr/bin/true"}
+    roots = HookRoots(general=(empty,), package=(empty,), opt=None)
+    fields = {"ProblemType": "Crash", "ExecutablePath": "/usr/bin/true", "Package": "coreutils 9.1"}
     result = run_hooks(fields, owner_uid=user.pw_uid, roots=roots)
-    assert result.ran and result.errors == {}
-    assert "_HooksRunWith" not in result.fields and "Package" in result.fields
+    assert result.ran == [] and result.errors == {}
+    assert "_HooksRunWith" not in result.fields
