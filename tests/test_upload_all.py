@@ -96,10 +96,11 @@ def expected_state(record: dict, path: Path) -> str:
     return "sent" if found else "rejected"  # daisy: "Incomplete crash report."
 
 
+# What crashd adds to a report itself (crashd/enrich.py).
 OWN_FIELDS = {
     "Architecture", "DistroRelease", "Uname", "ExecutableTimestamp", "Package", "SourcePackage",
     "PackageArchitecture", "Dependencies", "CrashdVersion",
-}  # fmt: skip  (what crashd adds itself: crashd/enrich.py)
+}  # fmt: skip
 
 
 def package_found(path: Path) -> bool:
@@ -144,7 +145,8 @@ def test_corpus_arrives_byte_exact_with_cores(daisy, crash_dir):
             enriched = needs_hooks(read_report(f))
         if enriched:  # issue 15: crashd's own fields follow the file's, and _HooksRun: yes ends them
             text_keys = [key for key in text_keys if key != "_HooksRun"]
-            assert [key for key in document if key in record["keys"] and key != "_HooksRun"] == text_keys, name
+            kept = [key for key in document if key in record["keys"] and key != "_HooksRun"]
+            assert kept == text_keys, name
             assert set(document) - set(record["keys"]) <= OWN_FIELDS | {"_HooksRun"}, name
             assert list(document)[-1] == "_HooksRun" and document["_HooksRun"] == "yes", name
         else:
