@@ -3,8 +3,8 @@
 Each report goes through the same steps whoever asks (``upload-all`` now, the
 daemon later): open it safely (:func:`open_report`), read its stamps (:func:`read_stamps`; whether
 it was already sent is :mod:`crashd.lifecycle`'s to say), then :func:`collect` it: index it, check it is a
-kind the crash database takes, and stamp it ``.upload``. Enrichment
-(package information and hooks) will slot in before the stamp. Every report
+kind the crash database takes, enrich it once (what crashd adds itself, then the package hooks that
+apply), and stamp it ``.upload``. Every report
 that is not collected comes back as a :class:`Status` with a reason — nothing
 is dropped silently, and a refused file is left exactly as it was.
 """
@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import crashd
+from crashd.enrich import added_fields, system_facts
 from crashd.hooks import HookRoots, run_hooks, text_fields
-from crashd.hooks.discovery import InvalidFieldError
+from crashd.hooks.discovery import InvalidFieldError, executable_path, package_names
 from crashd.lifecycle import State, Status
 from crashd.report import Limits, Report, ReportError, StoredBinary, read_report, valid_key, write_report
 from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError
@@ -164,25 +166,33 @@ def needs_hooks(report: Report) -> bool:
 
 
 def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptions) -> Collected | Status:
-    """Run the report's hooks as its owner and write what they add into it; the report as it was when
-    nothing ran (no hooks, no user to run them as) or it cannot be rewritten — it is still sent."""
+    """Add what crashd knows itself (:mod:`crashd.enrich`, in this process), run the package hooks that
+    apply (as the report's owner; none applying, no process starts), and write both into the report
+    once, with ``_HooksRun: yes`` so it is not enriched again. The report as it was when it cannot be
+    rewritten — it is still sent."""
     name, report = collected.opened.name, collected.report
+    fields = text_fields(report)
     try:
+        package_names(fields)  # a Package naming a path (CVE-2016-9950), a 512 KiB ExecutablePath:
+        executable_path(fields)  # refused before crashd looks anything up by them
+        own = added_fields(fields, system_facts(), crashd.__version__)
+        # The hooks are chosen by the fields with crashd's: the Package it found is checked there too.
         result = run_hooks(
-            text_fields(report), owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
+            {**fields, **own}, owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
             extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
             worker_user=hooks.worker_user, python=hooks.python,
         )  # fmt: skip
-    except InvalidFieldError as error:  # a Package naming a path (CVE-2016-9950), a 512 KiB ExecutablePath
+    except InvalidFieldError as error:
         return invalid(name, str(error))
     for key in result.errors:
         log.warning("%s: hook failed: %s", name.crash, key)
     if result.unreportable:
         return invalid(name, f"a package hook says it cannot be reported: {result.unreportable}")
-    if not result.ran:
-        log.info("%s: no hooks ran (%d skipped)", name.crash, len(result.skipped))
-        return collected
-    added = {key: value for key, value in result.report_fields().items() if valid_key(key)}
+    added = {
+        key: value
+        for key, value in {**own, **result.report_fields()}.items()
+        if valid_key(key) and key not in result.removed
+    }
     added["_HooksRun"] = "yes"
     kept = [key for key in report if key not in added and key not in result.removed]
 
@@ -193,11 +203,14 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
     try:
         replaced = spool.replace_report(collected.opened, write)
     except (OSError, UnsafeFileError) as error:
-        log.warning("%s: cannot write the hooks' fields into it (%s); sending it as it is", name.crash, error)
+        log.warning("%s: cannot write its added fields into it (%s); sending it as it is", name.crash, error)
         return collected
     if replaced is None:
-        return Status(name.crash, State.NEW, detail="replaced by a newer crash while its hooks ran")
-    log.info("%s: enriched by %d hook(s)", name.crash, len(result.ran))
+        return Status(name.crash, State.NEW, detail="replaced by a newer crash while it was enriched")
+    log.info(
+        "%s: enriched: %d field(s) added, %d hook(s) run, %d skipped",
+        name.crash, len(added), len(result.ran), len(result.skipped),
+    )  # fmt: skip
     return _index(replaced, limits, owned=True)
 
 

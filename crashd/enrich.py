@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PackageInfo", "Packages", "SystemFacts", "added_fields"]
+__all__ = ["PackageInfo", "Packages", "SystemFacts", "added_fields", "system_facts"]
 
 DPKG_STATUS = Path("/var/lib/dpkg/status")
 OS_RELEASE = (Path("/etc/os-release"), Path("/usr/lib/os-release"))
@@ -128,12 +128,14 @@ class Packages:
     def __init__(self, status: Path = DPKG_STATUS) -> None:
         self._file = _Cached(status, MAX_STATUS)
         self._installed: dict[str, PackageInfo] = {}
+        self._lock = threading.Lock()  # collecting threads share one: none may see the table half-built
 
     def installed(self) -> Mapping[str, PackageInfo]:
-        changed, data = self._file.read()
-        if changed:
-            self._installed = _parse_status(data) if data is not None else {}
-        return self._installed
+        with self._lock:
+            changed, data = self._file.read()
+            if changed:
+                self._installed = _parse_status(data) if data is not None else {}
+            return self._installed
 
     def native_architecture(self) -> str | None:
         """dpkg's own architecture is the system's (``dpkg --print-architecture``)."""
@@ -245,6 +247,20 @@ class SystemFacts:
     def uname() -> str:
         uname = os.uname()
         return f"{uname.sysname} {uname.release} {uname.machine}"
+
+
+_facts: SystemFacts | None = None
+_facts_lock = threading.Lock()
+
+
+def system_facts() -> SystemFacts:
+    """The process's one :class:`SystemFacts`: the dpkg database is parsed on first use and again only
+    when it changes, however many reports the process collects."""
+    global _facts
+    with _facts_lock:
+        if _facts is None:
+            _facts = SystemFacts()
+        return _facts
 
 
 def _release(data: bytes) -> str | None:

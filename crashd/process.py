@@ -21,8 +21,8 @@ only reader of ``/proc/PID/stat`` and ``/proc/PID/status``.
 path under the system ``python3 -I``, where crashd need not be importable (a source tree, a
 venv) and where the daemon's modules must stay out of the hooks' reach; so it loads *this file*
 by path (``importlib.util.spec_from_file_location``, beside the package) and registers it as
-``sys.modules["crashd_process"]`` before any hook runs. crashd's built-in hooks and its compat
-apport run inside that child and ``import crashd_process`` by that name; everything else imports
+``sys.modules["crashd_process"]`` before any hook runs. crashd's compat apport runs inside that
+child and does ``import crashd_process`` by that name; everything else imports
 :mod:`crashd.process`. Imports that cost start-up time (``subprocess``, ``ctypes``) happen on
 first use: the hook child's start is the hook overhead (DESIGN.md §8).
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+import crashd
+from crashd.enrich import Packages
 from crashd.report import read_report
 from tests.crashd_run import write_config
 from tests.daisy import DaisyServer
@@ -120,3 +122,55 @@ def test_reports_already_collected_by_apport_are_left_as_they_are(setup):
         assert upload_all(crash_dir, daisy.url, config=config).code == 0
         assert "EnrichedBy" not in daisy.reports[0].document
     assert report.read_bytes() == before
+
+
+def test_a_report_no_hook_applies_to_gets_crashds_fields_and_no_hook_process(setup, world_dir: Path):
+    """Issue 15: what the built-in hooks added comes from the daemon's own process; nothing starts.
+
+    ``hook_python`` is a wrapper that leaves a mark whenever anything runs it: crashd's check of the
+    interpreter (as root) or the hook child (as the user). The second report, with a hook that
+    applies, is the control: the same check sees that child.
+    """
+    crash_dir, hooks, user, _config = setup
+    marks = world_dir / "marks"
+    marks.mkdir()
+    marks.chmod(0o1777)
+    python = world_dir / "python3"
+    python.write_text(f'#!/bin/sh\necho started >> {marks}/started\nexec /usr/bin/python3 "$@"\n')
+    python.chmod(0o755)
+    config = write_config(world_dir / "spy.conf", hook_dirs=str(hooks), hook_python=str(python))
+    dpkg = Packages().installed().get("dpkg")
+    if dpkg is None or not Path("/usr/bin/dpkg").exists():
+        pytest.skip("needs dpkg installed")
+    spec = {  # as a crash handler writes it: no Dependencies, and none of the system's fields
+        "ProblemType": "Crash",
+        "Date": "Sat Nov 21 21:00:00 2026 spec",
+        "ExecutablePath": "/usr/bin/dpkg",
+        "Package": f"dpkg {dpkg.version}",
+        "Signal": "11",
+    }
+    report = write(crash_dir / f"_usr_bin_dpkg.{user.pw_uid}.crash", spec, (user.pw_uid, user.pw_gid))
+    with DaisyServer() as daisy:
+        run = upload_all(crash_dir, daisy.url, config=config)
+        assert run.code == 0, run.stderr
+        document = daisy.reports[0].document
+        assert any(line.startswith("libc6 ") for line in document["Dependencies"].splitlines())
+        assert document["Architecture"] == dpkg.architecture
+        assert document["Uname"] == " ".join((os.uname().sysname, os.uname().release, os.uname().machine))
+        assert document["DistroRelease"].strip()
+        assert document["CrashdVersion"] == crashd.__version__
+        assert document["_HooksRun"] == "yes"
+        with report.open("rb") as f:  # written back once: it is not enriched again
+            stored = read_report(f)
+        assert stored.text("_HooksRun") == b"yes" and stored.text("Dependencies")
+        assert not (marks / "started").exists()  # no interpreter check, no hook child
+
+        (hooks / "dpkg.py").write_text(HOOK)
+        write(
+            crash_dir / f"_usr_bin_dpkg-again.{user.pw_uid}.crash",
+            {**spec, "Date": "Sat Nov 21 21:00:01 2026 spec"},
+            (user.pw_uid, user.pw_gid),
+        )
+        assert upload_all(crash_dir, daisy.url, config=config).code == 0
+        assert daisy.reports[-1].document["EnrichedBy"] == f"uid {user.pw_uid}"
+        assert (marks / "started").exists()  # the same check sees the hook child start

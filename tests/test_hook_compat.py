@@ -87,7 +87,7 @@ def roots(reachable: Path) -> HookRoots:
         target = package / hook.name
         shutil.copyfile(hook, target)
         target.chmod(0o644)
-    return HookRoots(builtin=None, general=(), package=(package,), opt=None)
+    return HookRoots(general=(), package=(package,), opt=None)
 
 
 def run_compat_hook(
@@ -338,7 +338,7 @@ def test_the_real_apport_wins_where_it_is_importable(
         "    report['Ui'] = type(ui).__name__\n"
     )
     hook.chmod(0o644)
-    roots = HookRoots(builtin=None, general=(), package=(hooks,), opt=None)
+    roots = HookRoots(general=(), package=(hooks,), opt=None)
     fields = {"ProblemType": "Crash", "ExecutablePath": "/usr/bin/true", "Package": "realpkg 1"}
     result = run_hooks(fields, owner_uid=user.pw_uid, roots=roots, python=python_with_apport)
     assert result.errors == {}, result.errors
@@ -348,12 +348,14 @@ def test_the_real_apport_wins_where_it_is_importable(
     assert result.fields["Ui"] == "NoninteractiveHookUI"
 
 
-def test_crashds_own_hooks_alone_import_no_apport(user: pwd.struct_passwd, reachable: Path) -> None:
-    """Only the built-in hooks ran: no apport was loaded for them, so the report says nothing of one."""
+def test_no_hook_to_run_imports_no_apport(user: pwd.struct_passwd, reachable: Path) -> None:
+    """No hook applies: nothing ran and no apport was loaded, so the report says nothing of one.
+
+    (crashd's own fields are added in its own process, not by hooks: tests/test_enrich.py.)"""
     empty = reachable / "empty"
     empty.mkdir(mode=0o755, exist_ok=True)
-    roots = HookRoots(general=(empty,), package=(empty,), opt=None)  # the built-in hooks only
-    fields = {"ProblemType": "Crash", "ExecutablePath": "/usr/bin/true"}
+    roots = HookRoots(general=(empty,), package=(empty,), opt=None)
+    fields = {"ProblemType": "Crash", "ExecutablePath": "/usr/bin/true", "Package": "coreutils 9.1"}
     result = run_hooks(fields, owner_uid=user.pw_uid, roots=roots)
-    assert result.ran and result.errors == {}
-    assert "_HooksRunWith" not in result.fields and "Package" in result.fields
+    assert result.ran == [] and result.errors == {}
+    assert "_HooksRunWith" not in result.fields

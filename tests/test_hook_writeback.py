@@ -38,7 +38,7 @@ def world(make_user: Callable[[], pwd.struct_passwd]) -> Iterator[tuple[Path, Ho
         general = base / "general"
         general.mkdir(mode=0o755)
         (general / "add.py").write_text(HOOK)
-        roots = HookRoots(builtin=base / "none", general=(general,), package=(), opt=base / "none")
+        roots = HookRoots(general=(general,), package=(), opt=base / "none")
         yield crash_dir, HookOptions(roots=roots, timeout=30), make_user()
     finally:
         shutil.rmtree(base, ignore_errors=True)

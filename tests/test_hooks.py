@@ -10,6 +10,7 @@ child really had: its uid, groups, environment, descriptors, limits.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -24,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-import crashd
 from crashd.cli import main
 from crashd.hooks import (
     HookLimits,
@@ -35,7 +35,7 @@ from crashd.hooks import (
     run_hooks,
 )
 from crashd.hooks.accounts import CHILD, Account, interpreter_for
-from crashd.hooks.discovery import BUILTIN_DIR, opt_hook_dirs, package_names, package_plan
+from crashd.hooks.discovery import opt_hook_dirs, package_names, package_plan
 from crashd.hooks.runner import run
 from crashd.report import write_report
 
@@ -53,7 +53,7 @@ def user(make_user: Callable[[], pwd.struct_passwd]) -> pwd.struct_passwd:
 
 @dataclass
 class Tree:
-    """A hook tree of the test's own: built-in, general and package directories, an /opt and an extra dir."""
+    """A hook tree of the test's own: general and package directories, an /opt and an extra dir."""
 
     base: Path
     roots: HookRoots
@@ -89,9 +89,7 @@ def reachable_tmp() -> Iterator[Path]:
 @pytest.fixture
 def tree(reachable_tmp: Path, user: pwd.struct_passwd) -> Tree:
     base = reachable_tmp / "hooks"
-    roots = HookRoots(
-        builtin=base / "builtin", general=(base / "general",), package=(base / "package",), opt=base / "opt"
-    )
+    roots = HookRoots(general=(base / "general",), package=(base / "package",), opt=base / "opt")
     out = reachable_tmp / "out"
     out.mkdir()
     os.chown(out, user.pw_uid, user.pw_gid)
@@ -485,26 +483,39 @@ def test_values_bytes_removals_and_a_restored_environment(tree: Tree, user: pwd.
 # --- discovery ----------------------------------------------------------------------------------------
 
 
-def test_order_builtin_general_package_source_with_extra_dirs_first(
-    tree: Tree, user: pwd.struct_passwd
-) -> None:
+def test_order_general_package_source_with_extra_dirs_first(tree: Tree, user: pwd.struct_passwd) -> None:
     trace = "def add_info(report):\n    report['Order'] = report.get('Order', '') + ' {}'\n"
-    tree.hook("builtin", "a_builtin.py", trace.format("builtin") + "    report['Package'] = 'late 1.0'\n")
     tree.hook("extra/general", "z_extra.py", trace.format("extra-general"))
     tree.hook("general", "a_general.py", trace.format("general"))
     shadowed = tree.hook("general", "z_extra.py", trace.format("shadowed"))
     tree.hook("extra", "late.py", trace.format("extra-package"))
     tree.hook("package", "source_src.py", trace.format("source"))
     tree.hook("package", "late.py", trace.format("package-shadowed"))
-    result = hooks_for(tree, user, {"SourcePackage": "src"}, extra_dirs=[tree.extra])
+    result = hooks_for(tree, user, {"Package": "late 1.0", "SourcePackage": "src"}, extra_dirs=[tree.extra])
     assert result.fields["Order"].split() == [
-        "builtin",
         "extra-general",
         "general",
         "extra-package",
         "source",
     ]
     assert result.skipped[str(shadowed)] == "shadowed by an earlier z_extra.py"
+
+
+def test_a_report_no_hook_applies_to_looks_nothing_up_and_starts_nothing(
+    tree: Tree, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A root-owned report and no such hook user: looking the account up would fail, and say so.
+    other = tree.hook("package", "other.py", "def add_info(report):\n    report['Ran'] = 'yes'\n")
+    nobody = {"owner_uid": 0, "roots": tree.roots, "fallback_user": "crashdt-no-such-user"}
+    with caplog.at_level(logging.INFO, logger="crashd"):
+        assert run_hooks({"ProblemType": "Crash", "Package": "app 1.0"}, **nobody) == HookResult()
+    assert caplog.records == []
+    with caplog.at_level(logging.INFO, logger="crashd"):  # the control: a hook that applies needs the account
+        result = run_hooks({"ProblemType": "Crash", "Package": "other 1.0"}, **nobody)
+    assert result.skipped == {
+        str(other): "hooks not run: the system user 'crashdt-no-such-user' does not exist"
+    }
+    assert "does not exist" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -571,7 +582,7 @@ def test_opt_programs_search_hooks_beside_their_resolved_path(tmp_path: Path) ->
     hooks = fake_opt / "vendor" / "share" / "apport" / "package-hooks"
     hooks.mkdir(parents=True)
     (hooks / "vendorpkg.py").write_text("def add_info(report):\n    pass\n")
-    roots = HookRoots(builtin=None, general=(), package=(), opt=fake_opt)
+    roots = HookRoots(general=(), package=(), opt=fake_opt)
     inside = {"Package": "vendorpkg", "ExecutablePath": f"{fake_opt}/vendor/bin/prog"}
     assert package_plan(inside, roots, realpath=os.path.realpath).hooks == [hooks / "vendorpkg.py"]
     escape = {"Package": "vendorpkg", "ExecutablePath": f"{fake_opt}/../../tmp/x"}
@@ -660,34 +671,10 @@ def test_an_apport_style_hook_runs_unchanged(tree: Tree, user: pwd.struct_passwd
 )
 def test_a_real_distribution_hook_runs_unchanged(user: pwd.struct_passwd) -> None:
     # openssh-client's hook asks ui.yesno() first and stops the report on None, as in whoopsie-upload-all.
-    roots = HookRoots(builtin=None, general=(), package=(Path("/usr/share/apport/package-hooks"),), opt=None)
+    roots = HookRoots(general=(), package=(Path("/usr/share/apport/package-hooks"),), opt=None)
     result = run_hooks({"Package": "openssh-client 1:9.2p1"}, owner_uid=user.pw_uid, roots=roots)
     assert result.stopped and result.errors == {}
     assert result.ran == ["/usr/share/apport/package-hooks/openssh-client.py"]
-
-
-@pytest.mark.skipif(not shutil.which("dpkg-query"), reason="built-in package hook needs dpkg")
-def test_builtin_hooks_fill_package_and_system_fields(user: pwd.struct_passwd) -> None:
-    roots = HookRoots(builtin=BUILTIN_DIR, general=(), package=(), opt=None)
-    ssh = "/usr/bin/dpkg"
-    result = run_hooks({"ProblemType": "Crash", "ExecutablePath": ssh}, owner_uid=user.pw_uid, roots=roots)
-    assert result.errors == {}, result.errors
-    fields = result.fields
-    version = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "dpkg"], capture_output=True, text=True)
-    assert fields["Package"] == f"dpkg {version.stdout}"
-    assert fields["SourcePackage"] == "dpkg"
-    assert (
-        fields["PackageArchitecture"]
-        == subprocess.check_output(["dpkg", "--print-architecture"], text=True).strip()
-    )
-    assert any(line.startswith("libc6 ") for line in str(fields["Dependencies"]).splitlines())
-    assert fields["CrashdVersion"] == crashd.__version__
-    assert fields["Architecture"] == fields["PackageArchitecture"]
-    assert fields["Uname"] == " ".join((os.uname().sysname, os.uname().release, os.uname().machine))
-    assert fields["ExecutableTimestamp"] == str(int(os.stat(ssh).st_mtime))
-    assert str(fields["DistroRelease"]).strip()
-    unowned = run_hooks({"ExecutablePath": "/usr/bin/no-such-program"}, owner_uid=user.pw_uid, roots=roots)
-    assert "Package" not in unowned.fields and unowned.errors == {}
 
 
 # --- crashd hook-test --------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from crashd.collector import SENT_KINDS
-from crashd.report import write_report
+from crashd.collector import SENT_KINDS, needs_hooks
+from crashd.report import read_report, write_report
 from tests.daisy import DaisyServer, Hang, Respond
 from tests.fixtures import APPORT, WHOOPSIE, apport_manifest, require
 from tests.settings import default_config
@@ -87,12 +87,35 @@ def crash(name: str, **extra: object) -> dict:
 # -- the shared corpus, judged against apport's own decoding -----------------------------
 
 
-def expected_state(record: dict) -> str:
+def expected_state(record: dict, path: Path) -> str:
     if record["ProblemType"] not in SENT_KINDS:
         return "skipped"
     if any(not key["binary"] and key["type"] == "bytes" for key in record["keys"].values()):
         return "invalid"  # text that is not UTF-8 cannot be a BSON string
-    return "sent" if "Package" in record["keys"] else "rejected"  # daisy: "Incomplete crash report."
+    found = "Package" in record["keys"] or package_found(path)
+    return "sent" if found else "rejected"  # daisy: "Incomplete crash report."
+
+
+# What crashd adds to a report itself (crashd/enrich.py).
+OWN_FIELDS = {
+    "Architecture", "DistroRelease", "Uname", "ExecutableTimestamp", "Package", "SourcePackage",
+    "PackageArchitecture", "Dependencies", "CrashdVersion",
+}  # fmt: skip
+
+
+def package_found(path: Path) -> bool:
+    """Whether crashd fills ``Package`` in itself (issue 15): a report not enriched yet whose
+    ``ExecutablePath`` (or its /usr-merged name) dpkg says a package owns."""
+    with path.open("rb") as f:
+        report = read_report(f)
+    if not needs_hooks(report) or "ExecutablePath" not in report or not shutil.which("dpkg-query"):
+        return False
+    executable = report.text("ExecutablePath").decode("utf-8", "replace")
+    names = {executable, executable.removeprefix("/usr")}
+    return any(
+        subprocess.run(["dpkg-query", "-S", "--", name], capture_output=True).returncode == 0
+        for name in names
+    )
 
 
 def test_corpus_arrives_byte_exact_with_cores(daisy, crash_dir):
@@ -104,10 +127,10 @@ def test_corpus_arrives_byte_exact_with_cores(daisy, crash_dir):
 
     states = by_name(summary)
     assert {name: states[name]["state"] for name in records} == {
-        n: expected_state(r) for n, r in records.items()
+        n: expected_state(r, APPORT / n) for n, r in records.items()
     }
     assert code == 1  # some reports were rejected or invalid
-    assert summary["sent"] == sum(expected_state(r) == "sent" for r in records.values())
+    assert summary["sent"] == sum(expected_state(r, APPORT / n) == "sent" for n, r in records.items())
 
     received = {report.oops_id: report.document for report in daisy.reports if report.oops_id}
     assert {report.token for report in daisy.reports} == {TOKEN}
@@ -118,7 +141,16 @@ def test_corpus_arrives_byte_exact_with_cores(daisy, crash_dir):
             continue
         text_keys = [key for key in record["key_order"] if not record["keys"][key]["binary"]]
         document = received[states[name]["oops_id"]]
-        assert list(document) == text_keys, name  # file order, no binary field in the first POST
+        with (APPORT / name).open("rb") as f:
+            enriched = needs_hooks(read_report(f))
+        if enriched:  # issue 15: crashd's own fields follow the file's, and _HooksRun: yes ends them
+            text_keys = [key for key in text_keys if key != "_HooksRun"]
+            kept = [key for key in document if key in record["keys"] and key != "_HooksRun"]
+            assert kept == text_keys, name
+            assert set(document) - set(record["keys"]) <= OWN_FIELDS | {"_HooksRun"}, name
+            assert list(document)[-1] == "_HooksRun" and document["_HooksRun"] == "yes", name
+        else:
+            assert list(document) == text_keys, name  # file order, no binary field in the first POST
         for key in text_keys:
             assert hashlib.sha256(document[key].encode()).hexdigest() == record["keys"][key]["sha256"], (
                 name,
@@ -177,7 +209,8 @@ def test_hostile_and_invalid_files_are_listed_and_left_untouched(daisy, crash_di
     os.link(good, crash_dir / "_usr_bin_hardlink.0.crash")
     write(crash_dir / "_usr_bin_spoof.0.crash", crash("spoof"), (user.pw_uid, user.pw_gid))  # not root's
     (crash_dir / "_usr_bin_broken.0.crash").write_bytes(b"ProblemType: Crash\n\nDate: x\n")
-    write(crash_dir / "_usr_bin_latin1.0.crash", crash("latin1", Note=b"caf\xe9"))
+    # Already enriched (as apport leaves it), so collection does not rewrite it before the encoding refuses it.
+    write(crash_dir / "_usr_bin_latin1.0.crash", crash("latin1", Note=b"caf\xe9", _HooksRun="yes"))
     before = {p.name: p.lstat() for p in crash_dir.iterdir()}
 
     code, summary = upload_all(crash_dir, daisy.url, timeout=60)
@@ -300,6 +333,7 @@ def test_core_upload_memory_is_flat(daisy, crash_dir, tmp_path):
 
 def test_text_arrives_exactly_as_stored(daisy, crash_dir):
     fields = crash("exact", Trailing="line\n", Tabbed="a\tb", Unicode="caf\u00e9 \u2665", Nul="a\x00b")
+    fields["_HooksRun"] = "yes"  # already enriched: what arrives is exactly what the file holds
     write(crash_dir / "_usr_bin_exact.0.crash", fields)
     assert upload_all(crash_dir, daisy.url)[0] == 0
     document = daisy.reports[0].document

@@ -1,4 +1,4 @@
-"""Hooks: package authors' scripts, run for every report as the crashing user, contained (DESIGN.md §6).
+"""Hooks: package authors' scripts, run for a report as the crashing user, contained (DESIGN.md §6).
 
 Public surface::
 
@@ -12,9 +12,10 @@ Modules: :mod:`~crashd.hooks.discovery` (which hooks, in which order: pure),
 :mod:`~crashd.hooks.process` (the hook child as a process tree: start, bound, kill,
 reap), ``child.py`` (the keeper, the runner and the hook processes: standard
 library only, run by path with ``hook_api.py`` beside it, never imported here),
-:mod:`~crashd.hooks.hooktest` (one hook on one report, for ``crashd hook-test``),
-``builtin/`` (crashd's own hooks) and ``compat/apport/`` (``apport.hookutils`` for hooks where
-apport is absent).
+:mod:`~crashd.hooks.hooktest` (one hook on one report, for ``crashd hook-test``) and
+``compat/apport/`` (``apport.hookutils`` for hooks where apport is absent). What crashd adds to a
+report itself is not a hook: it is computed in the daemon's process (:mod:`crashd.enrich`) before
+these run.
 
 Exceptions::
 
@@ -29,14 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from crashd.hooks.accounts import SYSTEM_PYTHON, HookSetupError, account_for, interpreter_for
-from crashd.hooks.discovery import (
-    HookRoots,
-    InvalidPackageError,
-    Plan,
-    builtin_plan,
-    package_names,
-    package_plan,
-)
+from crashd.hooks.discovery import HookRoots, InvalidPackageError, package_plan
 from crashd.hooks.hooktest import hook_test, text_fields
 from crashd.hooks.runner import HookLimits, HookResult, MiB, error_key, run
 
@@ -68,61 +62,45 @@ def run_hooks(
     limits: HookLimits | None = None,
     python: str = SYSTEM_PYTHON,
 ) -> HookResult:
-    """Run every hook for a report with these text *fields*, owned by *owner_uid*.
+    """Run the general, package and source-package hooks for a report with these text *fields*, owned by
+    *owner_uid*.
 
-    Built-in hooks run first (they fill ``Package``/``SourcePackage``), then the
-    general, package and source-package hooks chosen from the fields as they are
-    *after* the built-in ones. Everything runs in one child process as the
-    owner (root's reports: as *fallback_user*), each hook bounded by *timeout*
-    seconds and *output_cap* bytes of output (its fields included), under the
-    interpreter *python* (the ``hook_python`` setting).
+    The hooks are chosen from *fields* as given: the collector puts the fields crashd adds itself
+    (:mod:`crashd.enrich`: ``Package`` above all) in first. When no hook applies nothing starts — no
+    account is looked up, no process runs (issue 15) — and the result holds only the candidates
+    refused. Otherwise every hook runs in one child process as the owner (root's reports: as
+    *fallback_user*), each bounded by *timeout* seconds and *output_cap* bytes of output (its fields
+    included), under the interpreter *python* (the ``hook_python`` setting).
 
-    Raises :class:`InvalidPackageError` when ``Package`` or ``SourcePackage``
-    could name a file outside a hook directory: before running anything, or
-    after the built-in hooks should one of them have set such a name.
-    Never raises for a hook's failure or for hooks that cannot run at all: those
-    are in the result's ``errors`` and ``skipped``.
+    Raises :class:`InvalidPackageError` when ``Package`` or ``SourcePackage`` could name a file
+    outside a hook directory, and ``InvalidFieldError`` for an ``ExecutablePath`` no kernel would
+    resolve: both before anything runs. Never raises for a hook's failure or for hooks that cannot
+    run at all: those are in the result's ``errors`` and ``skipped``.
     """
-    roots = roots or HookRoots()
-    package_names(fields)
-    phases = iter(
-        [lambda _current: builtin_plan(roots), lambda current: package_plan(current, roots, extra_dirs)]
-    )
-
-    def batches(current: Mapping[str, str | bytes]) -> Plan | None:
-        phase = next(phases, None)
-        return None if phase is None else phase(current)
-
-    try:
-        account = account_for(owner_uid, fallback_user, worker_user)
-        python = interpreter_for(account, python)
-    except HookSetupError as error:
-        log.warning("%s", error)  # e.g. hook_user missing: root's reports go without their hooks
-        result = _not_run(fields, roots, extra_dirs, str(error))
+    plan = package_plan(fields, roots or HookRoots(), extra_dirs)
+    if not plan.hooks:
+        result = HookResult(skipped=dict(plan.skipped))
     else:
-        result = run(
-            fields,
-            batches,
-            account=account,
-            python=python,
-            timeout=timeout,
-            output_cap=output_cap,
-            limits=limits,
-            owners=[0],
-        )
+        try:
+            account = account_for(owner_uid, fallback_user, worker_user)
+            python = interpreter_for(account, python)
+        except HookSetupError as error:
+            log.warning("%s", error)  # e.g. hook_user missing: root's reports go without their hooks
+            result = HookResult(skipped={**plan.skipped, **dict.fromkeys(map(str, plan.hooks), str(error))})
+        else:
+            batches = iter([plan])
+            result = run(
+                fields,
+                lambda _current: next(batches, None),
+                account=account,
+                python=python,
+                timeout=timeout,
+                output_cap=output_cap,
+                limits=limits,
+                owners=[0],
+            )
     for path, reason in result.skipped.items():
         # A refused hook file (wrong owner, writable by others) is the administrator's to fix: say so.
         if not reason.startswith(("shadowed", "not run", "hooks not run")):
             log.warning("hook %s skipped: %s", path, reason)
-    return result
-
-
-def _not_run(
-    fields: Mapping[str, str | bytes], roots: HookRoots, extra_dirs: Sequence[Path], reason: str
-) -> HookResult:
-    """Every hook that would have run, each recorded as skipped for *reason*: nothing is dropped silently."""
-    result = HookResult()
-    for plan in (builtin_plan(roots), package_plan(fields, roots, extra_dirs)):
-        result.skipped.update(plan.skipped)
-        result.skipped.update(dict.fromkeys(map(str, plan.hooks), reason))
     return result

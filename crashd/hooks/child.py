@@ -23,7 +23,7 @@ from crashd is imported: the daemon's modules stay out of the hooks' reach, and 
 by path needs no package on ``sys.path`` (``-I`` ignores ``PYTHONPATH``, and ``python -m`` would
 have to find crashd before any argument could say where it is). Two files beside it are loaded by
 path instead: ``crashd/process.py`` (the one door for processes, privileges, prctl and /proc;
-registered as ``crashd_process``, the name crashd's own hooks and compat apport import it by) and
+registered as ``crashd_process``, the name compat apport imports it by) and
 ``hook_api.py`` (what a hook gets: its ``report``, ``ui`` and apport; the call of ``add_info``).
 This file is the protocol: the keeper, the runner's loop, one process per hook and its result.
 
@@ -46,7 +46,6 @@ import signal
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BUILTIN = os.path.join(HERE, "builtin") + os.sep
 EXIT_REFUSED = 70  # process.py turns this status into "refused to run as root"
 
 
@@ -154,7 +153,7 @@ def _run(config):
         stopped = False
         for path in hooks:
             send(out, {"start": path})
-            if not with_apport and not path.startswith(BUILTIN):  # crashd's own hooks need no apport
+            if not with_apport:
                 report, ui, runs_with = hook_api.apport_api(report.data)
                 with_apport = True
             result = _hook_process(path, report, ui, owners, timeout, cap, (requests.fileno(), out))

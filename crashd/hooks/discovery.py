@@ -4,13 +4,12 @@ Everything here is a pure function of the report's fields and of ``stat`` answer
 about candidate files; nothing is opened or executed. The order, apport's
 (``research/apport.md`` §4.1) with crashd's own directories put in front:
 
-1. crashd's built-in hooks, ``crashd/hooks/builtin/*.py``;
-2. general hooks: ``general/*.py`` of each extra directory (config ``hook_dirs``),
+1. general hooks: ``general/*.py`` of each extra directory (config ``hook_dirs``),
    then ``/usr/share/crashd/hooks/general/*.py``, then apport's
    ``/usr/share/apport/general-hooks/*.py``;
-3. ``<package>.py`` in each extra directory, ``/usr/share/crashd/hooks/``,
+2. ``<package>.py`` in each extra directory, ``/usr/share/crashd/hooks/``,
    ``/usr/share/apport/package-hooks/``, then the ``/opt`` directories;
-4. ``source_<srcpackage>.py`` in the same directories.
+3. ``source_<srcpackage>.py`` in the same directories.
 
 Within one category a file name found earlier shadows the same name later, so an
 administrator's or crashd's hook replaces apport's of the same name instead of
@@ -39,20 +38,16 @@ from pathlib import Path
 from crashd.errors import CrashdError
 
 __all__ = [
-    "BUILTIN_DIR",
     "PATH_MAX",
     "HookRoots",
     "InvalidFieldError",
     "InvalidPackageError",
     "Plan",
-    "builtin_plan",
     "hook_refusal",
     "opt_hook_dirs",
     "package_names",
     "package_plan",
 ]
-
-BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 
 # Debian policy names, plus upper case (other distributions' names); never "/" or "..".
 _PACKAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,199}")
@@ -86,7 +81,6 @@ class InvalidPackageError(InvalidFieldError):
 class HookRoots:
     """Every directory hooks are looked up in; tests point them at their own trees."""
 
-    builtin: Path | None = BUILTIN_DIR
     general: tuple[Path, ...] = (
         Path("/usr/share/crashd/hooks/general"),
         Path("/usr/share/apport/general-hooks"),
@@ -193,14 +187,6 @@ def hook_refusal(
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
     return None
-
-
-def builtin_plan(roots: HookRoots) -> Plan:
-    """crashd's own hooks: every ``*.py`` in ``roots.builtin`` not starting with ``_``, sorted."""
-    plan = Plan()
-    if roots.builtin is not None:
-        _add_glob(plan, roots.builtin, set())
-    return plan
 
 
 def package_plan(

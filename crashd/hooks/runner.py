@@ -2,8 +2,8 @@
 
 One child (``child.py``: a keeper, an unprivileged runner, a process per hook; started by
 :mod:`crashd.hooks.process`) runs every hook of a report, so the interpreter start is paid once per
-report, not per hook. Hooks come in batches (built-in ones first; the package hooks are chosen from
-the fields as the built-in hooks left them), handed to the child as it asks for more. The runner's
+report, not per hook. Hooks come in batches (each may be chosen from the fields as the
+hooks before it left them), handed to the child as it asks for more. The runner's
 messages are checked against what was handed out: a ``start`` only for the next hook, in order, a
 ``done`` only for the hook that started; anything else kills the child.
 
