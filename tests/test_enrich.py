@@ -162,7 +162,7 @@ def test_a_report_no_hook_applies_to_gets_crashds_fields_and_no_hook_process(set
         assert document["_HooksRun"] == "yes"
         with report.open("rb") as f:  # written back once: it is not enriched again
             stored = read_report(f)
-        assert stored.text("_HooksRun") == b"yes" and stored.text("Dependencies")
+        assert stored.text_bytes("_HooksRun") == b"yes" and stored.text_bytes("Dependencies")
         assert not (marks / "started").exists()  # no interpreter check, no hook child
 
         (hooks / "dpkg.py").write_text(HOOK)

@@ -110,7 +110,7 @@ def package_found(path: Path) -> bool:
         report = read_report(f)
     if not needs_hooks(report) or "ExecutablePath" not in report or not shutil.which("dpkg-query"):
         return False
-    executable = report.text("ExecutablePath").decode("utf-8", "replace")
+    executable = report.text_bytes("ExecutablePath").decode("utf-8", "replace")
     names = {executable, executable.removeprefix("/usr")}
     return any(
         subprocess.run(["dpkg-query", "-S", "--", name], capture_output=True).returncode == 0
