@@ -38,10 +38,9 @@ if TYPE_CHECKING:
     import requests
 
 from crashd import __version__
-from crashd.report import MalformedReportError, Report, ReportLimitError
+from crashd.report import MalformedReportError, Report, ReportLimitError, size_text
 
-MiB = 1 << 20
-MAX_TEXT = 32 * MiB  # text sent in one report (DESIGN.md §7 rule 3)
+CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # seconds; settings connect_timeout and read_timeout
 MAX_ANSWER = 64 * 1024  # daisy answers a line; anything longer is cut
 VERSION_HEADER = f"crashd {__version__}"
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")  # OOPS ids, architectures in URLs
@@ -81,27 +80,28 @@ class Answer:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def sent_fields(report: Report, max_text: int = MAX_TEXT) -> Iterator[tuple[str, str]]:
+def sent_fields(report: Report, max_text: int | None = None) -> Iterator[tuple[str, str]]:
     """The first POST's fields, in the order of its BSON document: every text field, in file order.
 
     Binary fields (the core, attachments) never go in the first upload; daisy asks
     for the core separately (:func:`core_offer`). This is the one place that decides
     what a report's first upload carries: :func:`encode_report` encodes exactly these
     pairs and ``crashd show --what-is-sent`` (:mod:`crashd.preview`) shows exactly
-    them, so the preview cannot drift from the upload.
+    them, so the preview cannot drift from the upload. The text they carry is bounded by
+    *max_text*, by default the report's ``Limits.upload_text``.
     """
-    total = 0
+    total, limit = 0, report.limits.upload_text if max_text is None else max_text
     for key, entry in report.entries.items():
         if entry.binary:
             continue
         total += entry.size
-        if total > max_text:
-            reason = f"the report has more than {max_text // MiB} MiB of text to send"
+        if total > limit:
+            reason = f"the report has more than {size_text(limit)} of text to send (the upload_text limit)"
             raise ReportLimitError(reason, line=entry.line, name=report.name)
         yield key, report.string(key)  # raises for text that is not UTF-8
 
 
-def encode_report(report: Report, max_text: int = MAX_TEXT) -> bytes:
+def encode_report(report: Report, max_text: int | None = None) -> bytes:
     """The first POST's body: :func:`sent_fields` as one BSON document of strings."""
     import bson  # only where a body is made (the upload worker): not in the idle daemon
 
@@ -209,7 +209,12 @@ class DirectUploader:
 class HttpTransport:
     """:class:`Transport` over ``requests``: keep-alive per thread, timeouts on every call."""
 
-    def __init__(self, connect_timeout: float = 10, read_timeout: float = 60, deadline: float | None = None):
+    def __init__(
+        self,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+        deadline: float | None = None,
+    ) -> None:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.deadline = deadline  # a time.monotonic() value no call may outlast
         self._local = threading.local()
