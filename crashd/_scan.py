@@ -71,13 +71,15 @@ class ReportLimitError(ReportError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on a report (DESIGN.md §7 rule 3); every one is checked while streaming."""
+    """Bounds on a report (DESIGN.md §7 rule 3); every one is checked while streaming, except
+    ``upload_text``, which the uploader checks as it builds the first upload's body."""
 
     file_size: int = 2 * GiB
     keys: int = 10_000
     key_length: int = 256
     text_value: int = 16 * MiB
     binary_value: int = 4 * GiB
+    upload_text: int = 32 * MiB  # text sent in one upload
 
 
 DEFAULT_LIMITS = Limits()

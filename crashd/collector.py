@@ -14,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 import crashd
 from crashd.enrich import added_fields, system_facts
-from crashd.hooks import HookRoots, run_hooks, text_fields
+from crashd.hooks import HookOptions, run_hooks, text_fields
 from crashd.hooks.discovery import InvalidFieldError, executable_path, package_names
 from crashd.lifecycle import State, Status
 from crashd.report import Limits, Report, ReportError, StoredBinary, read_report, valid_key, write_report
@@ -100,18 +99,6 @@ def read_stamps(spool: Spool, opened: OpenReport) -> Stamps:
     return stamps
 
 
-@dataclass(frozen=True)
-class HookOptions:
-    """How collection runs package hooks (DESIGN.md §6; settings ``hook_dirs``, ``hook_timeout``)."""
-
-    extra_dirs: tuple[Path, ...] = ()
-    timeout: float = 30.0
-    roots: HookRoots | None = None  # None: the system's hook directories
-    fallback_user: str = "crashd-hook"  # who runs the hooks of root's reports (setting hook_user)
-    worker_user: str | None = "crashd"  # the upload worker's user: never the hooks'
-    python: str = "/usr/bin/python3"  # the interpreter hooks run under (setting hook_python)
-
-
 def collect(
     spool: Spool, opened: OpenReport, limits: Limits, *, stamp: bool = True, hooks: HookOptions | None = None
 ) -> Collected | Status:
@@ -180,7 +167,8 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
         result = run_hooks(
             {**fields, **own}, owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
             extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
-            worker_user=hooks.worker_user, python=hooks.python,
+            worker_user=hooks.worker_user, python=hooks.python, output_cap=hooks.output_cap,
+            limits=hooks.limits,
         )  # fmt: skip
     except InvalidFieldError as error:
         return invalid(name, str(error))

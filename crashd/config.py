@@ -4,6 +4,12 @@ The file is INI with a ``[crashd]`` section (and ``[consent]``, read by the
 consent module). An unknown key or a bad value is a :class:`ConfigError` that
 names the file, the key and the value, so a typo never silently falls back to a
 default (DESIGN.md §9).
+
+:class:`Settings` owns every bound and default crashd runs with (DESIGN.md §7 rule 3: "all
+configurable"). It is composed of the value objects the code takes — the report's
+:class:`~crashd.report.Limits`, the retry :class:`~crashd.policy.Backoff`, the
+:class:`~crashd.hooks.HookOptions` — and each default is written once, in its own dataclass. The
+configuration file stays flat: :data:`KEYS` maps each key onto its place in the composition.
 """
 
 from __future__ import annotations
@@ -11,14 +17,18 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crashd import budget, fs
 from crashd.errors import CrashdError
+from crashd.hooks.runner import HookOptions
 from crashd.network import Metered
+from crashd.policy import Backoff
+from crashd.report import Limits
+from crashd.uploader import CONNECT_TIMEOUT, READ_TIMEOUT
 
 DEFAULT_CONFIG = Path("/etc/crashd/crashd.conf")
 MAX_CONFIG = 64 * 1024  # a configuration file is a few lines; it is read whole, so bounded
@@ -33,29 +43,25 @@ class ConfigError(CrashdError, ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of DESIGN.md §9; durations are seconds."""
+    """Every setting of DESIGN.md §9; durations are seconds, sizes bytes.
+
+    ``hooks.worker_user`` follows ``unprivileged_user`` (:func:`load_settings` sets both): the hooks
+    of root's reports never run as the upload worker's user.
+    """
 
     url: str = "https://daisy.ubuntu.com"
     crash_dir: Path = Path("/var/crash")
     state_dir: Path = Path("/var/lib/crashd")
-    hook_dirs: tuple[Path, ...] = ()
-    hook_timeout: float = 30
-    hook_python: str = "/usr/bin/python3"
     idle_timeout: float = 30
-    backoff_base: float = 60
-    backoff_server_base: float = 7200
-    backoff_cap: float = 21600
-    expire_after: float = 1209600
-    connect_timeout: float = 10
-    read_timeout: float = 60
-    unprivileged_user: str = "crashd"
-    hook_user: str = "crashd-hook"
+    connect_timeout: float = CONNECT_TIMEOUT
+    read_timeout: float = READ_TIMEOUT
+    unprivileged_user: str = HookOptions.worker_user
     metered: Metered = Metered.REPORTS_ONLY
     duplicate_window: float = 86400
     max_use: str = "auto"  # bytes the reports may take; auto: 10 % of the file system, 1 MiB to 1 GiB
-
-
-_FIELDS = {field.name: field for field in dataclasses.fields(Settings)}
+    limits: Limits = field(default_factory=Limits)
+    backoff: Backoff = field(default_factory=Backoff)
+    hooks: HookOptions = field(default_factory=HookOptions)
 
 
 def load_settings(
@@ -78,7 +84,24 @@ def load_settings(
     for name, given in (overrides or {}).items():
         if given is not None:
             raw[name] = (given, f"--{name.replace('_', '-')}")
-    return Settings(**{name: _convert(name, value, where) for name, (value, where) in raw.items()})
+    settings = Settings()
+    for key, (value, where) in raw.items():
+        settings = _with(settings, KEYS[key].path, _convert(key, value, where))
+    return _with(settings, ("hooks", "worker_user"), settings.unprivileged_user)
+
+
+def value(settings: Settings, key: str) -> Any:
+    """The value of the configuration key *key* in *settings* (``hook_timeout``: ``hooks.timeout``)."""
+    found: Any = settings
+    for name in KEYS[key].path:
+        found = getattr(found, name)
+    return found
+
+
+def _with(part: Any, path: tuple[str, ...], new: Any) -> Any:
+    """*part* with the value at *path* replaced: the frozen parts are rebuilt, never changed."""
+    head, *rest = path
+    return dataclasses.replace(part, **{head: _with(getattr(part, head), tuple(rest), new) if rest else new})
 
 
 def _read_file(path: Path) -> dict[str, tuple[str, str]]:
@@ -97,15 +120,15 @@ def _read_file(path: Path) -> dict[str, tuple[str, str]]:
     values: dict[str, tuple[str, str]] = {}
     if parser.has_section("crashd"):
         for key, value in parser.items("crashd"):
-            if key not in _FIELDS:
-                raise ConfigError(f"{path}: unknown key {key!r} in [crashd] (known: {', '.join(_FIELDS)})")
+            if key not in KEYS:
+                raise ConfigError(f"{path}: unknown key {key!r} in [crashd] (known: {', '.join(KEYS)})")
             values[key] = (value, f"{path} [crashd] {key}")
     return values
 
 
 def _convert(name: str, value: str, where: str) -> Any:
     try:
-        return _CONVERTERS.get(name, parse_seconds)(value)
+        return KEYS[name].convert(value)
     except ValueError as error:
         raise ConfigError(f"{where}: bad value {value!r}: {error}") from None
 
@@ -155,6 +178,24 @@ def _paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(part) for part in value.split())
 
 
+def _size(value: str) -> int:
+    """A bound in bytes, written as ``max_use`` is (``2G``, ``512K``, ``4096``)."""
+    size = budget.parse_size(value.strip())
+    if size <= 0:
+        raise ValueError("must be more than 0 bytes")
+    return size
+
+
+def _count(value: str) -> int:
+    try:
+        count = int(value.strip())
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if count <= 0:
+        raise ValueError("must be more than 0")
+    return count
+
+
 def parse_seconds(value: str) -> float:
     """A positive, finite number of seconds (a duration setting, or ``--timeout`` on the command line)."""
     seconds = float(value)
@@ -163,14 +204,43 @@ def parse_seconds(value: str) -> float:
     return seconds
 
 
-_CONVERTERS = {
-    "url": _url,
-    "crash_dir": _path,
-    "state_dir": _path,
-    "hook_dirs": _paths,
-    "hook_python": _program,
-    "unprivileged_user": _user,
-    "hook_user": _user,
-    "metered": _metered,
-    "max_use": _max_use,
+@dataclass(frozen=True)
+class Key:
+    """A configuration key: where its value goes in :class:`Settings`, and how its text is read."""
+
+    path: tuple[str, ...]
+    convert: Callable[[str], Any] = parse_seconds
+
+
+# Every [crashd] key, in the order crashd.conf(5) lists them; the defaults are the dataclasses'.
+KEYS = {
+    "url": Key(("url",), _url),
+    "crash_dir": Key(("crash_dir",), _path),
+    "state_dir": Key(("state_dir",), _path),
+    "hook_dirs": Key(("hooks", "extra_dirs"), _paths),
+    "hook_timeout": Key(("hooks", "timeout")),
+    "hook_python": Key(("hooks", "python"), _program),
+    "idle_timeout": Key(("idle_timeout",)),
+    "backoff_base": Key(("backoff", "base")),
+    "backoff_server_base": Key(("backoff", "server_base")),
+    "backoff_cap": Key(("backoff", "cap")),
+    "expire_after": Key(("backoff", "expire_after")),
+    "connect_timeout": Key(("connect_timeout",)),
+    "read_timeout": Key(("read_timeout",)),
+    "unprivileged_user": Key(("unprivileged_user",), _user),
+    "hook_user": Key(("hooks", "fallback_user"), _user),
+    "metered": Key(("metered",), _metered),
+    "duplicate_window": Key(("duplicate_window",)),
+    "max_use": Key(("max_use",), _max_use),
+    "max_report_size": Key(("limits", "file_size"), _size),
+    "max_keys": Key(("limits", "keys"), _count),
+    "max_key_length": Key(("limits", "key_length"), _count),
+    "max_text_value": Key(("limits", "text_value"), _size),
+    "max_binary_value": Key(("limits", "binary_value"), _size),
+    "max_upload_text": Key(("limits", "upload_text"), _size),
+    "hook_output_cap": Key(("hooks", "output_cap"), _size),
+    "hook_address_space": Key(("hooks", "limits", "address_space"), _size),
+    "hook_file_size": Key(("hooks", "limits", "file_size"), _size),
+    "hook_open_files": Key(("hooks", "limits", "open_files"), _count),
+    "hook_processes": Key(("hooks", "limits", "processes"), _count),
 }

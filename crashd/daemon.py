@@ -35,6 +35,7 @@ from asyncinotify import Inotify, Mask
 
 from crashd import lifecycle, network
 from crashd.collector import HookOptions
+from crashd.config import Settings
 from crashd.consent import Consent, may_collect_automatically
 from crashd.delivery import Courier
 from crashd.lifecycle import Gate, Status
@@ -69,7 +70,7 @@ class Daemon:
     courier: Courier
     limits: Limits
     consent: Gate
-    idle_timeout: float = 30.0
+    idle_timeout: float = Settings.idle_timeout
     once: bool = False
     hooks: HookOptions | None = None
     dbus: DBusSettings | None = None

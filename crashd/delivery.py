@@ -176,7 +176,8 @@ class Courier:
             # (against power cuts, where the worst case is a resend answered 409) comes after it.
             record = self._save(replace(record, phase=State.POSTING, attempts=record.attempts + 1))
             try:
-                answer = self.uploader.send(Job.of_report(body, self.url, self.system_id))
+                job = Job.of_report(body, self.url, self.system_id, collected.report.limits)
+                answer = self.uploader.send(job)
             except UploadError as error:
                 decision: Decision = self._retry(error, record.attempts)
             else:

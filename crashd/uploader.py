@@ -61,11 +61,11 @@ from crashd.report import (
     Report,
     ReportLimitError,
     read_report,
+    size_text,
 )
 from crashd.spool import OpenFile
 
-MiB = 1 << 20
-MAX_TEXT = 32 * MiB  # text sent in one report (DESIGN.md §7 rule 3)
+CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # seconds; settings connect_timeout and read_timeout
 MAX_ANSWER = 64 * 1024  # daisy answers a line; anything longer is cut
 VERSION_HEADER = f"crashd {__version__}"
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")  # OOPS ids, architectures in URLs
@@ -113,37 +113,38 @@ class Answer:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def sent_fields(report: Report, max_text: int = MAX_TEXT) -> Iterator[tuple[str, str]]:
+def sent_fields(report: Report, max_text: int | None = None) -> Iterator[tuple[str, str]]:
     """The first POST's fields, in the order of its BSON document: every text field, in file order.
 
     Binary fields (the core, attachments) never go in the first upload; daisy asks
     for the core separately (:func:`core_offer`). This is the one place that decides
     what a report's first upload carries: :func:`encode_report` encodes exactly these
     pairs and ``crashd show --what-is-sent`` (:mod:`crashd.preview`) shows exactly
-    them, so the preview cannot drift from the upload.
+    them, so the preview cannot drift from the upload. The text they carry is bounded by
+    *max_text*, by default the report's ``Limits.upload_text``.
     """
-    total = 0
+    total, limit = 0, report.limits.upload_text if max_text is None else max_text
     for key, entry in report.entries.items():
         if entry.binary:
             continue
         total += entry.size
-        if total > max_text:
-            reason = f"the report has more than {max_text // MiB} MiB of text to send"
+        if total > limit:
+            reason = f"the report has more than {size_text(limit)} of text to send (the upload_text limit)"
             raise ReportLimitError(reason, line=entry.line, name=report.name)
         yield key, report.string(key)  # raises for text that is not UTF-8
 
 
-def encode_report(report: Report, max_text: int = MAX_TEXT) -> bytes:
+def encode_report(report: Report, max_text: int | None = None) -> bytes:
     """The first POST's body: :func:`sent_fields` as one BSON document of strings."""
     import bson  # only where a body is made (the upload worker): not in the idle daemon
 
     return bson.encode(dict(sent_fields(report, max_text)))
 
 
-def max_body(limits: Limits, max_text: int = MAX_TEXT) -> int:
+def max_body(limits: Limits) -> int:
     """The most bytes :func:`encode_report` can make of a report read with *limits*: the text, and per
     key its type byte, name, NUL, length and NUL, plus the document's length and final NUL."""
-    return max_text + limits.keys * (limits.key_length + 7) + 5
+    return limits.upload_text + limits.keys * (limits.key_length + 7) + 5
 
 
 @dataclass(frozen=True)
@@ -231,12 +232,12 @@ class Job:
     system_id: str
     body: bytes = b""  # report: the BSON document
     fd: int = -1  # core: the report's descriptor; read positionally, never closed by the uploader
-    limits: Limits = DEFAULT_LIMITS  # core: the bounds the report is read with
+    limits: Limits = DEFAULT_LIMITS  # the bounds the report was read with (a report job's body follows)
     oops_id: str = ""  # core: the id daisy gave the report, naming the upload
 
     @classmethod
-    def of_report(cls, body: bytes, url: str, system_id: str) -> Job:
-        return cls("report", url, system_id, body=body)
+    def of_report(cls, body: bytes, url: str, system_id: str, limits: Limits = DEFAULT_LIMITS) -> Job:
+        return cls("report", url, system_id, body=body, limits=limits)
 
     @classmethod
     def of_core(cls, fd: int, limits: Limits, url: str, system_id: str, oops_id: str) -> Job:
@@ -288,7 +289,12 @@ class HttpTransport:
     bounded answer, errors that say what failed — is the rest of this class.
     """
 
-    def __init__(self, connect_timeout: float = 10, read_timeout: float = 60, deadline: float | None = None):
+    def __init__(
+        self,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+        deadline: float | None = None,
+    ) -> None:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.deadline = deadline  # a time.monotonic() value no call may outlast
         self._local = threading.local()  # .connections: {(scheme, netloc): HTTPConnection}

@@ -116,7 +116,7 @@ class WorkerUploader:
 
     Usage::
 
-        uploader = WorkerUploader(pwd.getpwnam("crashd"), connect_timeout=10, read_timeout=60)
+        uploader = WorkerUploader(pwd.getpwnam("crashd"))
         try:
             answer = uploader.send(Job.of_report(body, url, system_id))
         finally:
@@ -131,8 +131,8 @@ class WorkerUploader:
     def __init__(
         self,
         user: pwd.struct_passwd,
-        connect_timeout: float = 10,
-        read_timeout: float = 60,
+        connect_timeout: float = uploader.CONNECT_TIMEOUT,
+        read_timeout: float = uploader.READ_TIMEOUT,
         deadline: float | None = None,
     ) -> None:
         if user.pw_uid == 0 or user.pw_gid == 0:

@@ -11,7 +11,6 @@ also built with rst2man --strict, as meson builds them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import shutil
 import subprocess
@@ -152,14 +151,14 @@ def shown_default(value: object) -> str:
     if isinstance(value, tuple):
         return "empty" if not value else f"``{' '.join(map(str, value))}``"
     if isinstance(value, float):
-        return f"``{value:g}``"
+        return f"``{int(value)}``" if value.is_integer() else f"``{value:g}``"
     return f"``{value}``"
 
 
 def test_every_crashd_key_is_described_with_its_default_and_bound() -> None:
     man5 = sections(PAGE_5, "=")
     blocks = key_blocks(man5["[crashd] SECTION"])
-    fields = {field.name: field.default for field in dataclasses.fields(config.Settings)}
+    fields = {key: config.value(config.Settings(), key) for key in config.KEYS}
     assert set(blocks) == set(fields), set(blocks) ^ set(fields)
     for key, default in fields.items():
         assert f"Default: {shown_default(default)}" in blocks[key], (key, default, blocks[key])
@@ -176,7 +175,7 @@ def test_every_consent_key_is_described() -> None:
 def test_the_installed_config_file_lists_every_key_too() -> None:
     shipped = (REPO / "data" / "crashd.conf").read_text()
     listed = set(re.findall(r"^#([a-z_]+) =", shipped, re.MULTILINE))
-    keys = {field.name for field in dataclasses.fields(config.Settings)} | {"locked", *consent._LOCKABLE}
+    keys = set(config.KEYS) | {"locked", *consent._LOCKABLE}
     assert listed == keys, listed ^ keys
 
 
@@ -186,7 +185,7 @@ def test_conf_page_is_what_the_parser_accepts(tmp_path: Path) -> None:
     keys = key_blocks(sections(PAGE_5, "=")["[crashd] SECTION"])
     path.write_text("[crashd]\n" + "".join(f"{key} = {_sample(key)}\n" for key in sorted(keys)))
     settings = config.load_settings(path, environ={})
-    assert settings.hook_timeout == 1.5 and settings.unprivileged_user == "nobody"
+    assert settings.hooks.timeout == 1.5 and settings.unprivileged_user == "nobody"
     assert settings.metered == "hold"
     path.write_text("[crashd]\nno_such_key = 1\n")
     with pytest.raises(config.ConfigError, match="unknown key 'no_such_key'"):
@@ -196,7 +195,8 @@ def test_conf_page_is_what_the_parser_accepts(tmp_path: Path) -> None:
 def _sample(key: str) -> str:
     samples = {"url": "https://errors.example.com", "crash_dir": "/tmp", "state_dir": "/tmp",
                "hook_dirs": "/a /b", "unprivileged_user": "nobody", "hook_user": "daemon",
-               "hook_python": "/usr/bin/python3", "metered": "hold"}  # fmt: skip
+               "hook_python": "/usr/bin/python3", "metered": "hold", "max_keys": "100", "max_key_length": "64",
+               "hook_open_files": "64", "hook_processes": "16"}  # fmt: skip
     return samples.get(key, "1.5")
 
 

@@ -58,6 +58,7 @@ from crashd.capture.journal import (
     parse_export,
     untrusted,
 )
+from crashd.report import Limits, size_text
 
 __all__ = [
     "COREDUMP_DIR",
@@ -73,7 +74,9 @@ __all__ = [
 
 COREDUMP_DIR = Path("/var/lib/systemd/coredump")
 
-MAX_STORED_CORE = (2 << 30) * 3 // 4 - (16 << 20)  # base64 grows by 4/3: keep the report under 2 GiB
+# base64 grows by 4/3, and a text value may take its bound beside the core: the report stays within
+# the report-file bound (DESIGN.md §7 rule 3), whose one default is Limits'.
+MAX_STORED_CORE = Limits().file_size * 3 // 4 - Limits().text_value
 CRASHD_UNITS = re.compile(r"crashd\.service|crashd-coredump@.*\.service")  # crashd's own: never reported
 _CHUNK = 96 * 1024  # → one 128 KiB base64 line per piece
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -182,7 +185,7 @@ def _core_refusal(st: os.stat_result) -> str | None:
     if st.st_uid != 0:
         return f"is owned by uid {st.st_uid}, not root (systemd-coredump writes cores as root)"
     if st.st_size > MAX_STORED_CORE:
-        return f"is {st.st_size} bytes, too large for a 2 GiB report"
+        return f"is {st.st_size} bytes, too large for a {size_text(Limits().file_size)} report"
     return None
 
 

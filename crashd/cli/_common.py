@@ -9,6 +9,7 @@ every command module returns them and the package's ``__init__`` imports the com
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import pwd
@@ -25,7 +26,6 @@ from crashd.errors import CrashdError
 from crashd.identity import system_identifier
 from crashd.lifecycle import Gate, Status
 from crashd.network import NetworkGate, read_conditions
-from crashd.policy import Backoff
 from crashd.spool import Spool, UnsafeFileError
 from crashd.state import StateStore
 from crashd.tidy import Tidy
@@ -176,26 +176,21 @@ def exit_on_signals() -> None:
 
 
 def hook_options(settings: Settings) -> HookOptions:
-    return HookOptions(
-        extra_dirs=settings.hook_dirs, timeout=settings.hook_timeout, fallback_user=settings.hook_user,
-        worker_user=worker_name(settings.unprivileged_user),  # hooks never share the worker's uid
-        python=settings.hook_python,
-    )  # fmt: skip
-
-
-def backoff_for(settings: Settings) -> Backoff:
-    return Backoff(
-        base=settings.backoff_base,
-        cap=settings.backoff_cap,
-        expire_after=settings.expire_after,
-        server_base=settings.backoff_server_base,
-    )
+    """The settings' hook options, with the user the upload worker really runs as: hooks never share it."""
+    return dataclasses.replace(settings.hooks, worker_user=worker_name(settings.unprivileged_user))
 
 
 def tidy_for(spool: Spool, store: StateStore, settings: Settings) -> Tidy:
     """Duplicate collapse and the disk budget (crashd.tidy); its ledger beside the records, if usable."""
     state_dir = settings.state_dir if store.directory is not None else None
-    return Tidy(spool, store, state_dir, window=settings.duplicate_window, max_use=settings.max_use)
+    return Tidy(
+        spool,
+        store,
+        state_dir,
+        window=settings.duplicate_window,
+        max_use=settings.max_use,
+        limits=settings.limits,
+    )
 
 
 # -- consent --------------------------------------------------------------------------------

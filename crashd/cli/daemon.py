@@ -8,7 +8,6 @@ from typing import Any
 
 from crashd.cli._common import (
     add_locations,
-    backoff_for,
     consent_gate,
     hook_options,
     identifier_for,
@@ -18,9 +17,8 @@ from crashd.cli._common import (
     settings_from,
     tidy_for,
 )
-from crashd.config import DEFAULT_CONFIG
+from crashd.config import DEFAULT_CONFIG, Settings
 from crashd.delivery import Courier
-from crashd.report import DEFAULT_LIMITS
 from crashd.state import StateStore
 from crashd.status import survey
 
@@ -40,7 +38,10 @@ def add_parser(commands: Any) -> None:
     )
     daemon.add_argument("--once", action="store_true", help="process what is there now, then exit")
     daemon.add_argument(
-        "--idle-timeout", type=seconds_argument, metavar="S", help="exit after S idle seconds (30)"
+        "--idle-timeout",
+        type=seconds_argument,
+        metavar="S",
+        help=f"exit after S idle seconds ({Settings.idle_timeout:g})",
     )
     add_locations(daemon, url=True)
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     uploader = make_uploader(settings, None)
     monitor = Monitor(settings.metered)
     try:
-        backoff = backoff_for(settings)
+        backoff = settings.backoff
         courier = Courier(uploader, settings.url, system_id, store, backoff, network=monitor.hold)
         gate = consent_gate(settings, config)
         with open_spool(settings.crash_dir) as spool:
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 lambda: Daemon(
                     spool,
                     courier,
-                    DEFAULT_LIMITS,
+                    settings.limits,
                     gate,
                     idle_timeout=idle,
                     once=args.once,

@@ -31,7 +31,7 @@ from crashd.cli._common import (
     seconds_argument,
     settings_from,
 )
-from crashd.hooks import HookResult, HookSetupError, InvalidPackageError, hook_test
+from crashd.hooks import HookOptions, HookResult, HookSetupError, InvalidPackageError, hook_test
 from crashd.hooks.discovery import hook_refusal
 from crashd.report import ReportError
 from crashd.spool import UnsafeFileError
@@ -55,12 +55,15 @@ def add_parser(commands: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     parser.add_argument(
-        "--timeout", type=seconds_argument, metavar="S", help="seconds the hook may take (30)"
+        "--timeout",
+        type=seconds_argument,
+        metavar="S",
+        help=f"seconds the hook may take ({HookOptions.timeout:g})",
     )
     parser.add_argument(
         "--fallback-user",
         metavar="NAME",
-        help="who runs root's reports' hooks (default: hook_user, crashd-hook)",
+        help=f"who runs root's reports' hooks (default: hook_user, {HookOptions.fallback_user})",
     )
 
 
@@ -82,10 +85,13 @@ def run(args: argparse.Namespace) -> int:
         result = hook_test(
             hook,
             args.file,
-            timeout=args.timeout or settings.hook_timeout,
-            fallback_user=args.fallback_user or settings.hook_user,
+            timeout=args.timeout or settings.hooks.timeout,
+            output_cap=settings.hooks.output_cap,
+            fallback_user=args.fallback_user or settings.hooks.fallback_user,
             worker_user=settings.unprivileged_user,
-            python=settings.hook_python,
+            limits=settings.hooks.limits,
+            python=settings.hooks.python,
+            report_limits=settings.limits,
         )
     except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
         return fail(EXIT_USAGE, f"{args.file}: {error.strerror}")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from crashd.cli._common import EXIT_OK, UsageError
+from crashd.cli._common import EXIT_OK, UsageError, settings_from
 from crashd.preview import Preview, what_is_sent
 from crashd.report import Digest, Report, read_report
 from crashd.signature import crash_signature
@@ -36,12 +36,13 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    limits = settings_from(args).limits  # a bad configuration file is exit 2, in main()
     try:
         opened = open_file(args.file)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as error:
         raise UsageError(f"{args.file}: {error.strerror}") from None
     with opened, opened.file() as f:
-        report = read_report(f, name=str(args.file))
+        report = read_report(f, limits=limits, name=str(args.file))
         if args.what_is_sent:
             return _show_what_is_sent(what_is_sent(report, str(args.file)), as_json=args.json)
         digests = {key: report.digest(key) for key in report}

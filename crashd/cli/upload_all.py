@@ -14,7 +14,6 @@ from crashd.cli._common import (
     EXIT_INCOMPLETE,
     EXIT_OK,
     add_locations,
-    backoff_for,
     exit_on_signals,
     fail,
     hook_options,
@@ -31,7 +30,6 @@ from crashd.cli._common import (
 from crashd.config import DEFAULT_CONFIG
 from crashd.consent import load_consent
 from crashd.delivery import Courier
-from crashd.report import DEFAULT_LIMITS
 from crashd.state import StateStore
 from crashd.upload_all import upload_all
 
@@ -74,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     system_id = identifier_for(settings)
     deadline = None if args.timeout is None else time.time() + args.timeout
     store = StateStore.open(settings.state_dir)
-    backoff = backoff_for(settings)
+    backoff = settings.backoff
     if args.timeout is not None:
         backoff = backoff.interactive(args.timeout)
     uploader = make_uploader(settings, None if args.timeout is None else time.monotonic() + args.timeout)
@@ -85,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 log.info("not running as root: only reports this user may read can be sent")
             hooks = hook_options(settings)
             tidy_for(spool, store, settings)()  # duplicates collapsed and the budget kept before sending
-            summary = upload_all(spool, courier, limits=DEFAULT_LIMITS, deadline=deadline, hooks=hooks)
+            summary = upload_all(spool, courier, limits=settings.limits, deadline=deadline, hooks=hooks)
             store.collect(spool.exists)  # records of reports that are gone (issue 11: bounded state)
     finally:
         uploader.close()

@@ -29,15 +29,16 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from crashd.hooks.accounts import SYSTEM_PYTHON, HookSetupError, account_for, interpreter_for
+from crashd.hooks.accounts import HookSetupError, account_for, interpreter_for
 from crashd.hooks.discovery import HookRoots, InvalidPackageError, package_plan
 from crashd.hooks.hooktest import hook_test, text_fields
-from crashd.hooks.runner import HookLimits, HookResult, MiB, error_key, run
+from crashd.hooks.runner import HookLimits, HookOptions, HookResult, error_key, run
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "HookLimits",
+    "HookOptions",
     "HookResult",
     "HookRoots",
     "HookSetupError",
@@ -55,12 +56,12 @@ def run_hooks(
     owner_uid: int,
     roots: HookRoots | None = None,
     extra_dirs: Sequence[Path] = (),
-    timeout: float = 30,
-    output_cap: int = 10 * MiB,
-    fallback_user: str = "crashd-hook",
-    worker_user: str | None = "crashd",
-    limits: HookLimits | None = None,
-    python: str = SYSTEM_PYTHON,
+    timeout: float = HookOptions.timeout,
+    output_cap: int = HookOptions.output_cap,
+    fallback_user: str = HookOptions.fallback_user,
+    worker_user: str | None = HookOptions.worker_user,
+    limits: HookLimits = HookOptions.limits,
+    python: str = HookOptions.python,
 ) -> HookResult:
     """Run the general, package and source-package hooks for a report with these text *fields*, owned by
     *owner_uid*.

@@ -60,9 +60,7 @@ class Account:
         return process.environment(HOME=self.home, USER=self.name, LOGNAME=self.name)
 
 
-def account_for(
-    owner_uid: int, fallback_user: str = "crashd-hook", worker_user: str | None = None
-) -> Account:
+def account_for(owner_uid: int, fallback_user: str, worker_user: str | None = None) -> Account:
     """The account for a report owned by *owner_uid*: its owner, or *fallback_user* (the ``hook_user``
     setting) for root's reports — and for reports of *worker_user*, the upload worker's user.
 

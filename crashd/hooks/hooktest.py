@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from crashd.hooks.accounts import SYSTEM_PYTHON, account_for, interpreter_for
+from crashd.hooks.accounts import account_for, interpreter_for
 from crashd.hooks.discovery import Plan, package_names
-from crashd.hooks.runner import HookLimits, HookResult, MiB, run
-from crashd.report import Report, read_report
+from crashd.hooks.runner import HookLimits, HookOptions, HookResult, run
+from crashd.report import DEFAULT_LIMITS, Limits, Report, read_report
 from crashd.spool import open_file
 
 __all__ = ["hook_test", "text_fields"]
@@ -43,12 +43,13 @@ def hook_test(
     hook: Path,
     report_path: Path,
     *,
-    timeout: float = 30,
-    output_cap: int = 10 * MiB,
-    fallback_user: str = "crashd-hook",
-    worker_user: str | None = "crashd",
-    limits: HookLimits | None = None,
-    python: str = SYSTEM_PYTHON,
+    timeout: float = HookOptions.timeout,
+    output_cap: int = HookOptions.output_cap,
+    fallback_user: str = HookOptions.fallback_user,
+    worker_user: str | None = HookOptions.worker_user,
+    limits: HookLimits = HookOptions.limits,
+    python: str = HookOptions.python,
+    report_limits: Limits = DEFAULT_LIMITS,
 ) -> HookResult:
     """Run the hook file *hook* on the report at *report_path* as the daemon would, and say what it did.
 
@@ -57,7 +58,7 @@ def hook_test(
     :class:`HookSetupError` when no user or Python can run it.
     """
     with open_file(report_path) as opened, opened.file() as f:
-        fields = text_fields(read_report(f, name=str(report_path)))
+        fields = text_fields(read_report(f, limits=report_limits, name=str(report_path)))
         owner = opened.stat.st_uid
     package_names(fields)
     account = account_for(owner, fallback_user, worker_user)

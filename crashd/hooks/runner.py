@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crashd.errors import CrashdError
-from crashd.hooks.accounts import Account
-from crashd.hooks.discovery import Plan
+from crashd.hooks.accounts import SYSTEM_PYTHON, Account
+from crashd.hooks.discovery import HookRoots, Plan
 from crashd.hooks.process import STARTUP_TIMEOUT, Budget, HookChild
 from crashd.report import valid_key
 
-__all__ = ["Batches", "HookLimits", "HookResult", "MiB", "error_key", "run"]
+__all__ = ["Batches", "HookLimits", "HookOptions", "HookResult", "MiB", "error_key", "run"]
 
-MiB = 1 << 20
+MiB, GiB = 1 << 20, 1 << 30
 SLACK_PER_HOOK = 1.0
 """Seconds each hook handed out adds to the report's time budget on top of its timeout (fork, results)."""
 
@@ -48,10 +48,29 @@ the next batch to run (a :class:`Plan`), or None when there are no more."""
 class HookLimits:
     """rlimits of the hook child and of everything it starts (CPU time follows the timeout)."""
 
-    address_space: int = 2 << 30
+    address_space: int = 2 * GiB
     file_size: int = 64 * MiB
     open_files: int = 256
     processes: int = 64  # on top of the tasks the user already runs: RLIMIT_NPROC counts them all
+
+
+@dataclass(frozen=True)
+class HookOptions:
+    """How package hooks run (DESIGN.md §6): the one home of every hook default and bound.
+
+    ``crashd.config.Settings.hooks`` is one of these (settings ``hook_dirs``, ``hook_timeout``,
+    ``hook_output_cap``, ``hook_user``, ``hook_python``, the ``hook_*`` rlimits); :func:`run`,
+    ``run_hooks`` and ``hook_test`` take their defaults from here.
+    """
+
+    extra_dirs: tuple[Path, ...] = ()
+    timeout: float = 30.0  # seconds per hook, from its start
+    output_cap: int = 10 * MiB  # output of all the hooks of one report together, their fields included
+    limits: HookLimits = HookLimits()
+    roots: HookRoots | None = None  # None: the system's hook directories
+    fallback_user: str = "crashd-hook"  # who runs the hooks of root's reports (setting hook_user)
+    worker_user: str = "crashd"  # the upload worker's user (unprivileged_user): never the hooks'
+    python: str = SYSTEM_PYTHON  # the interpreter hooks run under (setting hook_python)
 
 
 @dataclass
@@ -124,9 +143,9 @@ def run(
     *,
     account: Account,
     python: str,
-    timeout: float = 30,
-    output_cap: int = 10 * MiB,
-    limits: HookLimits | None = None,
+    timeout: float = HookOptions.timeout,
+    output_cap: int = HookOptions.output_cap,
+    limits: HookLimits = HookOptions.limits,
     owners: list[int] | None = None,
 ) -> HookResult:
     """Run every batch *batches* hands out, as *account*, and collect what the hooks did.
@@ -142,7 +161,7 @@ def run(
     budget = Budget(output_cap, deadline=time.monotonic())
     state = _State(fields, dict(fields), budget, per_hook=timeout + SLACK_PER_HOOK)
     queue = state.next_batch(batches)
-    config = _Config(account, python, timeout, limits or HookLimits(), owners)
+    config = _Config(account, python, timeout, limits, owners)
     while queue:
         queue, failure = _session(state, queue, batches, config)
         if state.result.stopped:
