@@ -124,11 +124,14 @@ define venv-recipe
 endef
 
 # $(call source-pth-recipe,DIR): write DIR's crashd-source.pth, only when its content would change.
+# A venv that is a symbolic link belongs to another checkout (a git worktree sharing it): its .pth is
+# that checkout's, and rewriting it would make the other tree's upload worker run this tree's code.
 define source-pth-recipe
-	@"$(1)/bin/python" -c 'import pathlib, sys, sysconfig; \
+	@if [ -L "$(1)" ]; then echo "make: $(1) is a link to another checkout's venv; its crashd-source.pth is left alone"; \
+	else "$(1)/bin/python" -c 'import pathlib, sys, sysconfig; \
 	  pth = pathlib.Path(sysconfig.get_paths()["purelib"], "crashd-source.pth"); \
 	  text = sys.argv[1] + "\n"; \
-	  pth.exists() and pth.read_text() == text or pth.write_text(text)' "$(CURDIR)"
+	  pth.exists() and pth.read_text() == text or pth.write_text(text)' "$(CURDIR)"; fi
 endef
 
 # Prints [project].dependencies plus the requirements of the extras named in argv, one per line,
