@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from crashd.lifecycle import Gate  # asked with whether the POST is a core: None, or why it waits
+
 if TYPE_CHECKING:
     from dbus_fast import Message
     from dbus_fast.aio import MessageBus
@@ -100,17 +102,13 @@ def held_by_network(detail: str | None) -> bool:
     return detail in REASONS
 
 
-# NetworkGate: what the courier asks before a POST, given whether it is a core: None, or why it waits.
-NetworkGate = Callable[[bool], str | None]
-
-
-def gate(conditions: Conditions, setting: Metered) -> NetworkGate:
+def gate(conditions: Conditions, setting: Metered) -> Gate:
     """A fixed answer, for commands that look once (``status``, ``upload-all``)."""
     return lambda core: hold_reason(conditions, setting, core=core)
 
 
 class Monitor:
-    """Follows NetworkManager on the system bus for the daemon; :meth:`hold` is its :data:`NetworkGate`.
+    """Follows NetworkManager on the system bus for the daemon; :meth:`hold` is its :data:`Gate`.
 
     :attr:`conditions` is replaced whole (never mutated), so the worker threads that call
     :meth:`hold` read a consistent value without a lock.
@@ -208,7 +206,7 @@ class Monitor:
             task.add_done_callback(self._tasks.discard)
 
 
-def read_conditions(setting: Metered) -> NetworkGate | None:
+def read_conditions(setting: Metered) -> Gate | None:
     """One look at NetworkManager (``status``, ``upload-all``): its gate, or None without it."""
 
     async def look() -> dict[str, Any] | None:

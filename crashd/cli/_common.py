@@ -25,7 +25,7 @@ from crashd.consent import Consent, load_consent, may_send
 from crashd.errors import CrashdError
 from crashd.identity import system_identifier
 from crashd.lifecycle import Gate, Status
-from crashd.network import NetworkGate, read_conditions
+from crashd.network import read_conditions
 from crashd.spool import Spool, UnsafeFileError
 from crashd.state import StateStore
 from crashd.tidy import Tidy
@@ -154,7 +154,7 @@ def _create_hint(name: str) -> str:
     return f"create it with 'systemd-sysusers' (crashd's sysusers.d file) or 'useradd --system {name}'"
 
 
-def network_now(settings: Settings) -> NetworkGate | None:
+def network_now(settings: Settings) -> Gate | None:
     """What NetworkManager says now (one look), for the commands that do not follow it; None without it."""
     return read_conditions(settings.metered)
 
