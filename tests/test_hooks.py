@@ -16,7 +16,6 @@ import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -72,28 +71,12 @@ class Tree:
 
 
 @pytest.fixture
-def reachable_tmp() -> Iterator[Path]:
-    """A scratch directory the hook user can reach (mode 0711), directly under /tmp.
-
-    Not ``user_tmp_path``: that fixture opens and later restores the modes of
-    pytest's shared ``/tmp/pytest-of-root``, so another pytest run finishing on
-    the same machine can lock the hook user out in the middle of a test.
-    """
-    path = Path(tempfile.mkdtemp(prefix="crashd-test-hooks-", dir="/tmp"))
-    path.chmod(0o711)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def tree(reachable_tmp: Path, user: pwd.struct_passwd) -> Tree:
-    base = reachable_tmp / "hooks"
+def tree(user_tmp_path: Path, user: pwd.struct_passwd) -> Tree:
+    base = user_tmp_path / "hooks"
     roots = HookRoots(
         builtin=base / "builtin", general=(base / "general",), package=(base / "package",), opt=base / "opt"
     )
-    out = reachable_tmp / "out"
+    out = user_tmp_path / "out"
     out.mkdir()
     os.chown(out, user.pw_uid, user.pw_gid)
     return Tree(base, roots, base / "extra", out)
