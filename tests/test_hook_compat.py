@@ -28,10 +28,7 @@ import pytest
 
 from crashd.hooks import HookResult, HookRoots, run_hooks
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="hooks switch uids: needs root"),
-    pytest.mark.skipif(not shutil.which("dpkg-query"), reason="the conformance suite is for dpkg systems"),
-]
+pytestmark = pytest.mark.skipif(not shutil.which("dpkg-query"), reason="the conformance suite is for dpkg systems")
 
 HOOKS = Path(__file__).with_name("hooks")
 INSTALLED, MISSING = "coreutils", "crashd-no-such-package"

@@ -13,7 +13,6 @@ no process left), never on wall-clock figures.
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import subprocess
 import sys
@@ -34,14 +33,11 @@ from tests.test_hooks import (  # noqa: F401 - fixtures among them
     hook_test_cli,
     hooks_for,
     processes_of,
-    reachable_tmp,
     report_file,
     tree,
     user,
     wait_until,
 )
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="hooks switch uids: needs root")
 
 # Lines of crashd's hook protocol a hostile hook forges: a "done" that would inject a field and delete
 # one, a "start" that used to reset the per-hook output cap and deadline, a "batch" end.
@@ -163,9 +159,9 @@ with open(out + "/injector.json", "w") as f:
 
 
 def test_another_process_of_the_hook_user_cannot_reach_the_protocol(
-    tree: Tree, user: pwd.struct_passwd, reachable_tmp: Path
+    tree: Tree, user: pwd.struct_passwd, user_tmp_path: Path
 ) -> None:
-    injector = reachable_tmp / "injector.py"
+    injector = user_tmp_path / "injector.py"
     injector.write_text(INJECTOR)
     injector.chmod(0o644)
     tree.hook(
@@ -347,11 +343,11 @@ os.read(0, 1)
     ],
 )
 def test_the_parent_accepts_only_the_hooks_it_handed_out_in_order(
-    tree: Tree, user: pwd.struct_passwd, reachable_tmp: Path, lines: list[str]
+    tree: Tree, user: pwd.struct_passwd, user_tmp_path: Path, lines: list[str]
 ) -> None:
     """A runner that lies (as a hook would, could it reach the protocol) is killed, and nothing it said is kept."""
     hook = tree.hook("general", "a_hook.py", "def add_info(report):\n    report['Real'] = 'yes'\n")
-    fake = reachable_tmp / "fake-python"
+    fake = user_tmp_path / "fake-python"
     argv = " ".join(f"'{line}'" for line in lines)
     fake.write_text(f"#!/bin/sh\nexec {sys.executable} -I -c '{_quote(FAKE_RUNNER)}' {argv}\n")
     fake.chmod(0o755)
@@ -380,7 +376,7 @@ os.read(0, 1)
 
 
 def test_the_report_has_a_time_budget_no_step_can_extend(
-    tree: Tree, user: pwd.struct_passwd, reachable_tmp: Path, monkeypatch: pytest.MonkeyPatch
+    tree: Tree, user: pwd.struct_passwd, user_tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every step keeps to its own deadline, and yet the report's hooks stop at the report's budget:
     with a 2 s start-up allowance and no per-hook slack, 4 hooks of 0.3 s have 2 + 4 x 0.3 = 3.2 s."""
@@ -391,7 +387,7 @@ def test_the_report_has_a_time_budget_no_step_can_extend(
     monkeypatch.setattr(crashd.hooks.runner, "STARTUP_TIMEOUT", 2.0)
     monkeypatch.setattr(crashd.hooks.runner, "SLACK_PER_HOOK", 0.0)
     hooks = [tree.hook("general", f"{n}.py", "def add_info(report):\n    pass\n") for n in "abcd"]
-    fake = reachable_tmp / "slow-python"
+    fake = user_tmp_path / "slow-python"
     fake.write_text(f"#!/bin/sh\nexec {sys.executable} -I -c '{_quote(SLOW_RUNNER)}' 1.2\n")
     fake.chmod(0o755)
     plans = iter([Plan(hooks)])

@@ -61,6 +61,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def inflating_cpu_seconds(bomb: bytes) -> float:
+    """CPU time this thread takes to inflate the gzip stream *bomb*, output discarded in bounded chunks:
+    what decoding it would cost, measured on this machine in this run (a baseline, not a figure)."""
+    started = time.thread_time()
+    inflater, data = zlib.decompressobj(wbits=31), bomb
+    while data:
+        inflater.decompress(data, MiB)
+        data = inflater.unconsumed_tail
+    return time.thread_time() - started
+
+
 # -- a real decompression bomb, built without compressing gigabytes --------------------------
 
 
@@ -431,7 +442,7 @@ def test_sparse_4_gib_text_field_is_refused_by_the_size_bound_without_reading_it
         f"4 GiB sparse report: refused after {took * 1000:.0f} ms, {read} bytes read, VmHWM {live.daemon.vm_hwm_kib()} KiB (was {hwm_before})"
     )
     assert verdict == ("refused", "is 4 GiB, over the 2 GiB limit")
-    assert took < 10 and read < 16 * MiB, (took, read)
+    assert read < 16 * MiB, (took, read)  # not read: the bound, not the time, is the proof
     live.expect("_usr_bin_huge4g.0.crash", "invalid", "over the 2 GiB limit")
     assert live.daemon.vm_hwm_kib() < MEMORY_LIMIT_KIB
     live.still_serving()
@@ -469,7 +480,8 @@ def test_decompression_bomb_is_sent_without_being_decompressed(live):
     live.expect("_usr_bin_bomb.0.crash", "sent")
     document = live.document("/usr/bin/bomb")
     assert document == fields  # text fields only: the binary value never goes in the first POST
-    assert used < 2.0, used  # inflating 8 GiB takes several CPU seconds
+    inflating = inflating_cpu_seconds(gzip_bomb(64))
+    assert used < inflating, (used, inflating)  # less than inflating 1 GiB of its 8 costs (~0.7 s here)
     assert live.daemon.vm_hwm_kib() < MEMORY_LIMIT_KIB
     live.still_serving()
 
@@ -494,7 +506,8 @@ def test_decompression_bomb_core_is_streamed_as_stored(live):
     )
     assert core.body_sha256 == hashlib.sha256(body).hexdigest() and core.body_size == len(body)
     assert (core.verdict, core.decoded_size) == ("ok", GiB)
-    assert used < 0.5, used  # inflating 1 GiB takes ~0.7 s of CPU here; streaming 1.4 MiB, milliseconds
+    inflating = inflating_cpu_seconds(bomb)
+    assert used < inflating / 2, (used, inflating)  # inflating 1 GiB takes ~0.7 s here; streaming 1.4 MiB, ms
     live.expected["_usr_bin_bombcore.0.crash"] = ("sent", None)
     live.still_serving()
 
@@ -578,6 +591,21 @@ def test_a_file_name_with_a_newline_and_invalid_utf8(live):
     live.still_serving()
 
 
+def wait_while_progressing(daisy: DaisyServer, goal: int, stall: float) -> bool:
+    """Wait until daisy holds *goal* reports; give up only when none arrives for *stall* seconds.
+
+    A bound on a hang, not on throughput: a loaded machine divides the rate (10,000 reports took 40 s
+    here alone and over 120 s beside other jobs), but a daemon that still sends is not stuck.
+    """
+    last = -1
+    while (count := len(daisy.reports)) < goal:
+        if count == last:
+            return False
+        last = count
+        daisy.wait_for(lambda: len(daisy.reports) >= goal, timeout=stall)
+    return True
+
+
 def test_flood(live):
     """10,000 files dropped at once (the issue's figure): all delivered, each exactly once (~40 s here).
 
@@ -587,17 +615,18 @@ def test_flood(live):
         temporary = live.crash_dir / f".flood{i}.tmp"
         temporary.write_bytes(report_bytes(crash(f"flood{i}", DuplicateSignature=f"flood{i}")))
         pending.append((temporary, live.crash_dir / f"_usr_bin_flood{i}.0.crash"))
+    before = len(live.daisy.reports)
     started = time.monotonic()
     for temporary, final in pending:
         os.rename(temporary, final)
     dropped = time.monotonic() - started
     expected = {f"/usr/bin/flood{i}" for i in range(FLOOD)}
-    arrived = live.daisy.wait_for(lambda: expected <= set(live.sent()), timeout=120)
+    arrived = wait_while_progressing(live.daisy, before + FLOOD, stall=60)
     took = time.monotonic() - started
     print(
         f"flood of {FLOOD}: renamed in within {dropped:.2f} s, all received after {took:.1f} s ({FLOOD / took:.0f}/s); VmHWM {live.daemon.vm_hwm_kib()} KiB"
     )
-    assert arrived, f"{len(expected - set(live.sent()))} of {FLOOD} never arrived"
+    assert arrived and expected <= set(live.sent()), f"{len(expected - set(live.sent()))} of {FLOOD} never arrived"
     assert all(live.sent()[path] == 1 for path in expected)
     live.still_serving()
 

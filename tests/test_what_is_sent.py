@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -159,32 +158,16 @@ def test_a_report_that_would_be_refused_is_refused_by_the_preview_too(tmp_path: 
 
 
 @pytest.fixture
-def reachable_dir() -> Iterator[Path]:
-    """A scratch directory other users can reach (mode 0711), directly in /tmp.
-
-    Not conftest's ``user_tmp_path``: that opens pytest's shared /tmp/pytest-of-root for the test and
-    closes it again afterwards, so another pytest session ending meanwhile on the same machine locks
-    the throwaway users out of the bus socket mid-test.
-    """
-    directory = Path(tempfile.mkdtemp(prefix="crashd-whatissent-", dir="/tmp"))
-    try:
-        directory.chmod(0o711)
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def served(reachable_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[PrivateBus, Path]]:
+def served(user_tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[PrivateBus, Path]]:
     """The D-Bus service on a private bus with the real bus policy files, and its crash directory."""
     if shutil.which("gdbus") is None:
         pytest.skip("gdbus not installed (libglib2.0-bin)")
-    crash_dir, state = reachable_dir / "crash", reachable_dir / "state"
+    crash_dir, state = user_tmp_path / "crash", user_tmp_path / "state"
     crash_dir.mkdir()
     crash_dir.chmod(0o3777)
     state.mkdir()
     files = sorted((REPO / "data" / "dbus").glob("*.conf"))
-    with PrivateBus(reachable_dir / "bus", strict=True, includes=files) as bus:
+    with PrivateBus(user_tmp_path / "bus", strict=True, includes=files) as bus:
         monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bus.address)
         env = os.environ | {"PYTHONPATH": str(REPO), "CRASH_DB_IDENTIFIER": TOKEN}
         process = subprocess.Popen(

@@ -47,7 +47,8 @@ from tests.daemon_run import drop, run_daemon, wait_until
 from tests.daisy import DaisyServer, Hang, Reset, Respond
 from tests.settings import NO_SUCH_USER
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the worker split happens only as root")
+# Only the tests of what root does need root (the throwaway users' tests skip through make_user).
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the worker split happens only as root")
 
 NAME = "_usr_bin_app.0.crash"
 MiB = 1 << 20
@@ -245,7 +246,7 @@ def test_a_hostile_server_is_bounded_and_recorded_against_the_report(crash_dir, 
     assert entry["state"] == "failed" and entry["detail"], entry
     assert reason.lower() in entry["detail"].lower(), entry
     assert len(entry["detail"]) <= 64 * 1024 + 16  # the answer is cut at 64 KiB (uploader.MAX_ANSWER)
-    assert run.seconds < 15
+    assert run.seconds < 60  # the 60 s default read timeout: a bound that catches only a hang
     assert "upload worker" not in run.stderr, "the worker itself failed: " + run.stderr
     assert not report.with_suffix(".uploaded").exists()
 
@@ -303,7 +304,7 @@ def test_a_response_that_never_ends_or_breaks_off_is_bounded_and_recorded(
     assert run.code == 1, run.stderr
     (entry,) = run.json["reports"]
     assert entry["state"] == "failed" and reason in entry["detail"].lower(), entry
-    assert run.seconds < 15
+    assert run.seconds < 60  # the 60 s default read timeout: a bound that catches only a hang
     assert "upload worker" not in run.stderr, "the worker itself failed: " + run.stderr
     assert not report.with_suffix(".uploaded").exists()
 
@@ -503,6 +504,7 @@ def test_https_works_after_the_drop(crash_dir, tmp_path, user):
         server.join(10)
 
 
+@root_only
 def test_without_the_user_root_uploads_through_a_worker_as_nobody_and_says_so_once(
     crash_dir, tmp_path, daisy
 ):
@@ -516,6 +518,7 @@ def test_without_the_user_root_uploads_through_a_worker_as_nobody_and_says_so_on
     assert len(said) == 1 and NO_SUCH_USER in said[0] and "useradd --system" in said[0], run.stderr
 
 
+@root_only
 def test_without_the_user_nor_nobody_root_refuses_with_exit_2_and_says_how_to_create_it(
     crash_dir, tmp_path, monkeypatch, capsys
 ):
@@ -618,6 +621,7 @@ def test_the_worker_refuses_to_run_as_root():
         WorkerUploader(pwd.getpwuid(0))
 
 
+@root_only
 def test_the_worker_exits_non_zero_when_it_cannot_drop_privileges():
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:

@@ -1,0 +1,122 @@
+"""hooks: what running a report's hooks costs — the fixed cost of the child, and each further hook.
+
+DESIGN.md §8: < 80 ms per hook (fork, uid switch, interpreter start). One child runs all of a
+report's hooks, so the figure has two parts: the fixed cost of a child (one trivial hook) and what
+each further hook adds (21 hooks against 1). A bare ``python3 -I -c pass`` started as the same
+user is the floor: the interpreter start the child cannot avoid.
+
+The hooks run through the real runner (``crashd.hooks.run_hooks``) as a throwaway user made for
+the run (``useradd``; deleted afterwards), from a hook tree of the benchmark's own. The three
+measurements are interleaved round by round, so a change of load on a shared machine touches
+all of them alike. Needs root (the child switches uid): skipped otherwise.
+
+This was an assertion in tests/test_hooks.py; a wall-clock figure is not a test's to assert
+on a shared 2-core machine (issue 14), so it is reported here.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench._common import Stats
+from crashd.hooks import HookRoots, run_hooks
+from crashd.hooks.accounts import Account, interpreter_for
+
+TARGET_MS = 80
+EXTRA = 20  # the further hooks of the second measurement
+
+
+def _tree(base: Path, hook_count: int) -> HookRoots:
+    general = base / "general"
+    general.mkdir(parents=True)
+    for i in range(hook_count):
+        (general / f"h{i:02}.py").write_text(f"def add_info(report):\n    report['T{i}'] = '1'\n")
+    return HookRoots(
+        builtin=base / "builtin", general=(general,), package=(base / "package",), opt=base / "opt"
+    )
+
+
+def _timed(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def _measure(uid: int, gid: int, base: Path, rounds: int) -> dict[str, Stats]:
+    roots = {count: _tree(base / f"tree{count}", count) for count in (1, 1 + EXTRA)}
+    python = interpreter_for(Account.from_passwd(pwd.getpwuid(uid)))
+    report = {"ProblemType": "Crash", "ExecutablePath": "/usr/bin/true"}
+
+    def hooks(count: int) -> None:
+        result = run_hooks(report, owner_uid=uid, roots=roots[count])
+        assert len(result.ran) == count and not result.errors, result.errors
+
+    def bare() -> None:
+        subprocess.run(
+            [python, "-I", "-c", "pass"], user=uid, group=gid, extra_groups=[], check=True, timeout=60
+        )
+
+    hooks(1), hooks(1 + EXTRA), bare()  # warm caches: the interpreter probe, the page cache
+    samples: dict[str, list[float]] = {"one": [], "many": [], "bare": []}
+    for _ in range(rounds):
+        samples["one"].append(_timed(lambda: hooks(1)))
+        samples["many"].append(_timed(lambda: hooks(1 + EXTRA)))
+        samples["bare"].append(_timed(bare))
+    return {name: Stats(tuple(values)) for name, values in samples.items()}
+
+
+def _tool(name: str) -> str:
+    return (
+        shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])) or name
+    )
+
+
+def run(quick: bool = False) -> dict[str, object]:
+    if os.geteuid() != 0:
+        print("hooks: skipped, needs root (the hook child switches uid)")
+        return {"skipped": "needs root"}
+    rounds = 5 if quick else 15
+    name = f"crashdb-{secrets.token_hex(4)}"
+    subprocess.run(
+        [_tool("useradd"), "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+    )
+    base = Path(tempfile.mkdtemp(prefix="crashd-bench-hooks-"))
+    try:
+        base.chmod(0o711)  # the hook user reads the tree through it
+        account = pwd.getpwnam(name)
+        stats = _measure(account.pw_uid, account.pw_gid, base, rounds)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+        subprocess.run([_tool("userdel"), name], capture_output=True, check=False)
+        subprocess.run([_tool("groupdel"), name], capture_output=True, check=False)
+    one, many, bare = stats["one"].median, stats["many"].median, stats["bare"].median
+    per_hook = max(0.0, (many - one) / EXTRA)
+    for label, key in (("1 hook", "one"), (f"{1 + EXTRA} hooks", "many"), ("bare interpreter", "bare")):
+        print(f"hooks: {label}: {stats[key].describe()}")
+    verdict = "met" if one * 1000 < TARGET_MS else "MISSED"
+    print(
+        f"hooks: SUMMARY the fixed cost of a child {one * 1000:.1f} ms (a bare `python3 -I -c pass` as that "
+        f"user: {bare * 1000:.1f} ms), {per_hook * 1000:.2f} ms per further hook: {verdict} (< {TARGET_MS} ms)"
+    )
+    return {
+        "rounds": rounds,
+        "target_ms": TARGET_MS,
+        "one_hook_ms": one * 1000,
+        "per_further_hook_ms": per_hook * 1000,
+        "bare_interpreter_ms": bare * 1000,
+    }
+
+
+if __name__ == "__main__":
+    run("--quick" in sys.argv)
