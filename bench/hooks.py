@@ -40,9 +40,7 @@ def _tree(base: Path, hook_count: int) -> HookRoots:
     general.mkdir(parents=True)
     for i in range(hook_count):
         (general / f"h{i:02}.py").write_text(f"def add_info(report):\n    report['T{i}'] = '1'\n")
-    return HookRoots(
-        builtin=base / "builtin", general=(general,), package=(base / "package",), opt=base / "opt"
-    )
+    return HookRoots(general=(general,), package=(base / "package",), opt=base / "opt")
 
 
 def _timed(call: Callable[[], object]) -> float:
