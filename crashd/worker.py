@@ -8,6 +8,9 @@ descriptors the root side hands it. An exploit in the HTTP/TLS stack or in the
 handling of an answer then gains only the ``crashd`` user, with no groups, no
 capabilities and ``no_new_privs``.
 
+Past ~400 lines on purpose: both ends of one protocol (the message shapes, their bounds and
+their validation) live in one file so that neither side can change without the other.
+
 **The trust boundary.** Everything that crosses the socket pair is untrusted in
 the direction it travels towards root: the worker's answers are size-bounded,
 parsed as JSON and validated field by field, and must name the job they answer.

@@ -11,6 +11,9 @@ or not. The errors are apport 2.36's, because hooks test for them:
 * ``get_modified_conffiles`` of any package that is not installed: ``{}``;
 * ``get_dependencies`` of an uninstalled one: ``[]``;
 * ``get_package_origin`` of an uninstalled one: ``ValueError("package is not installed")``.
+
+Past ~400 lines on purpose: it mirrors apport.packaging, whose names hooks import;
+one apport module, one file.
 """
 
 import fnmatch

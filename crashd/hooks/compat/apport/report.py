@@ -4,6 +4,9 @@ The methods follow apport 2.36's documented results (field names, value
 formats, ``None`` where apport gives none). Debugger-, network- and
 crash-database-related methods (``add_gdb_info``, ``search_bug_patterns``,
 ``anonymize`` …) are not hook API and are not provided.
+
+Past ~400 lines on purpose: it mirrors apport.report.Report, whose names hooks import;
+one apport module, one file.
 """
 
 import contextlib
