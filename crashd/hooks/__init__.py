@@ -98,6 +98,7 @@ def run_hooks(
                 output_cap=output_cap,
                 limits=limits,
                 owners=[0],
+                reuse=True,
             )
     for path, reason in result.skipped.items():
         # A refused hook file (wrong owner, writable by others) is the administrator's to fix: say so.

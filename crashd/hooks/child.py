@@ -144,14 +144,19 @@ def _run(config):
     os.dup2(2, 1)
     os.close(devnull)
     sys.path.append(hook_api.COMPAT)
-    first = json.loads(requests.readline())
-    report, ui, with_apport, runs_with = HookReport(), NoninteractiveUI(), False, None
-    report.data.update(decode(first["fields"]))
-    owners, timeout, cap = first.get("owners"), float(first.get("timeout", 30)), int(first["output_cap"])
-    hooks = first["hooks"]
-    while hooks is not None:
+    report = stopped = None
+    while line := requests.readline().strip():
+        message = json.loads(line)
+        if "fields" in message:  # a new report: only the parent starts one (hooks never hold this pipe)
+            process.end_descendants()  # nothing of the report before is left (each hook's already went)
+            report, ui, with_apport, runs_with = HookReport(), NoninteractiveUI(), False, None
+            report.data.update(decode(message["fields"]))
+            owners, timeout = message.get("owners"), float(message.get("timeout", 30))
+            cap = int(message["output_cap"])
+        elif report is None or stopped:
+            break  # a batch with no report, or after StopIteration: the parent never sends one
         stopped = False
-        for path in hooks:
+        for path in message["hooks"]:
             send(out, {"start": path})
             if not with_apport:
                 report, ui, runs_with = hook_api.apport_api(report.data)
@@ -167,8 +172,6 @@ def _run(config):
             if stopped:
                 break
         send(out, {"batch": "done"})
-        line = b"" if stopped else requests.readline()
-        hooks = json.loads(line)["hooks"] if line.strip() else None
     os._exit(0)
 
 
