@@ -138,7 +138,9 @@ def test_different_users_get_different_hosts(
     other = make_user()
     tree.hook("general", "runner.py", RUNNER)
     mine = runner_of(tree, user)
-    theirs = int(run_hooks({"ProblemType": "Crash"}, owner_uid=other.pw_uid, roots=tree.roots).fields["Runner"])
+    theirs = int(
+        run_hooks({"ProblemType": "Crash"}, owner_uid=other.pw_uid, roots=tree.roots).fields["Runner"]
+    )
     assert mine != theirs and idle_runners() == {mine, theirs}
     assert os.stat(f"/proc/{theirs}").st_uid == other.pw_uid
     assert runner_of(tree, user) == mine
