@@ -2,10 +2,11 @@
 
 One child (``child.py``: a keeper, an unprivileged runner, a process per hook; started by
 :mod:`crashd.hooks.process`) runs every hook of a report, so the interpreter start is paid once per
-report, not per hook. Hooks come in batches (each may be chosen from the fields as the
-hooks before it left them), handed to the child as it asks for more. The runner's
-messages are checked against what was handed out: a ``start`` only for the next hook, in order, a
-``done`` only for the hook that started; anything else kills the child.
+report, not per hook — and with *reuse*, once per burst of one user's reports: a child whose report
+settled is kept as a hook host (:mod:`crashd.hooks.host`) for the next. Hooks come in batches (each may
+be chosen from the fields as the hooks before it left them), handed to the child as it asks for more. The
+runner's messages are checked against what was handed out: a ``start`` only for the next hook, in order,
+a ``done`` only for the hook that started; anything else kills the child.
 
 A hook whose process crashes or calls ``os._exit`` gets ``HookError_<name>`` with a sentence saying
 what happened, and the next hook runs. A hook that times out ends its child (the whole tree is
