@@ -4,4 +4,4 @@ Not tests: they measure, print a summary line each and write ``bench/out/results
 pytest never collects them (its testpaths is ``tests``) and ``make check`` never runs them.
 """
 
-NAMES = ("parse", "core_rss", "upload_rate", "upload_client", "fleet", "daemon", "spool_rss")
+NAMES = ("parse", "core_rss", "upload_rate", "upload_client", "fleet", "daemon", "spool_rss", "hooks")
