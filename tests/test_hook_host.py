@@ -197,3 +197,32 @@ def test_a_host_killed_while_idle_is_replaced(tree: Tree, user: pwd.struct_passw
     os.kill(first, 9)
     assert wait_until(lambda: gone(first))
     assert runner_of(tree, user) != first
+
+
+def test_a_host_whose_report_hit_the_output_cap_is_not_kept(tree: Tree, user: pwd.struct_passwd) -> None:
+    tree.hook("general", "a_runner.py", RUNNER)
+    first = runner_of(tree, user)
+    loud = tree.hook(
+        "general", "b_loud.py", "import os\ndef add_info(report):\n    os.write(1, b'x' * (3 << 20))\n"
+    )
+    result = hooks_for(tree, user, output_cap=1 << 20)
+    assert result.fields["Runner"] == str(first)
+    assert "wrote more than 1 MiB of output" in result.errors[error_key(loud)]
+    assert gone(first) and host.idle() == []
+
+
+def test_a_report_stopped_by_a_hook_leaves_a_host_that_runs_the_next_report_whole(
+    tree: Tree, user: pwd.struct_passwd
+) -> None:
+    tree.hook("general", "a_runner.py", RUNNER)
+    tree.hook(
+        "general",
+        "b_stop.py",
+        "def add_info(report):\n    if report.get('Stop'):\n        raise StopIteration\n",
+    )
+    after = tree.hook("general", "c_after.py", "def add_info(report):\n    report['After'] = 'ran'\n")
+    stopped = hooks_for(tree, user, {"Stop": "yes"})
+    assert stopped.stopped and str(after) in stopped.skipped
+    whole = hooks_for(tree, user)
+    assert whole.fields["Runner"] == stopped.fields["Runner"]
+    assert whole.fields["After"] == "ran" and not whole.stopped
