@@ -1,102 +1,133 @@
-"""hooks: what one package hook adds to a report, with and without the user's hook host (issue 15).
+"""hooks: what running a report's hooks costs — a new child, a kept hook host, and each further hook.
 
-Issue 15's target: ``.upload`` → body at the server with an idle daemon and one package hook that
-applies, median ≤ 15 ms. The daemon's own part (no hook) is ``bench.daemon``'s latency; this is the
-hook part, through :func:`crashd.hooks.run_hooks` as the collector calls it, for a report of a
-non-root user (``nobody``) whose ``Package`` has one trivial hook in a hook tree of our own.
+DESIGN.md §8: < 80 ms per hook (fork, uid switch, interpreter start). One child runs all of a
+report's hooks, so the figure has parts: the fixed cost of a child (one trivial hook, the user's
+hook host closed first, so the report starts one: the first report of a burst), the same report
+run by the host the report before left (issue 15: ≤ 15 ms for ``.upload`` → body with one package
+hook; crashd.hooks.host), and what each further hook adds (21 hooks against 1, both on a kept
+host). A bare ``python3 -I -c pass`` started as the same user is the floor: the interpreter start
+a child per report cannot avoid.
 
-Three figures per round, interleaved so that the machine's load touches them alike:
+The hooks run through the real runner (``crashd.hooks.run_hooks``) as a throwaway user made for
+the run (``useradd``; deleted afterwards), from a hook tree of the benchmark's own. The three
+measurements are interleaved round by round, so a change of load on a shared machine touches
+all of them alike. Needs root (the child switches uid): skipped otherwise.
 
-- *new child*: the user's hook host closed first, so the report starts the tree (keeper, runner as
-  the user, interpreter, apport): the first report of a burst, and every report before issue 15;
-- *kept host*: the next report of the same user, which the kept host runs;
-- *floor*: a bare ``python3 -I -c pass`` as that user (fork, uid switch, interpreter start): what a
-  child per report cannot go below.
-
-Needs root (hooks switch uids); without it the benchmark says so and measures nothing.
+This was an assertion in tests/test_hooks.py; a wall-clock figure is not a test's to assert
+on a shared 2-core machine (issue 14), so it is reported here.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
-import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-ROUNDS = 60
-TARGET_MS = 15.0
-USER = "nobody"
-HOOK = "def add_info(report):\n    report['BenchHook'] = 'ran'\n"
+from bench._common import Stats
+from crashd.hooks import HookRoots, host, run_hooks
+from crashd.hooks.accounts import Account, interpreter_for
+
+TARGET_MS = 80
+KEPT_TARGET_MS = 15  # issue 15, for the whole of `.upload` -> body; the hook part is measured here
+EXTRA = 20  # the further hooks of the second measurement
+
+
+def _tree(base: Path, hook_count: int) -> HookRoots:
+    general = base / "general"
+    general.mkdir(parents=True)
+    for i in range(hook_count):
+        (general / f"h{i:02}.py").write_text(f"def add_info(report):\n    report['T{i}'] = '1'\n")
+    return HookRoots(general=(general,), package=(base / "package",), opt=base / "opt")
+
+
+def _timed(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def _measure(uid: int, gid: int, base: Path, rounds: int) -> dict[str, Stats]:
+    roots = {count: _tree(base / f"tree{count}", count) for count in (1, 1 + EXTRA)}
+    python = interpreter_for(Account.from_passwd(pwd.getpwuid(uid)))
+    report = {"ProblemType": "Crash", "ExecutablePath": "/usr/bin/true"}
+
+    def hooks(count: int) -> None:
+        result = run_hooks(report, owner_uid=uid, roots=roots[count])
+        assert len(result.ran) == count and not result.errors, result.errors
+
+    def bare() -> None:
+        subprocess.run(
+            [python, "-I", "-c", "pass"], user=uid, group=gid, extra_groups=[], check=True, timeout=60
+        )
+
+    hooks(1), hooks(1 + EXTRA), bare()  # warm caches: the interpreter probe, the page cache
+    samples: dict[str, list[float]] = {"one": [], "kept": [], "many": [], "bare": []}
+    for _ in range(rounds):
+        host.close_all()  # the next report starts a child
+        samples["one"].append(_timed(lambda: hooks(1)))
+        samples["kept"].append(_timed(lambda: hooks(1)))  # run by the host the report before left
+        samples["many"].append(_timed(lambda: hooks(1 + EXTRA)))
+        samples["bare"].append(_timed(bare))
+    host.close_all()  # before userdel: an idle host is a process of the user
+    return {name: Stats(tuple(values)) for name, values in samples.items()}
+
+
+def _tool(name: str) -> str:
+    return (
+        shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])) or name
+    )
 
 
 def run(quick: bool = False) -> dict[str, object]:
     if os.geteuid() != 0:
-        print("hooks: SUMMARY not measured: needs root (hooks run as the report's owner)")
+        print("hooks: skipped, needs root (the hook child switches uid)")
         return {"skipped": "needs root"}
-    from crashd.hooks import HookRoots, host, run_hooks
-    from crashd.hooks.accounts import Account, interpreter_for
-
-    user = pwd.getpwnam(USER)
-    python = interpreter_for(Account.from_passwd(user))
-    base = Path(tempfile.mkdtemp(prefix="crashd-bench-hooks-", dir="/tmp"))
+    rounds = 5 if quick else 15
+    name = f"crashdb-{secrets.token_hex(4)}"
+    subprocess.run(
+        [_tool("useradd"), "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+        capture_output=True,
+    )
+    base = Path(tempfile.mkdtemp(prefix="crashd-bench-hooks-"))
     try:
-        base.chmod(0o755)
-        (base / "package").mkdir(mode=0o755)
-        (base / "package" / "benchpkg.py").write_text(HOOK)
-        roots = HookRoots(general=(), package=(base / "package",), opt=None)
-        fields = {"ProblemType": "Crash", "Package": "benchpkg 1.0", "ExecutablePath": "/usr/bin/true"}
-
-        def report() -> float:
-            started = time.perf_counter()
-            result = run_hooks(fields, owner_uid=user.pw_uid, roots=roots, worker_user=None, python=python)
-            took = time.perf_counter() - started
-            if result.fields.get("BenchHook") != "ran" or result.errors:
-                raise RuntimeError(f"the bench hook did not run cleanly: {result}")
-            return took * 1000
-
-        def bare() -> float:
-            started = time.perf_counter()
-            subprocess.run([python, "-I", "-c", "pass"], user=user.pw_uid, group=user.pw_gid, extra_groups=[],
-                           check=True, cwd="/")  # fmt: skip
-            return (time.perf_counter() - started) * 1000
-
-        report()  # warm: the interpreter probe, the page cache
-        fresh, kept, floor = [], [], []
-        for _ in range(ROUNDS // 3 if quick else ROUNDS):
-            host.close_all()
-            fresh.append(report())
-            kept.append(report())
-            floor.append(bare())
-        host.close_all()
+        base.chmod(0o711)  # the hook user reads the tree through it
+        account = pwd.getpwnam(name)
+        stats = _measure(account.pw_uid, account.pw_gid, base, rounds)
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    results: dict[str, object] = {
-        "rounds": len(fresh),
-        "user": USER,
-        "python": python,
+        subprocess.run([_tool("userdel"), name], capture_output=True, check=False)
+        subprocess.run([_tool("groupdel"), name], capture_output=True, check=False)
+    one, kept, many = stats["one"].median, stats["kept"].median, stats["many"].median
+    bare = stats["bare"].median
+    per_hook = max(0.0, (many - kept) / EXTRA)
+    for label, key in (("1 hook, new child", "one"), ("1 hook, kept host", "kept"),
+                       (f"{1 + EXTRA} hooks, kept host", "many"), ("bare interpreter", "bare")):  # fmt: skip
+        print(f"hooks: {label}: {stats[key].describe()}")
+    verdict = "met" if one * 1000 < TARGET_MS and kept * 1000 <= KEPT_TARGET_MS else "MISSED"
+    print(
+        f"hooks: SUMMARY one hook {kept * 1000:.1f} ms on the user's kept host ({kept / bare:.2f}x a bare "
+        f"`python3 -I -c pass` as that user: {bare * 1000:.1f} ms), {one * 1000:.1f} ms starting a child "
+        f"({one / bare:.2f}x), {per_hook * 1000:.2f} ms per further hook: {verdict} "
+        f"(< {TARGET_MS} ms; kept ≤ {KEPT_TARGET_MS} ms)"
+    )
+    return {
+        "rounds": rounds,
         "target_ms": TARGET_MS,
+        "kept_target_ms": KEPT_TARGET_MS,
+        "one_hook_ms": one * 1000,
+        "one_hook_kept_host_ms": kept * 1000,
+        "per_further_hook_ms": per_hook * 1000,
+        "bare_interpreter_ms": bare * 1000,
     }
-    for name, samples in (("new_child", fresh), ("kept_host", kept), ("floor", floor)):
-        ordered = sorted(samples)
-        results[name] = {
-            "median_ms": statistics.median(samples),
-            "p90_ms": ordered[int(0.9 * (len(ordered) - 1))],
-            "best_ms": ordered[0],
-        }
-    median = {name: results[name]["median_ms"] for name in ("new_child", "kept_host", "floor")}  # type: ignore[index]
-    print(f"hooks: one package hook, median of {len(fresh)}: new child {median['new_child']:.1f} ms "
-          f"({median['new_child'] / median['floor']:.2f}x the floor), kept host {median['kept_host']:.1f} ms "
-          f"({median['kept_host'] / median['floor']:.2f}x), floor (bare `python3 -I -c pass` as {USER}) "
-          f"{median['floor']:.1f} ms")  # fmt: skip
-    verdict = "met" if median["kept_host"] <= TARGET_MS else "MISSED"
-    print(f"hooks: SUMMARY one package hook, kept host {median['kept_host']:.1f} ms median (new child "
-          f"{median['new_child']:.1f} ms): {verdict} (hook part of ≤ {TARGET_MS:g} ms)")  # fmt: skip
-    return results
 
 
 if __name__ == "__main__":
-    run()
+    run("--quick" in sys.argv)
