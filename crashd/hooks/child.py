@@ -19,15 +19,15 @@ working directory, session and environment already set by ``subprocess``. Three 
   runner over a pipe of its own, which the runner reads bounded. Its stdout and stderr (and those
   of the commands it runs) are the output pipe, which the parent counts and never parses.
 
-Import discipline: the standard library only, and only modules that load fast — the process starts once
-per burst of a user's reports and its start-up *is* the first report's hook overhead (DESIGN.md §8:
-< 80 ms). Nothing from crashd is imported: the daemon's modules stay out of the hooks' reach, and running this
-file by path needs no package on ``sys.path`` (``-I`` ignores ``PYTHONPATH``, and ``python -m`` would
-have to find crashd before any argument could say where it is). Two files beside it are loaded by path
-instead: ``crashd/process.py`` (the one door for processes, privileges, prctl and /proc; registered as
-``crashd_process``, the name compat apport imports it by) and ``hook_api.py`` (what a hook gets: its
-``report``, ``ui`` and apport; the call of ``add_info``). This file is the protocol: the keeper, the
-runner's loop, one process per hook and its result.
+Import discipline: the standard library only, and only modules that load fast — the process starts
+once per burst of a user's reports and its start-up *is* the first report's hook overhead (DESIGN.md
+§8: < 80 ms). Nothing from crashd is imported: the daemon's modules stay out of the hooks' reach,
+and running this file by path needs no package on ``sys.path`` (``-I`` ignores ``PYTHONPATH``, and
+``python -m`` would have to find crashd before any argument could say where it is). Two files beside
+it are loaded by path instead: ``crashd/process.py`` (the one door for processes, privileges, prctl
+and /proc; registered as ``crashd_process``, the name compat apport imports it by) and
+``hook_api.py`` (what a hook gets: its ``report``, ``ui`` and apport; the call of ``add_info``).
+This file is the protocol: the keeper, the runner's loop, one process per hook and its result.
 
 Protocol between the parent and the runner, one JSON document per line. stdin: ``{"fields": {key:
 value}, "hooks": [path, …], "owners": [uid, …] | null, "timeout": s, "output_cap": bytes}`` starts a
