@@ -241,11 +241,13 @@ class _Service:
 
 
 @contextmanager
-def _service(work: Path, crash_dir: Path, state_dir: Path, url: str, *flags: str) -> Iterator[_Service]:
-    """Start ``crashd daemon FLAGS`` and wait for READY=1; stop it (SIGTERM) when done."""
+def _service(
+    work: Path, crash_dir: Path, state_dir: Path, url: str, *flags: str, config: Path | None = None
+) -> Iterator[_Service]:
+    """Start ``crashd [--config CONFIG] daemon FLAGS`` and wait for READY=1; stop it (SIGTERM) when done."""
     notify = _Notify(work / f"notify-{crash_dir.name}")
     env = child_env(CRASH_DB_IDENTIFIER=TOKEN, NOTIFY_SOCKET=str(notify.path))
-    argv = [sys.executable, "-m", "crashd", "daemon", *flags]
+    argv = [sys.executable, "-m", "crashd", *(["--config", str(config)] if config else []), "daemon", *flags]
     argv += ["--crash-dir", str(crash_dir), "--state-dir", str(state_dir), "--url", url]
     log = work / f"daemon-{crash_dir.name}.log"
     with log.open("ab") as log_file:
@@ -374,13 +376,15 @@ def _latency_automatic(work: Path, daisy: _Daisy, count: int) -> tuple[list[floa
     return samples, after
 
 
-def _latency_manual(work: Path, daisy: _Daisy, count: int) -> list[float]:
-    """Consent not automatic, reports held: create ``NAME.upload``; ms from then to POST received."""
+def _latency_manual(work: Path, daisy: _Daisy, count: int, config: Path | None = None) -> list[float]:
+    """Consent not automatic, reports held: create ``NAME.upload``; ms from then to POST received.
+
+    *config*: a ``crashd.conf`` for the daemon (bench.hooks gives it a hook tree and a hook user)."""
     crash_dir, state_dir = _scratch(work, "latency-manual", automatic=False)
     write_queue(crash_dir, "latency-manual", count)
     samples = []
     base = daisy.count()
-    with _service(work, crash_dir, state_dir, daisy.url, "--idle-timeout", "120") as service:
+    with _service(work, crash_dir, state_dir, daisy.url, "--idle-timeout", "120", config=config) as service:
         service.notify.wait(IDLE_STATUS, after_ns=service.ready_ns, timeout=60)  # all looked at, held
         time.sleep(0.2)
         if daisy.count() != base:

@@ -88,6 +88,9 @@ def make_user() -> Iterator[Callable[[], pwd.struct_passwd]]:
     try:
         yield make
     finally:
+        from crashd.hooks import host
+
+        host.close_all()  # idle hook hosts run as these users: userdel refuses a user with processes
         for name in created:
             subprocess.run([userdel, name], capture_output=True, check=False)
             with contextlib.suppress(KeyError):

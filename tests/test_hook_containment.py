@@ -32,6 +32,7 @@ from tests.test_hooks import (  # noqa: F401 - fixtures among them
     hook_fields,
     hook_test_cli,
     hooks_for,
+    no_process_left,
     processes_of,
     report_file,
     tree,
@@ -265,7 +266,7 @@ def add_info(report):
     assert result.fields["LeftAlive"] == "", result
     # ... and dead and reaped by the time the run returns: no waiting.
     assert [pid for pid in pids if not gone(pid)] == []
-    assert processes_of(user.pw_uid) == []
+    assert no_process_left(user.pw_uid)
     if ending == "times out":
         assert result.errors[error_key("a_leaver.py")].startswith("crashd: the hook timed out after 5 s")
 
@@ -320,7 +321,7 @@ def test_a_hook_that_stops_its_runner_is_killed_at_its_timeout(tree: Tree, user:
     # The hook itself returned at once; its stopped runner never said so: the step after it timed out.
     assert result.errors[error_key("a_stopper.py")].startswith("crashd: the hook timed out after 1 s")
     assert hook_fields(result) == {"After": "ran"}
-    assert processes_of(user.pw_uid) == []
+    assert no_process_left(user.pw_uid)
 
 
 FAKE_RUNNER = """

@@ -7,15 +7,13 @@ Public surface::
     text_fields(report)                                 the fields hooks get, from a parsed report
 
 Modules: :mod:`~crashd.hooks.discovery` (which hooks, in which order: pure),
-:mod:`~crashd.hooks.accounts` (which user, which Python),
-:mod:`~crashd.hooks.runner` (batches in, a result out),
-:mod:`~crashd.hooks.process` (the hook child as a process tree: start, bound, kill,
-reap), ``child.py`` (the keeper, the runner and the hook processes: standard
-library only, run by path with ``hook_api.py`` beside it, never imported here),
-:mod:`~crashd.hooks.hooktest` (one hook on one report, for ``crashd hook-test``) and
-``compat/apport/`` (``apport.hookutils`` for hooks where apport is absent). What crashd adds to a
-report itself is not a hook: it is computed in the daemon's process (:mod:`crashd.enrich`) before
-these run.
+:mod:`~crashd.hooks.accounts` (which user, which Python), :mod:`~crashd.hooks.runner` (batches in, a
+result out), :mod:`~crashd.hooks.process` (the hook child as a process tree: start, bound, kill, reap),
+:mod:`~crashd.hooks.host` (a child kept for the next report of its user), ``child.py`` (the keeper, the
+runner and the hook processes: standard library only, run by path with ``hook_api.py`` beside it, never
+imported here), :mod:`~crashd.hooks.hooktest` (one hook on one report, for ``crashd hook-test``) and
+``compat/apport/`` (``apport.hookutils`` for hooks where apport is absent). What crashd adds to a report
+itself is not a hook: it is computed in the daemon's process (:mod:`crashd.enrich`) before these run.
 
 Exceptions::
 
@@ -67,11 +65,12 @@ def run_hooks(
     *owner_uid*.
 
     The hooks are chosen from *fields* as given: the collector puts the fields crashd adds itself
-    (:mod:`crashd.enrich`: ``Package`` above all) in first. When no hook applies nothing starts — no
-    account is looked up, no process runs (issue 15) — and the result holds only the candidates
-    refused. Otherwise every hook runs in one child process as the owner (root's reports: as
-    *fallback_user*), each bounded by *timeout* seconds and *output_cap* bytes of output (its fields
-    included), under the interpreter *python* (the ``hook_python`` setting).
+    (:mod:`crashd.enrich`: ``Package`` above all) in first. When no hook applies nothing starts — no account
+    is looked up, no process runs (issue 15) — and the result holds only the candidates refused. Otherwise
+    every hook runs in one child process (kept for the owner's next report: a hook host,
+    :mod:`crashd.hooks.host`) as the owner (root's reports: as *fallback_user*), each bounded by *timeout*
+    seconds and *output_cap* bytes of output (its fields included), under the interpreter *python* (the
+    ``hook_python`` setting).
 
     Raises :class:`InvalidPackageError` when ``Package`` or ``SourcePackage`` could name a file
     outside a hook directory, and ``InvalidFieldError`` for an ``ExecutablePath`` no kernel would
@@ -99,6 +98,7 @@ def run_hooks(
                 output_cap=output_cap,
                 limits=limits,
                 owners=[0],
+                reuse=True,
             )
     for path, reason in result.skipped.items():
         # A refused hook file (wrong owner, writable by others) is the administrator's to fix: say so.

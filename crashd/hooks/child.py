@@ -11,25 +11,28 @@ working directory, session and environment already set by ``subprocess``. Three 
   uid or gid 0), sets ``PR_SET_NO_NEW_PRIVS``, rlimits, the first place in line for the OOM killer,
   and is not dumpable — so no process of that user can ptrace it, open its ``/proc/PID/fd`` or
   ``pidfd_getfd()`` its descriptors. It alone holds the protocol pipes to the parent. It is a
-  subreaper too: what a hook leaves running is killed before the next hook starts.
+  subreaper too: what a hook leaves running is killed before the next hook starts. It may serve
+  several reports of its user in turn (a hook host, :mod:`crashd.hooks.host`): each starts afresh
+  at the header only the parent can send.
 - one **hook process** per hook (forked by the runner): it closes both protocol pipes before any
   hook code runs, runs ``add_info`` in a session of its own, and sends what changed back to the
   runner over a pipe of its own, which the runner reads bounded. Its stdout and stderr (and those
   of the commands it runs) are the output pipe, which the parent counts and never parses.
 
-Import discipline: the standard library only, and only modules that load fast — the process
-starts once per report and its start-up *is* the hook overhead (DESIGN.md §8: < 80 ms). Nothing
-from crashd is imported: the daemon's modules stay out of the hooks' reach, and running this file
-by path needs no package on ``sys.path`` (``-I`` ignores ``PYTHONPATH``, and ``python -m`` would
-have to find crashd before any argument could say where it is). Two files beside it are loaded by
-path instead: ``crashd/process.py`` (the one door for processes, privileges, prctl and /proc;
-registered as ``crashd_process``, the name compat apport imports it by) and
+Import discipline: the standard library only, and only modules that load fast — the process starts
+once per burst of a user's reports and its start-up *is* the first report's hook overhead (DESIGN.md
+§8: < 80 ms). Nothing from crashd is imported: the daemon's modules stay out of the hooks' reach,
+and running this file by path needs no package on ``sys.path`` (``-I`` ignores ``PYTHONPATH``, and
+``python -m`` would have to find crashd before any argument could say where it is). Two files beside
+it are loaded by path instead: ``crashd/process.py`` (the one door for processes, privileges, prctl
+and /proc; registered as ``crashd_process``, the name compat apport imports it by) and
 ``hook_api.py`` (what a hook gets: its ``report``, ``ui`` and apport; the call of ``add_info``).
 This file is the protocol: the keeper, the runner's loop, one process per hook and its result.
 
 Protocol between the parent and the runner, one JSON document per line. stdin: ``{"fields": {key:
-value}, "hooks": [path, …], "owners": [uid, …] | null, "timeout": s, "output_cap": bytes}``, then
-``{"hooks": […]}`` for every further batch, then EOF. stdout: ``{"start": path}`` before a hook,
+value}, "hooks": [path, …], "owners": [uid, …] | null, "timeout": s, "output_cap": bytes}`` starts a
+report, ``{"hooks": […]}`` is its next batch (never after a ``stop``); the next ``{"fields": …}``
+starts the next report, EOF ends the runner. stdout: ``{"start": path}`` before a hook,
 ``{"done": path, "fields": {…}, "removed": […], "error": text | null, "stop": bool}`` after it (the
 fields it added or changed), or ``{"done": path, "died": sentence}`` when its process ended without
 a result, and ``{"batch": "done"}`` after each batch. A value is a str, or ``{"base64": …}`` for
@@ -144,14 +147,19 @@ def _run(config):
     os.dup2(2, 1)
     os.close(devnull)
     sys.path.append(hook_api.COMPAT)
-    first = json.loads(requests.readline())
-    report, ui, with_apport, runs_with = HookReport(), NoninteractiveUI(), False, None
-    report.data.update(decode(first["fields"]))
-    owners, timeout, cap = first.get("owners"), float(first.get("timeout", 30)), int(first["output_cap"])
-    hooks = first["hooks"]
-    while hooks is not None:
+    report = stopped = None
+    while line := requests.readline().strip():
+        message = json.loads(line)
+        if "fields" in message:  # a new report: only the parent starts one (hooks never hold this pipe)
+            process.end_descendants()  # nothing of the report before is left (each hook's already went)
+            report, ui, with_apport, runs_with = HookReport(), NoninteractiveUI(), False, None
+            report.data.update(decode(message["fields"]))
+            owners, timeout = message.get("owners"), float(message.get("timeout", 30))
+            cap = int(message["output_cap"])
+        elif report is None or stopped:
+            break  # a batch with no report, or after StopIteration: the parent never sends one
         stopped = False
-        for path in hooks:
+        for path in message["hooks"]:
             send(out, {"start": path})
             if not with_apport:
                 report, ui, runs_with = hook_api.apport_api(report.data)
@@ -167,8 +175,6 @@ def _run(config):
             if stopped:
                 break
         send(out, {"batch": "done"})
-        line = b"" if stopped else requests.readline()
-        hooks = json.loads(line)["hooks"] if line.strip() else None
     os._exit(0)
 
 

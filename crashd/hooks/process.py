@@ -74,7 +74,6 @@ class HookChild:
         self.deadline_reason = f"did not start within {STARTUP_TIMEOUT:g} s"
         self.failure: str | None = None
         self._pending = bytearray()
-        self._closing = False
         self._lines = bytearray()
         self._eof = False
         config = {"account": {"uid": account.uid, "gid": account.gid, "groups": list(account.groups)},
@@ -111,15 +110,6 @@ class HookChild:
         self._pending += json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n"
         self._want_write()
 
-    def close_input(self) -> None:
-        self._closing = True
-        self._want_write()
-
-    @property
-    def input_closed(self) -> bool:
-        """True once the last batch was handed out: the runner may end."""
-        return self._closing
-
     def messages(self) -> Iterator[dict[str, object]]:
         """The runner's messages, until it and everything below the keeper have ended, or a bound is hit."""
         while not (self._eof and self._exited()):
@@ -144,6 +134,29 @@ class HookChild:
                 return
         self._drain()
         yield from self._parse()
+
+    def next_report(self, budget: Budget, tail: bytearray) -> None:
+        """Take this kept child (a hook host) on for another report, with that report's own bounds."""
+        self.budget, self.tail, self.failure = budget, tail, None
+        self.deadline = time.monotonic() + STARTUP_TIMEOUT
+        self.deadline_reason = f"did not answer within {STARTUP_TIMEOUT:g} s"
+
+    def settled(self) -> bool:
+        """Whether the report just run left this child fit to keep: every message asked for was read, none
+        more, the hooks' output read to its end within the report's cap, and the runner still waiting.
+
+        The runner answered the last batch after it killed and reaped everything the hooks started, so
+        nothing writes to the output pipe any more: what is in it now belongs to the report just run.
+        """
+        self._drain()
+        return (
+            self.failure is None
+            and not self._pending
+            and not self._lines
+            and not self._eof
+            and self.budget.output <= self.budget.output_cap
+            and not self._exited()
+        )
 
     def end(self) -> None:
         """Make sure nothing of the tree is left: tell the keeper to kill it all, reap the keeper, close."""
@@ -196,11 +209,9 @@ class HookChild:
             return
         except (BrokenPipeError, OSError):  # the runner is gone; its exit will tell
             self._pending.clear()
-        if self._closing or not self._pending:
+        if not self._pending:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(self._in)
-        if self._closing and not self._pending:
-            self._close_requests()
 
     def _close_requests(self) -> None:
         if self._in >= 0:

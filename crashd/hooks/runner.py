@@ -2,10 +2,11 @@
 
 One child (``child.py``: a keeper, an unprivileged runner, a process per hook; started by
 :mod:`crashd.hooks.process`) runs every hook of a report, so the interpreter start is paid once per
-report, not per hook. Hooks come in batches (each may be chosen from the fields as the
-hooks before it left them), handed to the child as it asks for more. The runner's
-messages are checked against what was handed out: a ``start`` only for the next hook, in order, a
-``done`` only for the hook that started; anything else kills the child.
+report, not per hook — and with *reuse*, once per burst of one user's reports: a child whose report
+settled is kept as a hook host (:mod:`crashd.hooks.host`) for the next. Hooks come in batches (each may
+be chosen from the fields as the hooks before it left them), handed to the child as it asks for more. The
+runner's messages are checked against what was handed out: a ``start`` only for the next hook, in order,
+a ``done`` only for the hook that started; anything else kills the child.
 
 A hook whose process crashes or calls ``os._exit`` gets ``HookError_<name>`` with a sentence saying
 what happened, and the next hook runs. A hook that times out ends its child (the whole tree is
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crashd.errors import CrashdError
+from crashd.hooks import host
 from crashd.hooks.accounts import SYSTEM_PYTHON, Account
 from crashd.hooks.discovery import HookRoots, Plan
 from crashd.hooks.process import STARTUP_TIMEOUT, Budget, HookChild
@@ -147,6 +149,7 @@ def run(
     output_cap: int = HookOptions.output_cap,
     limits: HookLimits = HookOptions.limits,
     owners: list[int] | None = None,
+    reuse: bool = False,
 ) -> HookResult:
     """Run every batch *batches* hands out, as *account*, and collect what the hooks did.
 
@@ -154,14 +157,15 @@ def run(
     opens); None accepts any owner (``crashd hook-test``). Bounds: *timeout* seconds
     per hook from its start; *output_cap* bytes of output for all the hooks together;
     and the report's whole run at most ``timeout + 1`` s per hook handed out plus
-    ``STARTUP_TIMEOUT`` per child started.
+    ``STARTUP_TIMEOUT`` per child started. *reuse*: take the child from, and give it back to, the
+    hook hosts of *account* (:mod:`crashd.hooks.host`), so that a burst of reports starts one.
     """
     if account.uid == 0 or account.gid == 0:
         raise RuntimeError("refusing to run hooks as root")  # not assert: must hold under -O too
     budget = Budget(output_cap, deadline=time.monotonic())
     state = _State(fields, dict(fields), budget, per_hook=timeout + SLACK_PER_HOOK)
     queue = state.next_batch(batches)
-    config = _Config(account, python, timeout, limits, owners)
+    config = _Config(account, python, timeout, limits, owners, reuse)
     while queue:
         queue, failure = _session(state, queue, batches, config)
         if state.result.stopped:
@@ -189,6 +193,12 @@ class _Config:
     timeout: float
     limits: HookLimits
     owners: list[int] | None
+    reuse: bool
+
+    @property
+    def host_key(self) -> tuple[Account, str, HookLimits]:
+        """Who a hook host runs as: reports with the same key may share one."""
+        return self.account, self.python, self.limits
 
 
 class _ProtocolError(CrashdError):
@@ -196,7 +206,7 @@ class _ProtocolError(CrashdError):
 
 
 def _session(
-    state: _State, queue: list[str], batches: Batches, config: _Config
+    state: _State, queue: list[str], batches: Batches, config: _Config, *, fresh: bool = False
 ) -> tuple[list[str], str | None]:
     """One child over *queue* and the batches after it.
 
@@ -204,18 +214,25 @@ def _session(
     child finished normally), and a sentence when the rest must not run: the child
     failed before any hook started, or the report's time or output is spent.
     Every message is checked against what was handed out: a ``start`` only for the
-    next hook in order, a ``done`` only for the hook that started.
+    next hook in order, a ``done`` only for the hook that started. A kept child (*reuse*) that fails
+    before its first hook is replaced by a fresh one (*fresh*) once.
     """
     budget = state.budget
     budget.deadline = max(budget.deadline, time.monotonic()) + STARTUP_TIMEOUT
-    try:
-        talk = HookChild(
-            config.python, config.account, config.limits.__dict__, budget=budget, tail=state.tail
-        )
-    except (OSError, subprocess.SubprocessError) as error:  # no child at all: exec failed
-        return list(queue), f"the hook child could not be started: {error}"
+    talk = None if fresh or not config.reuse else host.take(config.host_key)
+    kept = talk is not None
+    if talk is not None:
+        talk.next_report(budget, state.tail)
+    else:
+        try:
+            talk = HookChild(
+                config.python, config.account, config.limits.__dict__, budget=budget, tail=state.tail
+            )
+        except (OSError, subprocess.SubprocessError) as error:  # no child at all: exec failed
+            return list(queue), f"the hook child could not be started: {error}"
     batch, started, any_started = list(queue), 0, False
     current: str | None = None
+    settled = False  # every batch handed out is done: the child may end, or be kept
     try:
         talk.send({"fields": _encode(state.current), "hooks": batch, "owners": config.owners,
                    "timeout": config.timeout, "output_cap": budget.output_cap})  # fmt: skip
@@ -241,28 +258,29 @@ def _session(
                 _between_hooks(talk)
             elif message.get("batch") == "done" and current is None:
                 if state.result.stopped:
-                    return batch[started:], None  # `finally` ends the child; run() records the rest
+                    settled = True
+                    return batch[started:], None  # run() records the rest
                 if started != len(batch):
                     raise _ProtocolError
                 more = state.next_batch(batches)
-                if more:
-                    batch, started = more, 0
-                    talk.send({"hooks": batch})
-                else:
-                    talk.close_input()
-                    batch, started = [], 0
+                if not more:
+                    settled = True
+                    return [], None
+                batch, started = more, 0
+                talk.send({"hooks": batch})
                 _between_hooks(talk)
             else:
                 raise _ProtocolError
     except _ProtocolError:
         talk.failure = "broke crashd's hook protocol"
     finally:
-        talk.end()
+        if settled and config.reuse:
+            host.give_back(config.host_key, talk)  # kept only if nothing is amiss; else ended
+        else:
+            talk.end()
     failure = talk.failure or talk.exit_problem()
-    if failure is None and (current is not None or not talk.input_closed):
+    if failure is None:  # the tree ended while hooks were still to answer
         failure = "ended before its hooks were done (exit status 0)"
-    if failure is None:
-        return [], None
     if current is not None:
         state.result.errors[error_key(current)] = f"crashd: the hook {failure}{talk.last_words()}"
     if budget.output > budget.output_cap:
@@ -272,6 +290,8 @@ def _session(
         return batch[started:], "this report's hooks ran out of time"
     if current is not None or any_started:
         return batch[started:], None  # a fresh child runs the rest
+    if kept:
+        return _session(state, queue, batches, config, fresh=True)
     return batch, f"the hook child {failure}{talk.last_words()}"
 
 

@@ -1,0 +1,228 @@
+"""Hook hosts (issue 15): a burst of one user's reports starts one hook child, and nothing else changes.
+
+Real users, real processes. A hook reports its runner by ``os.getppid()`` (each hook is a fresh
+process forked by the runner), so the assertions see which host ran a report. The assertions are on
+outcomes (which runner, which process is alive), never on wall-clock figures.
+"""
+
+# ruff: noqa: F811 - the fixtures of tests/test_hooks.py are imported by name and used as parameters
+
+from __future__ import annotations
+
+import os
+import pwd
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from crashd.hooks import error_key, host, run_hooks
+from crashd.process import children
+from tests.test_hooks import (  # noqa: F401 - fixtures among them
+    Tree,
+    gone,
+    hook_fields,
+    hooks_for,
+    processes_of,
+    reachable_tmp,
+    tree,
+    user,
+    wait_until,
+)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="hooks switch uids: needs root")
+
+RUNNER = "import os\ndef add_info(report):\n    report['Runner'] = str(os.getppid())\n"
+
+LEAVE = """
+import os, subprocess
+def add_info(report):
+    if os.fork() == 0:  # a double fork into a session of its own: an orphan of the runner's
+        os.setsid()
+        child = subprocess.Popen(["sleep", "1000"])
+        with open(report["OutDir"] + "/left", "w") as f:
+            f.write(str(child.pid))
+        os._exit(0)
+    os.wait()
+"""
+
+CHECK = """
+import os
+def add_info(report):
+    path = report["OutDir"] + "/left"
+    if os.path.exists(path):
+        pid = open(path).read()
+        try:
+            state = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0]
+        except OSError:
+            state = "gone"
+        report["LeftState"] = state
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_hosts() -> Iterator[None]:
+    """Each test starts and ends with no idle host."""
+    host.close_all()
+    yield
+    host.close_all()
+
+
+def runner_of(tree: Tree, user: pwd.struct_passwd, **kw: object) -> int:
+    result = hooks_for(tree, user, **kw)
+    assert not result.errors, result.errors
+    return int(result.fields["Runner"])
+
+
+def idle_runners() -> set[int]:
+    return {pid for child in host.idle() for pid in children(child.proc.pid)}
+
+
+def test_a_host_runs_the_next_report_of_the_same_user(tree: Tree, user: pwd.struct_passwd) -> None:
+    tree.hook("general", "runner.py", RUNNER)
+    first = runner_of(tree, user)
+    assert idle_runners() == {first}  # kept, waiting
+    assert runner_of(tree, user) == first  # the same runner: no new interpreter
+    assert os.stat(f"/proc/{first}").st_uid == user.pw_uid  # the hook user's, never root's
+
+
+def test_each_report_gets_its_own_fields_and_bounds(tree: Tree, user: pwd.struct_passwd) -> None:
+    """Nothing of one report reaches the next one's hooks: the runner starts each report afresh."""
+    tree.hook(
+        "general",
+        "echo.py",
+        "import os\ndef add_info(report):\n"
+        "    report['Seen'] = ' '.join(sorted(k for k in report if k.startswith('Mine')))\n"
+        "    report['Runner'] = str(os.getppid())\n"
+        "    report['Mine' + report['Which']] = 'set'\n",
+    )
+    one = hooks_for(tree, user, {"Which": "One", "MineA": "x"})
+    two = hooks_for(tree, user, {"Which": "Two"})
+    assert one.fields["Runner"] == two.fields["Runner"]
+    assert one.fields["Seen"] == "MineA" and two.fields["Seen"] == ""
+    assert "_HooksRunWith" in one.fields and "_HooksRunWith" in two.fields  # said for every report
+
+
+def test_what_a_hook_leaves_is_gone_before_the_next_reports_hooks_start(
+    tree: Tree, user: pwd.struct_passwd
+) -> None:
+    tree.hook("general", "a_runner.py", RUNNER)
+    tree.hook("general", "b_leave.py", LEAVE)
+    first = hooks_for(tree, user, {"OutDir": str(tree.out)})
+    assert not first.errors, first.errors
+    left = int((tree.out / "left").read_text())
+    assert gone(left)  # the runner ended it before it answered
+    tree.hook("general", "c_check.py", CHECK)
+    second = hooks_for(tree, user, {"OutDir": str(tree.out)})
+    assert second.fields["Runner"] == first.fields["Runner"]  # the same host ...
+    assert second.fields["LeftState"] in ("gone", "Z", "X")  # ... held nothing of the first report
+
+
+def test_a_host_whose_report_failed_is_not_kept(tree: Tree, user: pwd.struct_passwd) -> None:
+    runner = tree.hook("general", "a_runner.py", RUNNER)
+    first = runner_of(tree, user, timeout=2)
+    slow = tree.hook("general", "b_slow.py", "import time\ndef add_info(report):\n    time.sleep(1000)\n")
+    timed_out = hooks_for(tree, user, timeout=2)
+    assert timed_out.fields["Runner"] == str(first)  # the kept host ran it ...
+    assert timed_out.errors[error_key(slow)].startswith("crashd: the hook timed out after 2 s")
+    assert wait_until(lambda: gone(first))  # ... and was ended with the timeout, never kept
+    assert host.idle() == []
+    slow.unlink()
+    assert runner_of(tree, user, timeout=2) != first
+    assert runner.exists()
+
+
+def test_different_users_get_different_hosts(
+    tree: Tree, user: pwd.struct_passwd, make_user: Callable[[], pwd.struct_passwd]
+) -> None:
+    other = make_user()
+    tree.hook("general", "runner.py", RUNNER)
+    mine = runner_of(tree, user)
+    theirs = int(
+        run_hooks({"ProblemType": "Crash"}, owner_uid=other.pw_uid, roots=tree.roots).fields["Runner"]
+    )
+    assert mine != theirs and idle_runners() == {mine, theirs}
+    assert os.stat(f"/proc/{theirs}").st_uid == other.pw_uid
+    assert runner_of(tree, user) == mine
+
+
+def test_concurrent_reports_of_one_user_use_separate_hosts(tree: Tree, user: pwd.struct_passwd) -> None:
+    """One report at a time per host: the second of two overlapping reports starts its own child."""
+    gate = tree.out / "gate"
+    tree.hook(
+        "general",
+        "runner.py",
+        "import os, time\ndef add_info(report):\n    report['Runner'] = str(os.getppid())\n"
+        f"    open({str(tree.out)!r} + '/' + report['Which'], 'w').close()\n"
+        f"    while not os.path.exists({str(gate)!r}):\n        time.sleep(0.01)\n",
+    )
+    results: dict[str, int] = {}
+
+    def report(which: str) -> None:
+        results[which] = int(hook_fields(hooks_for(tree, user, {"Which": which}))["Runner"])
+
+    threads = [threading.Thread(target=report, args=(which,)) for which in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    assert wait_until(lambda: (tree.out / "one").exists() and (tree.out / "two").exists(), 30)
+    gate.touch()
+    for thread in threads:
+        thread.join()
+    assert results["one"] != results["two"]
+    assert len(host.idle()) == 1  # one idle host per user is kept
+
+
+def test_a_host_ends_when_idle(tree: Tree, user: pwd.struct_passwd, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host, "IDLE_SECONDS", 0.2)
+    tree.hook("general", "runner.py", RUNNER)
+    first = runner_of(tree, user)
+    assert wait_until(lambda: host.idle() == [] and gone(first))
+    assert processes_of(user.pw_uid) == []
+    assert runner_of(tree, user) != first  # a new burst starts a new host
+
+
+def test_closing_the_hosts_ends_every_process_of_theirs(tree: Tree, user: pwd.struct_passwd) -> None:
+    tree.hook("general", "runner.py", RUNNER)
+    first = runner_of(tree, user)
+    keepers = [child.proc.pid for child in host.idle()]
+    host.close_all()
+    assert gone(first) and all(gone(pid) for pid in keepers)
+    assert processes_of(user.pw_uid) == []
+
+
+def test_a_host_killed_while_idle_is_replaced(tree: Tree, user: pwd.struct_passwd) -> None:
+    """The hook user may kill its own runner between reports: the next report starts a fresh host."""
+    tree.hook("general", "runner.py", RUNNER)
+    first = runner_of(tree, user)
+    os.kill(first, 9)
+    assert wait_until(lambda: gone(first))
+    assert runner_of(tree, user) != first
+
+
+def test_a_host_whose_report_hit_the_output_cap_is_not_kept(tree: Tree, user: pwd.struct_passwd) -> None:
+    tree.hook("general", "a_runner.py", RUNNER)
+    first = runner_of(tree, user)
+    loud = tree.hook(
+        "general", "b_loud.py", "import os\ndef add_info(report):\n    os.write(1, b'x' * (3 << 20))\n"
+    )
+    result = hooks_for(tree, user, output_cap=1 << 20)
+    assert result.fields["Runner"] == str(first)
+    assert "wrote more than 1 MiB of output" in result.errors[error_key(loud)]
+    assert gone(first) and host.idle() == []
+
+
+def test_a_report_stopped_by_a_hook_leaves_a_host_that_runs_the_next_report_whole(
+    tree: Tree, user: pwd.struct_passwd
+) -> None:
+    tree.hook("general", "a_runner.py", RUNNER)
+    tree.hook(
+        "general",
+        "b_stop.py",
+        "def add_info(report):\n    if report.get('Stop'):\n        raise StopIteration\n",
+    )
+    after = tree.hook("general", "c_after.py", "def add_info(report):\n    report['After'] = 'ran'\n")
+    stopped = hooks_for(tree, user, {"Stop": "yes"})
+    assert stopped.stopped and str(after) in stopped.skipped
+    whole = hooks_for(tree, user)
+    assert whole.fields["Runner"] == stopped.fields["Runner"]
+    assert whole.fields["After"] == "ran" and not whole.stopped
