@@ -24,7 +24,6 @@ from tests.test_hooks import (  # noqa: F401 - fixtures among them
     hook_fields,
     hooks_for,
     processes_of,
-    reachable_tmp,
     tree,
     user,
     wait_until,
@@ -125,7 +124,7 @@ def test_a_host_whose_report_failed_is_not_kept(tree: Tree, user: pwd.struct_pas
     timed_out = hooks_for(tree, user, timeout=2)
     assert timed_out.fields["Runner"] == str(first)  # the kept host ran it ...
     assert timed_out.errors[error_key(slow)].startswith("crashd: the hook timed out after 2 s")
-    assert wait_until(lambda: gone(first))  # ... and was ended with the timeout, never kept
+    assert wait_until(lambda: gone(first), timeout=30)  # ... and was ended with the timeout, never kept
     assert host.idle() == []
     slow.unlink()
     assert runner_of(tree, user, timeout=2) != first
@@ -176,7 +175,7 @@ def test_a_host_ends_when_idle(tree: Tree, user: pwd.struct_passwd, monkeypatch:
     monkeypatch.setattr(host, "IDLE_SECONDS", 0.2)
     tree.hook("general", "runner.py", RUNNER)
     first = runner_of(tree, user)
-    assert wait_until(lambda: host.idle() == [] and gone(first))
+    assert wait_until(lambda: host.idle() == [] and gone(first), timeout=30)
     assert processes_of(user.pw_uid) == []
     assert runner_of(tree, user) != first  # a new burst starts a new host
 
@@ -195,7 +194,7 @@ def test_a_host_killed_while_idle_is_replaced(tree: Tree, user: pwd.struct_passw
     tree.hook("general", "runner.py", RUNNER)
     first = runner_of(tree, user)
     os.kill(first, 9)
-    assert wait_until(lambda: gone(first))
+    assert wait_until(lambda: gone(first), timeout=30)
     assert runner_of(tree, user) != first
 
 
