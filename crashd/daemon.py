@@ -88,6 +88,10 @@ class Daemon:
     rescan_at: float | None = None  # when the reports that did not fit in `due` fall due (their records say)
     busy: set[ReportName] = field(default_factory=set)
     again: set[ReportName] = field(default_factory=set)
+    # `.upload` stamps that appeared while their report was being worked on: crashd's own stamp, or a
+    # UI's request that the pass in hand may have missed (it read the stamps before) — looked at again
+    # when that pass ended held (issue 15 fault: a held report stayed held after its .upload).
+    stamped: set[ReportName] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     last_activity: float = field(default_factory=time.monotonic)
@@ -246,7 +250,8 @@ class Daemon:
                 self.rescan()
             elif event.name is not None and (name := _report_for(str(event.name))) is not None:
                 if name in self.busy and str(event.name).endswith(".upload"):
-                    continue  # our own stamp on the report in hand (or a request it already answers)
+                    self.stamped.add(name)  # our own stamp on the report in hand, or a UI's request
+                    continue
                 if name not in self.busy and str(event.name).endswith(".crash"):
                     self.untidy = True  # a new report (a busy one's event is its own rewrite, by its hooks)
                 self.schedule(name, self.courier.clock())
@@ -335,6 +340,10 @@ class Daemon:
             self.held_by_network.add(name)
         if status is not None and (when := lifecycle.retry_at(status)) is not None:
             self.schedule(name, when)  # a retry, a core upload or a failure's backoff falls due
+        stamped = name in self.stamped
+        self.stamped.discard(name)
+        if stamped and status is not None and status.state is lifecycle.State.HELD:
+            self.again.add(name)  # a request for it came while this pass held it: answer it now
         if name in self.again:
             self.again.discard(name)
             self.schedule(name, self.courier.clock())

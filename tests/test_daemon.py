@@ -439,3 +439,27 @@ def test_once_exits_when_done_however_late_a_finished_tasks_callbacks_run(daisy,
             loop.close()
     assert code == 0
     assert sent_paths(daisy) == Counter({"/usr/bin/late": 1})
+
+
+def test_a_request_that_comes_while_its_report_is_being_held_is_answered(daisy, crash_dir, automatic):
+    """A UI writes ``.upload`` while the daemon's pass over that very report is deciding to hold it (it
+    read the stamps just before): the event of that stamp must not be dropped as the daemon's own — the
+    report is looked at again and sent. The consent gate writes the stamp and waits until the daemon has
+    seen its event, so the interleaving is forced, not hoped for."""
+    drop(crash_dir / "_usr_bin_asked.0.crash", crash("asked"))
+    upload = crash_dir / "_usr_bin_asked.0.upload"
+    store = StateStore.open(automatic)
+    courier = Courier(DirectUploader(HttpTransport(5, 5)), daisy.url, TOKEN, store)
+    with Spool(crash_dir) as spool:
+
+        def gate(marked: bool) -> str | None:
+            if marked:
+                return None
+            os.close(os.open(upload, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+            assert wait_until(lambda: bool(getattr(daemon, "stamped", ())), timeout=10)  # seen while busy
+            return "waiting for someone to send it"
+
+        daemon = Daemon(spool, courier, DEFAULT_LIMITS, gate, idle_timeout=3600, once=True)
+        code = asyncio.run(asyncio.wait_for(daemon.run(), timeout=60))
+    assert code == 0
+    assert sent_paths(daisy) == Counter({"/usr/bin/asked": 1})
