@@ -92,6 +92,7 @@ class Daemon:
     # UI's request that the pass in hand may have missed (it read the stamps before) — looked at again
     # when that pass ended held (issue 15 fault: a held report stayed held after its .upload).
     stamped: set[ReportName] = field(default_factory=set)
+    tidied_ns: int = 0  # when the last tidy began: a report newer than that has not been through one
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     last_activity: float = field(default_factory=time.monotonic)
@@ -236,11 +237,24 @@ class Daemon:
                 self.again.add(name)
             elif name in self.held:
                 continue  # a duplicate the last tidy holds back
+            elif self._untidied(name):  # the scan met a file newer than the last tidy (its event is
+                self.untidy = True  # not read yet): it waits for the next pass, tidied first
+                self.schedule(name, now)
             elif name not in self.due:
                 start(name)
                 free -= 1
             else:
                 self.due[name] = now
+
+    def _untidied(self, name: ReportName) -> bool:
+        """Whether the report was made or changed after the last tidy began (its duplicates not collapsed)."""
+        if self.tidy is None:
+            return False
+        try:
+            st = os.stat(os.path.join(self.spool.path, name.crash), follow_symlinks=False)
+        except OSError:
+            return False  # gone, or not ours to look at: processing says what it is
+        return st.st_ctime_ns >= self.tidied_ns  # ctime: no user can set it ahead to stay untidied
 
     async def _watch(self, inotify: Inotify) -> None:
         async for event in inotify:
@@ -272,6 +286,7 @@ class Daemon:
             while self.tidy is not None and self.untidy and not self.stop.is_set():  # duplicates and the
                 self.untidy = False  # budget before anything is sent, again if more reports arrived meanwhile
                 busy = {name.crash for name in self.busy}
+                self.tidied_ns = time.time_ns()
                 held = {ReportName.parse(name) for name in await asyncio.to_thread(self.tidy, busy)}
                 for name in self.held - held:
                     self.schedule(name, self.courier.clock())  # no longer held back: due as before
