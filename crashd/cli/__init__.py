@@ -16,9 +16,10 @@ command may raise into one ``crashd: …`` line on stderr and a code:
 What the commands share (these codes, the errors, building the settings, spool and
 uploader) is in :mod:`crashd.cli._common`.
 
-Building the parser imports no more than the standard library and :mod:`crashd.cli._base`: a command
-imports the library when it runs, so that each process loads only what it uses (issue 15: the idle
-daemon). ``tests/test_imports.py`` holds both to it.
+A command imports the library when it runs (and, to build the parser, only what its ``--help`` shows),
+so that each process loads only what it uses (issue 15: the idle daemon); ``crashd daemon`` chooses what
+its process may load before any of it (:func:`crashd.cli.daemon.prepare`). ``tests/test_imports.py``
+holds the idle daemon to it.
 """
 
 from __future__ import annotations
