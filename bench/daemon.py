@@ -38,7 +38,8 @@ the reading of our pipe out of the measured path.
    it must exit 0 by itself about 5 s after READY=1. The idle RSS is also given as a ratio
    to a *floor* measured in the same run: a bare ``python -c 'import asyncio; ...'`` idling
    in its event loop (the interpreter and asyncio, which any asyncio daemon pays).
-   ``python -m bench.daemon --idle`` runs this part alone.
+   ``python -m bench.daemon --idle`` runs this part alone; ``--idle --bus`` runs it on a private
+   system bus (``tests/dbus_bus.py``), as deployed: the daemon then serves D-Bus.
 """
 
 from __future__ import annotations
@@ -585,11 +586,20 @@ def _idle_part(work: Path, daisy: _Daisy, window: float, results: dict) -> None:
     )
 
 
-def run_idle(quick: bool = False) -> dict:
-    """The idle part alone (``python -m bench.daemon --idle``): floor, idle window, idle exit."""
-    results: dict = {"target": {"idle_rss_mib": TARGET_RSS_MIB}}
-    with tempfile.TemporaryDirectory(prefix="crashd-bench-daemon-") as tmp:
+def run_idle(quick: bool = False, bus: bool = False) -> dict:
+    """The idle part alone (``python -m bench.daemon --idle``): floor, idle window, idle exit. With *bus*
+    (``--bus``), on a private system bus (``tests/dbus_bus.py``), as deployed: the daemon then serves
+    com.ubuntu.WhoopsiePreferences and follows NetworkManager (absent there) over dbus-fast."""
+    results: dict = {"target": {"idle_rss_mib": TARGET_RSS_MIB}, "system_bus": bus}
+    with tempfile.TemporaryDirectory(prefix="crashd-bench-daemon-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
+        if bus:
+            from tests.dbus_bus import PrivateBus
+
+            private = PrivateBus(work / "bus")
+            stack.callback(private.stop)
+            os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = private.start()  # child_env() passes it on
+            print(f"daemon idle: on a private system bus ({private.address})")
         with _daisy(work / "daisy.log") as daisy:
             _idle_part(work, daisy, 10.0 if quick else 60.0, results)
     return results
@@ -679,4 +689,7 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    (run_idle if "--idle" in sys.argv[1:] else run)("--quick" in sys.argv[1:])
+    if "--idle" in sys.argv[1:]:
+        run_idle("--quick" in sys.argv[1:], bus="--bus" in sys.argv[1:])
+    else:
+        run("--quick" in sys.argv[1:])

@@ -12,8 +12,6 @@ The minimums are pyproject.toml's lower bounds (tests/test_packaging.py keeps th
 
 from __future__ import annotations
 
-from importlib import metadata
-
 # top-level import name -> (distribution, minimum version)
 MINIMUMS: dict[str, tuple[str, str]] = {
     "dbus_fast": ("dbus-fast", "4.0"),
@@ -30,6 +28,8 @@ def explain(error: ImportError) -> str | None:
     if top not in MINIMUMS:
         return None
     dist, minimum = MINIMUMS[top]
+    from importlib import metadata  # only once an import has failed: not a cost of every start
+
     try:
         found = metadata.version(dist)
     except metadata.PackageNotFoundError:

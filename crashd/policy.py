@@ -23,7 +23,6 @@ at 6.3 times the steady request rate; with 2 h for server failures, under 2 time
 
 from __future__ import annotations
 
-import email.utils
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -163,6 +162,8 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     value = value.strip()
     if _DELAY_SECONDS.fullmatch(value):
         return now + min(float(value), RETRY_AFTER_CAP)  # a huge number is inf, capped: no int parsing
+    import email.utils  # an HTTP date is rare: not a cost of every process that decides (~0.7 MiB idle)
+
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError, OSError):

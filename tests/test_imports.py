@@ -141,3 +141,50 @@ def test_nothing_below_the_command_line_imports_it() -> None:
         )
     }  # fmt: skip
     assert not upward, upward
+
+
+# What the idle daemon must not load (issue 15: < 24 MiB while up). Each was once imported at start-up for
+# a moment that may never come: another command (upload-all, show, ingest-coredump), an upload (BSON,
+# HTTP), a Retry-After with an HTTP date (email), an ImportError to explain (importlib.metadata).
+NOT_IDLE = (
+    "crashd.upload_all",
+    "crashd.preview",
+    "crashd.dependencies",
+    "bson",
+    "http.client",
+    "urllib3",
+    "requests",
+    "email",
+    "importlib.metadata",
+)
+# ...and as root, OpenSSL: root speaks no TLS (crashd.cli.daemon.WITHOUT).
+NOT_IDLE_AS_ROOT = ("ssl", "_ssl", "_hashlib")
+_LOADED = (
+    "import sys\n"
+    "from crashd.__main__ import main\n"
+    "code = main()\n"
+    "print(' '.join(name for name, module in sys.modules.items() if module is not None))\n"
+    "sys.exit(code)\n"
+)
+
+
+def test_the_idle_daemon_loads_only_what_idling_needs(tmp_path: Path) -> None:
+    """The real ``crashd daemon`` in a fresh ``python -I``, on an empty directory without a bus, until it
+    exits idle: start-up, first scan, tidy and idle exit, then the modules it had loaded."""
+    import os
+    import subprocess
+
+    crash_dir = tmp_path / "crash"
+    crash_dir.mkdir(mode=0o3777)
+    (config := tmp_path / "crashd.conf").write_text("")  # the defaults, whatever /etc/crashd holds
+    nobus = f"unix:path={tmp_path}/no-bus"
+    env = os.environ | {"CRASH_DB_IDENTIFIER": "a" * 128, "DBUS_SYSTEM_BUS_ADDRESS": nobus}
+    env.pop("NOTIFY_SOCKET", None)
+    argv = [sys.executable, "-I", "-c", _LOADED, "--config", str(config), "daemon", "--idle-timeout", "0.1", "--crash-dir",
+            str(crash_dir), "--state-dir", str(tmp_path / "state"), "--url", "http://127.0.0.1:9"]  # fmt: skip
+    run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    loaded = set(run.stdout.split())
+    assert "crashd.daemon" in loaded and "asyncinotify" in loaded, "the walk did not reach the daemon"
+    unwanted = NOT_IDLE + (NOT_IDLE_AS_ROOT if os.geteuid() == 0 else ())
+    assert not loaded & set(unwanted), sorted(loaded & set(unwanted))

@@ -15,6 +15,11 @@ command may raise into one ``crashd: …`` line on stderr and a code:
 
 What the commands share (these codes, the errors, building the settings, spool and
 uploader) is in :mod:`crashd.cli._common`.
+
+A command imports the library when it runs (and, to build the parser, only what its ``--help`` shows),
+so that each process loads only what it uses (issue 15: the idle daemon); ``crashd daemon`` chooses what
+its process may load before any of it (:func:`crashd.cli.daemon.prepare`). ``tests/test_imports.py``
+holds the idle daemon to it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 
 from crashd import __version__
 from crashd.cli import daemon, hook_test, identifier, ingest_coredump, prefs, show, status, upload_all
-from crashd.cli._common import (
+from crashd.cli._base import (
     EXIT_CONSENT,
     EXIT_INCOMPLETE,
     EXIT_INVALID,
@@ -38,10 +43,7 @@ from crashd.cli._common import (
     UsageError,
     fail,
 )
-from crashd.config import ConfigError
-from crashd.dependencies import explain as explain_dependency
-from crashd.report import ReportError
-from crashd.spool import UnsafeFileError
+from crashd.errors import CrashdError
 
 __all__ = [
     "EXIT_CONSENT",
@@ -64,6 +66,35 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"crashd: {message} (see '{self.prog} --help')\n")
 
 
+def _global_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="configuration file (default /etc/crashd/crashd.conf)"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="say more (repeat for debug output)"
+    )
+
+
+class _Peek(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]  # said by the real parser, if at all
+        raise argparse.ArgumentError(None, message)
+
+
+def _command_of(argv: Sequence[str] | None) -> str | None:
+    """The command *argv* names, read with the parser's own global options (so ``-v``, ``--config=F``
+    and abbreviations count as they will), before anything is imported for the parser; None when the
+    parser itself will have to say what is wrong."""
+    peek = _Peek(add_help=False)
+    _global_options(peek)
+    peek.add_argument("command", nargs="?")
+    peek.add_argument("rest", nargs=argparse.REMAINDER)
+    try:
+        known, _ = peek.parse_known_args(argv)
+    except argparse.ArgumentError:
+        return None
+    return known.command if isinstance(known.command, str) else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="crashd",
@@ -74,12 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "5 not allowed (polkit refused, or the preferences are locked).",
     )
     parser.add_argument("--version", action="version", version=f"crashd {__version__}")
-    parser.add_argument(
-        "--config", type=Path, metavar="FILE", help="configuration file (default /etc/crashd/crashd.conf)"
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="say more (repeat for debug output)"
-    )
+    _global_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for command in COMMANDS:
         command.add_parser(commands)
@@ -87,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if _command_of(argv) == daemon.NAME:
+        daemon.prepare()  # before the parser imports anything of crashd's library
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
@@ -99,13 +127,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(EXIT_USAGE, str(error))
     except NotAllowed as error:
         return fail(EXIT_NOT_ALLOWED, str(error))
-    except ConfigError as error:
-        return fail(EXIT_USAGE, f"configuration error: {error}")
-    except (ReportError, UnsafeFileError) as error:
-        return fail(EXIT_INVALID, str(error))
+    except CrashdError as error:
+        if (refusal := _refusal(error)) is None:
+            raise
+        return fail(*refusal)
     except KeyboardInterrupt:
         return 130
     except ImportError as error:  # an installed dependency too old for crashd (dependencies.py)
-        if (problem := explain_dependency(error)) is None:
+        from crashd.dependencies import explain
+
+        if (problem := explain(error)) is None:
             raise
         return fail(EXIT_USAGE, problem)
+
+
+def _refusal(error: CrashdError) -> tuple[int, str] | None:
+    """The exit code and line for the library's refusals every command may meet; None for the others
+    (a bug: the traceback stays). Imported here, where one was raised, not when crashd starts."""
+    from crashd.config import ConfigError
+    from crashd.report import ReportError
+    from crashd.spool import UnsafeFileError
+
+    if isinstance(error, ConfigError):
+        return EXIT_USAGE, f"configuration error: {error}"
+    if isinstance(error, (ReportError, UnsafeFileError)):
+        return EXIT_INVALID, str(error)
+    return None

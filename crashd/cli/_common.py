@@ -1,9 +1,10 @@
-"""What the commands share: the exit codes, the errors :func:`crashd.cli.main` maps to them, and the parts
-built from the command line and the configuration (settings, spool, uploader, hook options, backoff,
-tidy, consent gate), so that each command module holds only its own options, steps and wording.
+"""What the commands share when they run: the parts a command builds from the command line and the
+configuration (settings, spool, uploader, hook options, backoff, tidy, consent gate) and the output
+several commands share, so that each command module holds only its own options, steps and wording.
 
-The exit codes are explained in :mod:`crashd.cli`'s table; they live here, beside the errors, because
-every command module returns them and the package's ``__init__`` imports the command modules.
+Imported by a command when it runs, not when the parser is built: this is where the library comes in.
+The exit codes, the errors :func:`crashd.cli.main` maps to them and the shared options are
+:mod:`crashd.cli._base`'s (standard library only), re-exported here.
 """
 
 from __future__ import annotations
@@ -19,10 +20,22 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from crashd.cli._base import (
+    EXIT_CONSENT,
+    EXIT_INCOMPLETE,
+    EXIT_INVALID,
+    EXIT_NOT_ALLOWED,
+    EXIT_OK,
+    EXIT_USAGE,
+    NotAllowed,
+    UsageError,
+    add_locations,
+    fail,
+    seconds_argument,
+)
 from crashd.collector import HookOptions
-from crashd.config import ConfigError, Settings, load_settings, parse_seconds
+from crashd.config import ConfigError, Settings, load_settings
 from crashd.consent import Consent, load_consent, may_send
-from crashd.errors import CrashdError
 from crashd.identity import system_identifier
 from crashd.lifecycle import Gate, Status
 from crashd.network import read_conditions
@@ -32,60 +45,44 @@ from crashd.tidy import Tidy
 from crashd.uploader import DirectUploader, HttpTransport, Uploader
 from crashd.worker import WorkerUploader
 
+__all__ = [  # the re-exports of crashd.cli._base too, so that a command imports its names from one place
+    "EXIT_CONSENT",
+    "EXIT_INCOMPLETE",
+    "EXIT_INVALID",
+    "EXIT_NOT_ALLOWED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "WORKER_FALLBACK_USER",
+    "NotAllowed",
+    "UsageError",
+    "add_locations",
+    "consent_gate",
+    "exit_on_signals",
+    "fail",
+    "hook_options",
+    "identifier_for",
+    "make_uploader",
+    "network_now",
+    "open_spool",
+    "print_statuses",
+    "seconds_argument",
+    "settings_from",
+    "switched_off",
+    "tidy_for",
+    "worker_name",
+    "worker_user",
+]
+
 log = logging.getLogger("crashd")
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_CONSENT, EXIT_INVALID, EXIT_NOT_ALLOWED = 0, 1, 2, 3, 4, 5
 # Who runs the upload worker when unprivileged_user does not exist: root never does the HTTP itself.
 WORKER_FALLBACK_USER = "nobody"
-
-
-class UsageError(CrashdError):
-    """A problem with what the user asked for; exit 2."""
-
-
-class NotAllowed(CrashdError):
-    """The request was understood but refused (polkit, a lock, not root); exit 5, so that a script can
-    tell "ask an administrator" from "fix the command line"."""
-
-
-def fail(code: int, message: str) -> int:
-    """Say *message* as crashd's one line on stderr and return *code*."""
-    print(f"crashd: {message}", file=sys.stderr)
-    return code
-
-
-# -- options --------------------------------------------------------------------------------
-
-
-def seconds_argument(text: str) -> float:
-    """A duration given on the command line (``--timeout 60``), for argparse's ``type=``."""
-    try:
-        return parse_seconds(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}") from None
-
-
-def add_locations(parser: argparse.ArgumentParser, *, url: bool) -> None:
-    """``--crash-dir`` and ``--state-dir`` (and ``--url``): where a command finds reports and records."""
-    parser.add_argument(
-        "--crash-dir", metavar="DIR", help="crash directory (default /var/crash, $APPORT_REPORT_DIR)"
-    )
-    parser.add_argument(
-        "--state-dir", metavar="DIR", help="crashd's state directory (default /var/lib/crashd)"
-    )
-    if url:
-        parser.add_argument(
-            "--url", metavar="URL", help="crash database (default https://daisy.ubuntu.com, $CRASH_DB_URL)"
-        )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """The settings, with the command's ``--url``, ``--crash-dir`` and ``--state-dir`` (if it has them)."""
     names = ("url", "crash_dir", "state_dir")
     return load_settings(args.config, overrides={name: getattr(args, name, None) for name in names})
-
-
-# -- the parts ------------------------------------------------------------------------------
 
 
 def open_spool(directory: Path) -> Spool:

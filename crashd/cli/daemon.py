@@ -4,28 +4,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from typing import Any
 
-from crashd.cli._common import (
-    add_locations,
-    consent_gate,
-    hook_options,
-    identifier_for,
-    make_uploader,
-    open_spool,
-    seconds_argument,
-    settings_from,
-    tidy_for,
-)
-from crashd.config import DEFAULT_CONFIG, Settings
-from crashd.delivery import Courier
-from crashd.state import StateStore
-from crashd.status import survey
+from crashd.cli._base import add_locations, seconds_argument
 
 NAME = "daemon"
+# The root daemon loads no OpenSSL: it speaks no TLS (root's HTTP is the upload worker's, a process of its
+# own, DESIGN.md §2) and hashes only names and the machine id, which Python's own sha256 and sha512 do as
+# well. libcrypto, libssl and the ssl module are ~4 MiB of an idle daemon's 24 (issue 15); without them
+# the TLS stack is not even in root's address space. asyncio, hashlib and hmac take them only if present;
+# anything else that asks for them fails at once with ModuleNotFoundError.
+WITHOUT = ("ssl", "_ssl", "_hashlib")
+
+
+def prepare() -> None:
+    """What ``crashd daemon`` does before anything of crashd's library is imported (crashd.cli.main calls
+    it first): as root, keep OpenSSL out of the process. A user's daemon speaks HTTPS itself; and if one of
+    them is loaded already (crashd imported by another program), keeping the rest out would save nothing."""
+    if os.geteuid() != 0 or any(name in sys.modules for name in WITHOUT):
+        return
+    for name in WITHOUT:
+        sys.modules[name] = None  # type: ignore[assignment]  # "import ssl" raises ModuleNotFoundError
 
 
 def add_parser(commands: Any) -> None:
+    from crashd.config import Settings  # the library, after prepare(): see crashd.cli
+
     daemon = commands.add_parser(
         NAME,
         help="the service: watch the crash directory and send reports (systemd starts it)",
@@ -48,10 +54,23 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: the service's dependencies (asyncio, inotify, dbus-fast) would cost every other
-    # command its start-up time and ~6 MiB.
+    # command its start-up time and ~6 MiB, and the library those of the service.
+    from crashd.cli._common import (
+        consent_gate,
+        hook_options,
+        identifier_for,
+        make_uploader,
+        open_spool,
+        settings_from,
+        tidy_for,
+    )
+    from crashd.config import DEFAULT_CONFIG
     from crashd.daemon import Daemon, DBusSettings, journal_logging
     from crashd.daemon import run as run_daemon
+    from crashd.delivery import Courier
     from crashd.network import Monitor
+    from crashd.state import StateStore
+    from crashd.status import survey
 
     if not args.once:  # the service serves the bus: a missing or too-old dbus-fast is said first, alone
         import crashd.dbus_prefs  # noqa: F401

@@ -20,26 +20,19 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crashd.cli._common import (
-    EXIT_INCOMPLETE,
-    EXIT_INVALID,
-    EXIT_OK,
-    EXIT_USAGE,
-    fail,
-    seconds_argument,
-    settings_from,
-)
-from crashd.hooks import HookOptions, HookResult, HookSetupError, InvalidPackageError, hook_test
-from crashd.hooks.discovery import hook_refusal
-from crashd.report import ReportError
-from crashd.spool import UnsafeFileError
+from crashd.cli._base import seconds_argument
+
+if TYPE_CHECKING:
+    from crashd.hooks import HookResult
 
 NAME = "hook-test"
 
 
 def add_parser(commands: Any) -> None:
+    from crashd.hooks import HookOptions  # defaults shown in --help
+
     parser = commands.add_parser(
         NAME,
         help="run one hook on one report, as the daemon would",
@@ -69,6 +62,19 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``crashd hook-test``: see the module docstring for the exit codes."""
+    from crashd.cli._common import (
+        EXIT_INCOMPLETE,
+        EXIT_INVALID,
+        EXIT_OK,
+        EXIT_USAGE,
+        fail,
+        settings_from,
+    )
+    from crashd.hooks import HookSetupError, InvalidPackageError, hook_test
+    from crashd.hooks.discovery import hook_refusal
+    from crashd.report import ReportError
+    from crashd.spool import UnsafeFileError
+
     hook: Path = args.hook
     try:
         st = os.stat(hook)

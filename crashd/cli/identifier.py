@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from crashd.cli._common import EXIT_OK, identifier_for, settings_from
-
 NAME = "identifier"
 
 
@@ -21,5 +19,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crashd.cli._common import EXIT_OK, identifier_for, settings_from
+
     print(identifier_for(settings_from(args)))
     return EXIT_OK

@@ -18,24 +18,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from crashd.capture.coredump import COREDUMP_DIR, Skipped, ingest
-from crashd.capture.journal import (
-    ENTRY_WAIT,
-    InvalidEntry,
-    JournalEntry,
-    find_entry,
-    parse_export,
-    select_entry,
-)
-from crashd.cli._common import EXIT_CONSENT, EXIT_INVALID, EXIT_OK, EXIT_USAGE, fail, settings_from
-from crashd.config import DEFAULT_CONFIG
-from crashd.consent import load_consent
-
 NAME = "ingest-coredump"
 INSTANCE = re.compile(r"[A-Za-z0-9:_.\\-]{1,200}")  # what systemd allows in a unit's instance name
 
 
 def add_parser(commands: Any) -> None:
+    from crashd.capture.coredump import COREDUMP_DIR  # defaults shown in --help
+    from crashd.capture.journal import ENTRY_WAIT
+
     parser = commands.add_parser(
         NAME,
         help="write the report for one systemd-coredump crash",
@@ -67,6 +57,18 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``crashd ingest-coredump``; see the module docstring for the exit codes."""
+    from crashd.capture.coredump import Skipped, ingest
+    from crashd.capture.journal import (
+        InvalidEntry,
+        JournalEntry,
+        find_entry,
+        parse_export,
+        select_entry,
+    )
+    from crashd.cli._common import EXIT_CONSENT, EXIT_INVALID, EXIT_OK, EXIT_USAGE, fail, settings_from
+    from crashd.config import DEFAULT_CONFIG
+    from crashd.consent import load_consent
+
     settings = settings_from(args)  # a configuration error is exit 2, in main()
     consent = load_consent(settings.state_dir, config=args.config or DEFAULT_CONFIG)
     if not consent.report_crashes:

@@ -6,16 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crashd.cli._common import EXIT_OK, NotAllowed, UsageError, settings_from, switched_off
-from crashd.config import DEFAULT_CONFIG
-from crashd.consent import PREFERENCES, Consent, load_consent, set_preference
+from crashd.cli._base import EXIT_OK, NotAllowed, UsageError
+
+if TYPE_CHECKING:
+    from crashd.consent import Consent
 
 NAME = "prefs"
 
 
 def add_parser(commands: Any) -> None:
+    from crashd.consent import PREFERENCES  # the names it takes; the library, after crashd daemon's prepare()
+
     prefs = commands.add_parser(
         NAME,
         help="show or change the crash-reporting preferences",
@@ -37,6 +40,10 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crashd.cli._common import settings_from, switched_off
+    from crashd.config import DEFAULT_CONFIG
+    from crashd.consent import PREFERENCES, load_consent, set_preference
+
     settings, config = settings_from(args), args.config or DEFAULT_CONFIG
     if args.action == "set":
         if args.name is None or args.value is None:
@@ -68,6 +75,7 @@ def _set_over_dbus(name: str, value: bool, local: Consent) -> Consent:
     """Change one preference through the running service (polkit decides; D-Bus activation starts it).
     The bus carries no reason, so the one read locally (the lock, a legacy switch) is shown with it."""
     from crashd import dbus_client  # dbus-fast only for the one command that needs the bus
+    from crashd.consent import Consent
 
     try:
         now = dbus_client.set_preference(name, value)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crashd.cli._common import EXIT_OK, UsageError, settings_from
-from crashd.preview import Preview, what_is_sent
-from crashd.report import Digest, Report, read_report
-from crashd.signature import crash_signature
-from crashd.spool import open_file
+from crashd.cli._base import EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from crashd.preview import Preview
+    from crashd.report import Digest, Report
 
 NAME = "show"
 
@@ -36,6 +36,11 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crashd.cli._common import settings_from
+    from crashd.preview import what_is_sent
+    from crashd.report import read_report
+    from crashd.spool import open_file
+
     limits = settings_from(args).limits  # a bad configuration file is exit 2, in main()
     try:
         opened = open_file(args.file)
@@ -69,6 +74,8 @@ def _show_json(path: str, report: Report, digests: dict[str, Digest]) -> dict[st
 
 
 def _show_text(path: str, report: Report, digests: dict[str, Digest]) -> None:
+    from crashd.signature import crash_signature
+
     kind = digests["ProblemType"].text if "ProblemType" in digests else None
     print(f"# {path}: {kind or 'no ProblemType'}, {len(report)} fields")
     text = {key: digest.text for key, digest in digests.items() if digest.text is not None}

@@ -7,19 +7,7 @@ import json
 import sys
 from typing import Any
 
-from crashd.cli._common import (
-    EXIT_OK,
-    add_locations,
-    consent_gate,
-    network_now,
-    open_spool,
-    print_statuses,
-    settings_from,
-)
-from crashd.config import DEFAULT_CONFIG
-from crashd.state import StateStore
-from crashd.status import survey
-from crashd.tidy import read_ledger
+from crashd.cli._base import add_locations
 
 NAME = "status"
 
@@ -37,6 +25,19 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crashd.cli._common import (
+        EXIT_OK,
+        consent_gate,
+        network_now,
+        open_spool,
+        print_statuses,
+        settings_from,
+    )
+    from crashd.config import DEFAULT_CONFIG
+    from crashd.state import StateStore
+    from crashd.status import survey
+    from crashd.tidy import read_ledger
+
     settings = settings_from(args)
     with open_spool(settings.crash_dir) as spool:
         gate = consent_gate(settings, args.config or DEFAULT_CONFIG)

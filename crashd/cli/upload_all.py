@@ -9,29 +9,7 @@ import os
 import time
 from typing import Any
 
-from crashd.cli._common import (
-    EXIT_CONSENT,
-    EXIT_INCOMPLETE,
-    EXIT_OK,
-    add_locations,
-    exit_on_signals,
-    fail,
-    hook_options,
-    identifier_for,
-    make_uploader,
-    network_now,
-    open_spool,
-    print_statuses,
-    seconds_argument,
-    settings_from,
-    switched_off,
-    tidy_for,
-)
-from crashd.config import DEFAULT_CONFIG
-from crashd.consent import load_consent
-from crashd.delivery import Courier
-from crashd.state import StateStore
-from crashd.upload_all import upload_all
+from crashd.cli._base import add_locations, seconds_argument
 
 log = logging.getLogger("crashd")
 
@@ -64,6 +42,28 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from crashd.cli._common import (
+        EXIT_CONSENT,
+        EXIT_INCOMPLETE,
+        EXIT_OK,
+        exit_on_signals,
+        fail,
+        hook_options,
+        identifier_for,
+        make_uploader,
+        network_now,
+        open_spool,
+        print_statuses,
+        settings_from,
+        switched_off,
+        tidy_for,
+    )
+    from crashd.config import DEFAULT_CONFIG
+    from crashd.consent import load_consent
+    from crashd.delivery import Courier
+    from crashd.state import StateStore
+    from crashd.upload_all import upload_all
+
     settings = settings_from(args)
     consent = load_consent(settings.state_dir, config=args.config or DEFAULT_CONFIG)
     if not consent.report_crashes:
