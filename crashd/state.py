@@ -15,8 +15,10 @@ most a page, which a killed process cannot tear, under a ``flock`` that readers 
 ``crashd status`` never sees half of one). Durability is grouped: a save without *sync*
 is in the page cache — it survives ``kill -9`` — and :meth:`StateStore.flush` makes every
 such save durable at once (one fsync per record written, one of the directory). A power
-cut before that may lose or tear a record: it is then unreadable and started afresh, and
-the worst that does is one resend, which daisy answers 409 "already reported".
+cut before that may lose or tear a record — a tear could even mix two valid versions into
+one that parses, so every record carries a CRC-32 of itself (``check``) — and a torn
+record is unreadable and started afresh: the worst that does is one resend, which daisy
+answers 409 "already reported".
 A record carries the
 report's fingerprint (device, inode, size, mtime): when the file changes — a
 new crash of the same program replaced it — the old record is stale and is
@@ -40,6 +42,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -117,7 +120,7 @@ class StateStore:
         if self.directory is None:
             self._memory[record.name] = record
             return record
-        data = json.dumps(record.as_json(), sort_keys=True).encode()
+        data = _with_check(json.dumps(record.as_json(), sort_keys=True).encode())
         created = not fs.rewrite_file(self.record_path(record.name), data, mode=0o600)
         if record.name in self._legacy:
             self._drop_legacy(record.name)
@@ -229,6 +232,7 @@ class StateStore:
             document = json.loads(fs.read_bounded(path, MAX_RECORD, locked=True))
             if not isinstance(document, dict):
                 raise TypeError("not a JSON object")
+            _verify(document)
             return Record.from_json(document)
         except FileNotFoundError:
             return None
@@ -251,3 +255,15 @@ class StateStore:
             with contextlib.suppress(OSError):
                 if leftover.lstat().st_mtime < time.time() - 3600:
                     leftover.unlink()
+
+
+def _with_check(data: bytes) -> bytes:
+    """The JSON object *data* with its CRC-32 as a last key: a record torn by a power cut is told."""
+    return data[:-1] + b', "check": %d}' % zlib.crc32(data)
+
+
+def _verify(document: dict[str, object]) -> None:
+    """ValueError unless the record's ``check`` matches it (records of earlier versions have none)."""
+    check = document.pop("check", None)
+    if check is not None and check != zlib.crc32(json.dumps(document, sort_keys=True).encode()):
+        raise ValueError("torn: its check does not match its content")
