@@ -1,50 +1,234 @@
-"""upload_rate: 200 queued small reports sent to the loopback daisy, whole command and library call.
+"""upload_rate: 200 queued "spec" and "deps" reports through the real ``crashd upload-all``, against a floor.
 
-DESIGN.md §8: "200 queued reports, loopback — whoopsie 0.1.33: 0.108 s (≈ 1,850/s);
-target: at least whoopsie's rate". whoopsie is not installable here: an external anchor.
+Issue 15's target: 200 queued "deps" reports at ≥ 1,000 reports/s through ``upload-all`` as root
+with the upload worker in use, "spec" reports (no package hook applies) at ≥ 500/s.
 
-Measured, each round on a fresh crash directory whose reports carry round-unique
-``Date`` values (daisy answers 409 to a crash it has seen, which would be cheaper):
+Each round, for each kind, interleaved (the order alternates between rounds):
 
-(a)  ``python -m crashd upload-all`` as a child: interpreter start, imports, identifier,
-     the uploads, the JSON summary -- what a CI box waits for; plus the same command on
-     an empty crash directory, which is the fixed part of (a);
-(b)  ``crashd.upload_all.upload_all(...)`` alone, in this process, with an on-disk state
-     store (each record save is fsynced); (b') the same with records kept in memory;
-(c)  the server's ceiling: the same 200 BSON bodies posted with bare ``http.client``, on
-     one keep-alive connection and on four, so a slow (b) can be told from a slow server;
-(d)  where (b)'s time goes: one worker thread, with the POST, the record saves and the
-     stamps timed (``--profile`` adds cProfile's top entries of that run).
+* **crashd**: a fresh crash directory (mode 3777, as ``/var/crash``) of 200 reports
+  (:mod:`bench.reports`, every one its own signature, so duplicate collapse keeps them all) owned by
+  a non-root user, and ``python -m crashd upload-all --json`` as a child — as root, so the
+  unprivileged upload worker does the HTTP;
+* **floor**: the same kind of bodies (BSON, as crashd sends them) posted by a child with bare
+  ``http.client`` on one kept-alive connection: what the server and the loopback cost.
 
-The server runs ``--core-policy never``: no core is asked for. It is a Python
-``ThreadingHTTPServer`` in its own process; on this 2-core machine it shares the CPUs
-with the client, which whoopsie's anchor (against a different server) did not.
+Both rates are taken from the server's receive times (daisy's ``Exchange.received``): *first body →
+200th body* (199 intervals), and for crashd also *start → 200th body*, interpreter start, imports,
+identifier, tidy and worker start included (what a CI box waits for; whoopsie's anchor was
+measured that way). Every figure is also given as a ratio to the floor of the same round.
+
+The server is the loopback daisy (``tests.daisy``, ``core_policy="never"``) on a thread of this
+process, which waits on its children meanwhile. Scratch directories are made under
+``$CRASHD_BENCH_DIR`` (default ``/var/tmp``: on this class of machine ``/tmp``'s directories cost
+up to 10 times more per file create than ``/var/tmp``'s, on the same file system).
 """
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
-import http.client
 import io
 import json
+import os
 import pstats
+import pwd
+import shutil
+import statistics
+import struct
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from bench._common import TOKEN, Stats, daisy_server, run_upload_all
-from crashd.delivery import Courier
-from crashd.report import DEFAULT_LIMITS, read_report, write_report
-from crashd.spool import Spool
-from crashd.state import StateStore
-from crashd.upload_all import WORKERS, upload_all
-from crashd.uploader import DirectUploader, HttpTransport, encode_report
+from bench._common import REPO, TOKEN, child_env, run_upload_all
+from bench.reports import write_reports
+from crashd.report import read_report, write_report
+from crashd.uploader import encode_report
+from tests.daisy import DaisyServer
 
 COUNT = 200
-WHOOPSIE_RATE = COUNT / 0.108  # reports/s, external anchor
+TARGETS = {"deps": 1000.0, "spec": 500.0}  # reports/s, issue 15's "Done when"
+WHOOPSIE = {"deps": (313.0, 833.0), "spec": (426.0, 976.0)}  # start → 200th body, issue 15 (reference)
+
+# The floor's child: bare http.client, one connection, the bodies from a file of length-prefixed blobs.
+_FLOOR = """
+import http.client, struct, sys
+from urllib.parse import urlsplit
+url, token, path = sys.argv[1:4]
+data = open(path, "rb").read()
+bodies, at = [], 0
+while at < len(data):
+    (n,) = struct.unpack_from("<I", data, at)
+    bodies.append(data[at + 4 : at + 4 + n])
+    at += 4 + n
+parts = urlsplit(url)
+conn = http.client.HTTPConnection(parts.hostname, parts.port)
+for body in bodies:
+    conn.request("POST", f"/{token}", body, {"Content-Type": "application/octet-stream"})
+    answer = conn.getresponse()
+    answer.read()
+    if answer.status != 200:
+        sys.exit(f"the loopback daisy answered {answer.status}")
+conn.close()
+"""
+
+
+def scratch_base() -> Path:
+    return Path(os.environ.get("CRASHD_BENCH_DIR", "/var/tmp"))
+
+
+def report_owner() -> pwd.struct_passwd:
+    """A non-root user to own the reports: uid 1000 if there is one, else ``nobody``."""
+    try:
+        return pwd.getpwuid(1000)
+    except KeyError:
+        return pwd.getpwnam("nobody")
+
+
+def queue(directory: Path, kind: str, offset: int, owner: pwd.struct_passwd) -> Path:
+    """*COUNT* reports of *kind* in a fresh crash directory, owned by *owner* (as apport leaves them)."""
+    directory.mkdir()
+    directory.chmod(0o3777)  # as /var/crash
+    for path in write_reports(directory, kind, COUNT, offset):
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+        path.chmod(0o640)
+    return directory
+
+
+def _posts_since(daisy: DaisyServer, before: int) -> list[float]:
+    return sorted(e.received for e in daisy.exchanges[before:] if e.method == "POST" and e.status == 200)
+
+
+def _crashd(daisy: DaisyServer, crash_dir: Path, state_dir: Path) -> dict[str, float]:
+    before = len(daisy.exchanges)
+    started = time.time()
+    result = run_upload_all(crash_dir, state_dir, daisy.url, TOKEN)
+    if not result.stdout:
+        raise RuntimeError(f"upload-all printed nothing (exit {result.returncode}): {result.stderr[-2000:]}")
+    sent = json.loads(result.stdout)["sent"]
+    times = _posts_since(daisy, before)
+    if sent != COUNT or len(times) != COUNT:
+        raise RuntimeError(f"upload-all sent {sent} of {COUNT}, the server took {len(times)}: {result.stderr[-2000:]}")
+    return {
+        "body_rate": (COUNT - 1) / (times[-1] - times[0]),
+        "start_rate": COUNT / (times[-1] - started),
+        "exit_s": result.wall,
+    }
+
+
+def _floor(daisy: DaisyServer, crash_dir: Path, work: Path) -> dict[str, float]:
+    blobs = work / "bodies.bin"
+    with blobs.open("wb") as out:
+        for path in sorted(crash_dir.glob("*.crash")):
+            with path.open("rb") as f:
+                body = encode_report(read_report(f))
+            out.write(struct.pack("<I", len(body)) + body)
+    before = len(daisy.exchanges)
+    subprocess.run(
+        [sys.executable, "-c", _FLOOR, daisy.url, TOKEN, str(blobs)],
+        env=child_env(), check=True, timeout=300,
+    )  # fmt: skip
+    times = _posts_since(daisy, before)
+    if len(times) != COUNT:
+        raise RuntimeError(f"the floor's {COUNT} bodies reached the server {len(times)} times")
+    return {"body_rate": (COUNT - 1) / (times[-1] - times[0])}
+
+
+def _profile(daisy: DaisyServer, crash_dir: Path, state_dir: Path, top: int = 30) -> str:
+    """cProfile of ``upload-all`` run in this process (every thread), for where the time goes."""
+    from crashd.cli import main
+
+    argv = ["upload-all", "--json", "--crash-dir", str(crash_dir), "--state-dir", str(state_dir)]
+    profiler = cProfile.Profile()
+    os.environ["CRASH_DB_IDENTIFIER"] = TOKEN
+    with contextlib.redirect_stdout(io.StringIO()):
+        profiler.enable()
+        try:
+            main([*argv, "--url", daisy.url])
+        except SystemExit:
+            pass
+        finally:
+            profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def _line(label: str, values: list[float], unit: str = "/s") -> str:
+    return f"{label} median {statistics.median(values):6.0f}{unit} (range {min(values):.0f}-{max(values):.0f})"
+
+
+def run(quick: bool = False, profile: bool = False) -> dict:
+    """Interleaved rounds of crashd and the floor, "deps" and "spec"; the summary lines and a dict."""
+    if os.geteuid() != 0:
+        print("upload_rate: skipped: run as root (upload-all uses the upload worker only as root)")
+        return {"skipped": "not root"}
+    rounds = 2 if quick else 5
+    owner = report_owner()
+    samples: dict[str, dict[str, list[float]]] = {
+        kind: {k: [] for k in ("crashd", "start", "floor", "ratio", "start_ratio", "exit_s")} for kind in TARGETS
+    }
+    base = scratch_base()
+    work = Path(tempfile.mkdtemp(prefix="crashd-bench-rate-", dir=base))
+    offset = (int(time.time()) % 100_000) * 10_000  # daisy keeps what it has seen: never a repeat
+    print(f"upload_rate: scratch in {work}, reports owned by {owner.pw_name} (uid {owner.pw_uid}), "
+          f"{rounds} rounds, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    profile_text = None
+    try:
+        with DaisyServer(core_policy="never") as daisy:
+            n = 0
+            for rnd in range(rounds):
+                kinds = ("deps", "spec") if rnd % 2 == 0 else ("spec", "deps")
+                for kind in kinds:
+                    s = samples[kind]
+                    floor_dir = queue(work / f"floor{n}", kind, offset + n * COUNT, owner)
+                    crash_dir = queue(work / f"crash{n + 1}", kind, offset + (n + 1) * COUNT, owner)
+                    got: dict[str, dict[str, float]] = {}
+                    for step in ("floor", "crashd") if rnd % 2 == 0 else ("crashd", "floor"):
+                        if step == "floor":
+                            got[step] = _floor(daisy, floor_dir, work)
+                        else:
+                            got[step] = _crashd(daisy, crash_dir, work / f"state{n}")
+                    n += 2
+                    floor, crashd = got["floor"]["body_rate"], got["crashd"]
+                    s["floor"].append(floor)
+                    s["crashd"].append(crashd["body_rate"])
+                    s["start"].append(crashd["start_rate"])
+                    s["ratio"].append(crashd["body_rate"] / floor)
+                    s["start_ratio"].append(crashd["start_rate"] / floor)
+                    s["exit_s"].append(crashd["exit_s"])
+                    shutil.rmtree(floor_dir)
+            if profile:
+                crash_dir = queue(work / "profiled", "deps", offset + (n + 1) * COUNT, owner)
+                profile_text = _profile(daisy, crash_dir, work / "state-profiled")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    results: dict = {"reports": COUNT, "rounds": rounds, "scratch": str(base), "load": os.getloadavg()[0]}
+    for kind, s in samples.items():
+        target = TARGETS[kind]
+        med = statistics.median(s["crashd"])
+        results[kind] = {k: statistics.median(v) for k, v in s.items()} | {"target": target}
+        print(f"upload_rate {kind}: crashd upload-all first → {COUNT}th body: " + _line("", s["crashd"])
+              + f"; x{statistics.median(s['ratio']):.2f} of the floor; target {target:.0f}/s: "
+              + ("met" if med >= target else "MISSED"))  # fmt: skip
+        low, high = WHOOPSIE[kind]
+        print(f"upload_rate {kind}: crashd upload-all start → {COUNT}th body:" + _line("", s["start"])
+              + f"; x{statistics.median(s['start_ratio']):.2f} of the floor (whoopsie, reference: {low:.0f}-{high:.0f}/s)"
+              + f"; exit after {statistics.median(s['exit_s']):.3f} s")  # fmt: skip
+        print(f"upload_rate {kind}: floor (bare http.client, same server, same round):" + _line("", s["floor"]))
+    if profile_text:
+        print(profile_text)
+    deps, spec = results["deps"], results["spec"]
+    print(
+        f"upload_rate: SUMMARY deps {deps['crashd']:.0f}/s (x{deps['ratio']:.2f} floor, target 1000), "
+        f"spec {spec['crashd']:.0f}/s (x{spec['ratio']:.2f} floor, target 500), first → {COUNT}th body at "
+        f"the server; start → {COUNT}th: deps {deps['start']:.0f}/s, spec {spec['start']:.0f}/s"
+    )
+    return results
+
+
+# -- used by bench.daemon: small reports of the earlier benchmark, and their bodies -------------
 
 
 def write_queue(directory: Path, tag: str, count: int = COUNT) -> Path:
@@ -76,63 +260,6 @@ def write_queue(directory: Path, tag: str, count: int = COUNT) -> Path:
     return directory
 
 
-def _cli(crash_dir: Path, state_dir: Path, url: str) -> tuple[float, dict]:
-    result = run_upload_all(crash_dir, state_dir, url, TOKEN)
-    if not result.stdout:
-        raise RuntimeError(f"upload-all printed nothing (exit {result.returncode}): {result.stderr}")
-    return result.wall, json.loads(result.stdout)
-
-
-class _Timed:
-    """Seconds spent in a few methods of objects this benchmark built, summed per label.
-
-    Instance attributes shadow the methods, so crashd's code is measured exactly as it
-    runs, and nothing in crashd is patched.
-    """
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.calls: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def wrap(self, obj: object, method: str, label: str) -> None:
-        inner = getattr(obj, method)
-
-        def timed(*args: object, **kwargs: object) -> object:
-            started = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                with self._lock:
-                    self.seconds[label] = self.seconds.get(label, 0.0) + time.perf_counter() - started
-                    self.calls[label] = self.calls.get(label, 0) + 1
-
-        setattr(obj, method, timed)
-
-
-def _library(
-    crash_dir: Path, state_dir: Path | None, url: str, workers: int = WORKERS, timed: _Timed | None = None
-) -> tuple[float, int]:
-    """Time the ``upload_all`` call alone; spool, transport and state store are built outside the timer.
-
-    *state_dir* None keeps the delivery records in memory (no fsync), to show what durability costs.
-    """
-    transport = HttpTransport()
-    store = StateStore(state_dir)
-    with Spool(crash_dir) as spool:
-        if timed is not None:
-            timed.wrap(transport, "post", "POST (http.client + server)")
-            timed.wrap(store, "save", "state record save (write + fsync + rename)")
-            timed.wrap(spool, "mark_upload", ".upload stamp")
-            timed.wrap(spool, "mark_uploaded", ".uploaded stamp")
-        courier = Courier(DirectUploader(transport), url, TOKEN, store)
-        started = time.perf_counter()
-        summary = upload_all(spool, courier, limits=DEFAULT_LIMITS, workers=workers)
-        elapsed = time.perf_counter() - started
-    transport.close()
-    return elapsed, sum(1 for status in summary.reports if status.state.value == "sent")
-
-
 def _bodies(crash_dir: Path) -> list[bytes]:
     bodies = []
     for path in sorted(crash_dir.glob("*.crash")):
@@ -141,142 +268,6 @@ def _bodies(crash_dir: Path) -> list[bytes]:
     return bodies
 
 
-def _raw_posts(url: str, bodies: list[bytes], connections: int) -> float:
-    """POST every body with bare http.client over *connections* keep-alive connections."""
-    parts = urlsplit(url)
-    headers = {"Content-Type": "application/octet-stream"}
-    shares = [bodies[i::connections] for i in range(connections)]
-
-    def send(share: list[bytes]) -> None:
-        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port)
-        for body in share:
-            conn.request("POST", f"/{TOKEN}", body, headers)
-            answer = conn.getresponse()
-            answer.read()
-            if answer.status != 200:
-                raise RuntimeError(f"the loopback daisy answered {answer.status}")
-        conn.close()
-
-    threads = [threading.Thread(target=send, args=(share,)) for share in shares]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.perf_counter() - started
-
-
-def _profile(crash_dir: Path, state_dir: Path, url: str, top: int = 25) -> str:
-    """cProfile of ``upload_all`` with one worker thread, the profiler switched on inside that thread."""
-    profiler = cProfile.Profile()
-
-    def start_in_thread(*_: object) -> None:
-        sys.setprofile(None)
-        profiler.enable()  # replaces this hook for the rest of the worker thread's life
-
-    threading.setprofile(start_in_thread)
-    try:
-        _library(crash_dir, state_dir, url, workers=1)
-    finally:
-        threading.setprofile(None)
-    out = io.StringIO()
-    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
-    return out.getvalue()
-
-
-def _rates(stats: Stats) -> dict[str, float]:
-    median, best = stats.rate(COUNT)
-    return {
-        "seconds_median": stats.median,
-        "seconds_best": stats.best,
-        "spread": stats.spread,
-        "reports_per_s_median": median,
-        "reports_per_s_best": best,
-    }
-
-
-def run(quick: bool = False, profile: bool = False) -> dict:
-    """Rounds of (a), (b), (c), then (d) once, each on fresh reports, against one loopback daisy."""
-    rounds = 2 if quick else 5
-    results: dict = {"reports": COUNT, "anchor_reports_per_s": WHOOPSIE_RATE, "rounds": rounds}
-    samples: dict[str, list[float]] = {
-        k: [] for k in ("cli", "library", "library_memory_state", "raw_http_1", "raw_http_4")
-    }
-    with tempfile.TemporaryDirectory(prefix="crashd-bench-rate-") as tmp:
-        work = Path(tmp)
-        fresh = iter(range(1_000_000))
-
-        def queue() -> Path:
-            n = next(fresh)
-            return write_queue(work / f"crash{n}", f"run{n}")
-
-        def state() -> Path:
-            return work / f"state{next(fresh)}"
-
-        with daisy_server(work / "daisy.log", "--core-policy", "never") as url:
-            (work / "empty").mkdir()
-            fixed = Stats(tuple(_cli(work / "empty", state(), url)[0] for _ in range(rounds)))
-            for _ in range(rounds):
-                wall, summary = _cli(queue(), state(), url)
-                if summary["sent"] != COUNT:
-                    raise RuntimeError(
-                        f"upload-all sent {summary['sent']} of {COUNT}: {summary['reports'][:3]}"
-                    )
-                samples["cli"].append(wall)
-                for key, state_dir in (("library", state()), ("library_memory_state", None)):
-                    elapsed, sent = _library(queue(), state_dir, url)
-                    if sent != COUNT:
-                        raise RuntimeError(f"upload_all() sent {sent} of {COUNT}")
-                    samples[key].append(elapsed)
-                samples["raw_http_1"].append(_raw_posts(url, _bodies(queue()), 1))
-                samples["raw_http_4"].append(_raw_posts(url, _bodies(queue()), 4))
-            timed = _Timed()
-            serial, _ = _library(queue(), state(), url, workers=1, timed=timed)
-            profile_text = _profile(queue(), state(), url) if profile else None
-    labels = {
-        "cli": "(a) crashd upload-all",
-        "library": "(b) upload_all()",
-        "library_memory_state": "(b') state in memory",
-        "raw_http_1": "(c) bare http.client x1",
-        "raw_http_4": "(c) bare http.client x4",
-    }
-    for key, values in samples.items():
-        stats = Stats(tuple(values))
-        results[key] = _rates(stats)
-        median, best = stats.rate(COUNT)
-        print(
-            f"upload_rate {labels[key]:<26}: {stats.describe()}; {median:5.0f} reports/s median, "
-            f"{best:5.0f} best, x{median / WHOOPSIE_RATE:.2f} whoopsie"
-        )
-    results["cli_empty_dir_seconds"] = fixed.median
-    print(
-        f"upload_rate (a) on an empty crash dir  : {fixed.describe()} (start, imports, identifier: the fixed cost)"
-    )
-    results["serial"] = {
-        "seconds": serial,
-        "ms_per_report": {k: v / COUNT * 1000 for k, v in timed.seconds.items()},
-    }
-    rest = serial - sum(timed.seconds.values())
-    print(
-        f"upload_rate (d) one worker: {serial:.3f} s = {serial / COUNT * 1000:.2f} ms/report: "
-        + ", ".join(
-            f"{label} {seconds / COUNT * 1000:.2f} ({timed.calls[label] / COUNT:g} calls)"
-            for label, seconds in timed.seconds.items()
-        )
-        + f", the rest (open, stamp checks, index, BSON, record reads, threads) {rest / COUNT * 1000:.2f} ms"
-    )
-    if profile_text:
-        print(profile_text)
-    lib, cli, raw = results["library"], results["cli"], results["raw_http_4"]
-    print(
-        f"upload_rate: SUMMARY {COUNT} reports: upload_all() {lib['seconds_median']:.3f} s median "
-        f"({lib['reports_per_s_median']:.0f}/s, x{lib['reports_per_s_median'] / WHOOPSIE_RATE:.2f} whoopsie's "
-        f"{WHOOPSIE_RATE:.0f}/s; {results['library_memory_state']['reports_per_s_median']:.0f}/s without fsync); "
-        f"whole command {cli['seconds_median']:.3f} s ({cli['reports_per_s_median']:.0f}/s, "
-        f"x{cli['reports_per_s_median'] / WHOOPSIE_RATE:.2f}); server ceiling {raw['reports_per_s_median']:.0f}/s"
-    )
-    return results
-
-
 if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
     run("--quick" in sys.argv[1:], "--profile" in sys.argv[1:])

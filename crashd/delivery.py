@@ -6,7 +6,8 @@ The order of writes is what makes a ``kill -9`` at any point harmless:
 2. the server's answer is classified (:mod:`crashd.policy`) and the record
    updated before anything else happens — both writes reach the page cache at
    once, which a killed process cannot undo; they are fsynced (against power
-   cuts) after the one-POST-at-a-time section;
+   cuts) after the one-POST-at-a-time section, or, with ``grouped`` (``upload-all``),
+   all at once by the caller's :meth:`~crashd.state.StateStore.flush`;
 3. only then is ``.uploaded`` written.
 
 A kill before 2 leaves ``posting``: the next run resends, and daisy's 409
@@ -61,6 +62,9 @@ class Courier:
     # exponentially, so a report that always fails never becomes a loop (DESIGN.md §7 rule 6).
     failures: dict[str, int] = field(default_factory=dict)
     network: Gate | None = None  # metered/offline (crashd.network); None: always go
+    # True: the caller makes the records durable once per batch (StateStore.flush) instead of
+    # one fsync per report; they are in the page cache all the same, so a kill -9 loses nothing.
+    grouped: bool = False
 
     def process(
         self,
@@ -171,6 +175,8 @@ class Courier:
 
     def _post_report(self, collected: Collected, record: Record) -> Record:
         body = encode_report(collected.report)  # a report crashd refuses fails here, before any state
+        if not record.updated:  # never saved: its file is made here, so the saves below are in place
+            record = self._save(record)
         with self.wire:
             # Unsynced inside the lock: in the page cache, a record survives kill -9; the fsync
             # (against power cuts, where the worst case is a resend answered 409) comes after it.
@@ -186,7 +192,7 @@ class Courier:
                     attempts=record.attempts, backoff=self.backoff, random=self.random,
                 )  # fmt: skip
             record = self._save(self._apply(record, decision))
-        self.store.sync(record.name)
+        self._sync(record.name)
         return record
 
     def _apply(self, record: Record, decision: Decision) -> Record:
@@ -242,11 +248,15 @@ class Courier:
                     attempts=core.attempts, backoff=self.backoff, random=self.random,
                 )  # fmt: skip
             record = self._save(replace(record, core=self._apply_core(record, core, decision)))
-        self.store.sync(record.name)
+        self._sync(record.name)
         return record
 
     def _save(self, record: Record) -> Record:
         return self.store.save(record, self.clock(), sync=False)
+
+    def _sync(self, name: str) -> None:
+        if not self.grouped:
+            self.store.sync(name)
 
     def _retry(self, error: UploadError, attempts: int) -> RetryAt:
         # Trouble on this side (no network, the upload worker died) retries soon; a failing server, not.

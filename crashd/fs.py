@@ -16,9 +16,13 @@ rules of DESIGN.md §7 live here, once:
   never renamed in torn), optionally fsynced with its directory, given owner, mode and times on its
   descriptor (nothing is chown'd by path) and renamed into place — only if the name still is the file
   the caller judged, when it asks. On any failure the temporary is removed.
+- **rewrite in place** (:func:`rewrite_file`): crashd's own small records, overwritten by one ``pwrite``
+  at offset 0 under an exclusive ``flock`` (readers take a shared one: :func:`read_bounded` with
+  *locked*), padded with spaces to the file's length; anything else at the name — absent, too short,
+  a symlink, another owner, a second link — gets the atomic write instead. No inode churn per state.
 
 Standard library only: the exception hook imports this inside arbitrary programs, and the hook child in a
-bare interpreter. Past ~400 lines on purpose: the five primitives share their refusals and flags, and a
+bare interpreter. Past ~400 lines on purpose: the six primitives share their refusals and flags, and a
 second module would only split one rule set in two.
 """
 
@@ -59,6 +63,7 @@ __all__ = [
     "read_fd",
     "reader",
     "replace_file",
+    "rewrite_file",
     "size_refusal",
     "sparse_refusal",
 ]
@@ -69,7 +74,11 @@ READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_N
 LOOK_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_WRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _BUFFER = 64 * 1024
+IN_PLACE_MAX = 4096
+"""The largest file :func:`rewrite_file` overwrites in place: one page, which a killed process cannot tear
+(the kernel checks for a fatal signal between pages, never inside one)."""
 _UNITS = ((1024**4, "TiB"), (1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB"))
 _KINDS = {
     S_IFDIR: "a directory",
@@ -201,6 +210,7 @@ def read_bounded(
     one_link: bool = False,
     refusal: Refusal | None = None,
     head: bool = False,
+    locked: bool = False,
     shown: str | None = None,
 ) -> bytes:
     """The contents of the regular file *path* (opened and judged as :func:`open_regular` does), at most
@@ -208,11 +218,15 @@ def read_bounded(
 
     With *head*, its first *limit* bytes and the rest ignored (``/sys`` and ``/proc`` files, whose
     ``st_size`` says nothing of their length). Sizes are counted as read, not taken from ``fstat``.
+    With *locked*, read under a shared ``flock``: never half of a :func:`rewrite_file` (crashd's own
+    files only — a hostile file's lock could hold the reader up).
     """
     shown = shown or os.fspath(path)
     with open_regular(
         path, dir_fd=dir_fd, follow=follow, one_link=one_link, refusal=refusal, shown=shown
     ) as f:
+        if locked:
+            fcntl.flock(f.fd, fcntl.LOCK_SH)  # released when the descriptor closes
         data = read_fd(f.fd, limit if head else limit + 1)
     if len(data) > limit:
         raise UnsafeFileError(shown, f"is too large: over the {human_size(limit)} limit")
@@ -366,6 +380,49 @@ def replace_file(
     parent, name = os.path.split(os.fspath(path))
     with directory(parent or ".", follow=True) as dir_fd:
         place_file(dir_fd, name, content, mode=mode, sync=sync, sync_dir=sync_dir)
+
+
+def rewrite_file(path: str | os.PathLike[str], content: bytes, *, mode: int, slack: int = 256) -> bool:
+    """Overwrite crashd's own small file *path* in place; True if it was, False if it was placed anew.
+
+    In place: the file is opened ``O_NOFOLLOW`` (never created), judged on ``fstat`` — a regular file
+    with one link, owned by this user, with *mode*, of at least ``len(content)`` and at most
+    :data:`IN_PLACE_MAX` bytes — and written with one ``pwrite`` at offset 0 under an exclusive
+    ``flock``, *content* padded with spaces to the file's length (so the file never needs a
+    truncate: its format must ignore trailing spaces, as JSON does). No new inode, no rename, no
+    directory change: what a record changes several times per report costs one write.
+
+    Otherwise — no file yet, a longer *content*, anything that is not exactly such a file (a planted
+    symlink is replaced, never followed) — :func:`replace_file`, *content* padded with at least
+    *slack* spaces up to a multiple of 256 bytes, so later, longer versions still fit in place.
+    Neither way fsyncs: the caller does (:func:`fsync_path`), grouped. A short in-place write (only
+    ``RLIMIT_FSIZE`` or an I/O error makes one) is followed by the atomic write.
+    """
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, _WRITE_FLAGS)
+    except OSError as error:
+        if error.errno not in (errno.ENOENT, errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.EACCES):
+            raise
+        fd = -1
+    if fd >= 0:
+        try:
+            st = os.fstat(fd)
+            if (
+                S_ISREG(st.st_mode)
+                and st.st_nlink == 1
+                and st.st_uid == os.geteuid()
+                and st.st_mode & 0o7777 == mode
+                and len(content) <= st.st_size <= IN_PLACE_MAX
+            ):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.pwrite(fd, content.ljust(st.st_size), 0) == st.st_size:
+                    return True
+        finally:
+            os.close(fd)  # and with it the lock
+    size = len(content) + slack
+    replace_file(name, content.ljust(size + -size % 256), mode=mode, sync=False)
+    return False
 
 
 @contextlib.contextmanager

@@ -8,8 +8,18 @@ so the directory holds at most one record per report in the crash directory.
 
 A record says how far a report got — attempts, when to try next, the last
 error, the OOPS id, the core upload — so that a restart, or a ``kill -9`` at any
-point, neither loses a report nor sends it again without need. Records are
-written atomically (temporary file, fsync, rename). A record carries the
+point, neither loses a report nor sends it again without need. A record's file is
+created once, atomically (temporary file, rename), padded with spaces; the report's
+later states overwrite it in place (:func:`crashd.fs.rewrite_file`: one ``pwrite`` of at
+most a page, which a killed process cannot tear, under a ``flock`` that readers share, so
+``crashd status`` never sees half of one). Durability is grouped: a save without *sync*
+is in the page cache — it survives ``kill -9`` — and :meth:`StateStore.flush` makes every
+such save durable at once (one fsync per record written, one of the directory). A power
+cut before that may lose or tear a record — a tear could even mix two valid versions into
+one that parses, so every record carries a CRC-32 of itself (``check``) — and a torn
+record is unreadable and started afresh: the worst that does is one resend, which daisy
+answers 409 "already reported".
+A record carries the
 report's fingerprint (device, inode, size, mtime): when the file changes — a
 new crash of the same program replaced it — the old record is stale and is
 started afresh.
@@ -30,7 +40,9 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -52,6 +64,11 @@ class StateStore:
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
         self._memory: dict[str, Record] = {}
+        # Saved without sync, not yet durable: record name -> its file was created (a new name
+        # in the directory, which needs the directory's fsync too). Shared by delivery threads.
+        self._unsynced: dict[str, bool] = {}
+        self._legacy: set[str] = set()  # names whose record was read from the pre-hash file name
+        self._lock = threading.Lock()
         if directory is not None:
             directory.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
             directory.mkdir(mode=0o700, exist_ok=True)
@@ -92,28 +109,63 @@ class StateStore:
         return self._memory.get(name) if self.directory is None else self._read(name)
 
     def save(self, record: Record, now: float, *, sync: bool = True) -> Record:
-        """Replace the record atomically (temporary file, rename); with *sync*, fsync it first.
+        """Write the record (in place, or atomically as a new file); with *sync*, durably.
 
         Without *sync* the record survives a killed process (it is in the page
-        cache) but not a power cut; :meth:`sync` makes it durable later. The
-        delivery loop uses that to keep fsyncs out of its one-POST-at-a-time
-        section.
+        cache) but not a power cut; :meth:`sync` or :meth:`flush` makes it durable
+        later. The delivery loop uses that to keep fsyncs out of its
+        one-POST-at-a-time section, and ``upload-all`` to make them once per run.
         """
         record = replace(record, updated=now)
         if self.directory is None:
             self._memory[record.name] = record
             return record
-        data = json.dumps(record.as_json(), sort_keys=True).encode()
-        fs.replace_file(self.record_path(record.name), data, mode=0o600, sync=sync)
-        self._drop_legacy(record.name)
+        data = _with_check(json.dumps(record.as_json(), sort_keys=True).encode())
+        created = not fs.rewrite_file(self.record_path(record.name), data, mode=0o600)
+        if record.name in self._legacy:
+            self._drop_legacy(record.name)
+            self._legacy.discard(record.name)
+        with self._lock:
+            self._unsynced[record.name] = self._unsynced.get(record.name, False) or created
+        if sync:
+            self.sync(record.name)
         return record
 
     def sync(self, name: str) -> None:
-        """Make the record for *name* (saved without *sync*) durable: fsync it and the directory."""
-        if self.directory is None:
+        """Make the record for *name* (saved without *sync*) durable: fsync it, and the directory when
+        its file is new. Nothing to do for a record that is durable already."""
+        with self._lock:
+            created = self._unsynced.pop(name, None)
+        if self.directory is None or created is None:
             return
-        fs.fsync_path(self.record_path(name))
-        fs.fsync_path(self.directory, is_dir=True)
+        try:
+            fs.fsync_path(self.record_path(name))
+            if created:
+                fs.fsync_path(self.directory, is_dir=True)
+        except BaseException:
+            with self._lock:  # still to do: the next flush tries again
+                self._unsynced[name] = self._unsynced.get(name, False) or created
+            raise
+
+    def flush(self) -> int:
+        """Make every record saved without *sync* durable: one fsync per record file, then one of the
+        directory if any file is new; how many records that was. A record removed meanwhile is skipped."""
+        with self._lock:
+            pending, self._unsynced = self._unsynced, {}
+        if self.directory is None or not pending:
+            return 0
+        try:
+            for name in pending:
+                with contextlib.suppress(FileNotFoundError):
+                    fs.fsync_path(self.record_path(name))
+            if any(pending.values()):
+                fs.fsync_path(self.directory, is_dir=True)
+        except BaseException:
+            with self._lock:
+                for name, created in pending.items():
+                    self._unsynced[name] = self._unsynced.get(name, False) or created
+            raise
+        return len(pending)
 
     def collect(self, exists: Callable[[str], bool]) -> int:
         """Remove the records of reports that are gone (``exists(name)`` is False); how many went.
@@ -169,15 +221,18 @@ class StateStore:
         record = self._read_path(self.record_path(name), name)
         if record is None and (legacy := self._legacy_path(name)) is not None:
             record = self._read_path(legacy, name)  # written before record names were hashed
+            if record is not None and record.name == name:
+                self._legacy.add(name)  # moved to the hashed name by its next save
         return record if record is None or record.name == name else None
 
     def _read_path(self, path: Path, name: str | None = None) -> Record | None:
         """The record in *path* (of report *name*, for the log), or None if absent or unsound."""
         shown = f"{path} ({name})" if name else str(path)
         try:
-            document = json.loads(fs.read_bounded(path, MAX_RECORD))
+            document = json.loads(fs.read_bounded(path, MAX_RECORD, locked=True))
             if not isinstance(document, dict):
                 raise TypeError("not a JSON object")
+            _verify(document)
             return Record.from_json(document)
         except FileNotFoundError:
             return None
@@ -200,3 +255,15 @@ class StateStore:
             with contextlib.suppress(OSError):
                 if leftover.lstat().st_mtime < time.time() - 3600:
                     leftover.unlink()
+
+
+def _with_check(data: bytes) -> bytes:
+    """The JSON object *data* with its CRC-32 as a last key: a record torn by a power cut is told."""
+    return data[:-1] + b', "check": %d}' % zlib.crc32(data)
+
+
+def _verify(document: dict[str, object]) -> None:
+    """ValueError unless the record's ``check`` matches it (records of earlier versions have none)."""
+    check = document.pop("check", None)
+    if check is not None and check != zlib.crc32(json.dumps(document, sort_keys=True).encode()):
+        raise ValueError("torn: its check does not match its content")

@@ -8,7 +8,9 @@ or the deadline passes; the loop sleeps until the next retry is due, it never
 polls. Without one, a single round is made and failures stay pending.
 
 Preparation (opening, indexing, encoding) runs on a few threads; the POSTs
-themselves go out one at a time (see :mod:`crashd.delivery`).
+themselves go out one at a time (see :mod:`crashd.delivery`). The delivery records
+are made durable once per round (:meth:`crashd.state.StateStore.flush`), before the
+run says what was sent, instead of one fsync per report.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -75,6 +78,26 @@ def upload_all(
     names = spool.report_names()
     results: dict[ReportName, Status] = {}
     due = dict.fromkeys(names, 0.0)  # round one: everything, now
+    grouped, courier.grouped = courier.grouped, True
+    try:
+        _rounds(courier, names, due, results, attempt, deadline, stop, workers)
+    finally:
+        courier.grouped = grouped
+        _flush(courier)
+    return Summary([results[name] for name in names if name in results])
+
+
+def _rounds(
+    courier: Courier,
+    names: list[ReportName],
+    due: dict[ReportName, float],
+    results: dict[ReportName, Status],
+    attempt: Callable[[ReportName], Status | None],
+    deadline: float | None,
+    stop: threading.Event,
+    workers: int,
+) -> None:
+    """Attempt what is due until nothing is, or the deadline passes; durable after each round."""
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload") as pool:
         while due and not stop.is_set():
             now = courier.clock()
@@ -83,6 +106,7 @@ def upload_all(
                 wake = min(due.values())
                 if deadline is None or wake >= deadline:
                     break  # nothing more can happen before the deadline (or there is none)
+                _flush(courier)  # before sleeping on it: what went out is durable now
                 stop.wait(wake - now)
                 continue
             for name, status in zip(ready, pool.map(attempt, ready), strict=True):
@@ -94,4 +118,13 @@ def upload_all(
                     # report is tried once, however soon its retry would fall due.
                     due[name] = when
                 results[name] = lifecycle.attempted(status)  # still queued: failed in this run
-    return Summary([results[name] for name in names if name in results])
+
+
+def _flush(courier: Courier) -> None:
+    """Every record saved in the round, durable; a failure costs at most a resend after a power cut."""
+    try:
+        courier.store.flush()
+    except OSError as error:
+        where = courier.store.directory
+        log.warning("delivery records in %s could not be made durable (%s): after a power cut, "
+                    "reports may be sent again (daisy answers 409)", where, error)  # fmt: skip

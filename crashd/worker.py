@@ -24,19 +24,24 @@ path), a core's report with the same :class:`~crashd.report.Limits` root used.
 **The body is encoded once, on the root side.** Delivery encodes a report's BSON
 body before it records the attempt, so that a report crashd refuses (text that is
 not UTF-8, too much of it) is refused before any state is written; the worker gets
-that very body in a memory file (``memfd``) and sends it as it is, bounded by
-:func:`crashd.uploader.max_body`. Encoding is not parsing: root reads no byte
-the network wrote, and the report's text is what root has already indexed. A
-core is streamed as stored, so for a core job the worker gets the report's own
-descriptor and indexes the report itself.
+that very body — inside the job's own datagram when it is small (up to :data:`MAX_INLINE`,
+as nearly every report's is: no memory file to make, pass and read), else in a memory
+file (``memfd``) — and sends it as it is, bounded by :func:`crashd.uploader.max_body`.
+Encoding is not parsing: root reads no byte the network wrote, and the report's text
+is what root has already indexed. A core is streamed as stored, so for a core job the
+worker gets the report's own descriptor and indexes the report itself.
 
 **The messages** (one ``AF_UNIX``/``SOCK_SEQPACKET`` datagram each, boundaries kept):
 
 * worker → root, once after the privilege drop: ``{"ready": true}``;
-* root → worker, one per job (≤ 64 KiB), one descriptor attached (``SCM_RIGHTS``:
-  the body's memfd for a report, the report's own for a core): ``{id, kind:
-  "report"|"core", url, system_id, oops_id, seconds, limits}`` — *seconds* is the
-  job's whole budget;
+* root → worker, one per job (≤ 64 KiB): ``{id, kind: "report"|"core", url,
+  system_id, oops_id, seconds, limits, body}`` — *seconds* is the job's whole budget.
+  A report's body of at most :data:`MAX_INLINE` bytes follows the JSON in the same
+  datagram after one ``\n`` (which JSON as sent never contains), *body* giving its exact
+  length, and no descriptor is attached; otherwise *body* is null and exactly one
+  descriptor is attached (``SCM_RIGHTS``: the body's memfd for a report, the report's
+  own for a core). Anything else — a length that does not match, bytes after the JSON
+  with a descriptor, a core job with a body — is refused as a bad job;
 * worker → root, one per job (≤ 256 KiB): ``{id, status, body_b64, headers}``
   (the body cut at 64 KiB, only the headers in :data:`ANSWER_HEADERS`),
   ``{id, error: {class, message}}``, ``{id, invalid: detail}`` (a
@@ -86,7 +91,8 @@ __all__ = ["WorkerUploader", "main"]
 log = logging.getLogger(__name__)
 
 KiB = 1024
-MAX_JOB = 64 * KiB  # root → worker
+MAX_JOB = 64 * KiB  # root → worker, an inline body included
+MAX_INLINE = 32 * KiB  # a report body up to this travels in the job's datagram, not in a memfd
 MAX_ANSWER = 256 * KiB  # worker → root: 64 KiB of body as base64, and a little JSON
 MAX_TEXT = 4 * KiB  # an error message, a reason or a header value, as the root side keeps it
 ANSWER_HEADERS = ("Retry-After", "Content-Type")  # all that crashd.policy reads, and a little context
@@ -157,9 +163,12 @@ class WorkerUploader:
         return self._process.pid if self._process is not None else None
 
     def send(self, job: Job) -> Answer:
-        """Run *job* in the worker: a report's body goes in a memfd, a core's report as its descriptor."""
+        """Run *job* in the worker: a report's body inline (small) or in a memfd, a core's report as its
+        descriptor."""
         if job.kind == "core":
             return self._job(job, job.fd, _size(job.fd))
+        if len(job.body) <= MAX_INLINE:
+            return self._job(job, -1, len(job.body))
         fd = _memfd(job.body)
         try:
             return self._job(job, fd, len(job.body))
@@ -182,6 +191,7 @@ class WorkerUploader:
     # -- one job
 
     def _job(self, job: Job, fd: int, sent: int) -> Answer:
+        """*fd* -1: the report's body goes inline, after the JSON."""
         with self._lock:
             # The HTTP timeouts bound each stall, the budget the whole exchange: a server trickling a
             # byte a second never trips a read timeout. Sending *sent* bytes steadily fits in it.
@@ -196,11 +206,17 @@ class WorkerUploader:
             job_id = self._next_id
             fields = {"kind": job.kind, "url": job.url, "system_id": job.system_id}
             fields |= {"oops_id": job.oops_id if job.kind == "core" else None, "seconds": seconds}
-            message = json.dumps({"id": job_id, **fields, "limits": dataclasses.asdict(job.limits)}).encode()
+            fields |= {"body": len(job.body) if fd < 0 else None, "limits": dataclasses.asdict(job.limits)}
+            message = json.dumps({"id": job_id, **fields}).encode()
+            if fd < 0:
+                message += b"\n" + job.body
             if len(message) > MAX_JOB:  # only a giant URL or OOPS id gets here: a local fault
                 raise WorkerError(f"the upload job is larger than {MAX_JOB} bytes")
             try:
-                socket.send_fds(sock, [message], [fd])
+                if fd < 0:
+                    sock.sendall(message)  # one datagram: SOCK_SEQPACKET never splits it
+                else:
+                    socket.send_fds(sock, [message], [fd])
                 reply = _receive(sock, seconds + GRACE + sent / SCAN_RATE)  # + indexing the file
                 answer = _answer(reply, job_id)
             except (OSError, WorkerError) as error:
@@ -473,12 +489,23 @@ def _encode_reply(reply: dict[str, Any]) -> bytes:
     return data
 
 
-def _job_fields(data: bytes, fds: list[int], flags: int) -> tuple[dict[str, Any], Limits]:
-    job = json.loads(data)
-    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(fds) != 1:
-        raise ValueError("a job is one message with one descriptor")
+def _job_fields(data: bytes, fds: list[int], flags: int) -> tuple[dict[str, Any], Limits, bytes | None]:
+    """The job, its limits, and its inline body (None: the body or report is the one descriptor)."""
+    head, newline, inline = data.partition(b"\n")
+    job = json.loads(head)
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        raise ValueError("a job is one message")
     kind, url, system_id, oops_id = job["kind"], job["url"], job["system_id"], job["oops_id"]
-    seconds, limits = job["seconds"], job["limits"]
+    seconds, limits, length = job["seconds"], job["limits"], job["body"]
+    if length is None:
+        if len(fds) != 1 or newline:
+            raise ValueError("a job without an inline body has one descriptor and nothing after its JSON")
+    elif (
+        kind != "report" or fds or not isinstance(length, int) or isinstance(length, bool)
+        or not 0 <= length <= MAX_INLINE or len(inline) != length or not newline
+    ):  # fmt: skip
+        said = f"{len(inline)} bytes, said {length!r:.20}, {len(fds)} descriptor(s)"
+        raise ValueError(f"bad inline body: {said}")
     if kind not in ("report", "core") or not isinstance(url, str) or not isinstance(system_id, str):
         raise ValueError(f"bad job {job!r:.200}")
     if not (kind == "report" or isinstance(oops_id, str)) or not isinstance(seconds, int | float):
@@ -491,7 +518,7 @@ def _job_fields(data: bytes, fds: list[int], flags: int) -> tuple[dict[str, Any]
         or not all(isinstance(value, int) and value > 0 for value in limits.values())
     ):
         raise ValueError(f"bad limits {limits!r:.200}")
-    return job, Limits(**limits)
+    return job, Limits(**limits), None if length is None else inline
 
 
 def _work(data: bytes, fds: list[int], flags: int, transport: uploader.HttpTransport) -> dict[str, Any]:
@@ -499,11 +526,14 @@ def _work(data: bytes, fds: list[int], flags: int, transport: uploader.HttpTrans
     job_id: object = None
     seconds = 0.0
     try:
-        job_id = json.loads(data).get("id")
-        job, limits = _job_fields(data, fds, flags)
+        job_id = json.loads(data.partition(b"\n")[0]).get("id")
+        job, limits, inline = _job_fields(data, fds, flags)
         seconds = float(job["seconds"])
         if job["kind"] == "report":
-            body = _read_body(fds.pop(), uploader.max_body(limits))
+            bound = uploader.max_body(limits)
+            body = _read_body(fds.pop(), bound) if inline is None else inline
+            if len(body) > bound:
+                raise ValueError(f"the report body is larger than {bound} bytes")
             with _deadline(transport, seconds):
                 answer = uploader.post_report(body, transport, job["url"], job["system_id"])
         else:

@@ -317,3 +317,113 @@ SIZE_CASES = {
 @pytest.mark.parametrize("size, limit", SIZE_CASES.keys())
 def test_size_refusal(size: int, limit: int) -> None:
     assert fs.size_refusal(size, limit) == SIZE_CASES[size, limit]
+
+
+# -- rewrite_file: crashd's own small records, overwritten in place ---------------------------
+
+
+def _inode(path: Path) -> int:
+    return path.lstat().st_ino
+
+
+def test_rewrite_file_creates_padded_then_overwrites_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "record.json"
+    assert not fs.rewrite_file(path, b'{"a": 1}', mode=0o600)  # created: atomically, padded
+    created = path.read_bytes()
+    assert created.startswith(b'{"a": 1}') and created[8:].strip(b" ") == b"" and len(created) % 256 == 0
+    assert len(created) >= 8 + 256 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    inode = _inode(path)
+    assert fs.rewrite_file(path, b'{"a": 22, "b": "longer"}', mode=0o600)  # longer, still fits
+    assert fs.rewrite_file(path, b"{}", mode=0o600)  # shorter: the rest is spaces, never a truncate
+    assert _inode(path) == inode and len(path.read_bytes()) == len(created)
+    assert path.read_bytes().rstrip(b" ") == b"{}"
+    assert _entries(tmp_path) == ["record.json"]
+
+
+def test_rewrite_file_longer_than_the_file_is_replaced_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "record.json"
+    fs.rewrite_file(path, b"x", mode=0o600)
+    inode, longer = _inode(path), b"y" * 1000
+    assert not fs.rewrite_file(path, longer, mode=0o600)
+    assert _inode(path) != inode and path.read_bytes().rstrip(b" ") == longer
+    assert fs.rewrite_file(path, b"z", mode=0o600)  # and in place again from then on
+
+
+def _other_owner(path: Path) -> None:
+    os.chown(path, 12345, 12345)
+
+
+def _other_mode(path: Path) -> None:
+    path.chmod(0o644)
+
+
+def _second_link(path: Path) -> None:
+    os.link(path, path.with_name("second"))
+
+
+def _too_big(path: Path) -> None:
+    path.write_bytes(b" " * (fs.IN_PLACE_MAX + 1))
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        pytest.param(_other_owner, marks=pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")),
+        _other_mode,
+        _second_link,
+        _too_big,
+    ],
+)
+def test_rewrite_file_never_writes_into_a_file_that_is_not_exactly_its_own(
+    tmp_path: Path, spoil: Callable[[Path], None]
+) -> None:
+    path = tmp_path / "record.json"
+    fs.rewrite_file(path, b"old", mode=0o600)
+    spoil(path)
+    before = path.read_bytes()
+    inode = _inode(path)
+    assert not fs.rewrite_file(path, b"new", mode=0o600)
+    assert _inode(path) != inode and path.read_bytes().rstrip(b" ") == b"new"
+    st = path.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode), st.st_nlink) == (os.geteuid(), 0o600, 1)
+    if (tmp_path / "second").exists():
+        assert (tmp_path / "second").read_bytes() == before, "the other name's file is untouched"
+
+
+@pytest.mark.parametrize("make", [_symlink, _fifo, _socket, _directory])
+def test_rewrite_file_replaces_a_planted_name_never_following_it(
+    tmp_path: Path, make: Callable[[Path], Path]
+) -> None:
+    planted = make(tmp_path)
+    if planted.is_dir() and not planted.is_symlink():
+        with pytest.raises(OSError):  # rename cannot put a file over a directory: refused loudly
+            fs.rewrite_file(planted, b"new", mode=0o600)
+        return
+    with deadline(5):
+        assert not fs.rewrite_file(planted, b"new", mode=0o600)
+    assert not planted.is_symlink() and planted.read_bytes().rstrip(b" ") == b"new"
+    if (tmp_path / "f").exists():
+        assert (tmp_path / "f").read_bytes() == BODY, "the symlink's target is untouched"
+
+
+def test_a_reader_waits_for_an_in_place_write_under_way(tmp_path: Path) -> None:
+    import fcntl
+    import threading
+
+    path = tmp_path / "record.json"
+    fs.rewrite_file(path, b'{"phase": "posting"}', mode=0o600)
+    fd = os.open(path, os.O_WRONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a writer mid-write: what it has written so far is torn
+    os.pwrite(fd, b'{"phase": "se', 0)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fs.read_bounded(path, 4096, locked=True)))
+    reader.start()
+    inode = f":{path.stat().st_ino} "
+    with deadline(5):  # the kernel lists the reader as waiting on the writer's lock
+        while not any("-> FLOCK" in line and inode in line for line in Path("/proc/locks").read_text().splitlines()):
+            reader.join(0.001)
+    assert got == [], "the reader waits while the writer holds the lock"
+    os.pwrite(fd, b'{"phase": "sent"}   ', 0)
+    os.close(fd)  # the write is complete: the lock goes with the descriptor
+    reader.join(5)
+    assert got and got[0].rstrip(b" ") == b'{"phase": "sent"}'

@@ -456,3 +456,63 @@ def test_every_field_round_trips_through_a_file(tmp_path, record, now):
     assert saved == record and saved.updated == now
     assert Record.from_json(json.loads(json.dumps(record.as_json()))) == record
     assert not [p for p in store.directory.iterdir() if p.name.endswith(".tmp")]
+
+
+# -- in-place records, grouped durability ------------------------------------------------------
+
+
+def test_later_states_overwrite_the_record_in_place(store):
+    store.save(a_record(), NOW, sync=False)
+    path = store.record_path(NAME)
+    inode, size = path.stat().st_ino, path.stat().st_size
+    for record in (a_record(phase=State.POSTING), a_record(phase=State.SENT, oops_id="x" * 36, next_attempt=None)):
+        store.save(record, NOW + 1, sync=False)
+        assert (path.stat().st_ino, path.stat().st_size) == (inode, size)
+        assert store.peek(NAME) == record
+    store.save(a_record(last_error="e" * 2000), NOW + 2)  # longer than the file: a new one, whole
+    assert path.stat().st_ino != inode and store.peek(NAME) == a_record(last_error="e" * 2000)
+    assert [p.name for p in store.directory.iterdir()] == [path.name]
+
+
+def _differ(old: bytes, new: bytes) -> int:
+    return next(i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b)
+
+
+@pytest.mark.parametrize(
+    "torn",
+    [
+        lambda old, new: new[: _differ(old, new) + 1] + old[_differ(old, new) + 1 :],  # new, then old
+        lambda old, new: old[: _differ(old, new) + 1] + new[_differ(old, new) + 1 :],  # old, then new
+        lambda old, new: b"\0" * len(old),  # a page never written back
+        lambda old, new: new[:40],  # cut short
+    ],
+)
+def test_a_torn_record_is_unreadable_and_started_afresh(store, torn, caplog):
+    """A power cut mid-write may keep any mix of the two versions: one that parses is caught by its check."""
+    path = store.record_path(NAME)
+    store.save(a_record(phase=State.SENT, oops_id="abc", fingerprint=Fingerprint(1, 2, 3, 4)), NOW)
+    old = path.read_bytes()
+    store.save(a_record(), NOW)  # the report was replaced by a new crash: its record starts again
+    new = path.read_bytes()
+    path.write_bytes(torn(old, new))
+    with caplog.at_level(logging.WARNING, logger="crashd.state"):
+        assert store.load(NAME, PRINT, NOW) == Record(name=NAME, fingerprint=PRINT, first_seen=NOW)
+    assert "unreadable" in caplog.text
+
+
+def test_flush_makes_every_unsynced_record_durable_once(store, monkeypatch):
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    for name in ("a.crash", "b.crash"):
+        store.save(a_record(name=name), NOW, sync=False)
+        store.save(a_record(name=name, phase=State.SENT), NOW, sync=False)
+    assert synced == []
+    assert store.flush() == 2
+    records = {str(store.record_path(n)) for n in ("a.crash", "b.crash")}
+    assert sorted(synced) == sorted([*records, str(store.directory)])  # one per record, one directory
+    synced.clear()
+    assert store.flush() == 0 and synced == []  # nothing left to do
+    store.save(a_record(name="a.crash", attempts=9), NOW, sync=False)  # in place: no new name
+    store.flush()
+    assert synced == [str(store.record_path("a.crash"))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -41,7 +42,7 @@ from crashd.uploader import (
     WorkerError,
     encode_report,
 )
-from crashd.worker import PASSED_ENVIRONMENT, WorkerUploader, _answer
+from crashd.worker import MAX_INLINE, PASSED_ENVIRONMENT, WorkerUploader, _answer, _job_fields
 from tests.crashd_run import FAST, TOKEN, crash, crashd, popen, state_dir_of, write, write_config
 from tests.daemon_run import drop, run_daemon, wait_until
 from tests.daisy import DaisyServer, Hang, Reset, Respond
@@ -614,6 +615,39 @@ def test_answers_map_back_to_answers_and_errors():
 def test_a_malformed_answer_is_a_worker_error(reply):
     with pytest.raises(WorkerError):
         _answer(reply, 3)
+
+
+def _job_message(body: bytes | None = b"BODY", said: object = "len", kind: str = "report") -> bytes:
+    job = {"id": 1, "kind": kind, "url": "http://x", "system_id": TOKEN, "oops_id": "o", "seconds": 5.0,
+           "limits": dataclasses.asdict(DEFAULT_LIMITS)}  # fmt: skip
+    job["body"] = (len(body) if said == "len" else said) if body is not None else None
+    return json.dumps(job).encode() + (b"\n" + body if body is not None else b"")
+
+
+def test_a_small_body_travels_inline_and_is_taken_as_it_is():
+    job, limits, inline = _job_fields(_job_message(b"\x00\n{raw bson}"), [], 0)
+    assert (job["kind"], limits, inline) == ("report", DEFAULT_LIMITS, b"\x00\n{raw bson}")
+    job, _, inline = _job_fields(_job_message(None), [7], 0)
+    assert inline is None
+
+
+@pytest.mark.parametrize(
+    ("message", "fds"),
+    [
+        (_job_message(b"BODY", said=3), []),  # a length that does not match
+        (_job_message(b"BODY", said=5), []),
+        (_job_message(b"BODY", said=True), []),
+        (_job_message(b"BODY", said="4"), []),
+        (_job_message(b"BODY"), [7]),  # an inline body and a descriptor
+        (_job_message(None), []),  # neither
+        (_job_message(None) + b"\nextra", [7]),  # bytes after the JSON with a descriptor
+        (_job_message(b"x" * (MAX_INLINE + 1)), []),  # over the inline bound
+        (_job_message(b"BODY", kind="core"), []),  # a core never travels inline
+    ],
+)
+def test_a_job_with_a_bad_inline_body_is_refused(message, fds):
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        _job_fields(message, fds, 0)
 
 
 def test_the_worker_refuses_to_run_as_root():
