@@ -38,6 +38,10 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PIECE = 1 * MiB
 _FIRST_READ = 64 * KiB  # most reports are a few KiB: don't ask for a whole block at first
 KEEP_WHOLE = 64 * KiB  # a file this small is indexed at once and its text values decoded with the index
+# A larger file keeps, decoded, the text values of the entries it finds whole in a block, up to this
+# many stored bytes in all (the rest are read again when asked for): text_bytes() then needs no
+# seek, read and second pass, and memory stays bounded per report whatever the file holds.
+KEEP_TEXT = 1 * MiB
 
 KEY = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*")
 _NEXT_HEADER = re.compile(rb"\n[^ ]")  # a line that does not continue the entry before it
@@ -123,12 +127,13 @@ _Fail = Callable[[type[ReportError], str], ReportError]
 
 
 class _Cursor:
-    """The line being read, for the errors that name it."""
+    """The line being read, for the errors that name it, and how many more stored bytes of text
+    values may be kept decoded (KEEP_TEXT at first)."""
 
-    __slots__ = ("line", "name")
+    __slots__ = ("keep", "line", "name")
 
     def __init__(self, name: str | None) -> None:
-        self.line, self.name = 0, name
+        self.line, self.name, self.keep = 0, name, KEEP_TEXT
 
     def fail(self, kind: type[ReportError], reason: str) -> ReportError:
         return kind(reason, line=self.line, name=self.name)
@@ -144,18 +149,17 @@ class _Buffer:
 
     def start(self) -> None:
         """The first read: _FIRST_READ bytes, then more as :meth:`fill` needs, unless the reader's
-        type says that a short read was the whole file (most reports are one short read)."""
+        type says that a short read was the rest of the file (most reports are one short read)."""
         self.data = self.file.read(_FIRST_READ)
-        self.eof = not self.data or (len(self.data) < _FIRST_READ and type(self.file) in _SHORT_READ_IS_EOF)
+        self.eof = len(self.data) < _FIRST_READ and (not self.data or type(self.file) in _SHORT_READ_IS_EOF)
         self.fill()
 
     def fill(self) -> None:
         """Hold at least PIECE unread bytes, unless the file ends first (then ``eof``)."""
         while not self.eof and len(self.data) - self.pos < PIECE:
             more = self.file.read(PIECE)
-            if not more:
-                self.eof = True
-            else:
+            self.eof = len(more) < PIECE and (not more or type(self.file) in _SHORT_READ_IS_EOF)
+            if more:
                 self.data, self.base, self.pos = self.data[self.pos :] + more, self.base + self.pos, 0
 
     def line_end(self) -> int:
@@ -193,8 +197,9 @@ def index_entries(
     file: BinaryIO, limits: Limits, name: str | None
 ) -> tuple[dict[str, Entry], dict[str, bytes] | None]:
     """Index every entry of the report in *file* (binary, at offset 0) in one bounded pass;
-    return the entries and, for a well-formed file of at most KEEP_WHOLE bytes, its text values
-    decoded (they come almost for free while the file is in hand).
+    return the entries and text values decoded on the way (they come almost for free while the
+    bytes are in hand): all of them for a well-formed file of at most KEEP_WHOLE bytes, else
+    those of entries found whole in a block, up to KEEP_TEXT stored bytes.
 
     Raises :class:`ReportError` for input apport's loader would refuse and for anything
     over *limits*, naming the line, as soon as the offending line has been read.
@@ -210,16 +215,19 @@ def index_entries(
             return small
     cursor = _Cursor(name)
     fail = cursor.fail
+    values: dict[str, bytes] = {}  # a key's kept value, while its last entry is the one kept
     while True:
-        buffer.fill()
+        if not buffer.eof and len(buffer.data) - buffer.pos < PIECE:
+            buffer.fill()
         data, pos = buffer.data, buffer.pos
         if pos >= len(data):
             break
         if data[pos] != 0x20:
             if builder is not None:
                 entries[builder.key] = builder.finish(buffer.base + pos)
+                values.pop(builder.key, None)
                 builder = None
-            if _whole_entry(entries, buffer, cursor, limits):
+            if _whole_entry(entries, values, buffer, cursor, limits):
                 continue
         end = buffer.line_end()
         if builder is not None and data[pos] == 0x20:  # continuation lines: a run of them at once
@@ -257,12 +265,14 @@ def index_entries(
             raise fail(ReportLimitError, f"the file is larger than {size_text(limits.file_size)}")
         if builder is not None:
             entries[builder.key] = builder.finish(start)
+            values.pop(builder.key, None)
         builder = _header(first, last, length - ends, cursor.line, start, limits, fail)
         if builder.key not in entries and len(entries) >= limits.keys:
             raise fail(ReportLimitError, f"more than {limits.keys} keys")
     if builder is not None:
         entries[builder.key] = builder.finish(buffer.base + buffer.pos)
-    return entries, None
+        values.pop(builder.key, None)
+    return entries, values
 
 
 def _small_file(data: bytes, limits: Limits) -> tuple[dict[str, Entry], dict[str, bytes]] | None:
@@ -362,10 +372,13 @@ def _join(first: bytes, lines: list[bytes]) -> bytes:
     return b"\n".join(lines).lstrip(b"\n")
 
 
-def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, limits: Limits) -> bool:
+def _whole_entry(
+    entries: dict[str, Entry], values: dict[str, bytes], buffer: _Buffer, cursor: _Cursor, limits: Limits
+) -> bool:
     """Index the entry at ``pos`` at once when it is whole in the buffer, at most PIECE bytes,
-    and within every bound; else leave everything as it was and return False, for the
-    line-by-line path to read it (and name the line of any refusal)."""
+    and within every bound, keeping its text value while ``cursor.keep`` allows; else leave
+    everything as it was and return False, for the line-by-line path to read it (and name the
+    line of any refusal)."""
     data, pos = buffer.data, buffer.pos
     window = min(len(data), pos + PIECE)
     header_end = data.find(b"\n", pos, window)
@@ -385,6 +398,20 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
         return False
     if colon - pos > limits.key_length or (key not in entries and len(entries) >= limits.keys):
         return False
+    if not binary and end - pos <= cursor.keep:  # decoded now: the split counts the lines too
+        if end > header_end + 1:
+            lines = _LINE_BREAK.split(data[header_end + 2 : end - 1])
+            count, text = len(lines), _join(value, lines)
+        else:
+            count, text = 0, value
+        if len(text) > limits.text_value or end - header_end - 1 > 2 * limits.text_value:
+            return False
+        line = cursor.line + 1
+        entries[key] = Entry(key, line, False, buffer.base + pos, buffer.base + end, len(text))
+        values[key], cursor.keep = text, cursor.keep - (end - pos)
+        cursor.line, buffer.pos = line + count, end
+        return True
+    values.pop(key, None)  # a duplicated key takes its last value, which is not kept
     if count < 0:
         count = data.count(b"\n", header_end + 1, end)  # C, but byte by byte: not over a core's lines
     body = end - header_end - 1 - 2 * count
@@ -407,34 +434,41 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
 
 def _entry_end(data: bytes, header_end: int, window: int, long_lines: bool) -> tuple[int, int]:
     """Where the entry whose header line ends at *header_end* ends, if before *window* (else -1),
-    and how many continuation lines it has when they were stepped over (else -1).
+    and how many continuation lines it has when they were stepped over (else -1; when the end is
+    -1, how many whole lines lie before *window*, for an entry that ends the file).
 
     A base64 block written by apport has one line per compressor block, so its few long
     lines are stepped over with ``find`` (memchr), and counted on the way; text, or a block
-    of short lines, is searched for its end with the regex, which looks at every byte.
+    of many short lines, is searched for its end with the regex, which looks at every byte.
     """
     if long_lines:
         at, lines = _long_lines(data, header_end + 1, window)
         if at >= window:
-            return -1, -1
+            return -1, lines  # the lines up to window, which ends the entry if it ends the file
         if data[at] != 0x20:
             return at, lines  # the next line starts another entry
         header_end = data.find(b"\n", at, window)
         if header_end < 0:
             return -1, -1  # a line not whole in the window
-        # a short line: let the regex take the rest
+        # many short lines: let the regex take the rest
     following = _NEXT_HEADER.search(data, header_end, window)
     return (following.start() + 1 if following is not None else -1), -1
 
 
 def _long_lines(data: bytes, pos: int, window: int) -> tuple[int, int]:
-    """The end of the run of whole lines of at least 1 KiB that start with a space at *pos*,
-    and their number (maybe 0), stepped over with ``find`` (memchr)."""
-    at, lines = pos, 0
+    """The end of the run of whole lines that start with a space at *pos*, and their number
+    (maybe 0), stepped over with ``find`` (memchr): a base64 block's lines, which are long but for
+    a few (apport's gzip header line, the last line). The run stops before the ninth line shorter
+    than 1 KiB, so a block of many short lines is left to the regex, not walked in Python."""
+    at, lines, short = pos, 0, 0
     while at < window and data[at] == 0x20:
         newline = data.find(b"\n", at, window)
-        if newline - at < 1024:  # short, or not whole before window (-1)
+        if newline < 0:  # not whole before window
             break
+        if newline - at < 1024:
+            short += 1
+            if short > 8:
+                break
         at, lines = newline + 1, lines + 1
     return at, lines
 
