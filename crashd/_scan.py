@@ -38,10 +38,6 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PIECE = 1 * MiB
 _FIRST_READ = 64 * KiB  # most reports are a few KiB: don't ask for a whole block at first
 KEEP_WHOLE = 64 * KiB  # a file this small is indexed at once and its text values decoded with the index
-# A larger file keeps, decoded, the text values of the entries it finds whole in a block, up to this
-# many stored bytes in all (the rest are read again when asked for): text_bytes() then needs no
-# seek, read and second pass, and memory stays bounded per report whatever the file holds.
-KEEP_TEXT = 1 * MiB
 
 KEY = re.compile(rb"[A-Za-z0-9._-]*[A-Za-z0-9][A-Za-z0-9._-]*")
 _NEXT_HEADER = re.compile(rb"\n[^ ]")  # a line that does not continue the entry before it
@@ -127,13 +123,12 @@ _Fail = Callable[[type[ReportError], str], ReportError]
 
 
 class _Cursor:
-    """The line being read, for the errors that name it, and how many more stored bytes of text
-    values may be kept decoded (KEEP_TEXT at first)."""
+    """The line being read, for the errors that name it."""
 
-    __slots__ = ("keep", "line", "name")
+    __slots__ = ("line", "name")
 
     def __init__(self, name: str | None) -> None:
-        self.line, self.name, self.keep = 0, name, KEEP_TEXT
+        self.line, self.name = 0, name
 
     def fail(self, kind: type[ReportError], reason: str) -> ReportError:
         return kind(reason, line=self.line, name=self.name)
@@ -197,9 +192,8 @@ def index_entries(
     file: BinaryIO, limits: Limits, name: str | None
 ) -> tuple[dict[str, Entry], dict[str, bytes] | None]:
     """Index every entry of the report in *file* (binary, at offset 0) in one bounded pass;
-    return the entries and text values decoded on the way (they come almost for free while the
-    bytes are in hand): all of them for a well-formed file of at most KEEP_WHOLE bytes, else
-    those of entries found whole in a block, up to KEEP_TEXT stored bytes.
+    return the entries and, for a well-formed file of at most KEEP_WHOLE bytes, its text values
+    decoded (they come almost for free while the file is in hand).
 
     Raises :class:`ReportError` for input apport's loader would refuse and for anything
     over *limits*, naming the line, as soon as the offending line has been read.
@@ -215,7 +209,6 @@ def index_entries(
             return small
     cursor = _Cursor(name)
     fail = cursor.fail
-    values: dict[str, bytes] = {}  # a key's kept value, while its last entry is the one kept
     while True:
         if not buffer.eof and len(buffer.data) - buffer.pos < PIECE:
             buffer.fill()
@@ -225,9 +218,8 @@ def index_entries(
         if data[pos] != 0x20:
             if builder is not None:
                 entries[builder.key] = builder.finish(buffer.base + pos)
-                values.pop(builder.key, None)
                 builder = None
-            if _whole_entry(entries, values, buffer, cursor, limits):
+            if _whole_entry(entries, buffer, cursor, limits):
                 continue
         end = buffer.line_end()
         if builder is not None and data[pos] == 0x20:  # continuation lines: a run of them at once
@@ -265,14 +257,12 @@ def index_entries(
             raise fail(ReportLimitError, f"the file is larger than {size_text(limits.file_size)}")
         if builder is not None:
             entries[builder.key] = builder.finish(start)
-            values.pop(builder.key, None)
         builder = _header(first, last, length - ends, cursor.line, start, limits, fail)
         if builder.key not in entries and len(entries) >= limits.keys:
             raise fail(ReportLimitError, f"more than {limits.keys} keys")
     if builder is not None:
         entries[builder.key] = builder.finish(buffer.base + buffer.pos)
-        values.pop(builder.key, None)
-    return entries, values
+    return entries, None
 
 
 def _small_file(data: bytes, limits: Limits) -> tuple[dict[str, Entry], dict[str, bytes]] | None:
@@ -372,13 +362,10 @@ def _join(first: bytes, lines: list[bytes]) -> bytes:
     return b"\n".join(lines).lstrip(b"\n")
 
 
-def _whole_entry(
-    entries: dict[str, Entry], values: dict[str, bytes], buffer: _Buffer, cursor: _Cursor, limits: Limits
-) -> bool:
+def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, limits: Limits) -> bool:
     """Index the entry at ``pos`` at once when it is whole in the buffer, at most PIECE bytes,
-    and within every bound, keeping its text value while ``cursor.keep`` allows; else leave
-    everything as it was and return False, for the line-by-line path to read it (and name the
-    line of any refusal)."""
+    and within every bound; else leave everything as it was and return False, for the
+    line-by-line path to read it (and name the line of any refusal)."""
     data, pos = buffer.data, buffer.pos
     window = min(len(data), pos + PIECE)
     header_end = data.find(b"\n", pos, window)
@@ -398,20 +385,6 @@ def _whole_entry(
         return False
     if colon - pos > limits.key_length or (key not in entries and len(entries) >= limits.keys):
         return False
-    if not binary and end - pos <= cursor.keep:  # decoded now: the split counts the lines too
-        if end > header_end + 1:
-            lines = _LINE_BREAK.split(data[header_end + 2 : end - 1])
-            count, text = len(lines), _join(value, lines)
-        else:
-            count, text = 0, value
-        if len(text) > limits.text_value or end - header_end - 1 > 2 * limits.text_value:
-            return False
-        line = cursor.line + 1
-        entries[key] = Entry(key, line, False, buffer.base + pos, buffer.base + end, len(text))
-        values[key], cursor.keep = text, cursor.keep - (end - pos)
-        cursor.line, buffer.pos = line + count, end
-        return True
-    values.pop(key, None)  # a duplicated key takes its last value, which is not kept
     if count < 0:
         count = data.count(b"\n", header_end + 1, end)  # C, but byte by byte: not over a core's lines
     body = end - header_end - 1 - 2 * count

@@ -312,11 +312,7 @@ def _many_entries(total: int) -> tuple[bytes, list[tuple[str, bytes]]]:
     return b"".join(out), fields
 
 
-@pytest.mark.parametrize("keep", [_scan.KEEP_TEXT, 5000, 0])
-def test_entries_across_block_edges_index_and_decode_exactly(keep, monkeypatch):
-    """Also with no text values kept by the index pass (text_bytes reads each one again) and with
-    only the first few kept."""
-    monkeypatch.setattr(_scan, "KEEP_TEXT", keep)
+def test_entries_across_block_edges_index_and_decode_exactly():
     data, fields = _many_entries(3 * MiB + 12345)
     report = parse(data, keys=len(fields))
     assert list(report) == [key for key, _ in fields]
@@ -327,25 +323,6 @@ def test_entries_across_block_edges_index_and_decode_exactly(keep, monkeypatch):
         assert report.entries[key].line == line
         multi_line = int(key[1:]) % 3 != 0  # as _many_entries writes them
         line += 2 + expected.count(b"\n") if multi_line else 1
-
-
-@pytest.mark.parametrize(
-    ("last", "keep"),
-    [
-        (b"A: last", _scan.KEEP_TEXT),  # no newline at the end: indexed line by line
-        (b"A:\n last\n", 12),  # past what may still be kept
-        (b"A: base64\n" + block(gzip.compress(b"last")), _scan.KEEP_TEXT),  # binary
-    ],
-    ids=["no-newline", "past-keep", "binary"],
-)
-def test_a_kept_value_gives_way_to_a_later_entry_of_its_key(last, keep, monkeypatch):
-    monkeypatch.setattr(_scan, "KEEP_WHOLE", 0)  # the general path, which keeps what it can
-    monkeypatch.setattr(_scan, "KEEP_TEXT", keep)
-    report = parse(b"A: first\nB: 2\n" + last)
-    assert b"".join(report.chunks("A")) == b"last" and list(report) == ["A", "B"]
-    if report.entries["A"].binary:
-        with pytest.raises(TypeError):
-            report.text_bytes("A")
 
 
 @pytest.mark.parametrize("offset", [MiB - 1, MiB, MiB + 1, 2 * MiB + 7])
@@ -520,18 +497,14 @@ SMALL_SOUP = [*LINE_SOUP, b"A: base64\n", b"D:\n", b"  \n", b"E: base64 \n", b"b
 @given(st.lists(st.sampled_from(SMALL_SOUP), max_size=24), st.sampled_from([(10_000, 256), (3, 256), (9, 1)]))
 def test_a_small_file_indexes_as_the_general_path_does(lines, bounds):
     """A file of at most 64 KiB is cut by one findall (crashd._scan._small_file); anything it
-    does not take goes the general way, which keeps the text values it finds whole (up to
-    KEEP_TEXT bytes) and reads the others again. All must say the same, to the byte and the line."""
+    does not take goes the general way. Both must say the same, to the byte and the line."""
     data, (keys, key_length) = b"".join(lines), bounds
     fast = _indexed(data, keys=keys, key_length=key_length)
-    whole, keep = _scan.KEEP_WHOLE, _scan.KEEP_TEXT
+    whole, _scan.KEEP_WHOLE = _scan.KEEP_WHOLE, 0  # the general path only
     try:
-        _scan.KEEP_WHOLE = 0  # the general path only
-        assert _indexed(data, keys=keys, key_length=key_length) == fast
-        _scan.KEEP_TEXT = 0  # and no value kept
         assert _indexed(data, keys=keys, key_length=key_length) == fast
     finally:
-        _scan.KEEP_WHOLE, _scan.KEEP_TEXT = whole, keep
+        _scan.KEEP_WHOLE = whole
 
 
 def test_reading_text_and_gzip_values_imports_no_zstd(tmp_path: Path) -> None:
