@@ -9,7 +9,7 @@ the same line, with the same reason, as a line-at-a-time reader would. The error
 :class:`Limits` live here (and are re-exported by :mod:`crashd.report`) so that this module
 needs nothing of the report module.
 
-Why ~480 lines: three paths that must agree to the byte — a small file by one ``findall``, a
+Why ~530 lines: three paths that must agree to the byte — a small file by one ``findall``, a
 large file entry by entry (a core's long lines stepped over with ``find``), and the
 line-at-a-time fallback that names the line of a refusal — are one concept and are kept side by
 side so that a change to one is seen against the others.
@@ -23,6 +23,7 @@ Exceptions::
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Callable
@@ -317,20 +318,13 @@ def _small_file(data: bytes, limits: Limits) -> tuple[dict[str, Entry], dict[str
     return entries, values
 
 
-_SMALL_ENTRIES: dict[int, re.Pattern[bytes]] = {}
-
-
+@functools.lru_cache(maxsize=16)
 def _small_entry(key_length: int) -> re.Pattern[bytes]:
     """The regex of one whole entry of a small file: key (at most *key_length* and 256 bytes, so
     a longer key leaves a gap and the file goes the general way), the rest of the header line,
     the continuation lines. Tried at line starts only, so it stays linear."""
-    pattern = _SMALL_ENTRIES.get(key_length)
-    if pattern is None:
-        length = min(key_length, 256)
-        pattern = re.compile(rb"(?m)^([A-Za-z0-9._-]{1,%d}):([^\n]*)\n((?: [^\n]*+\n)*+)" % length)
-        if len(_SMALL_ENTRIES) < 16:
-            _SMALL_ENTRIES[key_length] = pattern
-    return pattern
+    length = min(key_length, 256)
+    return re.compile(rb"(?m)^([A-Za-z0-9._-]{1,%d}):([^\n]*)\n((?: [^\n]*+\n)*+)" % length)
 
 
 def _new_key(raw_key: bytes) -> str | None:
