@@ -241,6 +241,13 @@ def _child(mode: str, directory: str, repeat: int) -> None:
         _splitter_child(directory, repeat)
         return
 
+    if mode == "decode_stdlib":  # crashd without the optional zlib-ng inflater (crashd/_codec.py)
+        import zlib
+
+        from crashd import _codec
+
+        _codec._INFLATE, mode = zlib, "decode_plain"
+
     def work(f: BinaryIO, path: str) -> None:
         report = read_report(f, name=path)
         if mode in ("decode", "decode_plain"):
@@ -541,9 +548,14 @@ def compare_with_apport(rounds: int = 5, repeat: int = 3) -> dict:
     The ceiling is apport's time over that of base64 and inflate alone: no loader can beat it. Both open
     the files with plain ``open()``: this compares the parsers, not crashd's checked open.
     Times are CPU times of the child (``process_time``): on a machine shared with other jobs
-    they vary far less than wall time, and both sides are single-threaded.
+    they vary far less than wall time, and both sides are single-threaded. When zlib-ng (the
+    optional ``fast`` extra) is installed, crashd inflates with it, and crashd with the standard
+    library's zlib (as apport and the floor inflate) is measured in the same rounds too.
     """
     from bench.reports import write_reports
+    from crashd._codec import inflate_module
+
+    accelerated = inflate_module().__name__ != "zlib"
 
     if not APPORT_SRC or not (Path(APPORT_SRC) / "problem_report.py").is_file():
         raise SystemExit(
@@ -562,6 +574,7 @@ def compare_with_apport(rounds: int = 5, repeat: int = 3) -> dict:
             "realistic": realistic,
         }
         ratios: dict[str, list[float]] = {name: [] for name in corpora}
+        stdlib_ratios: dict[str, list[float]] = {name: [] for name in corpora}  # crashd on stdlib zlib
         ceilings: dict[str, list[float]] = {name: [] for name in corpora}
         rates: dict[str, dict[str, list[float]]] = {name: {"crashd": [], "apport": []} for name in corpora}
         # each loader's rate as a multiple of the floor's (the minimal line splitter, _split)
@@ -577,6 +590,11 @@ def compare_with_apport(rounds: int = 5, repeat: int = 3) -> dict:
                     _measure("decode_plain", directory, passes),
                     _measure("apport", directory, passes),
                 )
+                if accelerated:
+                    plain = _measure("decode_stdlib", directory, passes)
+                    stdlib_ratios[name].append(
+                        Stats(tuple(theirs["cpu_times"])).median / Stats(tuple(plain["cpu_times"])).median
+                    )
                 floor = _measure("floor", directory, passes)
                 splitter = _measure("splitter", directory, passes)
                 t_ours, t_theirs = (
@@ -602,13 +620,23 @@ def compare_with_apport(rounds: int = 5, repeat: int = 3) -> dict:
         ceiling = sorted(ceilings[name])[rounds // 2]
         ours_floor = sorted(against_floor[name]["crashd"])[rounds // 2]
         theirs_floor = sorted(against_floor[name]["apport"])[rounds // 2]
+        stdlib = sorted(stdlib_ratios[name])
         out[name] = {"files": files[name], "ratio_median": median, "ratio_range": [ordered[0], ordered[-1]],
+                     "inflater": "zlib_ng" if accelerated else "zlib",
+                     "stdlib_ratio_median": stdlib[rounds // 2] if stdlib else None,
+                     "stdlib_ratio_range": [stdlib[0], stdlib[-1]] if stdlib else None,
                      "ceiling_median": ceiling, "crashd_vs_floor": ours_floor, "apport_vs_floor": theirs_floor,
                      "crashd_per_s": crashd_rate, "apport_per_s": apport_rate, "refused": refused[name]}  # fmt: skip
         print(
             f"parse vs apport {name:<9}: {files[name]} files (refused: crashd {refused[name][0]}, "
             f"apport {refused[name][1]}); crashd {crashd_rate:6.0f}/s, apport {apport_rate:6.0f}/s; "
-            f"ratio median x{median:.2f} (range {ordered[0]:.2f}-{ordered[-1]:.2f} over {rounds} rounds); "
+            f"ratio median x{median:.2f} (range {ordered[0]:.2f}-{ordered[-1]:.2f} over {rounds} rounds"
+            + (
+                f"; inflating with zlib-ng; with stdlib zlib x{stdlib[rounds // 2]:.2f}, {stdlib[0]:.2f}-{stdlib[-1]:.2f}"
+                if stdlib
+                else ""
+            )
+            + "); "
             f"against the floor (a minimal line splitter): crashd x{ours_floor:.2f}, apport x{theirs_floor:.2f}; "
             + (
                 f"a loader doing only base64 and inflate would be x{ceiling:.2f}"

@@ -9,7 +9,7 @@ the same line, with the same reason, as a line-at-a-time reader would. The error
 :class:`Limits` live here (and are re-exported by :mod:`crashd.report`) so that this module
 needs nothing of the report module.
 
-Why ~480 lines: three paths that must agree to the byte — a small file by one ``findall``, a
+Why ~530 lines: three paths that must agree to the byte — a small file by one ``findall``, a
 large file entry by entry (a core's long lines stepped over with ``find``), and the
 line-at-a-time fallback that names the line of a refusal — are one concept and are kept side by
 side so that a change to one is seen against the others.
@@ -23,6 +23,8 @@ Exceptions::
 
 from __future__ import annotations
 
+import functools
+import io
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,9 +45,13 @@ _NEXT_HEADER = re.compile(rb"\n[^ ]")  # a line that does not continue the entry
 # Keys already found valid: a few hundred in practice; at most 4096 of at most 256 bytes each.
 _VALID_KEYS: dict[bytes, str] = {}
 _EMPTY_LINES = re.compile(rb"(?: \n)*")  # continuation lines with nothing on them
-# One whole entry of a small file: key (at most 256 bytes; longer goes the general way), the
-# rest of the header line, the continuation lines. Tried at line starts only, so it stays linear.
-_SMALL_ENTRY = re.compile(rb"(?m)^([A-Za-z0-9._-]{1,256}):([^\n]*)\n((?: [^\n]*+\n)*+)")
+# A line break inside a text value's stored lines: every continuation line starts with one space.
+# Splitting on it with ``re`` beats ``bytes.replace(b"\n ", b"\n")`` about threefold (the
+# stdlib's two-byte search stops at every space) and counts the lines on the way.
+_LINE_BREAK = re.compile(rb"\n ")
+# The reader types whose read(n) returns fewer than n bytes only at the end of the file (for a
+# seekable file, which read_report requires), so a short first read needs no second one.
+_SHORT_READ_IS_EOF = (io.BufferedReader, io.BytesIO)
 
 
 class ReportError(CrashdError, ValueError):
@@ -137,13 +143,19 @@ class _Buffer:
     def __init__(self, file: BinaryIO) -> None:
         self.file, self.data, self.pos, self.base, self.eof = file, b"", 0, 0, False
 
+    def start(self) -> None:
+        """The first read: _FIRST_READ bytes, then more as :meth:`fill` needs, unless the reader's
+        type says that a short read was the rest of the file (most reports are one short read)."""
+        self.data = self.file.read(_FIRST_READ)
+        self.eof = len(self.data) < _FIRST_READ and (not self.data or type(self.file) in _SHORT_READ_IS_EOF)
+        self.fill()
+
     def fill(self) -> None:
         """Hold at least PIECE unread bytes, unless the file ends first (then ``eof``)."""
         while not self.eof and len(self.data) - self.pos < PIECE:
-            more = self.file.read(_FIRST_READ if not self.base and not self.data else PIECE)
-            if not more:
-                self.eof = True
-            else:
+            more = self.file.read(PIECE)
+            self.eof = len(more) < PIECE and (not more or type(self.file) in _SHORT_READ_IS_EOF)
+            if more:
                 self.data, self.base, self.pos = self.data[self.pos :] + more, self.base + self.pos, 0
 
     def line_end(self) -> int:
@@ -189,16 +201,18 @@ def index_entries(
     """
     entries: dict[str, Entry] = {}
     builder: _EntryBuilder | None = None
-    buffer, cursor = _Buffer(file), _Cursor(name)
-    fail = cursor.fail
-    buffer.fill()
+    buffer = _Buffer(file)
+    buffer.start()
     data = buffer.data
     if buffer.eof and len(data) <= min(KEEP_WHOLE, PIECE, limits.file_size) and limits.text_value >= PIECE:
         small = _small_file(data, limits)
         if small is not None:
             return small
+    cursor = _Cursor(name)
+    fail = cursor.fail
     while True:
-        buffer.fill()
+        if not buffer.eof and len(buffer.data) - buffer.pos < PIECE:
+            buffer.fill()
         data, pos = buffer.data, buffer.pos
         if pos >= len(data):
             break
@@ -259,60 +273,87 @@ def _small_file(data: bytes, limits: Limits) -> tuple[dict[str, Entry], dict[str
     One ``findall`` cuts every entry into its key, the rest of its header line and its block of
     continuation lines, in C; Python then runs a few steps per entry. The matches cover the file
     without a gap exactly when their lengths add up to its size, so anything the regex does not
-    take — an empty line, a bad key, a last line without its newline — sends the whole file to
-    the general path, which names the line of any refusal. No line can be longer than PIECE and no
-    text value can reach the text_value bound here (the caller checks both).
+    take — an empty line, a bad or too long key, a last line without its newline — sends the whole
+    file to the general path, which names the line of any refusal. No line can be longer than PIECE
+    and no text value can reach the text_value bound here (the caller checks both).
     """
+    if limits.key_length < 1:
+        return None
     entries: dict[str, Entry] = {}
     values: dict[str, bytes] = {}  # text values, decoded as Report.text_bytes would decode them
     pos = line = 0
-    known, key_length = _VALID_KEYS.get, limits.key_length
+    known, split = _VALID_KEYS.get, _LINE_BREAK.split
     make = tuple.__new__  # Entry(...) through its Python-level __new__ costs more than the rest of the loop
-    for raw_key, raw_value, block in _SMALL_ENTRY.findall(data):
-        key = known(raw_key)
+    for raw_key, raw_value, block in _small_entry(limits.key_length).findall(data):
+        key = known(raw_key) or _new_key(raw_key)
         if key is None:
-            if not KEY.fullmatch(raw_key):
-                return None
-            key = raw_key.decode("ascii")
-            if len(_VALID_KEYS) < 4096:
-                _VALID_KEYS[raw_key] = key
-        if len(raw_key) > key_length:
             return None
         start = pos
-        pos += len(raw_key) + len(raw_value) + len(block) + 2
         line += 1
         value = raw_value.strip()
         if not block:
-            if value == b"base64":
-                values.pop(key, None)  # a duplicated key takes its last value
-                entries[key] = make(Entry, (key, line, True, start, pos, 0))
-            else:
+            pos += len(raw_key) + len(raw_value) + 2
+            if value != b"base64":
                 values[key] = value
                 entries[key] = make(Entry, (key, line, False, start, pos, len(value)))
+                continue
+            values.pop(key, None)  # a duplicated key takes its last value
+            entries[key] = make(Entry, (key, line, True, start, pos, 0))
             continue
-        count = block.count(b"\n")
+        pos += len(raw_key) + len(raw_value) + len(block) + 2
         if value == b"base64":  # base64 lines joined with "\n"
+            count = block.count(b"\n")
             values.pop(key, None)  # a duplicated key takes its last value
             entries[key] = make(Entry, (key, line, True, start, pos, len(block) - count - 1))
-        else:
-            value = _joined(value, block[1:-1])
-            values[key] = value
-            entries[key] = make(Entry, (key, line, False, start, pos, len(value)))
+            line += count
+            continue
+        lines = split(block[1:-1])  # one item a line, without its leading space
+        count = len(lines)
+        value = _join(value, lines)
+        values[key] = value
+        entries[key] = make(Entry, (key, line, False, start, pos, len(value)))
         line += count
     if pos != len(data) or len(entries) > limits.keys:
         return None  # a gap the regex skipped, or too many keys: the general path names the line
     return entries, values
 
 
+@functools.lru_cache(maxsize=16)
+def _small_entry(key_length: int) -> re.Pattern[bytes]:
+    """The regex of one whole entry of a small file: key (at most *key_length* and 256 bytes, so
+    a longer key leaves a gap and the file goes the general way), the rest of the header line,
+    the continuation lines. Tried at line starts only, so it stays linear."""
+    length = min(key_length, 256)
+    return re.compile(rb"(?m)^([A-Za-z0-9._-]{1,%d}):([^\n]*)\n((?: [^\n]*+\n)*+)" % length)
+
+
+def _new_key(raw_key: bytes) -> str | None:
+    """*raw_key* as ``str`` if it is a valid key, else None; remembered (at most 4096 keys of at
+    most 256 bytes), so that a key seen before costs one dict look-up."""
+    if not KEY.fullmatch(raw_key):
+        return None
+    key = raw_key.decode("ascii")
+    if len(_VALID_KEYS) < 4096 and len(raw_key) <= 256:
+        _VALID_KEYS[raw_key] = key
+    return key
+
+
 def _joined(first: bytes, lines: bytes) -> bytes:
     """A text value from its stripped first line and its continuation lines as stored, less the
-    first line's leading space and the last line's newline (one home for Report.text_bytes too).
+    first line's leading space and the last line's newline (Report.text_bytes's general way)."""
+    return _join(first, _LINE_BREAK.split(lines))
 
-    Every continuation line loses its one leading space; apport adds "\n" only once the value
-    is non-empty, so leading empty lines vanish.
+
+def _join(first: bytes, lines: list[bytes]) -> bytes:
+    """A text value from its stripped first line and its continuation lines without their leading
+    space (one home for both paths; *lines* is used up).
+
+    apport adds "\n" only once the value is non-empty, so leading empty lines vanish.
     """
-    rest = lines.replace(b"\n ", b"\n")
-    return first + b"\n" + rest if first else rest.lstrip(b"\n")
+    if first:
+        lines.insert(0, first)
+        return b"\n".join(lines)
+    return b"\n".join(lines).lstrip(b"\n")
 
 
 def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, limits: Limits) -> bool:
@@ -333,13 +374,9 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
     if end < 0 or data[end - 1] != 0x0A or buffer.base + end > limits.file_size:
         return False  # the entry may go on past the buffer or past PIECE bytes, or ends the file oddly
     raw_key = data[pos:colon]
-    key = _VALID_KEYS.get(raw_key)
+    key = _VALID_KEYS.get(raw_key) or _new_key(raw_key)
     if key is None:
-        if not KEY.fullmatch(raw_key):
-            return False
-        key = raw_key.decode("ascii")
-        if len(_VALID_KEYS) < 4096 and len(raw_key) <= 256:
-            _VALID_KEYS[raw_key] = key
+        return False
     if colon - pos > limits.key_length or (key not in entries and len(entries) >= limits.keys):
         return False
     if count < 0:
@@ -364,34 +401,41 @@ def _whole_entry(entries: dict[str, Entry], buffer: _Buffer, cursor: _Cursor, li
 
 def _entry_end(data: bytes, header_end: int, window: int, long_lines: bool) -> tuple[int, int]:
     """Where the entry whose header line ends at *header_end* ends, if before *window* (else -1),
-    and how many continuation lines it has when they were stepped over (else -1).
+    and how many continuation lines it has when they were stepped over (else -1; when the end is
+    -1, how many whole lines lie before *window*, for an entry that ends the file).
 
     A base64 block written by apport has one line per compressor block, so its few long
     lines are stepped over with ``find`` (memchr), and counted on the way; text, or a block
-    of short lines, is searched for its end with the regex, which looks at every byte.
+    of many short lines, is searched for its end with the regex, which looks at every byte.
     """
     if long_lines:
         at, lines = _long_lines(data, header_end + 1, window)
         if at >= window:
-            return -1, -1
+            return -1, lines  # the lines up to window, which ends the entry if it ends the file
         if data[at] != 0x20:
             return at, lines  # the next line starts another entry
         header_end = data.find(b"\n", at, window)
         if header_end < 0:
             return -1, -1  # a line not whole in the window
-        # a short line: let the regex take the rest
+        # many short lines: let the regex take the rest
     following = _NEXT_HEADER.search(data, header_end, window)
     return (following.start() + 1 if following is not None else -1), -1
 
 
 def _long_lines(data: bytes, pos: int, window: int) -> tuple[int, int]:
-    """The end of the run of whole lines of at least 1 KiB that start with a space at *pos*,
-    and their number (maybe 0), stepped over with ``find`` (memchr)."""
-    at, lines = pos, 0
+    """The end of the run of whole lines that start with a space at *pos*, and their number
+    (maybe 0), stepped over with ``find`` (memchr): a base64 block's lines, which are long but for
+    a few (apport's gzip header line, the last line). The run stops before the ninth line shorter
+    than 1 KiB, so a block of many short lines is left to the regex, not walked in Python."""
+    at, lines, short = pos, 0, 0
     while at < window and data[at] == 0x20:
         newline = data.find(b"\n", at, window)
-        if newline - at < 1024:  # short, or not whole before window (-1)
+        if newline < 0:  # not whole before window
             break
+        if newline - at < 1024:
+            short += 1
+            if short > 8:
+                break
         at, lines = newline + 1, lines + 1
     return at, lines
 

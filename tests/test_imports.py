@@ -28,6 +28,7 @@ HOMES = {
     "systemd": ("crashd.daemon", "crashd.capture.journal"),
     "backports": ("crashd._codec",),
     "compression": ("crashd._codec",),
+    "zlib_ng": ("crashd._codec",),  # the optional inflater (the `fast` extra)
     "argparse": ("crashd.cli",),  # only the command line parses arguments and decides exit codes
 }
 # The foundations: standard library only, and from crashd only each other, so the exception hook, the
