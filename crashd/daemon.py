@@ -98,6 +98,7 @@ class Daemon:
     last_activity: float = field(default_factory=time.monotonic)
 
     async def run(self) -> int:
+        self.spool.defer_upload_stamp = True  # stamped after the POST (crashd.collector.collect)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)

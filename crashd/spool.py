@@ -158,6 +158,9 @@ class Spool:
     ):
         self.path = os.fspath(directory)
         self.max_report_size = max_report_size
+        # The daemon writes the .upload stamps of what automatic consent sends after the POST, not
+        # before it (crashd.collector.collect says why); upload-all, whose stamp records a request, first.
+        self.defer_upload_stamp = False
         self.legacy_uid = _uid_of_user(LEGACY_UPLOADER if legacy_uploader is None else legacy_uploader)
         try:
             self._fd = os.open(self.path, fs.DIR_FLAGS)
@@ -274,8 +277,9 @@ class Spool:
         uploaded = self._stamp_mtime(name.uploaded, self._senders(owner_uid), ignored)
         return Stamps(upload, uploaded, tuple(ignored))
 
-    def mark_upload(self, report: OpenReport) -> None:
-        """Make the report pending with ``NAME.upload`` (report's owner and group, 0640).
+    def mark_upload(self, report: OpenReport, *, at_ns: int | None = None) -> None:
+        """Make the report pending with ``NAME.upload`` (report's owner and group, 0640), as of *at_ns*
+        (:func:`crashd.stamps.stamp_clock_ns` when it was asked for; default: now).
 
         A safe ``.upload`` that already makes it pending is left alone (no
         needless inotify event; it keeps the time the user asked).  Otherwise a
@@ -286,7 +290,7 @@ class Spool:
         """
         if self.stamps(report.name, report.stat.st_uid).pending:
             return
-        write_stamp(self._dirfd(), report.name.upload, b"", report.stat)
+        write_stamp(self._dirfd(), report.name.upload, b"", report.stat, at_ns=at_ns)
 
     def mark_uploaded(self, report: OpenReport, oops_id: str) -> bool:
         """Record the server's acceptance: ``NAME.uploaded`` holds ``oops_id``

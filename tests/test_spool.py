@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from crashd.collector import Collected, collect
 from crashd.fs import sparse_refusal
+from crashd.report import Limits
 from crashd.spool import (
     MAX_REPORT_SIZE,
     STAMP_MODE,
@@ -568,6 +570,48 @@ def test_mark_upload_after_a_send_makes_it_pending_again(spool: Spool, crash_dir
         assert not spool.stamps(report.name, 0).pending
         spool.mark_upload(report)
         assert spool.stamps(report.name, 0).pending
+
+
+def collected_deferred(spool: Spool, crash_dir: Path) -> tuple[OpenReport, Collected]:
+    """x.0.crash collected as the daemon collects it: its .upload stamp deferred to close()."""
+    put(crash_dir, "x.0.crash")
+    spool.defer_upload_stamp = True
+    report = spool.open_report("x.0.crash")
+    collected = collect(spool, report, Limits())
+    assert isinstance(collected, Collected)
+    return report, collected
+
+
+def test_a_deferred_upload_stamp_is_written_at_close_and_reads_as_sent_with_the_uploaded_after_it(
+    spool: Spool, crash_dir: Path
+) -> None:
+    report, collected = collected_deferred(spool, crash_dir)
+    with report, collected:
+        assert not (crash_dir / "x.0.upload").exists()  # not before the POST
+        assert spool.mark_uploaded(report, "oops")  # at once: within the clock tick of collect()
+    assert (crash_dir / "x.0.upload").exists()
+    stamps = spool.stamps(report.name, 0)
+    assert stamps.upload_ns is not None and stamps.uploaded_ns is not None
+    assert stamps.upload_ns <= stamps.uploaded_ns  # time.time_ns() would be ahead of the file clock
+    assert not stamps.pending
+
+
+def test_a_deferred_upload_stamp_without_a_send_leaves_the_report_pending(spool: Spool, crash_dir: Path) -> None:
+    put(crash_dir, "x.0.uploaded", b"old")  # an earlier crash under the name was sent
+    os.utime(crash_dir / "x.0.uploaded", ns=(T, T))
+    report, collected = collected_deferred(spool, crash_dir)
+    with report, collected:
+        pass  # the POST failed: no .uploaded
+    assert spool.stamps(report.name, 0).pending
+
+
+def test_upload_all_stamps_before_the_post(spool: Spool, crash_dir: Path) -> None:
+    put(crash_dir, "x.0.crash")
+    with spool.open_report("x.0.crash") as report:
+        collected = collect(spool, report, Limits())
+        assert isinstance(collected, Collected)
+        with collected:
+            assert spool.stamps(report.name, 0).pending
 
 
 def test_mark_uploaded_replaces_atomically(spool: Spool, crash_dir: Path) -> None:
