@@ -141,7 +141,8 @@ def collect(
     if isinstance(collected, Status):
         return collected
     if stamp and spool.defer_upload_stamp:
-        collected.stamp = (spool, asked)
+        if not read_stamps(spool, collected.opened).pending:  # a UI's .upload stays as the UI wrote it
+            collected.stamp = (spool, asked)
     elif stamp:
         try:
             spool.mark_upload(collected.opened)

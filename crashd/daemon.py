@@ -264,9 +264,12 @@ class Daemon:
                 log.warning("inotify queue overflowed: rescanning %s", self.spool.path)
                 self.rescan()
             elif event.name is not None and (name := _report_for(str(event.name))) is not None:
-                if name in self.busy and str(event.name).endswith(".upload"):
-                    self.stamped.add(name)  # our own stamp on the report in hand, or a UI's request
-                    continue
+                if str(event.name).endswith(".upload"):
+                    if name in self.busy:
+                        self.stamped.add(name)  # our own stamp on the report in hand, or a UI's request
+                        continue
+                    if self.spool.answered(name):
+                        continue  # crashd's own stamp, written just after the POST: nothing asked
                 if name not in self.busy and str(event.name).endswith(".crash"):
                     self.untidy = True  # a new report (a busy one's event is its own rewrite, by its hooks)
                 self.schedule(name, self.courier.clock())

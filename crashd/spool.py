@@ -32,10 +32,12 @@ import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from stat import S_IMODE as stat_mode
+from stat import S_ISREG
 from typing import BinaryIO
 
 from crashd import fs
 from crashd.fs import OpenFile, UnsafeFileError
+from crashd.lifecycle import pending
 from crashd.stamps import STAMP_MODE, Stamps, check_oops_id, read_oops_id, stamp_mtime, write_stamp
 
 __all__ = [
@@ -291,6 +293,22 @@ class Spool:
         if self.stamps(report.name, report.stat.st_uid).pending:
             return
         write_stamp(self._dirfd(), report.name.upload, b"", report.stat, at_ns=at_ns)
+
+    def answered(self, name: ReportName) -> bool:
+        """Whether ``NAME.upload`` is answered by a ``NAME.uploaded`` at least as new — both regular files
+        with one link, owned by root or the uid the name claims (whom no other user can make own a
+        file) — judged on ``lstat`` alone, for the daemon's event loop. True means the event of that
+        ``.upload`` asks nothing: crashd's own stamp, written after the POST, or a request already
+        answered. Anything else, a stat that fails included, is False: look at the report."""
+        owners = (0,) if name.uid is None else (0, name.uid)
+        try:
+            upload, uploaded = self._lstat(name.upload), self._lstat(name.uploaded)
+        except OSError:
+            return False
+        if upload is None or uploaded is None:
+            return False
+        safe = (S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid in owners for st in (upload, uploaded))
+        return all(safe) and not pending(upload.st_mtime_ns, uploaded.st_mtime_ns)
 
     def mark_uploaded(self, report: OpenReport, oops_id: str) -> bool:
         """Record the server's acceptance: ``NAME.uploaded`` holds ``oops_id``

@@ -596,13 +596,53 @@ def test_a_deferred_upload_stamp_is_written_at_close_and_reads_as_sent_with_the_
     assert not stamps.pending
 
 
-def test_a_deferred_upload_stamp_without_a_send_leaves_the_report_pending(spool: Spool, crash_dir: Path) -> None:
+def test_a_deferred_upload_stamp_without_a_send_leaves_the_report_pending(
+    spool: Spool, crash_dir: Path
+) -> None:
     put(crash_dir, "x.0.uploaded", b"old")  # an earlier crash under the name was sent
     os.utime(crash_dir / "x.0.uploaded", ns=(T, T))
     report, collected = collected_deferred(spool, crash_dir)
     with report, collected:
         pass  # the POST failed: no .uploaded
     assert spool.stamps(report.name, 0).pending
+
+
+def test_a_ui_stamp_is_left_as_it_is_by_a_deferred_stamp(spool: Spool, crash_dir: Path) -> None:
+    stamp = put(crash_dir, "x.0.upload", b"")
+    os.utime(stamp, ns=(T, T))
+    inode = os.stat(stamp).st_ino
+    report, collected = collected_deferred(spool, crash_dir)
+    with report, collected:
+        assert spool.mark_uploaded(report, "oops")
+    after = os.stat(stamp)
+    assert (after.st_ino, after.st_mtime_ns) == (inode, T)  # not rewritten after the send
+
+
+def test_answered_upload_stamps(
+    spool: Spool, crash_dir: Path, alice: pwd.struct_passwd, bob: pwd.struct_passwd
+) -> None:
+    """The daemon ignores the event of an .upload only when a trusted .uploaded at least as new answers it."""
+    name = ReportName(f"x.{alice.pw_uid}")
+
+    def stamp(suffix: str, ns: int, uid: int = alice.pw_uid) -> Path:
+        path = put(crash_dir, f"{name.stem}.{suffix}", b"", uid=uid)
+        os.utime(path, ns=(ns, ns))
+        return path
+
+    assert not spool.answered(name)  # no stamps
+    stamp("upload", T)
+    assert not spool.answered(name)  # asked, not answered
+    uploaded = stamp("uploaded", T)
+    assert spool.answered(name)  # equal times count as sent
+    stamp("upload", T + 1)
+    assert not spool.answered(name)  # asked again
+    stamp("uploaded", T + 1, uid=0)
+    assert spool.answered(name)  # root's stamp counts
+    stamp("uploaded", T + 1, uid=bob.pw_uid)
+    assert not spool.answered(name)  # planted by another user: look at the report
+    uploaded.unlink()
+    uploaded.symlink_to(crash_dir / f"{name.stem}.upload")
+    assert not spool.answered(name)
 
 
 def test_upload_all_stamps_before_the_post(spool: Spool, crash_dir: Path) -> None:
