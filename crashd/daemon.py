@@ -79,8 +79,9 @@ class Daemon:
     service: dbus_prefs.Service | None = None  # the bus service: ReportChanged goes out through it
     monitor: network.Monitor | None = None  # follows NetworkManager; its hold() is the courier's gate
     held_by_network: set[ReportName] = field(default_factory=set)  # kept running for these
-    tidy: Callable[[Collection[str]], Collection[str]] | None = None  # crashd.tidy: given the busy names
+    tidy: Callable[[Collection[str], Collection[str] | None], Collection[str]] | None = None  # crashd.tidy
     untidy: bool = True  # a report arrived since the last tidy
+    fresh: set[str] | None = None  # ...and these are the only ones (None: a full sweep, crashd.tidy.Tidy)
     held: set[ReportName] = field(default_factory=set)  # duplicates the last tidy said not to send yet
     due: dict[ReportName, float] = field(default_factory=dict)  # courier.clock() time; at most DUE_LIMIT
     scan: Generator[ReportName, None, None] | None = None  # a rescan in progress, pulled as workers free up
@@ -186,7 +187,7 @@ class Daemon:
         """Look at every report: at start, when inotify lost events, and when reports that did not fit
         in ``due`` fall due. The directory is streamed (names pulled as workers free up), so memory
         does not grow with the number of reports; their delivery state is on disk."""
-        self.untidy = True
+        self.untidy, self.fresh = True, None
         if self.scan is None:
             self.scan = self.spool.scan()
         else:  # one more pass once this one ends: restarting it would redo its start again and again
@@ -239,13 +240,19 @@ class Daemon:
             elif name in self.held:
                 continue  # a duplicate the last tidy holds back
             elif self._untidied(name):  # the scan met a file newer than the last tidy (its event is
-                self.untidy = True  # not read yet): it waits for the next pass, tidied first
+                self._arrived(name)  # not read yet): it waits for the next pass, tidied first
                 self.schedule(name, now)
             elif name not in self.due:
                 start(name)
                 free -= 1
             else:
                 self.due[name] = now
+
+    def _arrived(self, name: ReportName) -> None:
+        """A report new since the last tidy: the next one looks at it (alone, if nothing else changed)."""
+        self.untidy = True
+        if self.fresh is not None:
+            self.fresh.add(name.crash)
 
     def _untidied(self, name: ReportName) -> bool:
         """Whether the report was made or changed after the last tidy began (its duplicates not collapsed)."""
@@ -271,7 +278,7 @@ class Daemon:
                     if self.spool.answered(name):
                         continue  # crashd's own stamp, written just after the POST: nothing asked
                 if name not in self.busy and str(event.name).endswith(".crash"):
-                    self.untidy = True  # a new report (a busy one's event is its own rewrite, by its hooks)
+                    self._arrived(name)  # a new report (a busy one's event is its own rewrite, by its hooks)
                 self.schedule(name, self.courier.clock())
 
     async def _schedule(self) -> None:
@@ -290,8 +297,9 @@ class Daemon:
             while self.tidy is not None and self.untidy and not self.stop.is_set():  # duplicates and the
                 self.untidy = False  # budget before anything is sent, again if more reports arrived meanwhile
                 busy = {name.crash for name in self.busy}
+                fresh, self.fresh = self.fresh, set()
                 self.tidied_ns = time.time_ns()
-                held = {ReportName.parse(name) for name in await asyncio.to_thread(self.tidy, busy)}
+                held = {ReportName.parse(name) for name in await asyncio.to_thread(self.tidy, busy, fresh)}
                 for name in self.held - held:
                     self.schedule(name, self.courier.clock())  # no longer held back: due as before
                 for name in held:
@@ -352,7 +360,8 @@ class Daemon:
         finally:
             self.busy.discard(name)
             self.last_activity = time.monotonic()
-            self.untidy = self.untidy or bool(self.held)  # a kept report came free: count its duplicates
+            if self.held:  # a kept report came free: count its duplicates (a full sweep)
+                self.untidy, self.fresh = True, None
         if status is not None and self.service is not None:
             self.service.report_changed(status.name, status.state.value)  # settings UIs follow each outcome
         if status is not None and network.held_by_network(status.detail):
