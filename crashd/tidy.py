@@ -74,7 +74,7 @@ class Tidy:
     waiting: set[str] = field(default_factory=set)  # duplicates the last sweep could not count yet
     _room: int | None = None  # bytes left under the budget after the last sweep; None: sweep first
     _admitted: int = 0  # reports admitted without a sweep since the last one
-    ADMIT_LIMIT = 64  # then a full sweep again: reports rewritten meanwhile (enriched) grew a little
+    ADMIT_LIMIT = 1000  # then a full sweep again (one in 64 was a slow send in 64: a p99 of 28 ms)
 
     def __call__(self, busy: Collection[str] = (), fresh: Collection[str] | None = None) -> set[str]:
         """:meth:`sweep` for the daemon: the reports not to send now — removed, or duplicates that wait
@@ -95,7 +95,8 @@ class Tidy:
         """Whether the reports *fresh* — the only ones made or replaced since the last sweep — leave
         nothing to collapse or remove, judged on them alone: each has no duplicate key, or a key no
         other report and no group has (nor a name a group keeps), and they fit in the room the last
-        sweep left. Then they are remembered as the sweep would have (their groups, their bytes) and
+        sweep left, each counted twice its size (its enrichment rewrites it larger; the next sweep
+        counts the truth). Then they are remembered as the sweep would have (their groups, their bytes) and
         True returned; a sweep per new report was O(reports in the directory) before each send. False
         (nothing remembered): a sweep decides. At most :attr:`ADMIT_LIMIT` reports between sweeps.
         """
@@ -115,7 +116,7 @@ class Tidy:
                 continue  # gone, or not a report crashd judges: nothing for it to decide
             with opened:
                 judged = self._read(opened)
-                size += disk_use(opened.stat)
+                size += 2 * disk_use(opened.stat)
                 if judged.key is None:
                     keyless.add(_mark(opened))
                     continue
