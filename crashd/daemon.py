@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
+INLINE_ADMIT = 256 * 1024  # a new report this small is judged for duplicates in the loop (Daemon._admitted)
 DUE_LIMIT = 16384  # reports remembered by name (~4 MiB); past that, a streamed rescan finds them
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
 _FILES_WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.CREATE | Mask.DELETE | Mask.ONLYDIR
@@ -248,6 +249,23 @@ class Daemon:
             else:
                 self.due[name] = now
 
+    def _admitted(self, fresh: Collection[str]) -> bool | None:
+        """The tidy's :meth:`crashd.tidy.Tidy.admit` of a few small new reports, in the loop: a thread hop
+        less before their POST. Only up to WORKERS files of at most INLINE_ADMIT bytes each (their parse
+        takes ~0.1 ms); None, not judged here, for more or larger ones (a core): the tidy in its thread
+        judges them. False: judged and found wanting, or the judging failed."""
+        admit = getattr(self.tidy, "admit", None)
+        if admit is None or len(fresh) > WORKERS:
+            return None
+        try:
+            for name in fresh:  # the size is only a hint: admit opens each file safely
+                if os.stat(os.path.join(self.spool.path, name), follow_symlinks=False).st_size > INLINE_ADMIT:
+                    return None
+            return bool(admit(fresh))
+        except Exception:  # gone (a sweep finds that out), or a bug: the sweep, in a thread, decides
+            log.debug("judging %s in the loop failed", sorted(fresh), exc_info=True)
+            return False
+
     def _arrived(self, name: ReportName) -> None:
         """A report new since the last tidy: the next one looks at it (alone, if nothing else changed)."""
         self.untidy = True
@@ -299,6 +317,10 @@ class Daemon:
                 busy = {name.crash for name in self.busy}
                 fresh, self.fresh = self.fresh, set()
                 self.tidied_ns = time.time_ns()
+                if fresh and (admitted := self._admitted(fresh)) is not None:
+                    if admitted:
+                        continue  # judged here, alone: nothing held back or removed changes
+                    fresh = None  # found wanting: the sweep decides (in a thread), without judging them again
                 held = {ReportName.parse(name) for name in await asyncio.to_thread(self.tidy, busy, fresh)}
                 for name in self.held - held:
                     self.schedule(name, self.courier.clock())  # no longer held back: due as before

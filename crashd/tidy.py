@@ -83,7 +83,7 @@ class Tidy:
         within the budget, that is the answer without a sweep. A failure is logged and holds nothing
         back: sending goes on."""
         try:
-            if fresh is not None and self.admit(fresh):
+            if fresh and self.admit(fresh):
                 return set(self.waiting)
             removed = self.sweep(busy)
             return removed | self.waiting
