@@ -258,10 +258,10 @@ class Daemon:
         if admit is None or len(fresh) > WORKERS:
             return None
         try:
-            for name in fresh:  # the size is only a hint: admit opens each file safely
+            for name in fresh:  # a hint (a larger one goes to the thread at once); admit checks the fd
                 if os.stat(os.path.join(self.spool.path, name), follow_symlinks=False).st_size > INLINE_ADMIT:
                     return None
-            return bool(admit(fresh))
+            return bool(admit(fresh, max_size=INLINE_ADMIT))  # on its fstat: a file swapped in since
         except Exception:  # gone (a sweep finds that out), or a bug: the sweep, in a thread, decides
             log.debug("judging %s in the loop failed", sorted(fresh), exc_info=True)
             return False

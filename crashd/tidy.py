@@ -91,14 +91,16 @@ class Tidy:
             log.exception("%s: duplicate collapse and disk budget failed", self.spool.path)
             return set()
 
-    def admit(self, fresh: Collection[str]) -> bool:
+    def admit(self, fresh: Collection[str], max_size: int | None = None) -> bool:
         """Whether the reports *fresh* — the only ones made or replaced since the last sweep — leave
         nothing to collapse or remove, judged on them alone: each has no duplicate key, or a key no
         other report and no group has (nor a name a group keeps), and they fit in the room the last
         sweep left, each counted twice its size (its enrichment rewrites it larger; the next sweep
         counts the truth). Then they are remembered as the sweep would have (their groups, their bytes) and
         True returned; a sweep per new report was O(reports in the directory) before each send. False
-        (nothing remembered): a sweep decides. At most :attr:`ADMIT_LIMIT` reports between sweeps.
+        (nothing remembered): a sweep decides. At most :attr:`ADMIT_LIMIT` reports between sweeps. With
+        *max_size*, a report larger than that (judged on the opened file's ``fstat``) is not read here:
+        False (the daemon's loop judges only small reports itself, whatever was swapped in meanwhile).
         """
         if self._room is None or self._groups is None or self._admitted + len(fresh) > self.ADMIT_LIMIT:
             return False
@@ -115,6 +117,8 @@ class Tidy:
             if opened is None:
                 continue  # gone, or not a report crashd judges: nothing for it to decide
             with opened:
+                if max_size is not None and opened.stat.st_size > max_size:
+                    return False
                 judged = self._read(opened)
                 size += 2 * disk_use(opened.stat)
                 if judged.key is None:

@@ -226,6 +226,16 @@ def test_a_new_report_over_the_room_left_is_swept(crash_dir, state_dir, tmp_path
     assert sum(disk_use(path.stat()) for path in crash_dir.glob("*.crash")) <= 4 * MiB
 
 
+def test_a_new_report_over_max_size_is_not_read_by_admit(crash_dir, state_dir):
+    write_loop(crash_dir, 1)
+    with Spool(crash_dir) as spool:
+        tidy = Counted(spool, StateStore.open(state_dir), state_dir)
+        tidy((), None)
+        (big,) = unique_reports(crash_dir, 1, 64 * 1024)
+        assert not tidy.admit({big}, max_size=1024)  # the daemon's loop reads only small files
+        assert tidy.admit({big})
+
+
 def test_a_replaced_report_is_swept(crash_dir, state_dir):
     (first,) = write_loop(crash_dir, 1)
     with Spool(crash_dir) as spool:
