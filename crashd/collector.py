@@ -23,6 +23,7 @@ from crashd.hooks.discovery import InvalidFieldError, executable_path, package_n
 from crashd.lifecycle import State, Status
 from crashd.report import Limits, Report, ReportError, StoredBinary, read_report, valid_key, write_report
 from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError
+from crashd.stamps import stamp_clock_ns
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class Collected:
     file: BinaryIO
     report: Report
     owned: bool = False  # *opened* is the rewritten report, opened here: closed with this
+    # The ``.upload`` stamp still to write when this is closed, and the time it gets (see collect()).
+    stamp: tuple[Spool, int] | None = None
 
     @property
     def name(self) -> str:
@@ -63,8 +66,16 @@ class Collected:
 
     def close(self) -> None:
         self.file.close()
-        if self.owned:
-            self.opened.close()
+        stamp, self.stamp = self.stamp, None
+        try:
+            if stamp is not None:
+                spool, at_ns = stamp
+                spool.mark_upload(self.opened, at_ns=at_ns)
+        except OSError as error:  # e.g. another user's directory under the stamp's name: sent all the same
+            log.warning("%s: cannot stamp it for upload (it is sent all the same): %s", self.name, error)
+        finally:
+            if self.owned:
+                self.opened.close()
 
     def __enter__(self) -> Collected:
         return self
@@ -103,11 +114,24 @@ def collect(
     spool: Spool, opened: OpenReport, limits: Limits, *, stamp: bool = True, hooks: HookOptions | None = None
 ) -> Collected | Status:
     """Index an opened report, check that it is a kind daisy takes, enrich it with its hooks (once),
-    and (with *stamp*) mark it ``.upload``.
+    and (with *stamp*) mark it ``.upload``: now, or with :attr:`Spool.defer_upload_stamp` (the daemon)
+    when the :class:`Collected` is closed, after its POST.
+
+    Deferred, the stamp is a file creation less between the report and the wire. Nothing before the
+    POST needs it there: the POST is guarded by the delivery record (``posting`` is saved before it goes
+    out, so a kill -9 at any point resends at most once); the daemon stamps only what automatic consent
+    sends (a report a UI marked has its stamp), and a report cut off mid-POST goes out again while
+    consent stays automatic — switched to manual meanwhile, it waits for someone to mark it, as consent
+    says. ``upload-all`` stamps first: its stamp is the record of a request no consent implies. The
+    stamp gets the time of this call from the clock file times are taken from, so a ``.uploaded``
+    written after this call is never older than it (equal times count as sent): the pair reads "asked
+    for, then sent" whichever file was created first. A POST that failed leaves the stamp newer than
+    any older ``.uploaded``: pending, as before.
 
     The caller keeps *opened*; on success the returned :class:`Collected` owns a reader of it, or of
     the rewritten report that replaced it.
     """
+    asked = stamp_clock_ns()
     collected = _index(opened, limits)
     if isinstance(collected, Collected) and hooks is not None and needs_hooks(collected.report):
         enriched = _enrich(spool, collected, limits, hooks)
@@ -116,11 +140,14 @@ def collect(
         collected = enriched
     if isinstance(collected, Status):
         return collected
-    try:
-        if stamp:
+    if stamp and spool.defer_upload_stamp:
+        if not read_stamps(spool, collected.opened).pending:  # a UI's .upload stays as the UI wrote it
+            collected.stamp = (spool, asked)
+    elif stamp:
+        try:
             spool.mark_upload(collected.opened)
-    except OSError as error:  # e.g. another user's directory under the stamp's name: deliver anyway
-        log.warning("%s: cannot stamp it for upload (it is sent all the same): %s", collected.name, error)
+        except OSError as error:  # e.g. another user's directory under the stamp's name: deliver anyway
+            log.warning("%s: cannot stamp it for upload (it is sent all the same): %s", collected.name, error)
     return collected
 
 

@@ -28,8 +28,11 @@ import configparser
 import errno
 import json
 import logging
+import os
 import re
 import shlex
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,8 +42,8 @@ from crashd.config import DEFAULT_CONFIG, ConfigError
 from crashd.errors import CrashdError
 
 __all__ = [
-    "PREFERENCES", "Consent", "ConsentLocked", "load_consent", "may_collect_automatically", "may_send",
-    "parse_bool", "set_preference", "store_consent",
+    "PREFERENCES", "Consent", "ConsentLocked", "ConsentReader", "load_consent", "may_collect_automatically",
+    "may_send", "parse_bool", "set_preference", "store_consent",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -130,6 +133,65 @@ def load_consent(
         how = "locked" if consent.report_crashes else "switched off"
         consent = replace(consent, reason=f"{how} by the administrator in {config} ([consent] locked = true)")
     return replace(consent, automatic=consent.automatic and consent.report_crashes)
+
+
+class ConsentReader:
+    """:func:`load_consent` for a reader that asks per report (the daemon's gate): the files are read
+    again only when one of them changed, judged by a ``stat`` of each — device, inode, size, mtime and
+    ctime in nanoseconds, or the error that stat met (a missing file, a directory made unreadable).
+
+    A replaced file has another inode; a file rewritten in place to the same size and mtime still has
+    a new ctime, which nobody can set back. The one blind spot of every stat cache — a change within
+    the file system's clock tick of the read that cached it — is closed the way git closes it: a file
+    changed less than :attr:`RACY_NS` before it was read is not trusted, and read again next time.
+    Thread-safe: the daemon's workers ask at once. A :class:`ConfigError` is raised each time, never cached.
+    """
+
+    RACY_NS = 50_000_000  # well above a kernel tick (1 to 10 ms) and any clock skew between the two reads
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        config: Path | None = DEFAULT_CONFIG,
+        whoopsie_default: Path = WHOOPSIE_DEFAULT,
+        apport_default: Path = APPORT_DEFAULT,
+    ) -> None:
+        self._load = lambda: load_consent(
+            state_dir, config=config, whoopsie_default=whoopsie_default, apport_default=apport_default
+        )
+        # (path, follow): the stored file is never followed (a symlink there is refused); the others are
+        self._files = [(state_dir / FILE_NAME, False), (whoopsie_default, True), (apport_default, True)]
+        if config is not None:
+            self._files.append((config, True))
+        self._lock = threading.Lock()
+        self._key: tuple[object, ...] | None = None
+        self._consent = Consent()
+
+    def __call__(self) -> Consent:
+        with self._lock:
+            key, newest = self._stat()
+            if key == self._key:
+                return self._consent
+            started = time.time_ns()
+            consent = self._load()
+            racy = started - newest < self.RACY_NS
+            self._key, self._consent = (None if racy else key), consent
+            return consent
+
+    def _stat(self) -> tuple[tuple[object, ...], int]:
+        """The files' stat key, and the newest ctime/mtime among them (ns; 0 for none)."""
+        key: list[object] = []
+        newest = 0
+        for path, follow in self._files:
+            try:
+                st = os.stat(path, follow_symlinks=follow)
+            except OSError as error:
+                key.append(error.errno)
+                continue
+            key.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode))
+            newest = max(newest, st.st_ctime_ns, st.st_mtime_ns)
+        return tuple(key), newest
 
 
 def store_consent(

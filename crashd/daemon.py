@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
+INLINE_ADMIT = 256 * 1024  # a new report this small is judged for duplicates in the loop (Daemon._admitted)
 DUE_LIMIT = 16384  # reports remembered by name (~4 MiB); past that, a streamed rescan finds them
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
 _FILES_WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.CREATE | Mask.DELETE | Mask.ONLYDIR
@@ -79,8 +80,9 @@ class Daemon:
     service: dbus_prefs.Service | None = None  # the bus service: ReportChanged goes out through it
     monitor: network.Monitor | None = None  # follows NetworkManager; its hold() is the courier's gate
     held_by_network: set[ReportName] = field(default_factory=set)  # kept running for these
-    tidy: Callable[[Collection[str]], Collection[str]] | None = None  # crashd.tidy: given the busy names
+    tidy: Callable[[Collection[str], Collection[str] | None], Collection[str]] | None = None  # crashd.tidy
     untidy: bool = True  # a report arrived since the last tidy
+    fresh: set[str] | None = None  # ...and these are the only ones (None: a full sweep, crashd.tidy.Tidy)
     held: set[ReportName] = field(default_factory=set)  # duplicates the last tidy said not to send yet
     due: dict[ReportName, float] = field(default_factory=dict)  # courier.clock() time; at most DUE_LIMIT
     scan: Generator[ReportName, None, None] | None = None  # a rescan in progress, pulled as workers free up
@@ -98,6 +100,7 @@ class Daemon:
     last_activity: float = field(default_factory=time.monotonic)
 
     async def run(self) -> int:
+        self.spool.defer_upload_stamp = True  # stamped after the POST (crashd.collector.collect)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)
@@ -185,7 +188,7 @@ class Daemon:
         """Look at every report: at start, when inotify lost events, and when reports that did not fit
         in ``due`` fall due. The directory is streamed (names pulled as workers free up), so memory
         does not grow with the number of reports; their delivery state is on disk."""
-        self.untidy = True
+        self.untidy, self.fresh = True, None
         if self.scan is None:
             self.scan = self.spool.scan()
         else:  # one more pass once this one ends: restarting it would redo its start again and again
@@ -238,13 +241,36 @@ class Daemon:
             elif name in self.held:
                 continue  # a duplicate the last tidy holds back
             elif self._untidied(name):  # the scan met a file newer than the last tidy (its event is
-                self.untidy = True  # not read yet): it waits for the next pass, tidied first
+                self._arrived(name)  # not read yet): it waits for the next pass, tidied first
                 self.schedule(name, now)
             elif name not in self.due:
                 start(name)
                 free -= 1
             else:
                 self.due[name] = now
+
+    def _admitted(self, fresh: Collection[str]) -> bool | None:
+        """The tidy's :meth:`crashd.tidy.Tidy.admit` of a few small new reports, in the loop: a thread hop
+        less before their POST. Only up to WORKERS files of at most INLINE_ADMIT bytes each (their parse
+        takes ~0.1 ms); None, not judged here, for more or larger ones (a core): the tidy in its thread
+        judges them. False: judged and found wanting, or the judging failed."""
+        admit = getattr(self.tidy, "admit", None)
+        if admit is None or len(fresh) > WORKERS:
+            return None
+        try:
+            for name in fresh:  # a hint (a larger one goes to the thread at once); admit checks the fd
+                if os.stat(os.path.join(self.spool.path, name), follow_symlinks=False).st_size > INLINE_ADMIT:
+                    return None
+            return bool(admit(fresh, max_size=INLINE_ADMIT))  # on its fstat: a file swapped in since
+        except Exception:  # gone (a sweep finds that out), or a bug: the sweep, in a thread, decides
+            log.debug("judging %s in the loop failed", sorted(fresh), exc_info=True)
+            return False
+
+    def _arrived(self, name: ReportName) -> None:
+        """A report new since the last tidy: the next one looks at it (alone, if nothing else changed)."""
+        self.untidy = True
+        if self.fresh is not None:
+            self.fresh.add(name.crash)
 
     def _untidied(self, name: ReportName) -> bool:
         """Whether the report was made or changed after the last tidy began (its duplicates not collapsed)."""
@@ -263,11 +289,14 @@ class Daemon:
                 log.warning("inotify queue overflowed: rescanning %s", self.spool.path)
                 self.rescan()
             elif event.name is not None and (name := _report_for(str(event.name))) is not None:
-                if name in self.busy and str(event.name).endswith(".upload"):
-                    self.stamped.add(name)  # our own stamp on the report in hand, or a UI's request
-                    continue
+                if str(event.name).endswith(".upload"):
+                    if name in self.busy:
+                        self.stamped.add(name)  # our own stamp on the report in hand, or a UI's request
+                        continue
+                    if self.spool.answered(name):
+                        continue  # crashd's own stamp, written just after the POST: nothing asked
                 if name not in self.busy and str(event.name).endswith(".crash"):
-                    self.untidy = True  # a new report (a busy one's event is its own rewrite, by its hooks)
+                    self._arrived(name)  # a new report (a busy one's event is its own rewrite, by its hooks)
                 self.schedule(name, self.courier.clock())
 
     async def _schedule(self) -> None:
@@ -286,8 +315,13 @@ class Daemon:
             while self.tidy is not None and self.untidy and not self.stop.is_set():  # duplicates and the
                 self.untidy = False  # budget before anything is sent, again if more reports arrived meanwhile
                 busy = {name.crash for name in self.busy}
+                fresh, self.fresh = self.fresh, set()
                 self.tidied_ns = time.time_ns()
-                held = {ReportName.parse(name) for name in await asyncio.to_thread(self.tidy, busy)}
+                if fresh and (admitted := self._admitted(fresh)) is not None:
+                    if admitted:
+                        continue  # judged here, alone: nothing held back or removed changes
+                    fresh = None  # found wanting: the sweep decides (in a thread), without judging them again
+                held = {ReportName.parse(name) for name in await asyncio.to_thread(self.tidy, busy, fresh)}
                 for name in self.held - held:
                     self.schedule(name, self.courier.clock())  # no longer held back: due as before
                 for name in held:
@@ -348,7 +382,8 @@ class Daemon:
         finally:
             self.busy.discard(name)
             self.last_activity = time.monotonic()
-            self.untidy = self.untidy or bool(self.held)  # a kept report came free: count its duplicates
+            if self.held:  # a kept report came free: count its duplicates (a full sweep)
+                self.untidy, self.fresh = True, None
         if status is not None and self.service is not None:
             self.service.report_changed(status.name, status.state.value)  # settings UIs follow each outcome
         if status is not None and network.held_by_network(status.detail):

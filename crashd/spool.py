@@ -32,10 +32,12 @@ import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from stat import S_IMODE as stat_mode
+from stat import S_ISREG
 from typing import BinaryIO
 
 from crashd import fs
 from crashd.fs import OpenFile, UnsafeFileError
+from crashd.lifecycle import pending
 from crashd.stamps import STAMP_MODE, Stamps, check_oops_id, read_oops_id, stamp_mtime, write_stamp
 
 __all__ = [
@@ -158,6 +160,9 @@ class Spool:
     ):
         self.path = os.fspath(directory)
         self.max_report_size = max_report_size
+        # The daemon writes the .upload stamps of what automatic consent sends after the POST, not
+        # before it (crashd.collector.collect says why); upload-all, whose stamp records a request, first.
+        self.defer_upload_stamp = False
         self.legacy_uid = _uid_of_user(LEGACY_UPLOADER if legacy_uploader is None else legacy_uploader)
         try:
             self._fd = os.open(self.path, fs.DIR_FLAGS)
@@ -274,8 +279,9 @@ class Spool:
         uploaded = self._stamp_mtime(name.uploaded, self._senders(owner_uid), ignored)
         return Stamps(upload, uploaded, tuple(ignored))
 
-    def mark_upload(self, report: OpenReport) -> None:
-        """Make the report pending with ``NAME.upload`` (report's owner and group, 0640).
+    def mark_upload(self, report: OpenReport, *, at_ns: int | None = None) -> None:
+        """Make the report pending with ``NAME.upload`` (report's owner and group, 0640), as of *at_ns*
+        (:func:`crashd.stamps.stamp_clock_ns` when it was asked for; default: now).
 
         A safe ``.upload`` that already makes it pending is left alone (no
         needless inotify event; it keeps the time the user asked).  Otherwise a
@@ -286,7 +292,23 @@ class Spool:
         """
         if self.stamps(report.name, report.stat.st_uid).pending:
             return
-        write_stamp(self._dirfd(), report.name.upload, b"", report.stat)
+        write_stamp(self._dirfd(), report.name.upload, b"", report.stat, at_ns=at_ns)
+
+    def answered(self, name: ReportName) -> bool:
+        """Whether ``NAME.upload`` is answered by a ``NAME.uploaded`` at least as new — both regular files
+        with one link, owned by root or the uid the name claims (whom no other user can make own a
+        file) — judged on ``lstat`` alone, for the daemon's event loop. True means the event of that
+        ``.upload`` asks nothing: crashd's own stamp, written after the POST, or a request already
+        answered. Anything else, a stat that fails included, is False: look at the report."""
+        owners = (0,) if name.uid is None else (0, name.uid)
+        try:
+            upload, uploaded = self._lstat(name.upload), self._lstat(name.uploaded)
+        except OSError:
+            return False
+        if upload is None or uploaded is None:
+            return False
+        safe = (S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid in owners for st in (upload, uploaded))
+        return all(safe) and not pending(upload.st_mtime_ns, uploaded.st_mtime_ns)
 
     def mark_uploaded(self, report: OpenReport, oops_id: str) -> bool:
         """Record the server's acceptance: ``NAME.uploaded`` holds ``oops_id``

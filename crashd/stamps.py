@@ -12,12 +12,15 @@ from __future__ import annotations
 import errno
 import os
 import re
+import time
 from dataclasses import dataclass
 
 from crashd import fs
 from crashd.lifecycle import pending  # standard library only, like this module
 
-__all__ = ["STAMP_MODE", "Stamps", "check_oops_id", "read_oops_id", "stamp_mtime", "write_stamp"]
+__all__ = [
+    "STAMP_MODE", "Stamps", "check_oops_id", "read_oops_id", "stamp_clock_ns", "stamp_mtime", "write_stamp",
+]  # fmt: skip
 
 STAMP_MODE = 0o640
 """Mode of the stamps crashd writes: the owner and the report's group may read."""
@@ -94,8 +97,23 @@ def check_oops_id(oops_id: str) -> bytes:
     return oops_id.encode("ascii")
 
 
-def write_stamp(dir_fd: int, filename: str, content: bytes, report: os.stat_result) -> None:
-    """Create *filename* with *content*, owned like *report*, mode :data:`STAMP_MODE`, atomically.
+_CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # Linux's number; not in `time`
+
+
+def stamp_clock_ns() -> int:
+    """Now, as file times tell it: the kernel's coarse real-time clock, which a file written later
+    never has an mtime older than (file times come from it, or — multigrain timestamps — from a finer
+    clock that is never behind it). ``time.time_ns()`` can be a few milliseconds ahead of the mtime of
+    a file written after it, which would make a ``.upload`` given that time look newer than the
+    ``.uploaded`` written after it."""
+    return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+
+
+def write_stamp(
+    dir_fd: int, filename: str, content: bytes, report: os.stat_result, *, at_ns: int | None = None
+) -> None:
+    """Create *filename* with *content*, owned like *report*, mode :data:`STAMP_MODE`, atomically;
+    with *at_ns*, that is its mtime (and atime) instead of now.
 
     Not fsync'ed, on purpose: a stamp lost to a power cut only means the
     report is sent again, which daisy answers 409 "already reported" and
@@ -103,7 +121,8 @@ def write_stamp(dir_fd: int, filename: str, content: bytes, report: os.stat_resu
     each when upload-all stamps hundreds of reports a second.
     """
     owner = (report.st_uid, report.st_gid)
-    fs.place_file(dir_fd, filename, content, mode=STAMP_MODE, owner=owner, sync=False)
+    times = None if at_ns is None else (at_ns, at_ns)
+    fs.place_file(dir_fd, filename, content, mode=STAMP_MODE, owner=owner, times=times, sync=False)
 
 
 def _owner_refusal(st_uid: int, owner_uid: int) -> str:

@@ -18,6 +18,7 @@ from crashd.consent import (
     MAX_FILE,
     Consent,
     ConsentLocked,
+    ConsentReader,
     load_consent,
     may_collect_automatically,
     may_send,
@@ -25,6 +26,7 @@ from crashd.consent import (
     set_preference,
     store_consent,
 )
+from tests.daemon_run import wait_until
 
 OFF = Consent(report_crashes=False, automatic=False, report_metrics=True, locked=False, reason=None)
 MANUAL = Consent(report_crashes=True, automatic=False, report_metrics=True, locked=False, reason=None)
@@ -430,3 +432,84 @@ def test_unknown_preference_name(state: Path, where: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="ReportCrashes, AutomaticallyReportCrashes, ReportMetrics"):
         set_preference(state, "reportcrashes", True, **where)
     assert not state.exists()
+
+
+# -- the daemon's cached reader -----------------------------------------------------------------
+
+
+def counting_reader(state: Path, where: dict[str, Path], racy_ns: int = 0) -> tuple[ConsentReader, list[int]]:
+    """A reader whose loads are counted; *racy_ns* 0 trusts even a file changed this very moment."""
+    reader = ConsentReader(state, **where)
+    reader.RACY_NS = racy_ns
+    loads: list[int] = []
+    load = reader._load
+
+    def counted() -> Consent:
+        loads.append(1)
+        return load()
+
+    reader._load = counted
+    return reader, loads
+
+
+def changed_ctime(path: Path, before: int) -> bool:
+    """Touch *path* back to its own times until its ctime moves (a clock tick): readiness, not a sleep."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    return path.stat().st_ctime_ns != before
+
+
+def test_reader_reads_again_only_when_a_file_changed(state: Path, where: dict[str, Path]) -> None:
+    reader, loads = counting_reader(state, where)
+    assert reader() == MANUAL and reader() == MANUAL
+    assert len(loads) == 1  # nothing changed: not read again
+    store_consent(state, automatic=True, **where)  # a new file (replaced by rename)
+    assert reader() == AUTO
+    write(where["whoopsie_default"], "report_crashes=false\n")  # a file that was missing
+    assert reader().report_crashes is False
+    where["whoopsie_default"].unlink()  # and gone again
+    assert reader() == AUTO
+    assert len(loads) == 4
+
+
+def test_reader_sees_a_same_size_same_mtime_rewrite_in_place(state: Path, where: dict[str, Path]) -> None:
+    store_consent(state, automatic=True, **where)
+    path = state / "consent.json"
+    reader, loads = counting_reader(state, where)
+    assert reader() == AUTO
+    before = path.stat()
+    text = path.read_bytes()
+    off = text.replace(b'"automatic": true, ', b'"automatic": false,')
+    assert len(off) == len(text)
+    with path.open("r+b") as f:  # in place: same inode, same size
+        f.write(off)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the mtime put back
+    assert wait_until(lambda: changed_ctime(path, before.st_ctime_ns), 5)
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert reader() == MANUAL
+    assert len(loads) == 2
+
+
+def test_reader_sees_a_replaced_lock(state: Path, where: dict[str, Path]) -> None:
+    reader, _ = counting_reader(state, where)
+    assert reader() == MANUAL
+    replacement = write(where["config"].with_name("new.conf"), "[consent]\nlocked = true\nreport_crashes = false\n")
+    replacement.rename(where["config"])
+    assert reader().report_crashes is False
+
+
+def test_reader_does_not_trust_a_file_changed_as_it_was_read(state: Path, where: dict[str, Path]) -> None:
+    store_consent(state, automatic=True, **where)
+    reader, loads = counting_reader(state, where, racy_ns=10**18)  # every file counts as just changed
+    assert reader() == AUTO and reader() == AUTO
+    assert len(loads) == 2  # a change within the same clock tick would look unchanged: read again
+
+
+def test_reader_raises_a_bad_lock_every_time(state: Path, where: dict[str, Path]) -> None:
+    write(where["config"], "[consent]\nlocked = maybe\n")
+    reader, loads = counting_reader(state, where)
+    for _ in range(2):
+        with pytest.raises(ConfigError):
+            reader()
+    assert len(loads) == 2

@@ -97,7 +97,9 @@ def test_dropped_report_is_sent_without_any_command(daisy, crash_dir, automatic)
             uploaded = path.with_suffix(".uploaded")
             assert wait_until(uploaded.exists, timeout=10)
             assert wait_until(lambda u=uploaded, i=i: u.read_text() == daisy.reports[i].oops_id, timeout=10)
-        assert path.with_suffix(".upload").exists()  # automatic consent marks it, as a UI would
+        # Automatic consent marks it, as a UI would — after the POST, and never newer than its .uploaded.
+        assert wait_until(path.with_suffix(".upload").exists, timeout=10)
+        assert path.with_suffix(".upload").stat().st_mtime_ns <= uploaded.stat().st_mtime_ns
         assert daemon.alive()
     figures("drop -> POST received (automatic consent)", latencies)  # measured for real by bench/daemon.py
     assert sent_paths(daisy) == Counter({f"/usr/bin/auto{i}": 1 for i in range(20)})

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from crashd.collector import Collected, collect
 from crashd.fs import sparse_refusal
+from crashd.report import Limits
 from crashd.spool import (
     MAX_REPORT_SIZE,
     STAMP_MODE,
@@ -568,6 +570,88 @@ def test_mark_upload_after_a_send_makes_it_pending_again(spool: Spool, crash_dir
         assert not spool.stamps(report.name, 0).pending
         spool.mark_upload(report)
         assert spool.stamps(report.name, 0).pending
+
+
+def collected_deferred(spool: Spool, crash_dir: Path) -> tuple[OpenReport, Collected]:
+    """x.0.crash collected as the daemon collects it: its .upload stamp deferred to close()."""
+    put(crash_dir, "x.0.crash")
+    spool.defer_upload_stamp = True
+    report = spool.open_report("x.0.crash")
+    collected = collect(spool, report, Limits())
+    assert isinstance(collected, Collected)
+    return report, collected
+
+
+def test_a_deferred_upload_stamp_is_written_at_close_and_reads_as_sent_with_the_uploaded_after_it(
+    spool: Spool, crash_dir: Path
+) -> None:
+    report, collected = collected_deferred(spool, crash_dir)
+    with report, collected:
+        assert not (crash_dir / "x.0.upload").exists()  # not before the POST
+        assert spool.mark_uploaded(report, "oops")  # at once: within the clock tick of collect()
+    assert (crash_dir / "x.0.upload").exists()
+    stamps = spool.stamps(report.name, 0)
+    assert stamps.upload_ns is not None and stamps.uploaded_ns is not None
+    assert stamps.upload_ns <= stamps.uploaded_ns  # time.time_ns() would be ahead of the file clock
+    assert not stamps.pending
+
+
+def test_a_deferred_upload_stamp_without_a_send_leaves_the_report_pending(
+    spool: Spool, crash_dir: Path
+) -> None:
+    put(crash_dir, "x.0.uploaded", b"old")  # an earlier crash under the name was sent
+    os.utime(crash_dir / "x.0.uploaded", ns=(T, T))
+    report, collected = collected_deferred(spool, crash_dir)
+    with report, collected:
+        pass  # the POST failed: no .uploaded
+    assert spool.stamps(report.name, 0).pending
+
+
+def test_a_ui_stamp_is_left_as_it_is_by_a_deferred_stamp(spool: Spool, crash_dir: Path) -> None:
+    stamp = put(crash_dir, "x.0.upload", b"")
+    os.utime(stamp, ns=(T, T))
+    inode = os.stat(stamp).st_ino
+    report, collected = collected_deferred(spool, crash_dir)
+    with report, collected:
+        assert spool.mark_uploaded(report, "oops")
+    after = os.stat(stamp)
+    assert (after.st_ino, after.st_mtime_ns) == (inode, T)  # not rewritten after the send
+
+
+def test_answered_upload_stamps(
+    spool: Spool, crash_dir: Path, alice: pwd.struct_passwd, bob: pwd.struct_passwd
+) -> None:
+    """The daemon ignores the event of an .upload only when a trusted .uploaded at least as new answers it."""
+    name = ReportName(f"x.{alice.pw_uid}")
+
+    def stamp(suffix: str, ns: int, uid: int = alice.pw_uid) -> Path:
+        path = put(crash_dir, f"{name.stem}.{suffix}", b"", uid=uid)
+        os.utime(path, ns=(ns, ns))
+        return path
+
+    assert not spool.answered(name)  # no stamps
+    stamp("upload", T)
+    assert not spool.answered(name)  # asked, not answered
+    uploaded = stamp("uploaded", T)
+    assert spool.answered(name)  # equal times count as sent
+    stamp("upload", T + 1)
+    assert not spool.answered(name)  # asked again
+    stamp("uploaded", T + 1, uid=0)
+    assert spool.answered(name)  # root's stamp counts
+    stamp("uploaded", T + 1, uid=bob.pw_uid)
+    assert not spool.answered(name)  # planted by another user: look at the report
+    uploaded.unlink()
+    uploaded.symlink_to(crash_dir / f"{name.stem}.upload")
+    assert not spool.answered(name)
+
+
+def test_upload_all_stamps_before_the_post(spool: Spool, crash_dir: Path) -> None:
+    put(crash_dir, "x.0.crash")
+    with spool.open_report("x.0.crash") as report:
+        collected = collect(spool, report, Limits())
+        assert isinstance(collected, Collected)
+        with collected:
+            assert spool.stamps(report.name, 0).pending
 
 
 def test_mark_uploaded_replaces_atomically(spool: Spool, crash_dir: Path) -> None:

@@ -184,6 +184,68 @@ def test_the_budget_removes_sent_reports_before_any_unsent_one(daisy, crash_dir,
     assert sum(disk_use(path.stat()) for path in crash_dir.glob("*.crash")) <= 4 * MiB
 
 
+# -- new reports judged alone (the daemon's path) ------------------------------------------------------
+
+
+class Counted(Tidy):
+    """A Tidy that counts its full sweeps."""
+
+    sweeps = 0
+
+    def sweep(self, busy=()):  # type: ignore[no-untyped-def]
+        self.sweeps += 1
+        return super().sweep(busy)
+
+
+def test_a_new_unique_report_is_admitted_without_a_sweep_and_a_duplicate_is_swept(crash_dir, state_dir):
+    write_loop(crash_dir, 1)
+    unique_reports(crash_dir, 2, 1024)
+    with Spool(crash_dir) as spool:
+        tidy = Counted(spool, StateStore.open(state_dir), state_dir)
+        assert tidy((), set()) == set() and tidy.sweeps == 1  # the first look is always a sweep
+        fresh = drop(crash_dir / "_usr_bin_other.0.crash", crash("other", StacktraceTop="other ()\nmain ()"))
+        assert tidy((), {fresh.name}) == set() and tidy.sweeps == 1  # judged alone: unique
+        (again,) = write_loop(crash_dir, 1, start=1)  # a second crash of the loop: the sweep collapses it
+        assert tidy((), {again.name}) == {again.name} and tidy.sweeps == 2
+        assert not again.exists()
+        (third,) = write_loop(crash_dir, 1, start=2)  # and a duplicate of a report that came alone
+        twin = drop(crash_dir / "_usr_bin_other2.0.crash", crash("other", StacktraceTop="other ()\nmain ()"))
+        os.utime(twin, (fresh.stat().st_mtime + 1,) * 2)
+        assert tidy((), {twin.name}) == {twin.name, third.name} and tidy.sweeps == 3  # the loop's third, too
+        assert not twin.exists() and not third.exists()
+
+
+def test_a_new_report_over_the_room_left_is_swept(crash_dir, state_dir, tmp_path):
+    unique_reports(crash_dir, 3, MiB)
+    with Spool(crash_dir) as spool:
+        tidy = Counted(spool, StateStore.open(state_dir), state_dir, max_use="4M")
+        tidy((), None)
+        names = unique_reports(crash_dir, 5, MiB)[3:]  # _usr_bin_big003 and 004: 2 MiB more than fits
+        tidy((), set(names))
+        assert tidy.sweeps == 2
+    assert sum(disk_use(path.stat()) for path in crash_dir.glob("*.crash")) <= 4 * MiB
+
+
+def test_a_new_report_over_max_size_is_not_read_by_admit(crash_dir, state_dir):
+    write_loop(crash_dir, 1)
+    with Spool(crash_dir) as spool:
+        tidy = Counted(spool, StateStore.open(state_dir), state_dir)
+        tidy((), None)
+        (big,) = unique_reports(crash_dir, 1, 64 * 1024)
+        assert not tidy.admit({big}, max_size=1024)  # the daemon's loop reads only small files
+        assert tidy.admit({big})
+
+
+def test_a_replaced_report_is_swept(crash_dir, state_dir):
+    (first,) = write_loop(crash_dir, 1)
+    with Spool(crash_dir) as spool:
+        tidy = Counted(spool, StateStore.open(state_dir), state_dir)
+        tidy((), None)
+        drop(first, crash("else", StacktraceTop="else ()\nmain ()"))  # a new crash under a known name
+        tidy((), {first.name})
+        assert tidy.sweeps == 2
+
+
 # -- the daemon ---------------------------------------------------------------------------------------
 
 

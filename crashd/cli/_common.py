@@ -35,7 +35,7 @@ from crashd.cli._base import (
 )
 from crashd.collector import HookOptions
 from crashd.config import ConfigError, Settings, load_settings
-from crashd.consent import Consent, load_consent, may_send
+from crashd.consent import Consent, ConsentReader, may_send
 from crashd.identity import system_identifier
 from crashd.lifecycle import Gate, Status
 from crashd.network import read_conditions
@@ -194,10 +194,12 @@ def tidy_for(spool: Spool, store: StateStore, settings: Settings) -> Tidy:
 
 
 def consent_gate(settings: Settings, config: Path) -> Gate:
-    """Consent as the daemon asks it, read afresh every time, so a change applies to the next report."""
+    """Consent as the daemon asks it, per report: a change to any of its files applies to the next report
+    (read again only then: :class:`crashd.consent.ConsentReader`)."""
+    read = ConsentReader(settings.state_dir, config=config)
 
     def gate(marked_for_upload: bool) -> str | None:
-        consent = load_consent(settings.state_dir, config=config)
+        consent = read()
         if may_send(consent, marked_for_upload=marked_for_upload):
             return None
         if not consent.report_crashes:
