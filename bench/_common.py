@@ -11,6 +11,7 @@ also counts the server and every earlier child once they are reaped.
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import platform
 import random
@@ -27,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 REPO = Path(__file__).resolve().parents[1]
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -127,6 +129,25 @@ def run_upload_all(crash_dir: Path, state_dir: Path, url: str, token: str) -> Ch
         url,
     ]
     return run_child([sys.executable, "-m", "crashd", *argv], env=child_env(CRASH_DB_IDENTIFIER=token))
+
+
+def post_bodies(url: str, bodies: Sequence[bytes]) -> float:
+    """Seconds to POST every body back to back with bare ``http.client`` on one kept-alive connection:
+    the floor the upload path is measured against (the server and loopback, nothing of crashd's)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port)
+    headers = {"Content-Type": "application/octet-stream"}
+    started = time.perf_counter()
+    try:
+        for body in bodies:
+            conn.request("POST", f"{parts.path.rstrip('/')}/{TOKEN}", body, headers)
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status != 200:
+                raise RuntimeError(f"the loopback daisy answered {answer.status}")
+    finally:
+        conn.close()
+    return time.perf_counter() - started
 
 
 def rss_now_kib() -> int:

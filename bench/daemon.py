@@ -67,9 +67,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench._common import REPO, TOKEN, child_env, mib
+from bench._common import REPO, TOKEN, child_env, mib, post_bodies
 from bench.reports import deps_report, spec_report
-from bench.upload_rate import _bodies, _raw_posts
+from bench.upload_rate import _bodies
 from crashd.consent import set_preference
 from crashd.report import write_report
 
@@ -498,7 +498,7 @@ def _queued(work: Path, daisy: _Daisy, count: int, tag: str, kind: str = "deps")
     crash_dir, state_dir = _scratch(work, tag, automatic=True)
     _stage(crash_dir, kind, count)
     before = daisy.count()
-    floor_s = _raw_posts(daisy.url, _bodies(_stage(work / f"{tag}-floor", kind, count)[0].parent), 1)
+    floor_s = post_bodies(daisy.url, _bodies(_stage(work / f"{tag}-floor", kind, count)[0].parent))
     daisy.wait_posts(before + count, timeout=60)
     base = before + count  # the floor's POSTs came first
     with _service(work, crash_dir, state_dir, daisy.url, "--once") as service:

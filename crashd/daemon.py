@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from asyncinotify import Inotify, Mask
 
-from crashd import lifecycle, network
+from crashd import lifecycle, network, process
 from crashd.collector import HookOptions
 from crashd.config import Settings
 from crashd.consent import Consent, may_collect_automatically
@@ -98,6 +98,7 @@ class Daemon:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     last_activity: float = field(default_factory=time.monotonic)
+    heap_released: bool = False  # since the last report was worked on (process.release_free_memory)
 
     async def run(self) -> int:
         self.spool.defer_upload_stamp = True  # stamped after the POST (crashd.collector.collect)
@@ -333,6 +334,11 @@ class Daemon:
             if not tasks and self._idle(now):
                 log.info("idle: nothing due within %.0f s; exiting", self.idle_timeout)
                 return
+            if tasks:
+                self.heap_released = False
+            elif not self.heap_released:  # going idle: what start-up or a burst freed goes back (issue 15)
+                process.release_free_memory()
+                self.heap_released = True
             await self._sleep(self._next_wake(now))
 
     def _idle(self, now: float) -> bool:
