@@ -14,6 +14,7 @@ is dropped silently, and a refused file is left exactly as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 from collections.abc import Callable
@@ -260,12 +261,14 @@ def _added(report: Report, kept: list[str], added: dict[str, str | bytes], limit
     """The report as its rewrite will read, without the binary values' contents: *kept* then *added*,
     written and indexed in memory by the same writer and reader, so that what is sent is exactly what
     the rewritten file holds (a value the writer keeps as a block is not sent, as from the file). A
-    binary value stays an empty block in its place (never sent; its key still counts)."""
+    binary value stays an empty block in its place (never sent; its key still counts). The file size
+    bound is the rewrite's to enforce (:meth:`Spool.replace_report`, after the POST): this is no file."""
     out = io.BytesIO()
     old = [(key, _EMPTY if report.entries[key].binary else report.text_bytes(key)) for key in kept]
     write_report(out, [*old, *added.items()])
     out.seek(0)
-    return read_report(out, limits=limits, name=report.name)
+    unbounded = dataclasses.replace(limits, file_size=max(limits.file_size, len(out.getbuffer())))
+    return read_report(out, limits=unbounded, name=report.name)
 
 
 _EMPTY = StoredBinary((), empty=True)
