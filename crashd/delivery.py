@@ -10,16 +10,26 @@ The order of writes is what makes a ``kill -9`` at any point harmless:
    all at once by the caller's :meth:`~crashd.state.StateStore.flush`;
 3. only then is ``.uploaded`` written.
 
+4. last, when nothing more is due for the report (sent with no core pending, or final), the fields
+   crashd added in memory are written into it (:meth:`Courier.write_back`): a new file, with the old
+   one's times, renamed over it only if it still is the file that was sent; then the record follows
+   the new file.
+
 A kill before 2 leaves ``posting``: the next run resends, and daisy's 409
 ("already reported") counts as sent — at most one duplicate POST per kill,
 because only one POST is on the wire at a time (the ``wire`` lock). A kill
 between 2 and 3 leaves a ``sent`` record without a stamp: the next run writes
-the stamp and sends nothing.
+the stamp and sends nothing. A kill in 4 before the rename leaves the file as it was, stamped: sent, and
+it keeps only what it had (the server has the added fields); after the rename, before the record
+follows, the new file reads as sent by its stamps (it has the old file's times, and ``.uploaded`` is
+newer): nothing is sent again. A rejected or expired report has no stamp: that kill costs one repeated
+POST, answered as before.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random as _random
 import threading
 import time
@@ -125,6 +135,8 @@ class Courier:
                 return step.status
             if step.step in (Step.DONE, Step.WAIT):
                 return step.status  # final for this file, or backing off: not yet
+            if step.step is not Step.STAMP:  # a POST is due and allowed: the upload worker, if it has
+                self._prepare()  # to start, starts while the report is read and enriched
             # Only the core left to send: the report itself went out, so it is neither enriched nor
             # marked again.
             first = step.step is Step.SEND
@@ -151,6 +163,14 @@ class Courier:
             log.info("%s: %s", record.name, settled.detail, extra=event(State.HELD, record.name))
         return settled
 
+    def _prepare(self) -> None:
+        """Ask the uploader to get ready for a POST (:meth:`crashd.worker.WorkerUploader.prepare`: the
+        worker's start overlaps the collection); asked only when a POST is due, so a run with nothing to
+        send starts nothing. Uploaders with nothing to prepare have no such method."""
+        prepare = getattr(self.uploader, "prepare", None)
+        if prepare is not None:
+            prepare()
+
     def _network_allows(self, *, core: bool) -> bool:
         return self.network is None or self.network(core) is None
 
@@ -171,10 +191,43 @@ class Courier:
             _stamp(spool, collected, record)
             if record.core is not None and not record.core.phase.final and self._network_allows(core=True):
                 record = self._post_core(collected, record)
+        if collected.write_back is not None and lifecycle.due(record) is None:
+            record = self.write_back(spool, collected, record)
         return record
 
+    def write_back(self, spool: Spool, collected: Collected, record: Record) -> Record:
+        """Write what crashd added in memory (and sent) into the report, after its POST, and have the
+        record follow the new file; the record as it was when the file cannot be rewritten.
+
+        Only once nothing more is due: a report waiting for a retry is enriched again in memory then
+        (in-process, cheap), and a pending core keeps its record on the file it is read from. Never
+        raises: the POST's outcome stands whatever happens to the copy on disk. The new file gets the
+        old one's times, so that its ``.uploaded``, written before, still says it was sent — a kill
+        before the record follows resends nothing. The follow is not fsynced: lost to a power cut, the
+        stamps still say sent.
+        """
+        write, collected.write_back = collected.write_back, None
+        assert write is not None
+        shown = os.path.join(spool.path, collected.name)
+        try:
+            replaced = spool.replace_report(collected.opened, write, keep_times=True)
+        except (OSError, UnsafeFileError) as error:
+            log.warning("%s: %s, but the fields crashd added could not be written into it: %s",
+                        shown, record.phase.value, error)  # fmt: skip
+            return record
+        if replaced is None:
+            log.info("%s: replaced by a newer crash after its POST: the fields crashd added are not "
+                     "written into that one", shown)  # fmt: skip
+            return record
+        with replaced:
+            try:
+                return self._save(replace(record, fingerprint=Fingerprint.of(replaced.stat)))
+            except OSError as error:  # the stamps still say sent; a final verdict may be reached again
+                log.warning("%s: rewritten, but its delivery record cannot follow it: %s", shown, error)
+                return record
+
     def _post_report(self, collected: Collected, record: Record) -> Record:
-        body = encode_report(collected.report)  # a report crashd refuses fails here, before any state
+        body = encode_report(collected.sent)  # a report crashd refuses fails here, before any state
         if not record.updated:  # never saved: its file is made here, so the saves below are in place
             record = self._save(record)
         with self.wire:

@@ -332,7 +332,9 @@ class Spool:
         write_stamp(self._dirfd(), report.name.uploaded, content, report.stat)
         return True
 
-    def replace_report(self, report: OpenReport, write: Callable[[BinaryIO], None]) -> OpenReport | None:
+    def replace_report(
+        self, report: OpenReport, write: Callable[[BinaryIO], None], *, keep_times: bool = False
+    ) -> OpenReport | None:
         """Rewrite a report atomically: *write* fills a new file that takes the old one's place.
 
         The new file is created exclusively under a temporary name in the crash
@@ -340,10 +342,15 @@ class Spool:
         and renamed over ``NAME.crash`` only if that name still is the file that
         was read — apport may have replaced it with a newer crash meanwhile
         (then the rewrite is dropped and None returned). The caller keeps
-        *report*; the result is the new file, opened and checked like any report.
+        *report*; the result is the new file, opened and checked like any report
+        (None too when the name is another file by then: a crash renamed in just after).
         Refused (UnsafeFileError, nothing written) when the old file is sparse — rewriting
         it would turn its holes into real data (issue 11, vulnerability 7) — and (nothing
         renamed) when the new file would pass ``max_report_size``.
+
+        With *keep_times* the new file gets the old one's access and modification times: a report
+        rewritten after it was sent still reads as sent by its ``.uploaded`` (which must be as new as
+        the report), and as seen or unseen as it was to apport's UI (which compares the two times).
         """
         shown = self._path(report.name.crash)
         reason = fs.sparse_refusal(report.stat)
@@ -351,19 +358,28 @@ class Spool:
             raise UnsafeFileError(shown, reason)
         limit = self.max_report_size
 
+        written: list[os.stat_result] = []
+
         def bounded(out: BinaryIO) -> None:
             write(out)
             out.flush()
-            reason = fs.size_refusal(os.fstat(out.fileno()).st_size, limit)
+            written.append(os.fstat(out.fileno()))
+            reason = fs.size_refusal(written[-1].st_size, limit)
             if reason:
                 raise UnsafeFileError(shown, f"rewritten, it {reason}")
 
-        owner, mode = (report.stat.st_uid, report.stat.st_gid), stat_mode(report.stat.st_mode)
+        st = report.stat
+        owner, mode = (st.st_uid, st.st_gid), stat_mode(st.st_mode)
+        times = (st.st_atime_ns, st.st_mtime_ns) if keep_times else None
         if not fs.place_file(
-            self._dirfd(), report.name.crash, bounded, mode=mode, owner=owner, expect=report.stat
+            self._dirfd(), report.name.crash, bounded, mode=mode, owner=owner, times=times, expect=st
         ):
             return None
-        return self.open_report(report.name)
+        new = self.open_report(report.name)
+        if (new.stat.st_dev, new.stat.st_ino) != (written[-1].st_dev, written[-1].st_ino):
+            new.close()  # not ours: a crash apport renamed in after ours is its own report
+            return None
+        return new
 
     def remove(self, report: OpenReport) -> bool:
         """Remove a report that was opened and judged, and its stamps (crashd.tidy: duplicates, the

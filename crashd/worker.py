@@ -131,7 +131,7 @@ class WorkerUploader:
         finally:
             uploader.close()
 
-    The worker is started on the first job, not here, so a run with nothing to
+    The worker is started on the first job (or :meth:`prepare`), not here, so a run with nothing to
     send never starts one. Calls are serialised: one job is in flight at a time
     (delivery sends one POST at a time anyway). *deadline* (``time.monotonic()``)
     bounds every job, as :class:`~crashd.uploader.HttpTransport`'s does.
@@ -156,6 +156,7 @@ class WorkerUploader:
         self._next_id = 0
         self._backoff = BACKOFF_FIRST
         self._not_before = 0.0  # self.clock() value before which no new worker is started
+        self._closed = False  # close() was called: a start prepare() asked for must not happen after it
 
     @property
     def pid(self) -> int | None:
@@ -175,9 +176,29 @@ class WorkerUploader:
         finally:
             os.close(fd)
 
+    def prepare(self) -> None:
+        """Have the worker running for the job about to come: started now, in a thread, so that its
+        ~100 ms start (interpreter, imports, the drop of privileges) overlaps the caller's preparing the
+        job instead of following it. Returns at once; a no-op while a worker runs, is being started, or
+        may not be restarted yet. A start that fails is what the next :meth:`send` reports (it waits for
+        the start under way, then raises WorkerError during the restart backoff, as for a failed start).
+        Call it only when a job is due: a process with nothing to send starts no worker.
+        """
+        if self._socket is not None or self._lock.locked() or self._closed:
+            return
+        threading.Thread(target=self._start_quietly, name="crashd-worker-start", daemon=True).start()
+
+    def _start_quietly(self) -> None:
+        with self._lock:
+            if self._closed or self._socket is not None or self.clock() < self._not_before:
+                return
+            with contextlib.suppress(WorkerError):  # logged by _fail; the next send says it
+                self._ensure_worker()
+
     def close(self) -> None:
         """End the worker: EOF on its socket makes it exit; it is killed if it has not, promptly."""
         with self._lock:
+            self._closed = True
             process, sock = self._process, self._socket
             self._process = self._socket = None
             if sock is not None:

@@ -359,6 +359,68 @@ def test_a_dead_worker_is_restarted_only_after_a_backoff(crash_dir, daisy, user)
     assert len(daisy.reports) == 2
 
 
+def worker_children() -> list[int]:
+    """This test process's upload workers (WorkerUploader starts them as its children)."""
+    return [pid for pid in children(os.getpid()) if b"crashd.worker" in _cmdline(pid)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_prepare_starts_the_worker_in_the_background_and_the_next_job_uses_it(crash_dir, daisy, user):
+    """Issue 15: the ~100 ms start overlaps the caller's preparing the job; prepare() itself returns at
+    once (the start runs in a thread), and the job waits for that start rather than making its own."""
+    path = write(crash_dir / NAME, crash("app"))
+    uploader = WorkerUploader(user, 2, 2)
+    try:
+        assert uploader.pid is None and worker_children() == []
+        uploader.prepare()
+        assert wait_until(lambda: uploader.pid is not None, 30), "prepare() started no worker"
+        started = uploader.pid
+        uploader.prepare()  # one is running (or starting): nothing more starts
+        with opened(path) as (_fd, report):
+            assert uploader.send(report_job(report, daisy.url)).status == 200
+        assert uploader.pid == started
+        assert worker_children() == [started]
+    finally:
+        uploader.close()
+    assert wait_until(lambda: worker_children() == [], 20)
+
+
+def test_a_start_prepare_asked_for_never_outlives_close(user):
+    """close() right after prepare(): the start under way is waited for and ended, and a prepare()
+    after close() starts nothing (a stopping daemon must not leave a worker behind)."""
+    uploader = WorkerUploader(user, 2, 2)
+    uploader.prepare()
+    uploader.close()
+    assert uploader.pid is None
+    uploader.prepare()
+    starting = lambda: [t for t in threading.enumerate() if t.name == "crashd-worker-start"]  # noqa: E731
+    assert wait_until(lambda: not starting(), 30)
+    assert uploader.pid is None
+    assert wait_until(lambda: worker_children() == [], 20), "a worker outlived close()"
+
+
+@root_only
+def test_a_daemon_with_only_held_reports_starts_no_worker_until_one_is_asked_for(crash_dir, config, daisy):
+    """prepare() is asked only when a POST is due: held reports (consent not automatic) start nothing;
+    the .upload a UI writes does, and the report goes out."""
+    state = state_dir_of(crash_dir)
+    state.mkdir(mode=0o700)
+    with run_daemon(crash_dir, state, daisy.url, "--idle-timeout", "60", config=config) as daemon:
+        drop(crash_dir / NAME, crash("app"))
+        assert daemon.log_line(r"^crashd: _usr_bin_app\.0\.crash: held: ", timeout=10), daemon.stderr
+        assert wait_until(lambda: daemon.messages[-1] == "STATUS=0 in progress, 0 waiting", timeout=10)
+        assert [pid for pid in children(daemon.process.pid) if b"crashd.worker" in _cmdline(pid)] == []
+        (crash_dir / NAME).with_suffix(".upload").touch()
+        assert daisy.wait_for(lambda: len(daisy.reports) == 1, timeout=20), daemon.stderr
+        worker_of(daemon.process.pid)
+
+
 def test_a_worker_that_crashes_on_every_job_is_restarted_at_most_once_per_backoff_step(
     crash_dir, daisy, user
 ):
