@@ -136,7 +136,8 @@ class Courier:
             if step.step in (Step.DONE, Step.WAIT):
                 return step.status  # final for this file, or backing off: not yet
             if step.step is not Step.STAMP:  # a POST is due and allowed: the upload worker, if it has
-                self._prepare()  # to start, starts while the report is read and enriched
+                self.uploader.prepare()  # to start, starts while the report is read and enriched
+                # (asked only now, so a run with nothing to send starts nothing)
             # Only the core left to send: the report itself went out, so it is neither enriched nor
             # marked again.
             first = step.step is Step.SEND
@@ -162,14 +163,6 @@ class Courier:
         if settled.state is State.HELD:  # a core (or a retry) the network holds says so
             log.info("%s: %s", record.name, settled.detail, extra=event(State.HELD, record.name))
         return settled
-
-    def _prepare(self) -> None:
-        """Ask the uploader to get ready for a POST (:meth:`crashd.worker.WorkerUploader.prepare`: the
-        worker's start overlaps the collection); asked only when a POST is due, so a run with nothing to
-        send starts nothing. Uploaders with nothing to prepare have no such method."""
-        prepare = getattr(self.uploader, "prepare", None)
-        if prepare is not None:
-            prepare()
 
     def _network_allows(self, *, core: bool) -> bool:
         return self.network is None or self.network(core) is None

@@ -249,6 +249,10 @@ class Uploader(Protocol):
     (:class:`crashd.worker.WorkerUploader`). Raises :class:`UploadError` (the network's or the
     worker's fault: try later), :class:`CoreUnavailable` or :class:`~crashd.report.ReportError`."""
 
+    def prepare(self) -> None:
+        """Get ready for a POST that is coming (start the worker) without waiting: delivery asks as soon
+        as one is due, so that the start overlaps reading and enriching the report."""
+
     def send(self, job: Job) -> Answer: ...
 
     def close(self) -> None: ...
@@ -259,6 +263,9 @@ class DirectUploader:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+
+    def prepare(self) -> None:
+        """Nothing to start: the transport connects on the first POST."""
 
     def send(self, job: Job) -> Answer:
         if job.kind == "report":
