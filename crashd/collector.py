@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import crashd
+from crashd import fs
 from crashd.enrich import added_fields, system_facts
 from crashd.hooks import HookOptions, run_hooks, text_fields
 from crashd.hooks.discovery import InvalidFieldError, executable_path, package_names
 from crashd.lifecycle import State, Status
 from crashd.report import Limits, Report, ReportError, StoredBinary, read_report, valid_key, write_report
 from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError
-from crashd.stamps import stamp_clock_ns
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def collect(
     The caller keeps *opened*; on success the returned :class:`Collected` owns a reader of it, or of
     the rewritten report that replaced it.
     """
-    asked = stamp_clock_ns()
+    asked = fs.file_clock_ns()
     collected = _index(opened, limits)
     if isinstance(collected, Collected) and hooks is not None and needs_hooks(collected.report):
         enriched = _enrich(spool, collected, limits, hooks)

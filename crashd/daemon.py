@@ -44,6 +44,7 @@ from crashd.spool import ReportName, Spool
 
 if TYPE_CHECKING:
     from crashd import dbus_prefs  # imported when the bus is used: dbus-fast is not idle's to pay for
+    from crashd.tidy import Tidy
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Daemon:
     service: dbus_prefs.Service | None = None  # the bus service: ReportChanged goes out through it
     monitor: network.Monitor | None = None  # follows NetworkManager; its hold() is the courier's gate
     held_by_network: set[ReportName] = field(default_factory=set)  # kept running for these
-    tidy: Callable[[Collection[str], Collection[str] | None], Collection[str]] | None = None  # crashd.tidy
+    tidy: Tidy | None = None  # duplicate collapse and the disk budget, before anything is sent
     untidy: bool = True  # a report arrived since the last tidy
     fresh: set[str] | None = None  # ...and these are the only ones (None: a full sweep, crashd.tidy.Tidy)
     held: set[ReportName] = field(default_factory=set)  # duplicates the last tidy said not to send yet
@@ -94,7 +95,6 @@ class Daemon:
     # UI's request that the pass in hand may have missed (it read the stamps before) — looked at again
     # when that pass ended held (issue 15 fault: a held report stayed held after its .upload).
     stamped: set[ReportName] = field(default_factory=set)
-    tidied_ns: int = 0  # when the last tidy began: a report newer than that has not been through one
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     last_activity: float = field(default_factory=time.monotonic)
@@ -255,14 +255,13 @@ class Daemon:
         less before their POST. Only up to WORKERS files of at most INLINE_ADMIT bytes each (their parse
         takes ~0.1 ms); None, not judged here, for more or larger ones (a core): the tidy in its thread
         judges them. False: judged and found wanting, or the judging failed."""
-        admit = getattr(self.tidy, "admit", None)
-        if admit is None or len(fresh) > WORKERS:
+        if self.tidy is None or len(fresh) > WORKERS:
             return None
         try:
             for name in fresh:  # a hint (a larger one goes to the thread at once); admit checks the fd
                 if os.stat(os.path.join(self.spool.path, name), follow_symlinks=False).st_size > INLINE_ADMIT:
                     return None
-            return bool(admit(fresh, max_size=INLINE_ADMIT))  # on its fstat: a file swapped in since
+            return self.tidy.admit(fresh, max_size=INLINE_ADMIT)  # on its fstat: a file swapped in since
         except Exception:  # gone (a sweep finds that out), or a bug: the sweep, in a thread, decides
             log.debug("judging %s in the loop failed", sorted(fresh), exc_info=True)
             return False
@@ -281,7 +280,9 @@ class Daemon:
             st = os.stat(os.path.join(self.spool.path, name.crash), follow_symlinks=False)
         except OSError:
             return False  # gone, or not ours to look at: processing says what it is
-        return st.st_ctime_ns >= self.tidied_ns  # ctime: no user can set it ahead to stay untidied
+        # Since the last *sweep* began, not the last tidy: an admission judges only the reports whose events
+        # were read, and a rescan may meet others made before it (a duplicate was sent twice so).
+        return st.st_ctime_ns >= self.tidy.swept_ns  # ctime: no user can set it ahead to stay untidied
 
     async def _watch(self, inotify: Inotify) -> None:
         async for event in inotify:
@@ -317,7 +318,6 @@ class Daemon:
                 self.untidy = False  # budget before anything is sent, again if more reports arrived meanwhile
                 busy = {name.crash for name in self.busy}
                 fresh, self.fresh = self.fresh, set()
-                self.tidied_ns = time.time_ns()
                 if fresh and (admitted := self._admitted(fresh)) is not None:
                     if admitted:
                         continue  # judged here, alone: nothing held back or removed changes

@@ -34,6 +34,7 @@ import fcntl
 import io
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from stat import S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFMT, S_IFSOCK, S_ISLNK, S_ISREG
@@ -53,6 +54,7 @@ __all__ = [
     "Refusal",
     "UnsafeFileError",
     "directory",
+    "file_clock_ns",
     "fsync_path",
     "human_size",
     "kind_refusal",
@@ -162,6 +164,7 @@ def open_regular(
     max_size: int | None = None,
     refusal: Refusal | None = None,
     look: bool = False,
+    keep_atime: bool = False,
     shown: str | None = None,
 ) -> OpenFile:
     """Open *path* once and judge ``fstat`` of that descriptor: an :class:`OpenFile`, or UnsafeFileError.
@@ -169,15 +172,23 @@ def open_regular(
     Required: a regular file (a final symlink is refused unless *follow*; a FIFO or device cannot block
     the open), with exactly one link when *one_link* — a second name may lie outside the directory, on
     another user's file or ``/etc/shadow`` — of at most *max_size* bytes, and passing the caller's
-    *refusal* (an owner rule). *look* opens ``O_PATH``: judged, never read. *shown* names the file in
-    the refusal (default *path*). Other errors (FileNotFoundError, PermissionError) are raised as they are.
+    *refusal* (an owner rule). *look* opens ``O_PATH``: judged, never read. With *keep_atime*, reading
+    leaves the access time alone where this process may ask that (``O_NOATIME``: the file's owner, or
+    root): a crash report's atime is apport's "seen" mark, which crashd reading it must not set. *shown*
+    names the file in the refusal (default *path*). Other errors (FileNotFoundError, PermissionError) are
+    raised as they are.
     """
     name = os.fspath(path)
     flags = LOOK_FLAGS if look else READ_FLAGS
     if follow:
         flags &= ~os.O_NOFOLLOW
     try:
-        fd = os.open(name, flags, dir_fd=dir_fd)
+        try:
+            fd = os.open(name, flags | (os.O_NOATIME if keep_atime and not look else 0), dir_fd=dir_fd)
+        except PermissionError:
+            if not keep_atime or look:
+                raise
+            fd = os.open(name, flags, dir_fd=dir_fd)  # not ours to keep: a plain read
     except OSError as error:
         reason = _open_refusal(error)
         if reason is None:
@@ -423,6 +434,18 @@ def rewrite_file(path: str | os.PathLike[str], content: bytes, *, mode: int, sla
     size = len(content) + slack
     replace_file(name, content.ljust(size + -size % 256), mode=mode, sync=False)
     return False
+
+
+_CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # Linux's number; not in `time`
+
+
+def file_clock_ns() -> int:
+    """Now, as file times tell it: the kernel's coarse real-time clock, which a file written or changed
+    later never has an mtime or ctime older than (file times come from it, or — multigrain timestamps —
+    from a finer clock that is never behind it). ``time.time_ns()`` can be a few milliseconds ahead of
+    the times of a file written after it: a ``.upload`` given that time would look newer than the
+    ``.uploaded`` written after it, and a report made after a sweep began could pass for one it saw."""
+    return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
 
 
 @contextlib.contextmanager

@@ -257,7 +257,7 @@ class Spool:
 
         shown = self._path(name.crash)
         opened = fs.open_regular(
-            name.crash, dir_fd=self._dirfd(), one_link=True, refusal=refusal, shown=shown
+            name.crash, dir_fd=self._dirfd(), one_link=True, refusal=refusal, keep_atime=True, shown=shown
         )
         return OpenReport(fd=opened.fd, stat=opened.stat, name=name)
 
@@ -281,7 +281,7 @@ class Spool:
 
     def mark_upload(self, report: OpenReport, *, at_ns: int | None = None) -> None:
         """Make the report pending with ``NAME.upload`` (report's owner and group, 0640), as of *at_ns*
-        (:func:`crashd.stamps.stamp_clock_ns` when it was asked for; default: now).
+        (:func:`crashd.fs.file_clock_ns` when it was asked for; default: now).
 
         A safe ``.upload`` that already makes it pending is left alone (no
         needless inotify event; it keeps the time the user asked).  Otherwise a

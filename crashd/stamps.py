@@ -12,14 +12,13 @@ from __future__ import annotations
 import errno
 import os
 import re
-import time
 from dataclasses import dataclass
 
 from crashd import fs
 from crashd.lifecycle import pending  # standard library only, like this module
 
 __all__ = [
-    "STAMP_MODE", "Stamps", "check_oops_id", "read_oops_id", "stamp_clock_ns", "stamp_mtime", "write_stamp",
+    "STAMP_MODE", "Stamps", "check_oops_id", "read_oops_id", "stamp_mtime", "write_stamp",
 ]  # fmt: skip
 
 STAMP_MODE = 0o640
@@ -95,18 +94,6 @@ def check_oops_id(oops_id: str) -> bytes:
     if not _OOPS_ID_RE.fullmatch(oops_id):
         raise ValueError(f"not a usable OOPS id: {oops_id!r}")
     return oops_id.encode("ascii")
-
-
-_CLOCK_REALTIME_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5)  # Linux's number; not in `time`
-
-
-def stamp_clock_ns() -> int:
-    """Now, as file times tell it: the kernel's coarse real-time clock, which a file written later
-    never has an mtime older than (file times come from it, or — multigrain timestamps — from a finer
-    clock that is never behind it). ``time.time_ns()`` can be a few milliseconds ahead of the mtime of
-    a file written after it, which would make a ``.upload`` given that time look newer than the
-    ``.uploaded`` written after it."""
-    return time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
 
 
 def write_stamp(

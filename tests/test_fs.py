@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -102,6 +104,30 @@ def test_open_regular_relative_to_a_directory_names_the_file_as_shown(tmp_path: 
         fs.open_regular("link", dir_fd=dir_fd, shown="/shown/link")
     with pytest.raises(FileNotFoundError):
         fs.open_regular(_deleted(tmp_path))
+
+
+def test_reading_with_keep_atime_leaves_apports_seen_mark(tmp_path: Path) -> None:
+    """A report's atime newer than its mtime is apport's "seen" mark: crashd reading it must not set it,
+    so an unseen crash still gets apport's notification. (relatime would set it: atime <= mtime.)"""
+    report = tmp_path / "x.crash"
+    report.write_bytes(b"ProblemType: Crash\n")
+    os.utime(report, ns=(1_000_000_000, 2_000_000_000))  # unseen: read before it was written
+    with fs.open_regular(report, keep_atime=True) as opened:
+        assert fs.read_fd(opened.fd, 100) == b"ProblemType: Crash\n"
+    assert report.stat().st_atime_ns == 1_000_000_000
+
+
+def test_keep_atime_reads_a_file_that_is_not_ones_own_plainly(request, run_as, make_user) -> None:
+    """O_NOATIME is only the owner's (or root's) to ask: anyone else still reads the file."""
+    shared = Path(tempfile.mkdtemp(dir="/var/tmp"))  # the test's own tmp_path is not the user's to reach
+    request.addfinalizer(lambda: shutil.rmtree(shared))
+    shared.chmod(0o755)
+    report = shared / "x.crash"
+    report.write_bytes(b"ProblemType: Crash\n")
+    report.chmod(0o644)
+    code = "from crashd import fs\nwith fs.open_regular(sys.argv[1], keep_atime=True) as f: print(fs.read_fd(f.fd, 99))"
+    done = run_as(make_user(), code, str(report))
+    assert done.stdout.strip() == "b'ProblemType: Crash\\n'", done.stderr
 
 
 def test_a_refusal_survives_pickling() -> None:

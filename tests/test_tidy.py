@@ -215,6 +215,22 @@ def test_a_new_unique_report_is_admitted_without_a_sweep_and_a_duplicate_is_swep
         assert not twin.exists() and not third.exists()
 
 
+def test_only_a_sweep_vouches_for_the_reports_made_before_it(crash_dir, state_dir):
+    """The daemon takes a report a rescan meets for tidied when it is older than the last *sweep*
+    (``swept_ns``): an admission judges only the reports it is given, so it must not move that mark —
+    else a crash-loop duplicate whose event was not read yet was sent beside the kept report."""
+    with Spool(crash_dir) as spool:
+        tidy = Counted(spool, StateStore.open(state_dir), state_dir)
+        tidy((), None)
+        swept = tidy.swept_ns
+        (unread,) = write_loop(crash_dir, 1)  # made after the sweep; the daemon has not read its event
+        fresh = drop(crash_dir / "_usr_bin_other.0.crash", crash("other", StacktraceTop="other ()\nmain ()"))
+        assert tidy((), {fresh.name}) == set() and tidy.sweeps == 1  # admitted alone
+        assert tidy.swept_ns == swept <= unread.stat().st_ctime_ns  # still new to the tidy
+        tidy((), {unread.name, fresh.name})  # both again: one has a known name now, so a sweep decides
+        assert tidy.sweeps == 2 and tidy.swept_ns >= swept
+
+
 def test_a_new_report_over_the_room_left_is_swept(crash_dir, state_dir, tmp_path):
     unique_reports(crash_dir, 3, MiB)
     with Spool(crash_dir) as spool:
