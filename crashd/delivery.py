@@ -182,22 +182,24 @@ class Courier:
             record = self._post_report(collected, record)
         if record.phase is State.SENT:
             _stamp(spool, collected, record)
-            if record.core is not None and not record.core.phase.final and self._network_allows(core=True):
-                record = self._post_core(collected, record)
-        if collected.write_back is not None and lifecycle.due(record) is None:
+        if collected.write_back is not None and (record.phase is State.SENT or lifecycle.due(record) is None):
+            # Before the core: it is read from the file, and named by the Architecture crashd may have added.
             record = self.write_back(spool, collected, record)
+        core_due = record.core is not None and not record.core.phase.final
+        if record.phase is State.SENT and core_due and self._network_allows(core=True):
+            record = self._post_core(collected, record)
         return record
 
     def write_back(self, spool: Spool, collected: Collected, record: Record) -> Record:
         """Write what crashd added in memory (and sent) into the report, after its POST, and have the
         record follow the new file; the record as it was when the file cannot be rewritten.
 
-        Only once nothing more is due: a report waiting for a retry is enriched again in memory then
-        (in-process, cheap), and a pending core keeps its record on the file it is read from. Never
-        raises: the POST's outcome stands whatever happens to the copy on disk. The new file gets the
-        old one's times, so that its ``.uploaded``, written before, still says it was sent — a kill
-        before the record follows resends nothing. The follow is not fsynced: lost to a power cut, the
-        stamps still say sent.
+        Once the report itself is settled (sent, or never to be): a report waiting for a retry is
+        enriched again in memory then (in-process, cheap); a core that is due is then read from the new
+        file, which *collected* holds from here on. Never raises: the POST's outcome stands whatever
+        happens to the copy on disk. The new file gets the old one's times, so that its ``.uploaded``,
+        written before, still says it was sent — a kill before the record follows resends nothing. The
+        follow is not fsynced: lost to a power cut, the stamps still say sent.
         """
         write, collected.write_back = collected.write_back, None
         assert write is not None
@@ -212,12 +214,13 @@ class Courier:
             log.info("%s: replaced by a newer crash after its POST: the fields crashd added are not "
                      "written into that one", shown)  # fmt: skip
             return record
-        with replaced:
-            try:
-                return self._save(replace(record, fingerprint=Fingerprint.of(replaced.stat)))
-            except OSError as error:  # the stamps still say sent; a final verdict may be reached again
-                log.warning("%s: rewritten, but its delivery record cannot follow it: %s", shown, error)
-                return record
+        assert not collected.owned  # written back only when no hook ran: *opened* is the caller's
+        collected.opened, collected.owned = replaced, True  # a core is read from the new file
+        try:
+            return self._save(replace(record, fingerprint=Fingerprint.of(replaced.stat)))
+        except OSError as error:  # the stamps still say sent; a final verdict may be reached again
+            log.warning("%s: rewritten, but its delivery record cannot follow it: %s", shown, error)
+            return record
 
     def _post_report(self, collected: Collected, record: Record) -> Record:
         body = encode_report(collected.sent)  # a report crashd refuses fails here, before any state

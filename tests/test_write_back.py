@@ -154,6 +154,23 @@ def test_the_report_holds_what_was_sent_after_the_post(daisy, crash_dir, report,
     assert status_of(crash_dir)["state"] == "sent"
 
 
+@pytest.mark.parametrize("command", ["upload-all", "daemon"])
+def test_a_core_asked_for_is_named_by_the_architecture_crashd_added(daisy, crash_dir, fast, command):
+    """The core is read from the file after its report's POST, so the file holds what was sent by then
+    (found by the booted-system test: systemd-coredump's reports have no Architecture until crashd adds it)."""
+    if command == "daemon":
+        automatic(crash_dir)
+    fields = crash("app", CoreDump=os.urandom(4096))
+    del fields["Architecture"]
+    write(crash_dir / NAME, fields)
+    run = finish(command, crash_dir, daisy.url, fast)
+    assert run.code == 0, run.stderr
+    (received,) = daisy.reports
+    (core,) = daisy.cores
+    assert (core.verdict, core.decoded_size) == ("ok", 4096), run.stderr
+    assert core.arch == received.document["Architecture"] == fields_of(crash_dir / NAME)["Architecture"]
+
+
 def test_a_report_that_fails_is_not_rewritten_until_it_is_sent(daisy, crash_dir, report, fast):
     """Nothing is final after a failed POST: the file stays as it was (the fields are made again in
     memory for the retry), and the retry sends the same fields, then writes them."""
