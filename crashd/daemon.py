@@ -272,6 +272,20 @@ class Daemon:
         if self.fresh is not None:
             self.fresh.add(name.crash)
 
+    def _rewritten_by_us(self, name: ReportName) -> bool:
+        """Whether the report is the very file its delivery record follows, and that record needs no POST:
+        crashd's own write-back after the POST, whose event came after its work ended. Nothing to tidy or
+        do again (it was a full sweep of the directory per report sent: the queued rate of "spec" reports).
+        A report that still needs something is looked at as any other."""
+        try:
+            st = os.stat(os.path.join(self.spool.path, name.crash), follow_symlinks=False)
+        except OSError:
+            return False  # gone, or not ours to look at: processing says what it is
+        record = self.courier.store.peek(name.crash)
+        if record is None or record.fingerprint != lifecycle.Fingerprint.of(st):
+            return False
+        return lifecycle.due(record) is None
+
     def _untidied(self, name: ReportName) -> bool:
         """Whether the report was made or changed after the last tidy began (its duplicates not collapsed)."""
         if self.tidy is None:
@@ -298,6 +312,8 @@ class Daemon:
                     if self.spool.answered(name):
                         continue  # crashd's own stamp, written just after the POST: nothing asked
                 if name not in self.busy and str(event.name).endswith(".crash"):
+                    if self._rewritten_by_us(name):
+                        continue
                     self._arrived(name)  # a new report (a busy one's event is its own rewrite, by its hooks)
                 self.schedule(name, self.courier.clock())
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -155,7 +155,21 @@ class Record:
     updated: float = field(default=0.0, compare=False)
 
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as saved (what :meth:`from_json` reads). Spelled out: ``dataclasses.asdict``
+        deep-copies every value, ~0.25 ms of each save, three saves per report sent."""
+        fingerprint, core = self.fingerprint, self.core
+        return {
+            "name": self.name,
+            "fingerprint": {"device": fingerprint.device, "inode": fingerprint.inode,
+                            "size": fingerprint.size, "mtime_ns": fingerprint.mtime_ns},
+            "first_seen": self.first_seen, "phase": self.phase.value, "attempts": self.attempts,
+            "next_attempt": self.next_attempt, "last_error": self.last_error, "oops_id": self.oops_id,
+            "core": None if core is None else {
+                "phase": core.phase.value, "attempts": core.attempts,
+                "next_attempt": core.next_attempt, "last_error": core.last_error,
+            },
+            "updated": self.updated,
+        }  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Record:
