@@ -102,6 +102,9 @@ class Daemon:
 
     async def run(self) -> int:
         self.spool.defer_upload_stamp = True  # stamped after the POST (crashd.collector.collect)
+        # Records made durable in groups, when the daemon goes idle and when it stops, not one fsync per
+        # report: a power cut in between costs at most a resend, which daisy answers 409.
+        self.courier.grouped = True
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)
@@ -129,6 +132,7 @@ class Daemon:
             finally:
                 watcher.cancel()
                 sd_notify("STOPPING=1")
+                self.courier.flush()  # what went out is durable (a worker still in flight saves unsynced)
         code = 1 if self.bus_lost else 0  # non-zero: systemd's Restart=on-failure brings us back
         if self.busy:  # a worker stuck in a hung upload must not hold up the stop
             log.info("stopping with %d report(s) in flight; they stay pending", len(self.busy))
@@ -352,7 +356,8 @@ class Daemon:
                 return
             if tasks:
                 self.heap_released = False
-            elif not self.heap_released:  # going idle: what start-up or a burst freed goes back (issue 15)
+            elif not self.heap_released:  # going idle: the burst's records durable, what start-up or the
+                await asyncio.to_thread(self.courier.flush)  # burst freed back to the system (issue 15)
                 process.release_free_memory()
                 self.heap_released = True
             await self._sleep(self._next_wake(now))

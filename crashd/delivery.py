@@ -6,7 +6,7 @@ The order of writes is what makes a ``kill -9`` at any point harmless:
 2. the server's answer is classified (:mod:`crashd.policy`) and the record
    updated before anything else happens — both writes reach the page cache at
    once, which a killed process cannot undo; they are fsynced (against power
-   cuts) after the one-POST-at-a-time section, or, with ``grouped`` (``upload-all``),
+   cuts) after the one-POST-at-a-time section, or, with ``grouped`` (``upload-all``, the daemon),
    all at once by the caller's :meth:`~crashd.state.StateStore.flush`;
 3. only then is ``.uploaded`` written.
 
@@ -288,7 +288,9 @@ class Courier:
             except CoreUnavailable as error:
                 log.info("%s: %s", record.name, error)
                 core = replace(core, phase=CorePhase.UNAVAILABLE, next_attempt=None, last_error=str(error))
-                return self.store.save(replace(record, core=core), self.clock())
+                record = self._save(replace(record, core=core))
+                self._sync(record.name)
+                return record
             except UploadError as error:
                 decision: Decision = self._retry(error, core.attempts)
             else:
@@ -302,6 +304,16 @@ class Courier:
 
     def _save(self, record: Record) -> Record:
         return self.store.save(record, self.clock(), sync=False)
+
+    def flush(self) -> None:
+        """Make every record saved while *grouped* durable (:meth:`~crashd.state.StateStore.flush`); a
+        failure is logged: it costs at most a resend after a power cut, which daisy answers 409."""
+        try:
+            self.store.flush()
+        except OSError as error:
+            where = self.store.directory
+            log.warning("delivery records in %s could not be made durable (%s): after a power cut, "
+                        "reports may be sent again (daisy answers 409)", where, error)  # fmt: skip
 
     def _sync(self, name: str) -> None:
         if not self.grouped:

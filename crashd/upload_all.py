@@ -83,7 +83,7 @@ def upload_all(
         _rounds(courier, names, due, results, attempt, deadline, stop, workers)
     finally:
         courier.grouped = grouped
-        _flush(courier)
+        courier.flush()
     return Summary([results[name] for name in names if name in results])
 
 
@@ -106,7 +106,7 @@ def _rounds(
                 wake = min(due.values())
                 if deadline is None or wake >= deadline:
                     break  # nothing more can happen before the deadline (or there is none)
-                _flush(courier)  # before sleeping on it: what went out is durable now
+                courier.flush()  # before sleeping on it: what went out is durable now
                 stop.wait(wake - now)
                 continue
             for name, status in zip(ready, pool.map(attempt, ready), strict=True):
@@ -118,13 +118,3 @@ def _rounds(
                     # report is tried once, however soon its retry would fall due.
                     due[name] = when
                 results[name] = lifecycle.attempted(status)  # still queued: failed in this run
-
-
-def _flush(courier: Courier) -> None:
-    """Every record saved in the round, durable; a failure costs at most a resend after a power cut."""
-    try:
-        courier.store.flush()
-    except OSError as error:
-        where = courier.store.directory
-        log.warning("delivery records in %s could not be made durable (%s): after a power cut, "
-                    "reports may be sent again (daisy answers 409)", where, error)  # fmt: skip
