@@ -14,6 +14,10 @@ it sleeps until then, it never polls.
 A stop (SIGTERM, SIGINT) is honoured at once, even while an upload hangs: every
 step is recorded before it is taken, so a report cut off mid-POST is resent
 next time and daisy answers 409 "already reported".
+
+Past ~400 lines on purpose: one scheduler, whose state (what is due, busy, held back by the tidy,
+new since it, stamped while busy) every part of it reads and writes; split, each part would reach
+into the others' state.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ what is a duplicate and what must go, and then acts:
 Every decision is one log line, and the groups and the last removals are kept in
 ``STATE_DIR/duplicates.json`` for ``crashd status``. Reports being delivered right
 now (``busy``) are never rewritten or removed; they wait for the next sweep.
+
+Past ~400 lines on purpose: the sweep and the admission of a new report share what was judged
+(the groups, the reports seen, the room left), which is this module's state.
 """
 
 from __future__ import annotations
