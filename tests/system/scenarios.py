@@ -533,6 +533,11 @@ def hardening() -> None:
     main = int(wait_for("crashd.path to start crashd.service", lambda: int(
         run(["systemctl", "show", "crashd.service", "-p", "MainPID", "--value"]).stdout or 0), timeout=30))
     wait_for(f"{report.name} to be sent", sample, timeout=60, interval=0.02)
+    # The worker imports as root and drops ~100 ms after it starts; a fast send can end before a sample
+    # sees it dropped. It lives on until the daemon exits idle, so keep sampling until it shows.
+    with contextlib.suppress(Failed):
+        wait_for("the worker to run as crashd", lambda: sample() and any(
+            s[0] == crashd_uid for s in seen.values()), timeout=10, interval=0.02)
     workers = {pid: s for pid, s in seen.items() if s[0] == crashd_uid}
     expect(workers, f"no process of crashd.service ran as the crashd user: {seen}")
     for pid, (_, cap_eff, nnp) in workers.items():
