@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from crashd import cli
 from crashd.config import ConfigError, load_settings
 from crashd.report import write_report
 from tests.fixtures import APPORT, WHOOPSIE, apport_manifest, require
@@ -139,6 +141,19 @@ def test_usage_errors_exit_2_with_one_line(args):
     result = crashd(*args)
     assert result.returncode == 2
     assert one_error_line(result)
+
+
+def test_a_command_is_parsed_by_its_own_parser_and_an_unknown_one_meets_them_all():
+    """``build_parser(command)`` builds the named command's parser alone (its options' defaults import its
+    library: the service need not load the others', issue 15); a name that is none of ours gets them all."""
+    line = one_error_line(crashd("frobnicate"))
+    assert all(command in line for command in ("show", "upload-all", "daemon", "ingest-coredump", "status"))
+    assert "/var/lib/systemd/coredump" in crashd("ingest-coredump", "--help").stdout
+    assert cli.build_parser("status").parse_args(["status"]).command == "status"
+    for command in cli.COMMANDS:  # each is the module of its name, imported when the command is named
+        assert command == importlib.import_module(f"crashd.cli.{command.replace('-', '_')}").NAME
+    with pytest.raises(SystemExit):  # status's parser alone knows no other command
+        cli.build_parser("status").parse_args(["show", "x.crash"])
 
 
 def test_identifier_honours_the_override(tmp_path):

@@ -17,21 +17,23 @@ What the commands share (these codes, the errors, building the settings, spool a
 uploader) is in :mod:`crashd.cli._common`.
 
 A command imports the library when it runs (and, to build the parser, only what its ``--help`` shows),
-so that each process loads only what it uses (issue 15: the idle daemon); ``crashd daemon`` chooses what
-its process may load before any of it (:func:`crashd.cli.daemon.prepare`). ``tests/test_imports.py``
-holds the idle daemon to it.
+so that each process loads only what it uses (issue 15: the idle daemon): a named command's module is the
+only one imported, its parser the only one built; ``crashd daemon`` chooses what its process may load
+before any of it (:func:`crashd.cli.daemon.prepare`). ``tests/test_imports.py`` holds the idle daemon to
+it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 from crashd import __version__
-from crashd.cli import daemon, hook_test, identifier, ingest_coredump, prefs, show, status, upload_all
 from crashd.cli._base import (
     EXIT_CONSENT,
     EXIT_INCOMPLETE,
@@ -56,9 +58,12 @@ __all__ = [
     "main",
 ]
 
-# In the order `crashd --help` lists them.
-COMMANDS = (show, upload_all, daemon, prefs, hook_test, ingest_coredump, status, identifier)
-_RUN = {command.NAME: command.run for command in COMMANDS}
+# In the order `crashd --help` lists them; each is the module crashd.cli.<name, "-" as "_">.
+COMMANDS = ("show", "upload-all", "daemon", "prefs", "hook-test", "ingest-coredump", "status", "identifier")
+
+
+def _module(command: str) -> ModuleType:
+    return importlib.import_module(f"{__name__}.{command.replace('-', '_')}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,7 +100,9 @@ def _command_of(argv: Sequence[str] | None) -> str | None:
     return known.command if isinstance(known.command, str) else None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with *command* (one of ours), that command's parser alone: a command's
+    options import its library for their defaults, and the service need not pay for the others'."""
     parser = _Parser(
         prog="crashd",
         description="Collect crash reports from the crash directory and send them to a crash database "
@@ -107,22 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"crashd {__version__}")
     _global_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    for command in COMMANDS:
-        command.add_parser(commands)
+    for each in COMMANDS if command is None else (command,):
+        _module(each).add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if _command_of(argv) == daemon.NAME:
-        daemon.prepare()  # before the parser imports anything of crashd's library
-    args = build_parser().parse_args(argv)
+    command = _command_of(argv)
+    if command == "daemon":
+        _module(command).prepare()  # before the parser imports anything of crashd's library
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     logging.basicConfig(
         level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
         format="crashd: %(message)s",
         stream=sys.stderr,
     )
     try:
-        return _RUN[args.command](args)
+        return _module(args.command).run(args)
     except UsageError as error:
         return fail(EXIT_USAGE, str(error))
     except NotAllowed as error:
