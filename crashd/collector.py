@@ -23,9 +23,7 @@ from typing import BinaryIO
 
 import crashd
 from crashd import fs
-from crashd.enrich import added_fields, system_facts
-from crashd.hooks import HookOptions, run_hooks, text_fields
-from crashd.hooks.discovery import InvalidFieldError, executable_path, package_names
+from crashd.hooks.options import HookOptions
 from crashd.lifecycle import State, Status
 from crashd.report import Limits, Report, ReportError, StoredBinary, read_report, valid_key, write_report
 from crashd.spool import OpenReport, ReportName, Spool, Stamps, UnsafeFileError
@@ -207,6 +205,12 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
     run hooks again (``_HooksRun: yes`` on disk says they ran), and the size bound on the rewritten file
     decides whether their output goes out at all ("sending it as it is" when it does not fit).
     """
+    # Loaded by the first report to enrich, not at start: an idle daemon needs none of it (issue 15).
+    from crashd.enrich import added_fields, system_facts
+    from crashd.hooks.discovery import InvalidFieldError, executable_path, package_names
+    from crashd.hooks.hooktest import text_fields
+    from crashd.hooks.runner import run_hooks
+
     name, report = collected.opened.name, collected.report
     fields = text_fields(report)
     try:

@@ -24,7 +24,7 @@ from typing import Any
 
 from crashd import budget, fs
 from crashd.errors import CrashdError
-from crashd.hooks.runner import HookOptions
+from crashd.hooks.options import HookOptions
 from crashd.network import Metered
 from crashd.policy import Backoff
 from crashd.report import Limits

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING
 from asyncinotify import Inotify, Mask
 
 from crashd import lifecycle, network, process
-from crashd.collector import HookOptions
 from crashd.config import Settings
 from crashd.consent import Consent, may_collect_automatically
 from crashd.delivery import Courier
+from crashd.hooks.options import HookOptions
 from crashd.lifecycle import Gate, Status
 from crashd.report import Limits
 from crashd.spool import ReportName, Spool

@@ -37,7 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from crashd import collector, lifecycle, policy
-from crashd.collector import Collected, HookOptions, event, stamped_id
+from crashd.collector import Collected, event, stamped_id
+from crashd.hooks.options import HookOptions
 from crashd.lifecycle import Core, CorePhase, Fingerprint, Gate, Record, State, Status, Step
 from crashd.policy import Backoff, Decision, Rejected, RetryAt, Sent
 from crashd.report import Limits, ReportError

@@ -145,12 +145,19 @@ def test_nothing_below_the_command_line_imports_it() -> None:
 
 
 # What the idle daemon must not load (issue 15: < 24 MiB while up). Each was once imported at start-up for
-# a moment that may never come: another command (upload-all, show, ingest-coredump), an upload (BSON,
+# a moment that may never come: another command (upload-all, show, ingest-coredump: their options'
+# defaults), a report to enrich (crashd's own fields, the hook runner and its child), an upload (BSON,
 # HTTP), a Retry-After with an HTTP date (email), an ImportError to explain (importlib.metadata).
 NOT_IDLE = (
     "crashd.upload_all",
     "crashd.preview",
     "crashd.dependencies",
+    "crashd.capture",
+    "crashd.enrich",
+    "crashd.hooks.runner",
+    "crashd.hooks.process",
+    "crashd.hooks.host",
+    "crashd.hooks.hooktest",
     "bson",
     "http.client",
     "urllib3",

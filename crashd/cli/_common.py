@@ -33,9 +33,9 @@ from crashd.cli._base import (
     fail,
     seconds_argument,
 )
-from crashd.collector import HookOptions
 from crashd.config import ConfigError, Settings, load_settings
 from crashd.consent import Consent, ConsentReader, may_send
+from crashd.hooks.options import HookOptions
 from crashd.identity import system_identifier
 from crashd.lifecycle import Gate, Status
 from crashd.network import read_conditions

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from crashd.hooks.accounts import account_for, interpreter_for
 from crashd.hooks.discovery import Plan, package_names
-from crashd.hooks.runner import HookLimits, HookOptions, HookResult, run
+from crashd.hooks.options import HookLimits, HookOptions
+from crashd.hooks.runner import HookResult, run
 from crashd.report import DEFAULT_LIMITS, Limits, Report, read_report
 from crashd.spool import open_file
 

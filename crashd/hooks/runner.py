@@ -1,5 +1,8 @@
 """Running a report's hooks: batches in, one child at a time, a :class:`HookResult` out (DESIGN.md §6).
 
+:func:`run_hooks` is the collector's entry: it chooses a report's hooks, the user and the Python they run
+as, then :func:`run` runs them.
+
 One child (``child.py``: a keeper, an unprivileged runner, a process per hook; started by
 :mod:`crashd.hooks.process`) runs every hook of a report, so the interpreter start is paid once per
 report, not per hook — and with *reuse*, once per burst of one user's reports: a child whose report
@@ -20,59 +23,33 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from crashd.errors import CrashdError
 from crashd.hooks import host
-from crashd.hooks.accounts import SYSTEM_PYTHON, Account
-from crashd.hooks.discovery import HookRoots, Plan
+from crashd.hooks.accounts import Account, HookSetupError, account_for, interpreter_for
+from crashd.hooks.discovery import HookRoots, Plan, package_plan
+from crashd.hooks.options import HookLimits, HookOptions, MiB
 from crashd.hooks.process import STARTUP_TIMEOUT, Budget, HookChild
 from crashd.report import valid_key
 
-__all__ = ["Batches", "HookLimits", "HookOptions", "HookResult", "MiB", "error_key", "run"]
+__all__ = ["Batches", "HookResult", "error_key", "run", "run_hooks"]
 
-MiB, GiB = 1 << 20, 1 << 30
+log = logging.getLogger(__name__)
+
 SLACK_PER_HOOK = 1.0
 """Seconds each hook handed out adds to the report's time budget on top of its timeout (fork, results)."""
 
 Batches = Callable[[Mapping[str, str | bytes]], Plan | None]
 """Called with the report's current fields whenever the child has run out of hooks:
 the next batch to run (a :class:`Plan`), or None when there are no more."""
-
-
-@dataclass(frozen=True)
-class HookLimits:
-    """rlimits of the hook child and of everything it starts (CPU time follows the timeout)."""
-
-    address_space: int = 2 * GiB
-    file_size: int = 64 * MiB
-    open_files: int = 256
-    processes: int = 64  # on top of the tasks the user already runs: RLIMIT_NPROC counts them all
-
-
-@dataclass(frozen=True)
-class HookOptions:
-    """How package hooks run (DESIGN.md §6): the one home of every hook default and bound.
-
-    ``crashd.config.Settings.hooks`` is one of these (settings ``hook_dirs``, ``hook_timeout``,
-    ``hook_output_cap``, ``hook_user``, ``hook_python``, the ``hook_*`` rlimits); :func:`run`,
-    ``run_hooks`` and ``hook_test`` take their defaults from here.
-    """
-
-    extra_dirs: tuple[Path, ...] = ()
-    timeout: float = 30.0  # seconds per hook, from its start
-    output_cap: int = 10 * MiB  # output of all the hooks of one report together, their fields included
-    limits: HookLimits = HookLimits()
-    roots: HookRoots | None = None  # None: the system's hook directories
-    fallback_user: str = "crashd-hook"  # who runs the hooks of root's reports (setting hook_user)
-    worker_user: str = "crashd"  # the upload worker's user (unprivileged_user): never the hooks'
-    python: str = SYSTEM_PYTHON  # the interpreter hooks run under (setting hook_python)
 
 
 @dataclass
@@ -334,3 +311,62 @@ def _decode(value: object) -> str | bytes | None:
         with contextlib.suppress(ValueError):
             return base64.b64decode(value["base64"], validate=True)
     return None
+
+
+def run_hooks(
+    fields: Mapping[str, str | bytes],
+    *,
+    owner_uid: int,
+    roots: HookRoots | None = None,
+    extra_dirs: Sequence[Path] = (),
+    timeout: float = HookOptions.timeout,
+    output_cap: int = HookOptions.output_cap,
+    fallback_user: str = HookOptions.fallback_user,
+    worker_user: str | None = HookOptions.worker_user,
+    limits: HookLimits = HookOptions.limits,
+    python: str = HookOptions.python,
+) -> HookResult:
+    """Run the general, package and source-package hooks for a report with these text *fields*, owned by
+    *owner_uid*.
+
+    The hooks are chosen from *fields* as given: the collector puts the fields crashd adds itself
+    (:mod:`crashd.enrich`: ``Package`` above all) in first. When no hook applies nothing starts — no account
+    is looked up, no process runs (issue 15) — and the result holds only the candidates refused. Otherwise
+    every hook runs in one child process (kept for the owner's next report: a hook host,
+    :mod:`crashd.hooks.host`) as the owner (root's reports: as *fallback_user*), each bounded by *timeout*
+    seconds and *output_cap* bytes of output (its fields included), under the interpreter *python* (the
+    ``hook_python`` setting).
+
+    Raises :class:`InvalidPackageError` when ``Package`` or ``SourcePackage`` could name a file
+    outside a hook directory, and ``InvalidFieldError`` for an ``ExecutablePath`` no kernel would
+    resolve: both before anything runs. Never raises for a hook's failure or for hooks that cannot
+    run at all: those are in the result's ``errors`` and ``skipped``.
+    """
+    plan = package_plan(fields, roots or HookRoots(), extra_dirs)
+    if not plan.hooks:
+        result = HookResult(skipped=dict(plan.skipped))
+    else:
+        try:
+            account = account_for(owner_uid, fallback_user, worker_user)
+            python = interpreter_for(account, python)
+        except HookSetupError as error:
+            log.warning("%s", error)  # e.g. hook_user missing: root's reports go without their hooks
+            result = HookResult(skipped={**plan.skipped, **dict.fromkeys(map(str, plan.hooks), str(error))})
+        else:
+            batches = iter([plan])
+            result = run(
+                fields,
+                lambda _current: next(batches, None),
+                account=account,
+                python=python,
+                timeout=timeout,
+                output_cap=output_cap,
+                limits=limits,
+                owners=[0],
+                reuse=True,
+            )
+    for path, reason in result.skipped.items():
+        # A refused hook file (wrong owner, writable by others) is the administrator's to fix: say so.
+        if not reason.startswith(("shadowed", "not run", "hooks not run")):
+            log.warning("hook %s skipped: %s", path, reason)
+    return result
