@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -129,6 +130,7 @@ class Daemon:
             inotify.add_watch(Path(self.spool.path), _WATCH)
             watcher = asyncio.create_task(self._watch(inotify))
             self.rescan()
+            gc.collect()  # start-up's cycles (imports, settings, the bus), freed before the first idle trims
             sd_notify("READY=1", f"STATUS=watching {self.spool.path}")
             log.info("watching %s", self.spool.path)
             try:

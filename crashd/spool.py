@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import pwd
 import re
@@ -166,7 +167,7 @@ class Spool:
         # The daemon writes the .upload stamps of what automatic consent sends after the POST, not
         # before it (crashd.collector.collect says why); upload-all, whose stamp records a request, first.
         self.defer_upload_stamp = False
-        self.legacy_uid = _uid_of_user(LEGACY_UPLOADER if legacy_uploader is None else legacy_uploader)
+        self.legacy_uploader = LEGACY_UPLOADER if legacy_uploader is None else legacy_uploader
         try:
             self._fd = os.open(self.path, fs.DIR_FLAGS)
         except NotADirectoryError:
@@ -413,6 +414,13 @@ class Spool:
         filename = _as_name(name).uploaded
         owners = None if owner_uid is None else self._senders(owner_uid)
         return read_oops_id(self._dirfd(), filename, owners, self._path(filename))
+
+    @functools.cached_property
+    def legacy_uid(self) -> int | None:
+        """The legacy uploader's uid, looked up when a stamp is first judged, not at start: where that user
+        does not exist (whoopsie never installed), NSS goes past /etc/passwd and loads its other modules
+        (libnss_systemd, ~0.35 MiB) for good; an idle daemon with nothing to judge need not pay that."""
+        return _uid_of_user(self.legacy_uploader)
 
     def _senders(self, owner_uid: int) -> tuple[int, ...]:
         """Who may own a report's ``.uploaded``: its owner, root, and the legacy uploader."""

@@ -428,5 +428,3 @@ def _number(value: str | None) -> int:
         return max(0, int((value or "0").strip()))
     except ValueError:
         return 0
-
-

@@ -432,6 +432,25 @@ def test_legacy_uploaders_uploaded_stamp_counts_as_sent(
         assert whoopsie_spool.stamps(name, alice.pw_uid).upload_ns is None
 
 
+def test_the_legacy_uploader_is_looked_up_when_a_stamp_is_judged_not_at_start(
+    crash_dir: Path, alice: pwd.struct_passwd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user NSS cannot find loads its other modules for good (issue 15: ~0.35 MiB of an idle daemon):
+    opening the crash directory and listing it ask nothing; the first stamp judged asks once."""
+    asked: list[str] = []
+    real = pwd.getpwnam
+    monkeypatch.setattr(pwd, "getpwnam", lambda name: asked.append(name) or real(name))
+    name = ReportName(f"_usr_bin_x.{alice.pw_uid}")
+    put(crash_dir, name.crash, uid=alice.pw_uid, gid=alice.pw_gid)
+    put(crash_dir, name.uploaded, b"oops-1", uid=alice.pw_uid, gid=alice.pw_gid)
+    with Spool(crash_dir, legacy_uploader="crashd-no-such-user") as spool:
+        assert spool.report_names() == [name]
+        assert asked == []
+        assert spool.oops_id(name, alice.pw_uid) == "oops-1"
+        assert spool.stamps(name, alice.pw_uid).uploaded_ns is not None
+        assert asked == ["crashd-no-such-user"]
+
+
 def test_root_owned_stamps_are_trusted(spool: Spool, crash_dir: Path, alice: pwd.struct_passwd) -> None:
     name = ReportName(f"x.{alice.pw_uid}")
     put(crash_dir, name.upload, b"")
