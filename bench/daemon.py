@@ -48,6 +48,7 @@ the reading of our pipe out of the measured path.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import itertools
@@ -764,7 +765,15 @@ def run(quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    if "--idle" in sys.argv[1:]:
-        run_idle("--quick" in sys.argv[1:], bus="--bus" in sys.argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.daemon", description=__doc__.split("\n")[0],
+        epilog="Scratch directories go in $TMPDIR: use /var/tmp on a disk whose /tmp is churned by tests.",
+    )  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="fewer reports, a 10 s idle window")
+    parser.add_argument("--idle", action="store_true", help="the idle part alone")
+    parser.add_argument("--bus", action="store_true", help="with --idle: on a private system bus, D-Bus served")
+    args = parser.parse_args()
+    if args.idle:
+        run_idle(args.quick, bus=args.bus)
     else:
-        run("--quick" in sys.argv[1:])
+        run(args.quick)
