@@ -583,3 +583,61 @@ def test_a_report_replaced_while_it_waits_in_a_batch_is_taken_back_tidied_and_se
     assert sent_paths(daisy) == Counter({f"/usr/bin/batch{i}": 1 for i in range(5)})
     dates = {r.document["ExecutablePath"]: r.document["Date"] for r in daisy.reports if r.document}
     assert dates[f"/usr/bin/{target.split('.')[0][9:]}"] == "second crash"
+
+
+# -- the upload worker, started while the daemon starts -------------------------------------------
+
+
+class PreparingUploader(DirectUploader):
+    """Says when the worker would be started (:meth:`Uploader.prepare`) among the reports' passes."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__(HttpTransport(5, 5))
+        self.events = events
+
+    def prepare(self) -> None:
+        self.events.append("prepare")
+
+
+def run_once_seeing(daisy, crash_dir, state_dir, gate) -> list[str]:  # type: ignore[no-untyped-def]
+    """``daemon --once`` in this process: "prepare" and "process NAME" in the order they happened."""
+    events: list[str] = []
+    courier = Courier(PreparingUploader(events), daisy.url, TOKEN, StateStore.open(state_dir))
+    process = courier.process
+
+    def seen_process(spool, name, *args):  # type: ignore[no-untyped-def]
+        events.append(f"process {name.crash}")
+        return process(spool, name, *args)
+
+    courier.process = seen_process  # type: ignore[method-assign]
+    with Spool(crash_dir) as spool:
+        daemon = Daemon(spool, courier, DEFAULT_LIMITS, gate, idle_timeout=3600, once=True)
+        assert asyncio.run(asyncio.wait_for(daemon.run(), timeout=60)) == 0
+    return events
+
+
+def test_with_an_unsent_report_and_automatic_consent_the_worker_starts_before_any_report_is_looked_at(
+    daisy, crash_dir, automatic
+):
+    """The worker's start (~80 ms) was most of a queue's wait for its first POST: it now overlaps the rest
+    of the daemon's start-up instead of following the first report's preparation."""
+    drop(crash_dir / "_usr_bin_early.0.crash", crash("early"))
+    events = run_once_seeing(daisy, crash_dir, automatic, lambda _marked: None)
+    assert events[0] == "prepare", events
+    assert sent_paths(daisy) == Counter({"/usr/bin/early": 1})
+
+
+def test_with_only_sent_reports_or_without_automatic_consent_no_worker_is_started(
+    daisy, crash_dir, automatic
+):
+    """The head start is only taken when a report is likely to go out: a run that sends nothing starts
+    nothing."""
+    drop(crash_dir / "_usr_bin_sent.0.crash", crash("sent"))
+    (crash_dir / "_usr_bin_sent.0.uploaded").write_text("OOPS-1")  # sent by an earlier run
+    assert run_once_seeing(daisy, crash_dir, automatic, lambda _marked: None) == [
+        "process _usr_bin_sent.0.crash"
+    ]
+    drop(crash_dir / "_usr_bin_held.0.crash", crash("held"))
+    events = run_once_seeing(daisy, crash_dir, automatic, lambda _marked: "waiting for someone to send it")
+    assert "prepare" not in events, events
+    assert daisy.reports == []
