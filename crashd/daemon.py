@@ -8,16 +8,20 @@ the idle timeout, so that it costs nothing while there is nothing to do.
 The event loop only schedules. Each report is worked on by one task at a
 time (:meth:`Courier.process` in a worker thread; the POSTs themselves go out
 one at a time); a report touched again while it is being worked on is simply
-looked at once more afterwards. Retries wake the loop when they fall due —
+looked at once more afterwards. When many reports are due at once (a queue
+found at start), a task works through a batch of them in its thread, so that
+each report does not cost a hop from the loop to a thread and back; a report
+whose turn in a batch has not come is taken back by the loop when an event
+comes for it, and handled as any other. Retries wake the loop when they fall due —
 it sleeps until then, it never polls.
 
 A stop (SIGTERM, SIGINT) is honoured at once, even while an upload hangs: every
 step is recorded before it is taken, so a report cut off mid-POST is resent
 next time and daisy answers 409 "already reported".
 
-Past ~400 lines on purpose: one scheduler, whose state (what is due, busy, held back by the tidy,
-new since it, stamped while busy) every part of it reads and writes; split, each part would reach
-into the others' state.
+Past ~400 lines on purpose: one scheduler, whose state (what is due, busy, waiting in a batch, held
+back by the tidy, new since it, stamped while busy) every part of it reads and writes; split, each
+part would reach into the others' state.
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
+# Reports one task works through in its thread when that many are due: one loop-thread-loop hop per batch,
+# not per report (the queued rate; a report alone still goes at once, in a batch of its own).
+BATCH = 8
+EARLY_LOOK = 64  # reports looked at (for a missing .uploaded) to start the upload worker before READY
 INLINE_ADMIT = 256 * 1024  # a new report this small is judged for duplicates in the loop (Daemon._admitted)
 DUE_LIMIT = 16384  # reports remembered by name (~4 MiB); past that, a streamed rescan finds them
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
@@ -95,6 +103,9 @@ class Daemon:
     scan_again: bool = False  # a rescan was asked for while one was in progress
     rescan_at: float | None = None  # when the reports that did not fit in `due` fall due (their records say)
     busy: set[ReportName] = field(default_factory=set)
+    # Busy, in a batch, and not begun: claimed by its worker thread when its turn comes, or taken back by
+    # the loop when an event comes for it first (set.remove decides: only one of them can succeed).
+    waiting: set[ReportName] = field(default_factory=set)
     again: set[ReportName] = field(default_factory=set)
     # `.upload` stamps that appeared while their report was being worked on: crashd's own stamp, or a
     # UI's request that the pass in hand may have missed (it read the stamps before) — looked at again
@@ -110,6 +121,7 @@ class Daemon:
         # Records made durable in groups, when the daemon goes idle and when it stops, not one fsync per
         # report: a power cut in between costs at most a resend, which daisy answers 409.
         self.courier.grouped = True
+        self._start_uploader_early()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)
@@ -145,6 +157,21 @@ class Daemon:
             logging.shutdown()
             os._exit(code)
         return code
+
+    def _start_uploader_early(self) -> None:
+        """Start the upload worker now, while the rest of start-up runs, when a report is likely to go out:
+        consent is automatic and one of the first EARLY_LOOK reports has no ``.uploaded``. Its start (an
+        interpreter, imports, a drop of privileges: ~80 ms) was most of a queue's wait for its first POST.
+        Otherwise it starts on demand, as before: a run that finds only sent reports starts nothing."""
+        try:
+            if self.consent(False) is not None:  # not automatic (or reporting off): held unless marked
+                return
+            for name in itertools.islice(self.spool.scan(), EARLY_LOOK):
+                if not self.spool.exists(name.uploaded):
+                    self.courier.uploader.prepare()  # in a thread of its own; returns at once
+                    return
+        except Exception:  # only a head start: the first POST starts the worker anyway
+            log.debug("could not tell whether to start the upload worker early", exc_info=True)
 
     async def _serve_dbus(self) -> dbus_prefs.Service | None:
         """The consent service on the system bus; None with --once, or when there is no bus to use."""
@@ -223,42 +250,50 @@ class Daemon:
         tasks: set[asyncio.Task[None]],
         finished: Callable[[asyncio.Task[None]], None],
     ) -> None:
-        """Start work on due reports while worker slots are free: named ones first, then the rescan.
+        """Start work on due reports while worker slots are free: named ones first, then the rescan; up to
+        BATCH reports a task when more are due than there are free slots.
 
         Never more tasks than workers: 100,000 reports at once were 100,000 tasks (224 MiB)."""
+        picked: list[ReportName] = []
 
-        def start(name: ReportName) -> None:
+        def pick(name: ReportName) -> None:
             self.due.pop(name, None)
             self.busy.add(name)
-            task = asyncio.create_task(self._work(name, slots))
-            tasks.add(task)
-            task.add_done_callback(finished)
+            self.waiting.add(name)
+            picked.append(name)
 
         if self.rescan_at is not None and self.rescan_at <= now:
             self.rescan_at = None
             self.rescan()
-        free = WORKERS - len(self.busy)
+        free = WORKERS - len(tasks)
+        room = max(free, 0) * BATCH
         ready = (name for name, when in self.due.items() if when <= now and name not in self.busy)
-        for name in list(itertools.islice(ready, max(free, 0))):  # only as many as start: O(free) a pass
-            start(name)
-            free -= 1
-        while free > 0 and self.scan is not None:
+        for name in list(itertools.islice(ready, room)):  # only as many as start: O(room) a pass
+            pick(name)
+        while len(picked) < room and self.scan is not None:
             name = next(self.scan, None)
             if name is None:
                 self.scan = self.spool.scan() if self.scan_again else None
                 self.scan_again = False
             elif name in self.busy:
-                self.again.add(name)
+                if name not in self.waiting:  # being worked on: it may have changed since
+                    self.again.add(name)
             elif name in self.held:
                 continue  # a duplicate the last tidy holds back
             elif self._untidied(name):  # the scan met a file newer than the last tidy (its event is
                 self._arrived(name)  # not read yet): it waits for the next pass, tidied first
                 self.schedule(name, now)
             elif name not in self.due:
-                start(name)
-                free -= 1
+                pick(name)
             else:
                 self.due[name] = now
+        if not picked:
+            return
+        size = -(-len(picked) // min(free, len(picked)))  # as evenly as the free slots allow
+        for start in range(0, len(picked), size):
+            task = asyncio.create_task(self._work(picked[start : start + size], slots))
+            tasks.add(task)
+            task.add_done_callback(finished)
 
     def _admitted(self, fresh: Collection[str]) -> bool | None:
         """The tidy's :meth:`crashd.tidy.Tidy.admit` of a few small new reports, in the loop: a thread hop
@@ -315,6 +350,7 @@ class Daemon:
                 log.warning("inotify queue overflowed: rescanning %s", self.spool.path)
                 self.rescan()
             elif event.name is not None and (name := _report_for(str(event.name))) is not None:
+                self._take_back(name)  # not begun in its batch: it is looked at as if it were not busy
                 if str(event.name).endswith(".upload"):
                     if name in self.busy:
                         self.stamped.add(name)  # our own stamp on the report in hand, or a UI's request
@@ -326,6 +362,14 @@ class Daemon:
                         continue
                     self._arrived(name)  # a new report (a busy one's event is its own rewrite, by its hooks)
                 self.schedule(name, self.courier.clock())
+
+    def _take_back(self, name: ReportName) -> None:
+        """A report waiting for its turn in a batch is no longer busy, unless its thread has begun it."""
+        try:
+            self.waiting.remove(name)  # atomic: a worker thread claims a report the same way
+        except KeyError:
+            return
+        self.busy.discard(name)
 
     async def _schedule(self) -> None:
         tasks: set[asyncio.Task[None]] = set()
@@ -366,7 +410,7 @@ class Daemon:
                 await asyncio.to_thread(self.courier.flush)  # burst freed back to the system (issue 15)
                 process.release_free_memory()
                 self.heap_released = True
-            await self._sleep(self._next_wake(now))
+            await self._sleep(self._next_wake(now, len(tasks)))
 
     def _idle(self, now: float) -> bool:
         if self.scan is not None:
@@ -379,9 +423,9 @@ class Daemon:
         quiet = time.monotonic() - self.last_activity >= self.idle_timeout
         return quiet and all(when - now > self.idle_timeout for when in later)
 
-    def _next_wake(self, now: float) -> float:
+    def _next_wake(self, now: float, running: int) -> float:
         """Seconds until the next report falls due, or until the idle timeout could end the run."""
-        if len(self.busy) >= WORKERS:
+        if running >= WORKERS:
             return float("inf")  # nothing can start before a worker frees up, which sets `wake`
         if self.scan is not None:
             return 0.0  # more of the rescan to start
@@ -402,21 +446,48 @@ class Daemon:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def _work(self, name: ReportName, slots: asyncio.Semaphore) -> None:
+    def _work_through(self, names: list[ReportName]) -> list[tuple[ReportName, Status | None]]:
+        """In a worker thread: each of *names* in turn that the loop has not taken back, until a stop; the
+        outcome of each one begun."""
+        done: list[tuple[ReportName, Status | None]] = []
+        for name in names:
+            if self.stop.is_set():
+                break  # the rest stay waiting, and pending: nothing new starts once a stop is asked
+            try:
+                self.waiting.remove(name)  # atomic: the loop takes a report back the same way
+            except KeyError:
+                continue  # an event came for it first: the loop has it
+            try:
+                status = self.courier.process(self.spool, name, self.limits, self.consent, self.hooks)
+            except Exception:  # a bug must not take the daemon down with it; the report waits for a restart
+                log.exception("%s: processing failed", name.crash)
+                status = None
+            done.append((name, status))
+        return done
+
+    async def _work(self, names: list[ReportName], slots: asyncio.Semaphore) -> None:
+        done: list[tuple[ReportName, Status | None]] = []
         try:
             async with slots:
-                process = self.courier.process
-                status = await asyncio.to_thread(
-                    process, self.spool, name, self.limits, self.consent, self.hooks
-                )
-        except Exception:  # a bug must not take the daemon down with it; the report waits for a restart
-            log.exception("%s: processing failed", name.crash)
-            status = None
+                done = await asyncio.to_thread(self._work_through, names)
+        except Exception:  # a bug must not take the daemon down with it; the reports wait for a restart
+            log.exception("%s: processing failed", ", ".join(name.crash for name in names))
+            done = [(name, None) for name in names if name in self.busy]
         finally:
-            self.busy.discard(name)
+            for name in names:  # not begun (a stop): no longer anyone's
+                with contextlib.suppress(KeyError):
+                    self.waiting.remove(name)
+                    self.busy.discard(name)
+            self.busy.difference_update(name for name, _ in done)
             self.last_activity = time.monotonic()
             if self.held:  # a kept report came free: count its duplicates (a full sweep)
                 self.untidy, self.fresh = True, None
+        for name, status in done:
+            self._worked(name, status)
+        self.wake.set()
+
+    def _worked(self, name: ReportName, status: Status | None) -> None:
+        """What follows one report's pass: its signal, its retry, another look if something came meanwhile."""
         if status is not None and self.service is not None:
             self.service.report_changed(status.name, status.state.value)  # settings UIs follow each outcome
         if status is not None and network.held_by_network(status.detail):
@@ -430,7 +501,6 @@ class Daemon:
         if name in self.again:
             self.again.discard(name)
             self.schedule(name, self.courier.clock())
-        self.wake.set()
 
 
 def _report_for(filename: str) -> ReportName | None:

@@ -2,7 +2,8 @@
 
 The order of writes is what makes a ``kill -9`` at any point harmless:
 
-1. the record says ``posting`` before the POST goes out;
+1. the record says ``posting`` before the POST goes out (before it waits for the wire: a report's
+   first record is made so);
 2. the server's answer is classified (:mod:`crashd.policy`) and the record
    updated before anything else happens — both writes reach the page cache at
    once, which a killed process cannot undo; they are fsynced (against power
@@ -17,7 +18,8 @@ The order of writes is what makes a ``kill -9`` at any point harmless:
 
 A kill before 2 leaves ``posting``: the next run resends, and daisy's 409
 ("already reported") counts as sent — at most one duplicate POST per kill,
-because only one POST is on the wire at a time (the ``wire`` lock). A kill
+because only one POST is on the wire at a time (the ``wire`` lock): a report whose record says
+``posting`` while it waited for the wire is sent for the first time by the next run. A kill
 between 2 and 3 leaves a ``sent`` record without a stamp: the next run writes
 the stamp and sends nothing. A kill in 4 before the rename leaves the file as it was, stamped: sent, and
 it keeps only what it had (the server has the added fields); after the rename, before the record
@@ -225,12 +227,14 @@ class Courier:
 
     def _post_report(self, collected: Collected, record: Record) -> Record:
         body = encode_report(collected.sent)  # a report crashd refuses fails here, before any state
-        if not record.updated:  # never saved: its file is made here, so the saves below are in place
-            record = self._save(record)
+        # "posting" is saved before the wire is taken, not on it: of the records a kill leaves saying so,
+        # only the one whose POST was on the wire can have reached the server; the others are sent for the
+        # first time. A report's first record is made with that state (one save, not two, per report),
+        # and the one-POST-at-a-time section saves only the answer. Unsynced: in the page cache, a record
+        # survives kill -9; the fsync (against power cuts, where the worst case is a resend answered
+        # 409) comes after the section.
+        record = self._save(replace(record, phase=State.POSTING, attempts=record.attempts + 1))
         with self.wire:
-            # Unsynced inside the lock: in the page cache, a record survives kill -9; the fsync
-            # (against power cuts, where the worst case is a resend answered 409) comes after it.
-            record = self._save(replace(record, phase=State.POSTING, attempts=record.attempts + 1))
             try:
                 job = Job.of_report(body, self.url, self.system_id, collected.report.limits)
                 answer = self.uploader.send(job)

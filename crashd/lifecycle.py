@@ -66,7 +66,7 @@ class State(StrEnum):
     """Where a report stands (DESIGN.md §3): records persist the first seven, ``crashd status`` prints all."""
 
     QUEUED = "queued"  # waiting for its first or next attempt
-    POSTING = "posting"  # a POST was under way: found after a restart, it is resent (daisy answers 409)
+    POSTING = "posting"  # a POST under way or next: found after a restart, it is resent (daisy answers 409)
     SENT = "sent"
     REJECTED = "rejected"  # final: the server refused it
     EXPIRED = "expired"  # final: unsent for longer than expire_after

@@ -14,6 +14,7 @@ import itertools
 import os
 import signal
 import statistics
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from crashd.consent import set_preference
-from crashd.daemon import Daemon
+from crashd.daemon import WORKERS, Daemon
 from crashd.delivery import Courier
 from crashd.report import DEFAULT_LIMITS
 from crashd.spool import Spool
@@ -496,3 +497,147 @@ def test_the_daemon_makes_its_records_durable_in_groups_not_one_fsync_a_report(d
     assert store.syncs == 0
     assert set().union(*store.flushed) >= {"_usr_bin_one.0.crash", "_usr_bin_two.0.crash", "_usr_bin_three.0.crash"}
     assert not store._unsynced  # nothing left only in the page cache
+
+
+# -- batches: a queue goes to the worker threads a few reports at a time ------------------------
+
+
+def test_a_queue_found_at_start_goes_to_the_threads_in_batches_not_one_hop_a_report(
+    daisy, crash_dir, automatic, monkeypatch
+):
+    """Each report handed from the loop to a thread and back was a hop of its own, half of what kept the
+    daemon at half upload-all's queued rate (issue 15): 16 reports found at start go as WORKERS batches."""
+    count = 16
+    for i in range(count):
+        drop(crash_dir / f"_usr_bin_queued{i}.0.crash", crash(f"queued{i}"))
+    hops: list[object] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(func, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(func)
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    courier = Courier(DirectUploader(HttpTransport(5, 5)), daisy.url, TOKEN, StateStore.open(automatic))
+    with Spool(crash_dir) as spool:
+        daemon = Daemon(spool, courier, DEFAULT_LIMITS, lambda _marked: None, idle_timeout=3600, once=True)
+        assert asyncio.run(asyncio.wait_for(daemon.run(), timeout=60)) == 0
+    assert sent_paths(daisy) == Counter({f"/usr/bin/queued{i}": 1 for i in range(count)})
+    reports = [func for func in hops if func != courier.flush]
+    assert len(reports) <= WORKERS, reports
+
+
+class JudgingTidy:
+    """Stands in for crashd.tidy.Tidy: admits everything, and remembers which new reports it judged."""
+
+    swept_ns = 1 << 62  # no report is newer than the last sweep: the rescan starts them directly
+
+    def __init__(self) -> None:
+        self.judged: set[str] = set()
+
+    def admit(self, fresh, *, max_size):  # type: ignore[no-untyped-def]
+        self.judged |= set(fresh)
+        return True
+
+    def __call__(self, busy, fresh):  # type: ignore[no-untyped-def]
+        self.judged |= set(fresh or ())
+        return set()
+
+
+def test_a_report_replaced_while_it_waits_in_a_batch_is_taken_back_tidied_and_sent_as_it_is_now(
+    daisy, crash_dir, automatic
+):
+    """A new crash replacing a report whose turn in its batch has not come is a new arrival: the loop takes
+    it back from the batch, the tidy judges it (duplicates are collapsed before anything is sent), and the
+    new crash is sent once. Every worker's first report waits until the take-back is seen, so the
+    interleaving is forced: the replaced report is still waiting behind one of them."""
+    for i in range(5):  # 4 workers: batches of 2, 2 and 1 — two reports wait behind another
+        drop(crash_dir / f"_usr_bin_batch{i}.0.crash", crash(f"batch{i}"))
+    courier = Courier(DirectUploader(HttpTransport(5, 5)), daisy.url, TOKEN, StateStore.open(automatic))
+    tidy = JudgingTidy()
+    taken: list[str] = []
+    first, released = threading.Lock(), threading.Event()
+    process = courier.process
+
+    def held_process(spool, name, *args):  # type: ignore[no-untyped-def]
+        if first.acquire(blocking=False):
+            try:
+                assert wait_until(lambda: len(daemon.waiting) == 2, timeout=10), daemon.waiting
+                target = sorted(daemon.waiting)[0]
+                drop(crash_dir / target.crash, crash(target.crash.split(".")[0][9:], Date="second crash"))
+                # Taken back from its batch: judged as a new arrival.
+                assert wait_until(lambda: target.crash in tidy.judged, timeout=10)
+                taken.append(target.crash)
+            finally:
+                released.set()
+        else:
+            assert released.wait(30)
+        return process(spool, name, *args)
+
+    courier.process = held_process  # type: ignore[method-assign]
+    with Spool(crash_dir) as spool:
+        daemon = Daemon(spool, courier, DEFAULT_LIMITS, lambda _marked: None, idle_timeout=3600, once=True,
+                        tidy=tidy)  # type: ignore[arg-type]  # fmt: skip
+        assert asyncio.run(asyncio.wait_for(daemon.run(), timeout=60)) == 0
+    (target,) = taken
+    assert sent_paths(daisy) == Counter({f"/usr/bin/batch{i}": 1 for i in range(5)})
+    dates = {r.document["ExecutablePath"]: r.document["Date"] for r in daisy.reports if r.document}
+    assert dates[f"/usr/bin/{target.split('.')[0][9:]}"] == "second crash"
+
+
+# -- the upload worker, started while the daemon starts -------------------------------------------
+
+
+class PreparingUploader(DirectUploader):
+    """Says when the worker would be started (:meth:`Uploader.prepare`) among the reports' passes."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__(HttpTransport(5, 5))
+        self.events = events
+
+    def prepare(self) -> None:
+        self.events.append("prepare")
+
+
+def run_once_seeing(daisy, crash_dir, state_dir, gate) -> list[str]:  # type: ignore[no-untyped-def]
+    """``daemon --once`` in this process: "prepare" and "process NAME" in the order they happened."""
+    events: list[str] = []
+    courier = Courier(PreparingUploader(events), daisy.url, TOKEN, StateStore.open(state_dir))
+    process = courier.process
+
+    def seen_process(spool, name, *args):  # type: ignore[no-untyped-def]
+        events.append(f"process {name.crash}")
+        return process(spool, name, *args)
+
+    courier.process = seen_process  # type: ignore[method-assign]
+    with Spool(crash_dir) as spool:
+        daemon = Daemon(spool, courier, DEFAULT_LIMITS, gate, idle_timeout=3600, once=True)
+        assert asyncio.run(asyncio.wait_for(daemon.run(), timeout=60)) == 0
+    return events
+
+
+def test_with_an_unsent_report_and_automatic_consent_the_worker_starts_before_any_report_is_looked_at(
+    daisy, crash_dir, automatic
+):
+    """The worker's start (~80 ms) was most of a queue's wait for its first POST: it now overlaps the rest
+    of the daemon's start-up instead of following the first report's preparation."""
+    drop(crash_dir / "_usr_bin_early.0.crash", crash("early"))
+    events = run_once_seeing(daisy, crash_dir, automatic, lambda _marked: None)
+    assert events[0] == "prepare", events
+    assert sent_paths(daisy) == Counter({"/usr/bin/early": 1})
+
+
+def test_with_only_sent_reports_or_without_automatic_consent_no_worker_is_started(
+    daisy, crash_dir, automatic
+):
+    """The head start is only taken when a report is likely to go out: a run that sends nothing starts
+    nothing."""
+    drop(crash_dir / "_usr_bin_sent.0.crash", crash("sent"))
+    (crash_dir / "_usr_bin_sent.0.uploaded").write_text("OOPS-1")  # sent by an earlier run
+    assert run_once_seeing(daisy, crash_dir, automatic, lambda _marked: None) == [
+        "process _usr_bin_sent.0.crash"
+    ]
+    drop(crash_dir / "_usr_bin_held.0.crash", crash("held"))
+    events = run_once_seeing(daisy, crash_dir, automatic, lambda _marked: "waiting for someone to send it")
+    assert "prepare" not in events, events
+    assert daisy.reports == []
