@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 
 from asyncinotify import Inotify, Mask
 
-from crashd import lifecycle, network, process
+from crashd import _inotify, lifecycle, network, process
 from crashd.config import Settings
 from crashd.consent import Consent, may_collect_automatically
 from crashd.delivery import Courier
@@ -65,6 +65,7 @@ EARLY_LOOK = 64  # reports looked at (for a missing .uploaded) to start the uplo
 INLINE_ADMIT = 256 * 1024  # a new report this small is judged for duplicates in the loop (Daemon._admitted)
 DUE_LIMIT = 16384  # reports remembered by name (~4 MiB); past that, a streamed rescan finds them
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
+_EVENT_SUFFIXES = (b".crash", b".upload")  # the names _report_for reads; the rest are not decoded
 _FILES_WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.MOVED_FROM | Mask.CREATE | Mask.DELETE | Mask.ONLYDIR
 
 
@@ -138,9 +139,11 @@ class Daemon:
                 service.bus.disconnect()
 
     async def _run(self) -> int:
+        loop = asyncio.get_running_loop()
         with Inotify() as inotify:
             inotify.add_watch(Path(self.spool.path), _WATCH)
-            watcher = asyncio.create_task(self._watch(inotify))
+            os.set_blocking(inotify.fd, False)  # asyncinotify 4.4's NONBLOCK flag is O_CLOEXEC's value
+            loop.add_reader(inotify.fd, self._read_events, inotify.fd)  # read by crashd._inotify
             self.rescan()
             gc.collect()  # start-up's cycles (imports, settings, the bus), freed before the first idle trims
             sd_notify("READY=1", f"STATUS=watching {self.spool.path}")
@@ -148,7 +151,7 @@ class Daemon:
             try:
                 await self._schedule()
             finally:
-                watcher.cancel()
+                loop.remove_reader(inotify.fd)
                 sd_notify("STOPPING=1")
                 self.courier.flush()  # what went out is durable (a worker still in flight saves unsynced)
         code = 1 if self.bus_lost else 0  # non-zero: systemd's Restart=on-failure brings us back
@@ -343,25 +346,32 @@ class Daemon:
         # were read, and a rescan may meet others made before it (a duplicate was sent twice so).
         return st.st_ctime_ns >= self.tidy.swept_ns  # ctime: no user can set it ahead to stay untidied
 
-    async def _watch(self, inotify: Inotify) -> None:
-        async for event in inotify:
+    def _read_events(self, fd: int) -> None:
+        """On the loop, when the watch has events: what they ask for (:meth:`_event`)."""
+        data = _inotify.read(fd)
+        if data:
             self.last_activity = time.monotonic()
-            if Mask.Q_OVERFLOW in event.mask:
+        for filename in _inotify.decode(data, _EVENT_SUFFIXES):
+            if filename is None:
                 log.warning("inotify queue overflowed: rescanning %s", self.spool.path)
                 self.rescan()
-            elif event.name is not None and (name := _report_for(str(event.name))) is not None:
-                self._take_back(name)  # not begun in its batch: it is looked at as if it were not busy
-                if str(event.name).endswith(".upload"):
-                    if name in self.busy:
-                        self.stamped.add(name)  # our own stamp on the report in hand, or a UI's request
-                        continue
-                    if self.spool.answered(name):
-                        continue  # crashd's own stamp, written just after the POST: nothing asked
-                if name not in self.busy and str(event.name).endswith(".crash"):
-                    if self._rewritten_by_us(name):
-                        continue
-                    self._arrived(name)  # a new report (a busy one's event is its own rewrite, by its hooks)
-                self.schedule(name, self.courier.clock())
+            elif (name := _report_for(filename)) is not None:
+                self._event(name, filename.endswith(".upload"))
+
+    def _event(self, name: ReportName, stamp: bool) -> None:
+        """Report *name* was written, renamed in or touched, or (*stamp*) its ``.upload`` was."""
+        self._take_back(name)  # not begun in its batch: it is looked at as if it were not busy
+        if stamp:
+            if name in self.busy:
+                self.stamped.add(name)  # our own stamp on the report in hand, or a UI's request
+                return
+            if self.spool.answered(name):
+                return  # crashd's own stamp, written just after the POST: nothing asked
+        elif name not in self.busy:
+            if self._rewritten_by_us(name):
+                return
+            self._arrived(name)  # a new report (a busy one's event is its own rewrite, by its hooks)
+        self.schedule(name, self.courier.clock())
 
     def _take_back(self, name: ReportName) -> None:
         """A report waiting for its turn in a batch is no longer busy, unless its thread has begun it."""
