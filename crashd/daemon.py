@@ -61,7 +61,6 @@ WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
 # Reports one task works through in its thread when that many are due: one loop-thread-loop hop per batch,
 # not per report (the queued rate; a report alone still goes at once, in a batch of its own).
 BATCH = 8
-EARLY_LOOK = 64  # reports looked at (for a missing .uploaded) to start the upload worker before READY
 INLINE_ADMIT = 256 * 1024  # a new report this small is judged for duplicates in the loop (Daemon._admitted)
 DUE_LIMIT = 16384  # reports remembered by name (~4 MiB); past that, a streamed rescan finds them
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
@@ -122,7 +121,6 @@ class Daemon:
         # Records made durable in groups, when the daemon goes idle and when it stops, not one fsync per
         # report: a power cut in between costs at most a resend, which daisy answers 409.
         self.courier.grouped = True
-        self._start_uploader_early()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stop.set)
@@ -160,21 +158,6 @@ class Daemon:
             logging.shutdown()
             os._exit(code)
         return code
-
-    def _start_uploader_early(self) -> None:
-        """Start the upload worker now, while the rest of start-up runs, when a report is likely to go out:
-        consent is automatic and one of the first EARLY_LOOK reports has no ``.uploaded``. Its start (an
-        interpreter, imports, a drop of privileges: ~80 ms) was most of a queue's wait for its first POST.
-        Otherwise it starts on demand, as before: a run that finds only sent reports starts nothing."""
-        try:
-            if self.consent(False) is not None:  # not automatic (or reporting off): held unless marked
-                return
-            for name in itertools.islice(self.spool.scan(), EARLY_LOOK):
-                if not self.spool.exists(name.uploaded):
-                    self.courier.uploader.prepare()  # in a thread of its own; returns at once
-                    return
-        except Exception:  # only a head start: the first POST starts the worker anyway
-            log.debug("could not tell whether to start the upload worker early", exc_info=True)
 
     async def _serve_dbus(self) -> dbus_prefs.Service | None:
         """The consent service on the system bus; None with --once, or when there is no bus to use."""
@@ -559,20 +542,6 @@ def watch_files(files: Collection[Path], on_change: Callable[[], None]) -> Calla
         task.cancel()
 
     return stop
-
-
-def journal_logging(level: int) -> bool:
-    """Log to journald with structured fields when running under it and systemd-python is installed."""
-    if not os.environ.get("JOURNAL_STREAM"):
-        return False
-    try:
-        from systemd.journal import JournalHandler  # optional extra [journal]
-    except ImportError:
-        return False
-    root = logging.getLogger()
-    root.handlers[:] = [JournalHandler(SYSLOG_IDENTIFIER="crashd")]
-    root.setLevel(level)
-    return True
 
 
 def run(daemon_factory: Callable[[], Daemon]) -> int:

@@ -30,6 +30,7 @@ POST, answered as before.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random as _random
@@ -57,6 +58,8 @@ from crashd.uploader import (
 )
 
 log = logging.getLogger(__name__)
+
+EARLY_LOOK = 64  # reports looked at for one without a .uploaded (start_uploader_early)
 
 
 @dataclass
@@ -339,6 +342,27 @@ class Courier:
         if policy.expired(record.first_seen, decision.when, self.backoff):
             return replace(core, phase=CorePhase.EXPIRED, next_attempt=None, last_error=decision.reason)
         return replace(core, phase=CorePhase.PENDING, next_attempt=decision.when, last_error=decision.reason)
+
+
+def start_uploader_early(uploader: Uploader, spool: Spool, consent: Gate, look: int = EARLY_LOOK) -> bool:
+    """Start the upload worker now (:meth:`~crashd.uploader.Uploader.prepare`: in a thread, returning at
+    once) when a report is likely to go out: *consent* is automatic and one of the first *look* reports
+    has no ``.uploaded``. Whether it was asked to start.
+
+    The daemon calls it first thing, before its own imports: the worker's start (an interpreter, imports,
+    a drop of privileges: ~100 ms) then runs beside the daemon's, instead of after it, in front of the
+    first POST. A run that finds only sent reports, or that may not send on its own, starts no worker here:
+    the first POST that is due starts it (:meth:`Courier.process`)."""
+    try:
+        if consent(False) is not None:  # not automatic (or reporting off): held unless marked
+            return False
+        for name in itertools.islice(spool.scan(), look):
+            if not spool.exists(name.uploaded):
+                uploader.prepare()
+                return True
+    except Exception:  # only a head start: the first POST starts the worker anyway
+        log.debug("could not tell whether to start the upload worker early", exc_info=True)
+    return False
 
 
 def _stamp(spool: Spool, collected: Collected, record: Record) -> None:

@@ -68,6 +68,7 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -227,7 +228,7 @@ class WorkerUploader:
             job_id = self._next_id
             fields = {"kind": job.kind, "url": job.url, "system_id": job.system_id}
             fields |= {"oops_id": job.oops_id if job.kind == "core" else None, "seconds": seconds}
-            fields |= {"body": len(job.body) if fd < 0 else None, "limits": dataclasses.asdict(job.limits)}
+            fields |= {"body": len(job.body) if fd < 0 else None, "limits": _limits_fields(job.limits)}
             message = json.dumps({"id": job_id, **fields}).encode()
             if fd < 0:
                 message += b"\n" + job.body
@@ -298,6 +299,12 @@ class WorkerUploader:
         self._backoff = min(self._backoff * 2, BACKOFF_CAP)
         log.warning("upload worker: %s", why)
         return code
+
+
+@functools.cache
+def _limits_fields(limits: Limits) -> dict[str, int]:
+    """A job's ``limits``: made once per Limits (a run has one), not per job (asdict deep-copies)."""
+    return dataclasses.asdict(limits)
 
 
 def _kill(process: subprocess.Popen[bytes]) -> int | None:

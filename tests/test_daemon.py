@@ -14,6 +14,8 @@ import itertools
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -24,7 +26,7 @@ import pytest
 
 from crashd.consent import set_preference
 from crashd.daemon import WORKERS, Daemon
-from crashd.delivery import Courier
+from crashd.delivery import Courier, start_uploader_early
 from crashd.report import DEFAULT_LIMITS
 from crashd.spool import Spool
 from crashd.state import StateStore
@@ -585,59 +587,73 @@ def test_a_report_replaced_while_it_waits_in_a_batch_is_taken_back_tidied_and_se
     assert dates[f"/usr/bin/{target.split('.')[0][9:]}"] == "second crash"
 
 
-# -- the upload worker, started while the daemon starts -------------------------------------------
+# -- the upload worker, started before the daemon's own start-up -----------------------------------
 
 
 class PreparingUploader(DirectUploader):
-    """Says when the worker would be started (:meth:`Uploader.prepare`) among the reports' passes."""
+    """Counts the calls to :meth:`Uploader.prepare` (the worker's start, in the real one)."""
 
-    def __init__(self, events: list[str]) -> None:
+    def __init__(self) -> None:
         super().__init__(HttpTransport(5, 5))
-        self.events = events
+        self.prepared = 0
 
     def prepare(self) -> None:
-        self.events.append("prepare")
+        self.prepared += 1
 
 
-def run_once_seeing(daisy, crash_dir, state_dir, gate) -> list[str]:  # type: ignore[no-untyped-def]
-    """``daemon --once`` in this process: "prepare" and "process NAME" in the order they happened."""
-    events: list[str] = []
-    courier = Courier(PreparingUploader(events), daisy.url, TOKEN, StateStore.open(state_dir))
-    process = courier.process
-
-    def seen_process(spool, name, *args):  # type: ignore[no-untyped-def]
-        events.append(f"process {name.crash}")
-        return process(spool, name, *args)
-
-    courier.process = seen_process  # type: ignore[method-assign]
-    with Spool(crash_dir) as spool:
-        daemon = Daemon(spool, courier, DEFAULT_LIMITS, gate, idle_timeout=3600, once=True)
-        assert asyncio.run(asyncio.wait_for(daemon.run(), timeout=60)) == 0
-    return events
-
-
-def test_with_an_unsent_report_and_automatic_consent_the_worker_starts_before_any_report_is_looked_at(
-    daisy, crash_dir, automatic
-):
-    """The worker's start (~80 ms) was most of a queue's wait for its first POST: it now overlaps the rest
-    of the daemon's start-up instead of following the first report's preparation."""
-    drop(crash_dir / "_usr_bin_early.0.crash", crash("early"))
-    events = run_once_seeing(daisy, crash_dir, automatic, lambda _marked: None)
-    assert events[0] == "prepare", events
-    assert sent_paths(daisy) == Counter({"/usr/bin/early": 1})
-
-
-def test_with_only_sent_reports_or_without_automatic_consent_no_worker_is_started(
-    daisy, crash_dir, automatic
-):
-    """The head start is only taken when a report is likely to go out: a run that sends nothing starts
-    nothing."""
+def test_with_an_unsent_report_and_automatic_consent_the_worker_gets_its_head_start(crash_dir):
+    """``crashd daemon`` asks first thing, before its own imports: the worker's start (~100 ms) runs
+    beside the daemon's instead of in front of the first POST."""
     drop(crash_dir / "_usr_bin_sent.0.crash", crash("sent"))
-    (crash_dir / "_usr_bin_sent.0.uploaded").write_text("OOPS-1")  # sent by an earlier run
-    assert run_once_seeing(daisy, crash_dir, automatic, lambda _marked: None) == [
-        "process _usr_bin_sent.0.crash"
-    ]
-    drop(crash_dir / "_usr_bin_held.0.crash", crash("held"))
-    events = run_once_seeing(daisy, crash_dir, automatic, lambda _marked: "waiting for someone to send it")
-    assert "prepare" not in events, events
-    assert daisy.reports == []
+    (crash_dir / "_usr_bin_sent.0.uploaded").write_text("OOPS-1")
+    drop(crash_dir / "_usr_bin_early.0.crash", crash("early"))
+    uploader = PreparingUploader()
+    with Spool(crash_dir) as spool:
+        assert start_uploader_early(uploader, spool, lambda _marked: None)
+    assert uploader.prepared == 1
+
+
+@pytest.mark.parametrize(
+    ("reports", "consent", "look"),
+    [
+        ((), None, 64),  # nothing there
+        (("sent",), None, 64),  # sent by an earlier run: nothing likely to go out
+        (("held",), "waiting for someone to send it: automatic reporting is off", 64),
+    ],
+)
+def test_no_head_start_when_nothing_is_likely_to_go_out(crash_dir, reports, consent, look):
+    for what in reports:
+        drop(crash_dir / f"_usr_bin_{what}.0.crash", crash(what))
+        if what == "sent":
+            (crash_dir / f"_usr_bin_{what}.0.uploaded").write_text("OOPS-1")
+    uploader = PreparingUploader()
+    with Spool(crash_dir) as spool:
+        assert not start_uploader_early(uploader, spool, lambda _marked: consent, look=look)
+    assert uploader.prepared == 0
+
+
+def test_the_service_starts_the_worker_before_it_imports_its_own_parts(daisy, crash_dir, automatic):
+    """The order, in a real ``crashd daemon --once``: the worker is asked to start before the modules of
+    the service (asyncio's loop, inotify, delivery's scheduler) are imported."""
+    drop(crash_dir / "_usr_bin_early.0.crash", crash("early"))
+    code = (
+        "import sys, crashd.delivery as d\n"
+        "seen = []\n"
+        "real = d.start_uploader_early\n"
+        "def spy(*args, **kwargs):\n"
+        "    seen.append('crashd.daemon' in sys.modules)\n"
+        "    return real(*args, **kwargs)\n"
+        "d.start_uploader_early = spy\n"
+        "from crashd.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "print('daemon imported first' if seen != [False] else 'worker first', flush=True)\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "daemon", "--once", "--crash-dir", str(crash_dir),
+         "--state-dir", str(automatic), "--url", daisy.url],
+        env={**os.environ, "CRASH_DB_IDENTIFIER": TOKEN}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "worker first", result.stderr
+    assert sent_paths(daisy) == Counter({"/usr/bin/early": 1})

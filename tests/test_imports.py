@@ -25,7 +25,7 @@ HOMES = {
     "requests": ("crashd.uploader", "crashd.worker"),
     "urllib3": ("crashd.uploader", "crashd.worker"),
     "bson": ("crashd.uploader", "crashd.worker"),
-    "systemd": ("crashd.daemon", "crashd.capture.journal"),
+    "systemd": ("crashd.cli.daemon", "crashd.capture.journal"),
     "backports": ("crashd._codec",),
     "compression": ("crashd._codec",),
     "zlib_ng": ("crashd._codec",),  # the optional inflater (the `fast` extra)

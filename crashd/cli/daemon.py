@@ -6,9 +6,16 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from crashd.cli._base import add_locations, seconds_argument
+
+if TYPE_CHECKING:
+    from crashd.config import Settings
+    from crashd.lifecycle import Gate
+    from crashd.spool import Spool
+    from crashd.uploader import Uploader
 
 NAME = "daemon"
 # The root daemon loads no OpenSSL: it speaks no TLS (root's HTTP is the upload worker's, a process of its
@@ -55,57 +62,72 @@ def add_parser(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     # Imported here: the service's dependencies (asyncio, inotify, dbus-fast) would cost every other
     # command its start-up time and ~6 MiB, and the library those of the service.
-    from crashd.cli._common import (
-        consent_gate,
-        hook_options,
-        identifier_for,
-        make_uploader,
-        open_spool,
-        settings_from,
-        tidy_for,
-    )
+    from crashd.cli._common import consent_gate, make_uploader, open_spool, settings_from
     from crashd.config import DEFAULT_CONFIG
-    from crashd.daemon import Daemon, DBusSettings, journal_logging
+    from crashd.delivery import start_uploader_early
+
+    settings = settings_from(args)
+    if not journal_logging(logging.INFO) and not args.verbose:
+        logging.getLogger().setLevel(logging.INFO)  # a service says what it does
+    config = args.config or DEFAULT_CONFIG
+    gate = consent_gate(settings, config)
+    uploader = make_uploader(settings, None)
+    try:
+        with open_spool(settings.crash_dir) as spool:
+            # First, before the service's own imports (~60 ms): the worker starts beside them.
+            start_uploader_early(uploader, spool, gate)
+            return _serve(args, settings, config, gate, uploader, spool)
+    finally:
+        uploader.close()
+
+
+def _serve(args: argparse.Namespace, settings: Settings, config: Path, gate: Gate, uploader: Uploader,
+           spool: Spool) -> int:  # fmt: skip
+    """The service itself, once the upload worker has its head start."""
+    if not args.once:  # the service serves the bus: a missing or too-old dbus-fast is said first, alone
+        import crashd.dbus_prefs  # noqa: F401
+    from crashd.cli._common import hook_options, identifier_for, tidy_for
+    from crashd.daemon import Daemon, DBusSettings
     from crashd.daemon import run as run_daemon
     from crashd.delivery import Courier
     from crashd.network import Monitor
     from crashd.state import StateStore
     from crashd.status import survey
 
-    if not args.once:  # the service serves the bus: a missing or too-old dbus-fast is said first, alone
-        import crashd.dbus_prefs  # noqa: F401
-    settings = settings_from(args)
-    if not journal_logging(logging.INFO) and not args.verbose:
-        logging.getLogger().setLevel(logging.INFO)  # a service says what it does
-    config = args.config or DEFAULT_CONFIG
     system_id = identifier_for(settings)
     store = StateStore.open(settings.state_dir)
-    uploader = make_uploader(settings, None)
     monitor = Monitor(settings.metered)
+    courier = Courier(uploader, settings.url, system_id, store, settings.backoff, network=monitor.hold)
+    store.collect(spool.exists)  # records of reports that are gone (issue 11: bounded state)
+    dbus = DBusSettings(
+        settings.state_dir, config,
+        lambda: survey(spool, StateStore.reader(settings.state_dir), gate, monitor.hold),
+    )  # fmt: skip
+    return run_daemon(
+        lambda: Daemon(
+            spool,
+            courier,
+            settings.limits,
+            gate,
+            idle_timeout=args.idle_timeout or settings.idle_timeout,
+            once=args.once,
+            hooks=hook_options(settings),
+            dbus=dbus,
+            monitor=monitor,
+            tidy=tidy_for(spool, store, settings),
+        )
+    )
+
+
+def journal_logging(level: int) -> bool:
+    """Log to journald with structured fields when running under it and systemd-python is installed."""
+    if not os.environ.get("JOURNAL_STREAM"):
+        return False
     try:
-        backoff = settings.backoff
-        courier = Courier(uploader, settings.url, system_id, store, backoff, network=monitor.hold)
-        gate = consent_gate(settings, config)
-        with open_spool(settings.crash_dir) as spool:
-            store.collect(spool.exists)  # records of reports that are gone (issue 11: bounded state)
-            idle = args.idle_timeout or settings.idle_timeout
-            dbus = DBusSettings(
-                settings.state_dir, config,
-                lambda: survey(spool, StateStore.reader(settings.state_dir), gate, monitor.hold),
-            )  # fmt: skip
-            return run_daemon(
-                lambda: Daemon(
-                    spool,
-                    courier,
-                    settings.limits,
-                    gate,
-                    idle_timeout=idle,
-                    once=args.once,
-                    hooks=hook_options(settings),
-                    dbus=dbus,
-                    monitor=monitor,
-                    tidy=tidy_for(spool, store, settings),
-                )
-            )
-    finally:
-        uploader.close()
+        from systemd.journal import JournalHandler  # optional extra [journal]
+    except ImportError:
+        return False
+    root = logging.getLogger()
+    root.handlers[:] = [JournalHandler(SYSLOG_IDENTIFIER="crashd")]
+    root.setLevel(level)
+    return True
