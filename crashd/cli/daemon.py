@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from crashd.config import DEFAULT_CONFIG
     from crashd.delivery import start_uploader_early
 
+    if not args.once:  # the service serves the bus: a missing or too-old dbus-fast is said first, alone
+        import crashd.dbus_prefs  # noqa: F401
     settings = settings_from(args)
     if not journal_logging(logging.INFO) and not args.verbose:
         logging.getLogger().setLevel(logging.INFO)  # a service says what it does
@@ -84,8 +86,6 @@ def run(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, settings: Settings, config: Path, gate: Gate, uploader: Uploader,
            spool: Spool) -> int:  # fmt: skip
     """The service itself, once the upload worker has its head start."""
-    if not args.once:  # the service serves the bus: a missing or too-old dbus-fast is said first, alone
-        import crashd.dbus_prefs  # noqa: F401
     from crashd.cli._common import hook_options, identifier_for, tidy_for
     from crashd.daemon import Daemon, DBusSettings
     from crashd.daemon import run as run_daemon
