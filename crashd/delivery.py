@@ -6,8 +6,9 @@ The order of writes is what makes a ``kill -9`` at any point harmless:
    first record is made so);
 2. the server's answer is classified (:mod:`crashd.policy`) and the record
    updated before anything else happens — both writes reach the page cache at
-   once, which a killed process cannot undo; they are fsynced (against power
-   cuts) after the one-POST-at-a-time section, or, with ``grouped`` (``upload-all``, the daemon),
+   once, which a killed process cannot undo; the POST and this write are one *exchange*, and
+   exchanges run one at a time (:class:`crashd.wire.Wire`); the writes are fsynced (against power
+   cuts) after the exchange, or, with ``grouped`` (``upload-all``, the daemon),
    all at once by the caller's :meth:`~crashd.state.StateStore.flush`;
 3. only then is ``.uploaded`` written.
 
@@ -18,7 +19,7 @@ The order of writes is what makes a ``kill -9`` at any point harmless:
 
 A kill before 2 leaves ``posting``: the next run resends, and daisy's 409
 ("already reported") counts as sent — at most one duplicate POST per kill,
-because only one POST is on the wire at a time (the ``wire`` lock): a report whose record says
+because only one exchange runs at a time (:mod:`crashd.wire`): a report whose record says
 ``posting`` while it waited for the wire is sent for the first time by the next run. A kill
 between 2 and 3 leaves a ``sent`` record without a stamp: the next run writes
 the stamp and sends nothing. A kill in 4 before the rename leaves the file as it was, stamped: sent, and
@@ -34,7 +35,6 @@ import itertools
 import logging
 import os
 import random as _random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -56,6 +56,7 @@ from crashd.uploader import (
     WorkerError,
     encode_report,
 )
+from crashd.wire import Wire
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Courier:
     backoff: Backoff = field(default_factory=Backoff)
     clock: Callable[[], float] = time.time
     random: Callable[[], float] = _random.random
-    wire: threading.Lock = field(default_factory=threading.Lock)  # one POST in flight at a time
+    wire: Wire = field(default_factory=Wire)  # one exchange (a POST, its answer recorded) at a time
     # Reports that made processing fail, and how many times in a row: their retries back off
     # exponentially, so a report that always fails never becomes a loop (DESIGN.md §7 rule 6).
     failures: dict[str, int] = field(default_factory=dict)
@@ -230,16 +231,17 @@ class Courier:
 
     def _post_report(self, collected: Collected, record: Record) -> Record:
         body = encode_report(collected.sent)  # a report crashd refuses fails here, before any state
-        # "posting" is saved before the wire is taken, not on it: of the records a kill leaves saying so,
-        # only the one whose POST was on the wire can have reached the server; the others are sent for the
-        # first time. A report's first record is made with that state (one save, not two, per report),
-        # and the one-POST-at-a-time section saves only the answer. Unsynced: in the page cache, a record
-        # survives kill -9; the fsync (against power cuts, where the worst case is a resend answered
-        # 409) comes after the section.
+        # "posting" is saved before the exchange is handed to the wire, not in it: of the records a kill
+        # leaves saying so, only the one whose POST was on the wire can have reached the server; the
+        # others are sent for the first time. A report's first record is made with that state (one save,
+        # not two, per report), and the exchange saves only the answer. Unsynced: in the page cache, a
+        # record survives kill -9; the fsync (against power cuts, where the worst case is a resend
+        # answered 409) comes after the exchange.
         record = self._save(replace(record, phase=State.POSTING, attempts=record.attempts + 1))
-        with self.wire:
+        job = Job.of_report(body, self.url, self.system_id, collected.report.limits)
+
+        def exchange() -> Record:
             try:
-                job = Job.of_report(body, self.url, self.system_id, collected.report.limits)
                 answer = self.uploader.send(job)
             except UploadError as error:
                 decision: Decision = self._retry(error, record.attempts)
@@ -248,7 +250,9 @@ class Courier:
                     answer.status, answer.headers, answer.body, self.clock(),
                     attempts=record.attempts, backoff=self.backoff, random=self.random,
                 )  # fmt: skip
-            record = self._save(self._apply(record, decision))
+            return self._save(self._apply(record, decision))
+
+        record = self.wire.run(exchange)
         self._sync(record.name)
         return record
 
@@ -286,19 +290,18 @@ class Courier:
 
     def _post_core(self, collected: Collected, record: Record) -> Record:
         assert record.core is not None and record.oops_id is not None
-        core = record.core
-        with self.wire:
-            core = replace(core, phase=CorePhase.POSTING, attempts=core.attempts + 1)
-            record = self._save(replace(record, core=core))
+        pending, oops_id = record.core, record.oops_id
+
+        def exchange() -> Record:
+            core = replace(pending, phase=CorePhase.POSTING, attempts=pending.attempts + 1)
+            posting = self._save(replace(record, core=core))
             try:
                 fd, limits = collected.opened.fd, collected.report.limits
-                answer = self.uploader.send(Job.of_core(fd, limits, self.url, self.system_id, record.oops_id))
+                answer = self.uploader.send(Job.of_core(fd, limits, self.url, self.system_id, oops_id))
             except CoreUnavailable as error:
                 log.info("%s: %s", record.name, error)
                 core = replace(core, phase=CorePhase.UNAVAILABLE, next_attempt=None, last_error=str(error))
-                record = self._save(replace(record, core=core))
-                self._sync(record.name)
-                return record
+                return self._save(replace(posting, core=core))
             except UploadError as error:
                 decision: Decision = self._retry(error, core.attempts)
             else:
@@ -306,7 +309,9 @@ class Courier:
                     answer.status, answer.body, self.clock(),
                     attempts=core.attempts, backoff=self.backoff, random=self.random,
                 )  # fmt: skip
-            record = self._save(replace(record, core=self._apply_core(record, core, decision)))
+            return self._save(replace(posting, core=self._apply_core(posting, core, decision)))
+
+        record = self.wire.run(exchange)
         self._sync(record.name)
         return record
 

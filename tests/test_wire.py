@@ -1,4 +1,4 @@
-"""Issue 15: what the one-POST-at-a-time section (``Courier.wire``) holds, and what it leaves to others.
+"""Issue 15: what the one-exchange-at-a-time wire (``Courier.wire``) holds, and what it leaves to others.
 
 The queued rate is bounded by this section: what it does for one report, no other report's POST can
 overlap. These tests hold one POST on the wire (its send waits for the test) and look at what another
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -19,6 +19,7 @@ from crashd.report import DEFAULT_LIMITS
 from crashd.spool import ReportName, Spool
 from crashd.state import StateStore
 from crashd.uploader import Answer, DirectUploader, HttpTransport, Job, OfflineError
+from crashd.wire import Wire
 from tests.daemon_run import TOKEN, crash, drop, wait_until
 from tests.daisy import DaisyServer
 
@@ -89,7 +90,7 @@ def test_a_report_waiting_for_the_wire_says_posting_and_its_record_is_written_tw
                 return record is not None and record.phase is State.POSTING and record.attempts == 1
 
             assert wait_until(waiting_and_posting, timeout=10)
-            assert courier.wire.locked() and daisy.reports == []  # the first POST still holds the wire
+            assert courier.wire.busy and daisy.reports == []  # the first POST still holds the wire
         finally:
             uploader.release.set()
             first.join(30)
@@ -142,3 +143,59 @@ def test_a_kill_while_reports_wait_for_the_wire_repeats_only_the_post_on_it(dais
                 thread.join(30)
     assert all(status is not None and status.state is State.SENT for status in statuses)
     assert Counter(report.status for report in daisy.reports) == Counter({200: 4, 409: 1})
+
+
+# -- crashd.wire.Wire itself: the order, the thread an exchange runs on, whose outcome is whose
+
+
+def test_an_exchange_alone_runs_on_the_thread_that_hands_it_over():
+    """A report in hand goes out with no hand-over: its exchange runs in its own thread."""
+    wire = Wire()
+    assert wire.run(threading.current_thread) is threading.current_thread()
+    assert not wire.busy and wire.waiting == 0
+
+
+def test_exchanges_handed_over_meanwhile_run_after_the_running_one_in_order_on_its_thread():
+    """One at a time, first handed over first run, by the thread already running: the others only wait.
+    A failing exchange's exception is its own thread's; the wire goes on with the next one."""
+    wire = Wire()
+    release = threading.Event()
+    ran: list[tuple[str, threading.Thread]] = []
+    outcomes: dict[str, object] = {}
+
+    def exchange(label: str, fail: bool = False) -> Callable[[], str]:
+        def run() -> str:
+            ran.append((label, threading.current_thread()))
+            if label == "first":
+                assert release.wait(30)
+            if fail:
+                raise OSError(f"{label} failed")
+            return label
+
+        return run
+
+    def hand_over(label: str, fail: bool = False) -> None:
+        try:
+            outcomes[label] = wire.run(exchange(label, fail))
+        except OSError as error:
+            outcomes[label] = error
+
+    first = threading.Thread(target=hand_over, args=("first",))
+    first.start()
+    assert wait_until(lambda: wire.busy and len(ran) == 1, timeout=10)
+    others = []
+    for count, (label, fail) in enumerate([("second", True), ("third", False)], start=1):
+        thread = threading.Thread(target=hand_over, args=(label, fail))
+        thread.start()
+        others.append(thread)
+        assert wait_until(lambda count=count: wire.waiting == count, timeout=10)  # handed over in this order
+    assert len(ran) == 1  # nothing overlaps the exchange that is running
+    release.set()
+    for thread in (first, *others):
+        thread.join(30)
+    assert [label for label, _ in ran] == ["first", "second", "third"]
+    assert {thread for _, thread in ran} == {first}  # run by the thread that was running, not by their own
+    assert outcomes["first"] == "first" and outcomes["third"] == "third"
+    assert isinstance(outcomes["second"], OSError) and str(outcomes["second"]) == "second failed"
+    assert not wire.busy and wire.waiting == 0
+    assert wire.run(threading.current_thread) is threading.current_thread()  # idle again: no hand-over
