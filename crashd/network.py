@@ -19,13 +19,13 @@ Two pure parts, table-tested, and one that talks to the bus:
 Without NetworkManager on the bus (or without a bus) crashd behaves as it always did — everything
 goes, a failed POST is retried with backoff — and says so once in the log.
 
-dbus-fast is imported only where the bus is used, so that the configuration (which names
-:class:`Metered`) costs the other commands nothing.
+dbus-fast and asyncio are imported only where the bus is used, so that the configuration (which
+names :class:`Metered`) costs the other commands nothing, and ``crashd daemon`` reaches the upload
+worker's head start (:func:`crashd.delivery.start_uploader_early`) ~15 ms sooner.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 from crashd.lifecycle import Gate  # asked with whether the POST is a core: None, or why it waits
 
 if TYPE_CHECKING:
+    import asyncio
+
     from dbus_fast import Message
     from dbus_fast.aio import MessageBus
 
@@ -201,6 +203,8 @@ class Monitor:
                 online=current.online if connectivity is None else connectivity != CONNECTIVITY_NONE,
             ))  # fmt: skip
         elif msg.member == "NameOwnerChanged" and msg.body and msg.body[0] == NM_NAME:
+            import asyncio
+
             task = asyncio.ensure_future(self._read())  # appeared: read it; gone: back to UNKNOWN
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -220,6 +224,8 @@ def read_conditions(setting: Metered) -> Gate | None:
             return await _get_all(bus)
         finally:
             bus.disconnect()
+
+    import asyncio
 
     try:
         properties = asyncio.run(asyncio.wait_for(look(), READ_TIMEOUT))
@@ -246,6 +252,8 @@ async def _get_all(bus: MessageBus) -> dict[str, Any] | None:
 async def _call(bus: MessageBus, destination: str, path: str, interface: str, member: str,
                 signature: str, body: list[Any], *, auto_start: bool = True) -> list[Any] | None:  # fmt: skip
     """A method call's reply body, or None on an error reply, a dropped bus or no answer in time."""
+    import asyncio
+
     from dbus_fast import Message, MessageFlag, MessageType
 
     flags = MessageFlag.NONE if auto_start else MessageFlag.NO_AUTOSTART

@@ -196,3 +196,15 @@ def test_the_idle_daemon_loads_only_what_idling_needs(tmp_path: Path) -> None:
     assert "crashd.daemon" in loaded and "asyncinotify" in loaded, "the walk did not reach the daemon"
     unwanted = NOT_IDLE + (NOT_IDLE_AS_ROOT if os.geteuid() == 0 else ())
     assert not loaded & set(unwanted), sorted(loaded & set(unwanted))
+
+
+def test_the_configuration_loads_no_event_loop() -> None:
+    """``crashd.config`` (which every command reads first) without asyncio: ``upload-all`` and ``status``
+    never need it, and ``crashd daemon`` asks for its upload worker (the ~100 ms start that the first POST
+    waits for) before it loads the service, asyncio included (issue 15: ~15 ms sooner)."""
+    import subprocess
+
+    probe = "import sys, crashd.config; print(sorted(m for m in sys.modules if m.split('.')[0] == 'asyncio'))"
+    run = subprocess.run([sys.executable, "-I", "-c", probe], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
