@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 from crashd import __version__
 from crashd.errors import CrashdError
+from crashd.fs import OpenFile
 from crashd.report import (
     DEFAULT_LIMITS,
     Limits,
@@ -63,7 +64,6 @@ from crashd.report import (
     read_report,
     size_text,
 )
-from crashd.spool import OpenFile
 
 CONNECT_TIMEOUT, READ_TIMEOUT = 10.0, 60.0  # seconds; settings connect_timeout and read_timeout
 MAX_ANSWER = 64 * 1024  # daisy answers a line; anything longer is cut
@@ -301,9 +301,14 @@ class HttpTransport:
         connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
         deadline: float | None = None,
+        *,
+        tls: bool = True,
     ) -> None:
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.deadline = deadline  # a time.monotonic() value no call may outlast
+        # False: http:// only (the upload worker of an http:// crash database, which skips reading the
+        # CA certificates at its start); an https:// URL is then refused, never verified half-ready.
+        self.tls = tls
         self._local = threading.local()  # .connections: {(scheme, netloc): HTTPConnection}
         self._lock = threading.Lock()
         self._every: list[dict[tuple[str, str], http.client.HTTPConnection]] = []
@@ -368,6 +373,9 @@ class HttpTransport:
         if conn is not None and conn.sock is not None and _dropped(conn.sock):
             conn.close()  # the server closed it while it was idle: a new one, never a failed POST
         if conn is None:
+            if route.tls and not self.tls:
+                raise UploadError(f"{route.key[0]}:// is not enabled here: the upload worker was started "
+                                  "for an http:// crash database")  # fmt: skip
             conn = connections[route.key] = route.connection()
         conn.timeout = connect_timeout
         return conn

@@ -144,12 +144,17 @@ class WorkerUploader:
         connect_timeout: float = uploader.CONNECT_TIMEOUT,
         read_timeout: float = uploader.READ_TIMEOUT,
         deadline: float | None = None,
+        *,
+        tls: bool = True,
     ) -> None:
         if user.pw_uid == 0 or user.pw_gid == 0:
             raise ValueError(f"the upload worker never runs as root; user {user.pw_name} has uid or gid 0")
         self.user = user
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.deadline = deadline
+        # False (an http:// crash database): the worker reads no CA certificates at its start (~20 ms of
+        # the ~100 ms the first POST waits for) and refuses https:// jobs.
+        self.tls = tls
         self.clock = time.monotonic  # the restart backoff's clock; tests replace it
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
@@ -286,7 +291,8 @@ class WorkerUploader:
         # sys.executable is exec'd as root, so a 0700 pyenv is fine; the worker drops privileges itself.
         user = self.user
         return [sys.executable, "-I", "-m", "crashd.worker", str(fd), str(user.pw_uid), str(user.pw_gid),
-                repr(float(self.connect_timeout)), repr(float(self.read_timeout))]  # fmt: skip
+                repr(float(self.connect_timeout)), repr(float(self.read_timeout)),
+                *([] if self.tls else ["plain"])]  # fmt: skip
 
     def _fail(self, why: str) -> int | None:
         """Kill the worker and its group, and hold off the next start: a crash loop costs little."""
@@ -418,16 +424,20 @@ def _response(reply: dict[str, Any]) -> Answer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The worker: ``SOCKET_FD UID GID CONNECT_TIMEOUT READ_TIMEOUT``; exits 0 when the root side goes."""
+    """The worker: ``SOCKET_FD UID GID CONNECT_TIMEOUT READ_TIMEOUT [plain]``; exits 0 when the root side
+    goes. ``plain``: http:// only, no TLS readied."""
     args = sys.argv[1:] if argv is None else argv
     try:
         fd, uid, gid = (int(arg) for arg in args[:3])
         connect_timeout, read_timeout = (float(arg) for arg in args[3:5])
+        if args[5:] not in ([], ["plain"]):
+            raise ValueError(args[5:])
     except ValueError:
-        print("crashd-worker: usage: SOCKET_FD UID GID CONNECT_TIMEOUT READ_TIMEOUT", file=sys.stderr)
+        print("crashd-worker: usage: SOCKET_FD UID GID CONNECT_TIMEOUT READ_TIMEOUT [plain]", file=sys.stderr)
         return 2
+    tls = not args[5:]
     sock = socket.socket(fileno=fd)
-    transport = _warm_up(connect_timeout, read_timeout)
+    transport = _warm_up(connect_timeout, read_timeout, tls)
     try:
         processes.drop_privileges(uid, gid)  # no groups, no capabilities, no_new_privs; verified
     except (OSError, processes.PrivilegeError) as error:
@@ -435,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     os.closerange(3, fd)  # nothing root opened may outlive the drop
     os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
-    _check_ca_bundle(uid)
+    if tls:
+        _check_ca_bundle(uid)
     signal.signal(signal.SIGALRM, _out_of_time)
     # The watchdog thread inherits a mask without SIGALRM, so the job's alarm interrupts the job itself.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
@@ -450,13 +461,13 @@ def main(argv: list[str] | None = None) -> int:
         transport.close()
 
 
-def _warm_up(connect_timeout: float, read_timeout: float) -> uploader.HttpTransport:
+def _warm_up(connect_timeout: float, read_timeout: float, tls: bool) -> uploader.HttpTransport:
     """Import and initialise everything a job needs while the interpreter's files are still readable.
 
     After the drop, a lazy import from a 0700 ``/root/.pyenv`` would fail; so would
     the first use of a codec or module that ``http.client``, ``urllib.request`` (the
-    proxy variables) or ``ssl`` load on demand. The TLS context is made here too, so
-    the CA certificates are read once, as root.
+    proxy variables) or ``ssl`` load on demand. With *tls*, the TLS context is made here too,
+    so the CA certificates are read once, as root; without, the transport refuses https://.
     """
     import http.client
     import io
@@ -465,11 +476,12 @@ def _warm_up(connect_timeout: float, read_timeout: float) -> uploader.HttpTransp
     import bson
 
     bson.encode({"x": "y"})
-    uploader.tls_context()
+    if tls:
+        uploader.tls_context()
     http.client.parse_headers(io.BytesIO(b"Content-Type: text/plain\r\n\r\n"))
     urllib.request.getproxies_environment()
     "x".encode("idna")
-    return uploader.HttpTransport(connect_timeout, read_timeout)
+    return uploader.HttpTransport(connect_timeout, read_timeout, tls=tls)
 
 
 def _check_ca_bundle(uid: int) -> None:

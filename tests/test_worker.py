@@ -39,6 +39,7 @@ from crashd.uploader import (
     ExchangeError,
     Job,
     OfflineError,
+    UploadError,
     WorkerError,
     encode_report,
 )
@@ -565,6 +566,31 @@ def test_https_works_after_the_drop(crash_dir, tmp_path, user):
         finally:
             uploader.close()
         server.join(10)
+
+
+def test_a_worker_for_an_http_database_readies_no_tls_and_refuses_https(crash_dir, daisy, user):
+    """An http:// crash database: the worker skips reading the CA certificates at its start (~20 ms of
+    what the first POST waits for), and a job for an https:// URL is refused, never attempted."""
+    path = write(crash_dir / NAME, crash("app"))
+    uploader = WorkerUploader(user, 2, 2, tls=False)
+    try:
+        with opened(path) as (_fd, report):
+            assert uploader.send(report_job(report, daisy.url)).status == 200
+            assert uploader.pid is not None
+            argv = Path(f"/proc/{uploader.pid}/cmdline").read_bytes().split(b"\0")
+            assert argv[-2:] == [b"plain", b""]
+            with pytest.raises(UploadError, match="started for an http:// crash database"):
+                uploader.send(report_job(report, "https://127.0.0.1:9"))  # nothing listens: not tried
+    finally:
+        uploader.close()
+    assert len(daisy.reports) == 1
+
+
+def test_the_worker_readies_tls_unless_the_crash_database_is_http(user):
+    for url, tls in [("https://daisy.ubuntu.com", True), ("http://127.0.0.1:8080", False),
+                     ("HTTP://errors.example", False)]:  # fmt: skip
+        uploader = _common.make_uploader(Settings(unprivileged_user=user.pw_name, url=url), None)
+        assert isinstance(uploader, WorkerUploader) and uploader.tls is tls, url
 
 
 @root_only

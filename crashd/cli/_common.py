@@ -116,7 +116,8 @@ def make_uploader(settings: Settings, transport_deadline: float | None) -> Uploa
         return DirectUploader(transport)
     user = worker_user(settings.unprivileged_user)
     try:
-        return WorkerUploader(user, settings.connect_timeout, settings.read_timeout, transport_deadline)
+        return WorkerUploader(user, settings.connect_timeout, settings.read_timeout, transport_deadline,
+                              tls=settings.url.split(":", 1)[0].lower() != "http")  # fmt: skip
     except ValueError as error:  # uid or gid 0: the point of the split would be lost
         raise ConfigError(f"unprivileged_user {settings.unprivileged_user!r}: {error}") from None
 
