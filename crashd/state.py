@@ -40,6 +40,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 import zlib
@@ -53,6 +54,7 @@ from crashd.lifecycle import Fingerprint, Record
 log = logging.getLogger(__name__)
 
 MAX_RECORD = 64 * 1024  # a record is a few hundred bytes; anything bigger is not ours
+_HASHED_NAME = re.compile(r"[0-9a-f]{40}\.json")  # StateStore.record_path's names
 
 
 class StateStore:
@@ -68,6 +70,9 @@ class StateStore:
         # in the directory, which needs the directory's fsync too). Shared by delivery threads.
         self._unsynced: dict[str, bool] = {}
         self._legacy: set[str] = set()  # names whose record was read from the pre-hash file name
+        # Whether the directory held any record under a pre-hash name when opened: without one (every
+        # store written since), a report with no record costs one failed open, not two (issue 15).
+        self._has_legacy = directory is not None
         self._lock = threading.Lock()
         if directory is not None:
             directory.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -93,6 +98,7 @@ class StateStore:
         directory = state_dir / "reports"
         if os.access(directory, os.R_OK | os.X_OK):
             store.directory = directory
+            store._has_legacy = True  # not looked at: both names are read
         return store
 
     def load(self, name: str, fingerprint: Fingerprint, now: float) -> Record:
@@ -219,7 +225,7 @@ class StateStore:
     def _read(self, name: str) -> Record | None:
         """The stored record, or None; anything that is not a sound record of ours is started afresh."""
         record = self._read_path(self.record_path(name), name)
-        if record is None and (legacy := self._legacy_path(name)) is not None:
+        if record is None and self._has_legacy and (legacy := self._legacy_path(name)) is not None:
             record = self._read_path(legacy, name)  # written before record names were hashed
             if record is not None and record.name == name:
                 self._legacy.add(name)  # moved to the hashed name by its next save
@@ -246,15 +252,21 @@ class StateStore:
             return None
 
     def _remove_leftovers(self) -> None:
-        """Temporary files of writes that a kill interrupted: never complete, never needed.
+        """Temporary files of writes that a kill interrupted: never complete, never needed; and, in the
+        same look at the directory, whether any record still has its pre-hash name.
 
         Only old ones: another crashd process may be writing a fresh one right now.
         """
         assert self.directory is not None
-        for leftover in self.directory.glob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                if leftover.lstat().st_mtime < time.time() - 3600:
-                    leftover.unlink()
+        self._has_legacy = False
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        if entry.stat(follow_symlinks=False).st_mtime < time.time() - 3600:
+                            os.unlink(entry.path)
+                elif entry.name.endswith(".json") and not _HASHED_NAME.fullmatch(entry.name):
+                    self._has_legacy = True
 
 
 def _with_check(data: bytes) -> bytes:
