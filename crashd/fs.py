@@ -356,7 +356,7 @@ def place_file(
                 content(out)  # a BufferedWriter continues short writes itself
         if sync:
             os.fsync(fd)
-        if owner != (-1, -1) and (os.geteuid() == 0 or owner[0] != os.geteuid()):  # to myself, a no-op
+        if _needs_chown(fd, owner):
             os.fchown(fd, *owner)
         os.fchmod(fd, mode)
         if times is not None:
@@ -481,6 +481,18 @@ def _create_temp(dir_fd: int) -> tuple[str, int]:
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "could not find a free temporary name")
+
+
+def _needs_chown(fd: int, owner: tuple[int, int]) -> bool:
+    """Whether the new file *fd* must be given *owner* (uid, gid; -1 leaves one as it is). Not when nothing
+    is asked, when a user gives it to themselves (a no-op), or when it has that owner already (root's own
+    stamps and records): an ``fchown`` would change only its ctime, and send the daemon's inotify watch
+    an event for nothing (issue 15: two of a report's events)."""
+    uid, gid = owner
+    if owner == (-1, -1) or (os.geteuid() != 0 and uid == os.geteuid()):
+        return False
+    st = os.fstat(fd)
+    return uid not in (-1, st.st_uid) or gid not in (-1, st.st_gid)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -757,15 +757,39 @@ def test_failed_rename_leaves_no_temporary_file(spool: Spool, crash_dir: Path) -
 def test_failed_fchown_leaves_no_temporary_file(
     spool: Spool, crash_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    put(crash_dir, "x.0.crash")
+    put(crash_dir, "x.65534.crash", uid=65534, gid=65534)  # another user's: the stamp is given to them
 
     def refuse(fd: int, uid: int, gid: int) -> None:
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(os, "fchown", refuse)
-    with spool.open_report("x.0.crash") as report, pytest.raises(PermissionError):
+    with spool.open_report("x.65534.crash") as report, pytest.raises(PermissionError):
         spool.mark_upload(report)
-    assert sorted(os.listdir(crash_dir)) == ["x.0.crash"]
+    assert sorted(os.listdir(crash_dir)) == ["x.65534.crash"]
+
+
+def test_a_stamp_that_has_its_owner_already_is_not_chowned(
+    spool: Spool, crash_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Root's report, root's stamp: an fchown would change only the stamp's ctime, and send the daemon's
+    watch one more event per stamp (issue 15). Another user's report still gets its stamp chowned."""
+    put(crash_dir, "mine.0.crash")
+    put(crash_dir, "theirs.65534.crash", uid=65534, gid=65534)
+    chowned: list[tuple[int, int]] = []
+    real = os.fchown
+
+    def record(fd: int, uid: int, gid: int) -> None:
+        chowned.append((uid, gid))
+        real(fd, uid, gid)
+
+    monkeypatch.setattr(os, "fchown", record)
+    for name in ("mine.0.crash", "theirs.65534.crash"):
+        with spool.open_report(name) as report:
+            spool.mark_upload(report)
+    assert chowned == [(65534, 65534)]
+    for stem, owner in (("mine.0", (0, 0)), ("theirs.65534", (65534, 65534))):
+        st = (crash_dir / f"{stem}.upload").stat()
+        assert (st.st_uid, st.st_gid) == owner
 
 
 # --- open_file: a report named on the command line ---------------------------------------------------
