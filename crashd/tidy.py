@@ -343,7 +343,9 @@ class Tidy:
         if self.state_dir is None:
             return
         groups = self._groups or {}
-        document = {"groups": [asdict(group) for group in groups.values()], "removed": self._removed}
+        # vars(): a group's fields are plain values, so its __dict__ is what asdict's deep copy would make
+        # (~15 µs a group: a sweep of 200 new reports writes 200 groups).
+        document = {"groups": [vars(group) for group in groups.values()], "removed": self._removed}
         data = json.dumps(document, sort_keys=True).encode()
         try:
             with fs.directory(self.state_dir) as fd:
