@@ -305,9 +305,10 @@ class Daemon:
 
     def _rewritten_by_us(self, name: ReportName) -> bool:
         """Whether the report is the very file its delivery record follows, and that record needs no POST:
-        crashd's own write-back after the POST, whose event came after its work ended. Nothing to tidy or
-        do again (it was a full sweep of the directory per report sent: the queued rate of "spec" reports).
-        A report that still needs something is looked at as any other."""
+        crashd's own write-back after the POST, whose event came after its work ended or while it was busy.
+        Nothing to tidy or do again (it was a full sweep of the directory per report sent, then a second
+        pass of each: the queued rate of "spec" reports). A report that still needs something, or that
+        changed since its record was saved, is looked at as any other."""
         try:
             st = os.stat(os.path.join(self.spool.path, name.crash), follow_symlinks=False)
         except OSError:
@@ -493,7 +494,10 @@ class Daemon:
             self.again.add(name)  # a request for it came while this pass held it: answer it now
         if name in self.again:
             self.again.discard(name)
-            self.schedule(name, self.courier.clock())
+            # Its own write-back's event comes while it is busy (a report enriched in memory is rewritten
+            # after its POST): looked at again, every such report was processed twice (issue 15).
+            if not self._rewritten_by_us(name):
+                self.schedule(name, self.courier.clock())
 
 
 def _report_for(filename: str) -> ReportName | None:

@@ -27,6 +27,8 @@ import pytest
 from crashd.consent import set_preference
 from crashd.daemon import WORKERS, Daemon
 from crashd.delivery import Courier, start_uploader_early
+from crashd.hooks import HookRoots
+from crashd.hooks.options import HookOptions
 from crashd.report import DEFAULT_LIMITS
 from crashd.spool import Spool
 from crashd.state import StateStore
@@ -527,6 +529,34 @@ def test_a_queue_found_at_start_goes_to_the_threads_in_batches_not_one_hop_a_rep
     assert sent_paths(daisy) == Counter({f"/usr/bin/queued{i}": 1 for i in range(count)})
     reports = [func for func in hops if func != courier.flush]
     assert len(reports) <= WORKERS, reports
+
+
+def test_a_report_enriched_in_memory_is_processed_once_though_its_write_back_comes_while_it_is_busy(
+    daisy, crash_dir, automatic, tmp_path
+):
+    """crashd's own fields are written into a report after its POST, and that rename's event reaches the
+    loop while the report is still busy in its batch. Looked at again once its batch ended, every such
+    report was processed twice (issue 15: the queued rate of "spec" reports)."""
+    count = 16
+    names = [f"_usr_bin_fresh{i}.0.crash" for i in range(count)]
+    for i, name in enumerate(names):
+        drop(crash_dir / name, crash(f"fresh{i}"))  # no _HooksRun: enriched, then written back
+    processed: Counter[str] = Counter()
+
+    class Counting(Courier):
+        def process(self, spool, name, *args, **kwargs):  # type: ignore[no-untyped-def]
+            processed[name.crash] += 1
+            return super().process(spool, name, *args, **kwargs)
+
+    courier = Counting(DirectUploader(HttpTransport(5, 5)), daisy.url, TOKEN, StateStore.open(automatic))
+    hooks = HookOptions(roots=HookRoots(general=(), package=(), opt=tmp_path / "none"))  # crashd's own only
+    with Spool(crash_dir) as spool:
+        daemon = Daemon(spool, courier, DEFAULT_LIMITS, lambda _marked: None, idle_timeout=3600, once=True,
+                        hooks=hooks)  # fmt: skip
+        assert asyncio.run(asyncio.wait_for(daemon.run(), timeout=60)) == 0
+    assert sent_paths(daisy) == Counter({f"/usr/bin/fresh{i}": 1 for i in range(count)})
+    assert all(b"\n_HooksRun: yes\n" in (crash_dir / name).read_bytes() for name in names)  # written back
+    assert processed == Counter(names)
 
 
 class JudgingTidy:
