@@ -124,7 +124,13 @@ def read_stamps(spool: Spool, opened: OpenReport) -> Stamps:
 
 
 def collect(
-    spool: Spool, opened: OpenReport, limits: Limits, *, stamp: bool = True, hooks: HookOptions | None = None
+    spool: Spool,
+    opened: OpenReport,
+    limits: Limits,
+    *,
+    stamp: bool = True,
+    hooks: HookOptions | None = None,
+    stamps: Stamps | None = None,
 ) -> Collected | Status:
     """Index an opened report, check that it is a kind daisy takes, enrich it with its hooks (once),
     and (with *stamp*) mark it ``.upload``: now, or with :attr:`Spool.defer_upload_stamp` (the daemon)
@@ -142,7 +148,8 @@ def collect(
     any older ``.uploaded``: pending, as before.
 
     The caller keeps *opened*; on success the returned :class:`Collected` owns a reader of it, or of
-    the rewritten report that replaced it.
+    the rewritten report that replaced it. *stamps*: its stamps as the caller just read them (delivery
+    did, to decide on the POST), not read again.
     """
     asked = fs.file_clock_ns()
     collected = _index(opened, limits)
@@ -154,7 +161,9 @@ def collect(
     if isinstance(collected, Status):
         return collected
     if stamp and spool.defer_upload_stamp:
-        if not read_stamps(spool, collected.opened).pending:  # a UI's .upload stays as the UI wrote it
+        if stamps is None or collected.opened is not opened:
+            stamps = read_stamps(spool, collected.opened)
+        if not stamps.pending:  # a UI's .upload stays as the UI wrote it
             collected.stamp = (spool, asked)
     elif stamp:
         try:
@@ -243,7 +252,13 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
         write_report(out, [*old, *added.items()])
 
     if not (result.ran or result.errors or result.fields or result.removed):  # no hook process ran
-        collected.added, collected.write_back = _added(report, kept, added, limits), write
+        collected.added, written = _added(report, kept, added, limits)
+
+        def write_as_sent(out: BinaryIO) -> None:  # no binary value: the bytes sent are the file's as they
+            out.write(written)  # are, not written out twice (issue 15)
+
+        binary = any(report.entries[key].binary for key in kept)
+        collected.write_back = write if binary else write_as_sent
         log.info("%s: enriched in memory: %d field(s) added, 0 hook(s) run, %d skipped; written back after "
                  "its POST", name.crash, len(added), len(result.skipped))  # fmt: skip
         return collected
@@ -261,18 +276,22 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
     return _index(replaced, limits, owned=True)
 
 
-def _added(report: Report, kept: list[str], added: dict[str, str | bytes], limits: Limits) -> Report:
+def _added(
+    report: Report, kept: list[str], added: dict[str, str | bytes], limits: Limits
+) -> tuple[Report, bytes]:
     """The report as its rewrite will read, without the binary values' contents: *kept* then *added*,
     written and indexed in memory by the same writer and reader, so that what is sent is exactly what
     the rewritten file holds (a value the writer keeps as a block is not sent, as from the file). A
     binary value stays an empty block in its place (never sent; its key still counts). The file size
-    bound is the rewrite's to enforce (:meth:`Spool.replace_report`, after the POST): this is no file."""
+    bound is the rewrite's to enforce (:meth:`Spool.replace_report`, after the POST): this is no file.
+    Also the bytes written: the rewrite's own, when the report has no binary value."""
     out = io.BytesIO()
     old = [(key, _EMPTY if report.entries[key].binary else report.text_bytes(key)) for key in kept]
     write_report(out, [*old, *added.items()])
+    written = out.getvalue()
     out.seek(0)
-    unbounded = dataclasses.replace(limits, file_size=max(limits.file_size, len(out.getbuffer())))
-    return read_report(out, limits=unbounded, name=report.name)
+    unbounded = dataclasses.replace(limits, file_size=max(limits.file_size, len(written)))
+    return read_report(out, limits=unbounded, name=report.name), written
 
 
 _EMPTY = StoredBinary((), empty=True)

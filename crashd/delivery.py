@@ -148,7 +148,9 @@ class Courier:
             # Only the core left to send: the report itself went out, so it is neither enriched nor
             # marked again.
             first = step.step is Step.SEND
-            collected = collector.collect(spool, opened, limits, stamp=first, hooks=hooks if first else None)
+            collected = collector.collect(
+                spool, opened, limits, stamp=first, hooks=hooks if first else None, stamps=stamps
+            )
             if isinstance(collected, Status):
                 self._remember(record, collected)
                 return collected
