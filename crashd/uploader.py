@@ -136,7 +136,7 @@ def sent_fields(report: Report, max_text: int | None = None) -> Iterator[tuple[s
 
 def encode_report(report: Report, max_text: int | None = None) -> bytes:
     """The first POST's body: :func:`sent_fields` as one BSON document of strings."""
-    import bson  # only where a body is made (the upload worker): not in the idle daemon
+    import bson  # only where a body is made (delivery, on the root side): not in the idle daemon
 
     return bson.encode(dict(sent_fields(report, max_text)))
 

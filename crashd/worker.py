@@ -55,7 +55,7 @@ ahead of the standard library), exec'd — never forked from the threaded daemon
 and never set up in a ``preexec_fn``. It starts as root because the interpreter
 and its library may live where only root can read (a pyenv or venv under
 ``/root``, mode 0700), so it imports and warms up everything a job will touch
-(``http.client``, ``bson``, ``ssl`` and the CA certificates, the IDNA codec)
+(``http.client``, ``ssl`` and the CA certificates, the IDNA codec; not ``bson``: root encodes)
 *before* it drops privileges; after the drop nothing new may be imported. The
 root side uses :mod:`crashd.uploader` only for the job, its error classes and
 :class:`~crashd.uploader.Answer` (the HTTP modules are imported only where HTTP
@@ -473,9 +473,6 @@ def _warm_up(connect_timeout: float, read_timeout: float, tls: bool) -> uploader
     import io
     import urllib.request
 
-    import bson
-
-    bson.encode({"x": "y"})
     if tls:
         uploader.tls_context()
     http.client.parse_headers(io.BytesIO(b"Content-Type: text/plain\r\n\r\n"))

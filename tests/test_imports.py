@@ -24,7 +24,7 @@ HOMES = {
     "dbus_fast": ("crashd.dbus", "crashd.dbus_prefs", "crashd.dbus_client", "crashd.network"),
     "requests": ("crashd.uploader", "crashd.worker"),
     "urllib3": ("crashd.uploader", "crashd.worker"),
-    "bson": ("crashd.uploader", "crashd.worker"),
+    "bson": ("crashd.uploader",),
     "systemd": ("crashd.cli.daemon", "crashd.capture.journal"),
     "backports": ("crashd._codec",),
     "compression": ("crashd._codec",),
