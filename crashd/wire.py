@@ -20,7 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -30,7 +30,7 @@ class Wire:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting: deque[tuple[Callable[[], object], Future[object]]] = deque()
+        self._waiting: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
         self._running = False  # a thread is running exchanges; it takes those handed over meanwhile
 
     @property
@@ -47,7 +47,7 @@ class Wire:
         """Run *exchange* after every exchange handed over before it; its result, or its exception."""
         outcome: Future[T] = Future()
         with self._lock:
-            self._waiting.append((exchange, outcome))  # type: ignore[arg-type]
+            self._waiting.append((exchange, outcome))
             drive, self._running = not self._running, True
         if drive:  # nothing was running: ours is first, and this thread runs it and what comes meanwhile
             self._drive()
