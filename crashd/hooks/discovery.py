@@ -157,6 +157,8 @@ def opt_hook_dirs(executable: str, opt: Path) -> list[Path]:
     package ships any file under ``/opt``; crashd does not, to keep discovery free
     of package-database queries.
     """
+    if not os.path.normpath(executable).startswith(os.path.join(opt, "")):
+        return []  # the common case, told without making a Path of every parent (~45 µs a report)
     path = Path(executable)
     if not path.is_absolute() or ".." in path.parts or opt not in path.parents:
         return []
