@@ -131,6 +131,7 @@ def collect(
     stamp: bool = True,
     hooks: HookOptions | None = None,
     stamps: Stamps | None = None,
+    waiting: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> Collected | Status:
     """Index an opened report, check that it is a kind daisy takes, enrich it with its hooks (once),
     and (with *stamp*) mark it ``.upload``: now, or with :attr:`Spool.defer_upload_stamp` (the daemon)
@@ -149,12 +150,13 @@ def collect(
 
     The caller keeps *opened*; on success the returned :class:`Collected` owns a reader of it, or of
     the rewritten report that replaced it. *stamps*: its stamps as the caller just read them (delivery
-    did, to decide on the POST), not read again.
+    did, to decide on the POST), not read again. *waiting*: what to be in while the package hooks run
+    (:meth:`crashd.delivery.Courier.waiting`: others' reports are worked on meanwhile).
     """
     asked = fs.file_clock_ns()
     collected = _index(opened, limits)
     if isinstance(collected, Collected) and hooks is not None and needs_hooks(collected.report):
-        enriched = _enrich(spool, collected, limits, hooks)
+        enriched = _enrich(spool, collected, limits, hooks, waiting)
         if enriched is not collected:
             collected.close()
         collected = enriched
@@ -201,7 +203,13 @@ def needs_hooks(report: Report) -> bool:
     return "Dependencies" not in report
 
 
-def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptions) -> Collected | Status:
+def _enrich(
+    spool: Spool,
+    collected: Collected,
+    limits: Limits,
+    hooks: HookOptions,
+    waiting: Callable[[], contextlib.AbstractContextManager[object]],
+) -> Collected | Status:
     """Add what crashd knows itself (:mod:`crashd.enrich`, in this process), run the package hooks that
     apply (as the report's owner; none applying, no process starts), and write both into the report
     once, with ``_HooksRun: yes`` so it is not enriched again. The report as it was when it cannot be
@@ -227,12 +235,13 @@ def _enrich(spool: Spool, collected: Collected, limits: Limits, hooks: HookOptio
         executable_path(fields)  # refused before crashd looks anything up by them
         own = added_fields(fields, system_facts(), crashd.__version__)
         # The hooks are chosen by the fields with crashd's: the Package it found is checked there too.
-        result = run_hooks(
-            {**fields, **own}, owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
-            extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
-            worker_user=hooks.worker_user, python=hooks.python, output_cap=hooks.output_cap,
-            limits=hooks.limits,
-        )  # fmt: skip
+        with waiting():  # their processes run on their own: another report's work goes on meanwhile
+            result = run_hooks(
+                {**fields, **own}, owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
+                extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
+                worker_user=hooks.worker_user, python=hooks.python, output_cap=hooks.output_cap,
+                limits=hooks.limits,
+            )  # fmt: skip
     except InvalidFieldError as error:
         return invalid(name, str(error))
     for key in result.errors:

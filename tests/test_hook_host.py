@@ -225,3 +225,50 @@ def test_a_report_stopped_by_a_hook_leaves_a_host_that_runs_the_next_report_whol
     whole = hooks_for(tree, user)
     assert whole.fields["Runner"] == stopped.fields["Runner"]
     assert whole.fields["After"] == "ran" and not whole.stopped
+
+
+def test_one_reports_hooks_run_while_a_courier_works_on_another(tree: Tree, user: pwd.struct_passwd) -> None:
+    """A courier works on one report at a time (its threads take turns for the GIL, issue 15), but lets
+    go while a report waits: two reports' hooks, each waiting for the other to start, both finish."""
+    from crashd.delivery import Courier
+    from crashd.hooks.options import HookOptions
+    from crashd.report import DEFAULT_LIMITS
+    from crashd.spool import ReportName, Spool
+    from crashd.state import StateStore
+    from crashd.uploader import DirectUploader, HttpTransport
+    from tests.daisy import DaisyServer
+    from tests.test_upload_all import TOKEN, crash, write
+
+    tree.hook(
+        "general",
+        "meet.py",
+        "import os, time\ndef add_info(report):\n"
+        f"    out = {str(tree.out)!r}\n"
+        "    open(out + '/' + report['Which'], 'w').close()\n"
+        "    end = time.monotonic() + 20\n"
+        "    while len(os.listdir(out)) < 2 and time.monotonic() < end:\n"
+        "        time.sleep(0.01)\n"
+        "    report['Met'] = 'yes' if len(os.listdir(out)) == 2 else 'no'\n",
+    )
+    crash_dir = tree.base.parent / "crash"
+    crash_dir.mkdir(mode=0o3777)
+    crash_dir.chmod(0o3777)
+    names = [f"_usr_bin_meet{which}.{user.pw_uid}.crash" for which in ("1", "2")]
+    for which, name in zip(("1", "2"), names, strict=True):
+        write(crash_dir / name, crash(f"meet{which}", Which=which), owner=(user.pw_uid, user.pw_gid))
+    statuses = {}
+    with DaisyServer(core_policy="never") as daisy, Spool(crash_dir) as spool:
+        courier = Courier(DirectUploader(HttpTransport(5, 5)), daisy.url, TOKEN, StateStore(None))
+        hooks = HookOptions(roots=tree.roots, timeout=30)
+
+        def process(name: str) -> None:
+            statuses[name] = courier.process(spool, ReportName.parse(name), DEFAULT_LIMITS, hooks=hooks)
+
+        threads = [threading.Thread(target=process, args=(name,)) for name in names]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        documents = [report.document for report in daisy.reports]
+    assert all(status is not None and status.state.value == "sent" for status in statuses.values()), statuses
+    assert sorted(document["Met"] for document in documents) == ["yes", "yes"], documents
