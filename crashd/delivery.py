@@ -166,7 +166,7 @@ class Courier:
                 record = replace(record, fingerprint=Fingerprint.of(collected.opened.stat))
             with collected:
                 try:
-                    record = self.deliver(spool, collected, record)
+                    record = self._deliver(spool, collected, record)
                 except ReportError as error:  # found only when encoding: not UTF-8, too much text
                     refused = collector.invalid(name, error.detail)
                     self._remember(record, refused)
@@ -193,7 +193,7 @@ class Courier:
             except OSError as error:  # only a shortcut for next time: the verdict stands without it
                 log.warning("%s: cannot record that it is %s: %s", record.name, phase.value, error)
 
-    def deliver(self, spool: Spool, collected: Collected, record: Record) -> Record:
+    def _deliver(self, spool: Spool, collected: Collected, record: Record) -> Record:
         """Send the report if it is not sent yet, write its stamp, then its core if one is due."""
         if record.phase in (State.QUEUED, State.POSTING):
             record = self._post_report(collected, record)
