@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 import crashd
-from crashd.enrich import PackageInfo, Packages, SystemFacts, _parse_status, _public_stat, added_fields
+from crashd.enrich import (
+    PackageInfo,
+    Packages,
+    SystemFacts,
+    _parse_status,
+    _public_stat,
+    _stanza,
+    added_fields,
+)
 
 STATUS = b"""\
 Package: app
@@ -71,6 +79,24 @@ def test_status_parse_keeps_installed_packages_with_apport_dependency_rules() ->
     )
     assert packages["libfoo1"].version == "1.5"  # the first stanza of a name wins, as dpkg-query -W
     assert packages["libc6"].source == "libc6"  # no Source: the package is its own source
+
+
+def test_the_database_is_parsed_stanza_by_stanza_with_the_answers_of_a_whole_parse() -> None:
+    """Only the packages a report asks for are parsed (issue 15: the first report after a start); a name is
+    the stanza's last Package: line wherever it stands, and its first installed stanza wins."""
+    status = STATUS + (
+        b"\nStatus: install ok installed\nPackage: late-name\nVersion: 2\n"  # Package: not first
+        b"\nPackage: twice\nStatus: deinstall ok config-files\nVersion: 1\n"  # not installed, then installed
+        b"\nPackage: twice\nStatus: install ok installed\nVersion: 2\n"
+    )
+    whole: dict[str, PackageInfo] = {}
+    for stanza in status.split(b"\n\n"):
+        if (parsed := _stanza(stanza)) is not None:
+            whole.setdefault(*parsed)
+    lazy = _parse_status(status)
+    assert lazy["late-name"].version == "2" and lazy["twice"].version == "2"
+    assert "helper" not in lazy and lazy.get("missing-pkg") is None
+    assert dict(lazy) == whole and len(lazy) == len(whole) == 8
 
 
 @pytest.mark.parametrize(
