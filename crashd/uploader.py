@@ -339,7 +339,7 @@ class HttpTransport:
             for name, value in (*_HEADERS, *route.forward_headers, ("Content-Length", str(len(body)))):
                 conn.putheader(name, value)
             if isinstance(body, bytes):
-                conn.endheaders(body)  # headers and body in one send
+                conn.endheaders(body)  # the headers, then the body (http.client writes them apart)
             else:
                 conn.endheaders()
                 for chunk in body:
