@@ -119,8 +119,8 @@ class StateStore:
 
         Without *sync* the record survives a killed process (it is in the page
         cache) but not a power cut; :meth:`sync` or :meth:`flush` makes it durable
-        later. The delivery loop uses that to keep fsyncs out of its
-        one-POST-at-a-time section, and ``upload-all`` to make them once per run.
+        later. Delivery uses that to keep fsyncs out of its exchanges on the wire
+        (:mod:`crashd.wire`), and ``upload-all`` to make them once per run.
         """
         record = replace(record, updated=now)
         if self.directory is None:
