@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WORKERS = 4  # reports prepared at once; POSTs still go out one at a time
+WORKERS = 4  # reports in hand at once: one worked on (Courier.working), the others waiting (wire, hooks)
 # Reports one task works through in its thread when that many are due: one loop-thread-loop hop per batch,
 # not per report (the queued rate; a report alone still goes at once, in a batch of its own).
 BATCH = 8

@@ -31,7 +31,7 @@ from crashd.spool import ReportName, Spool
 
 log = logging.getLogger(__name__)
 
-WORKERS = 4  # enough to prepare reports while one is on the wire
+WORKERS = 4  # reports in hand at once: the next ones are prepared while one is on the wire
 _COUNTED = ("sent", "rejected", "failed", "pending", "expired", "invalid", "skipped", "held")
 
 
