@@ -70,9 +70,10 @@ class StateStore:
         # in the directory, which needs the directory's fsync too). Shared by delivery threads.
         self._unsynced: dict[str, bool] = {}
         self._legacy: set[str] = set()  # names whose record was read from the pre-hash file name
-        # Whether the directory held any record under a pre-hash name when opened: without one (every
-        # store written since), a report with no record costs one failed open, not two (issue 15).
-        self._has_legacy = directory is not None
+        # Whether the directory held any record under a pre-hash name when opened (_remove_leftovers
+        # looks): without one (every store written since), a report with no record costs one failed
+        # open, not two (issue 15).
+        self._has_legacy = False
         self._lock = threading.Lock()
         if directory is not None:
             directory.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -258,7 +259,6 @@ class StateStore:
         Only old ones: another crashd process may be writing a fresh one right now.
         """
         assert self.directory is not None
-        self._has_legacy = False
         with os.scandir(self.directory) as entries:
             for entry in entries:
                 if entry.name.startswith(".") and entry.name.endswith(".tmp"):

@@ -17,6 +17,7 @@ import pwd
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def make_uploader(settings: Settings, transport_deadline: float | None) -> Uploa
     user = worker_user(settings.unprivileged_user)
     try:
         return WorkerUploader(user, settings.connect_timeout, settings.read_timeout, transport_deadline,
-                              tls=settings.url.split(":", 1)[0].lower() != "http")  # fmt: skip
+                              tls=urllib.parse.urlsplit(settings.url).scheme != "http")  # fmt: skip
     except ValueError as error:  # uid or gid 0: the point of the split would be lost
         raise ConfigError(f"unprivileged_user {settings.unprivileged_user!r}: {error}") from None
 
