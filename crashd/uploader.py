@@ -44,7 +44,7 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
@@ -255,6 +255,12 @@ class Uploader(Protocol):
 
     def send(self, job: Job) -> Answer: ...
 
+    def start(self, job: Job) -> Callable[[], Answer]:
+        """Send *job* and return without its answer: the call returned waits for the answer (or raises as
+        :meth:`send` does), and must be made before the next job. Lets the caller prepare the next report
+        while this one is on the wire (:meth:`crashd.delivery.Courier.pipeline`)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -274,10 +280,22 @@ class DirectUploader:
             report = read_report(file, limits=job.limits)
             return post_core(report, self.transport, job.url, job.system_id, job.oops_id)
 
+    def start(self, job: Job) -> Callable[[], Answer]:
+        """The whole exchange now, in this thread: here the answer is in hand before anything else."""
+        try:
+            answer = self.send(job)
+        except UploadError as error:
+            return functools.partial(_reraise, error)
+        return lambda: answer
+
     def close(self) -> None:
         close = getattr(self.transport, "close", None)
         if close is not None:
             close()
+
+
+def _reraise(error: UploadError) -> Answer:
+    raise error
 
 
 def open_core_source(fd: int) -> BinaryIO:

@@ -12,6 +12,11 @@ by a thread that is already running — where a lock passed from thread to threa
 next thread's wake-up and its job's preparation in the one-at-a-time section (issue 15, the queued
 rate) — and a report alone goes out in its own thread, with no hand-over at all (the latency of a
 report in hand).
+
+An exchange can also be run in two parts by one thread (:meth:`Wire.begin`, :meth:`Wire.end`): its POST
+sent, then — after that thread has prepared the next report — its answer received and recorded
+(:meth:`crashd.delivery.Courier.pipeline`). The wire is that thread's from ``begin`` to ``end``; exchanges
+handed over meanwhile wait, and ``end`` runs them.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ class Wire:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        # Exchanges handed over, and (None) turns of threads waiting in begin().
+        self._waiting: deque[tuple[Callable[[], Any] | None, Future[Any]]] = deque()
         self._running = False  # a thread is running exchanges; it takes those handed over meanwhile
 
     @property
@@ -53,6 +59,22 @@ class Wire:
             self._drive()
         return outcome.result()
 
+    def begin(self) -> None:
+        """Take the wire, after every exchange handed over before, for an exchange this thread runs in two
+        parts; it stays this thread's, whatever it does meanwhile, until :meth:`end`."""
+        turn: Future[None] = Future()
+        with self._lock:
+            if not self._running:
+                self._running = True
+                return
+            self._waiting.append((None, turn))
+        turn.result()  # the thread running the exchanges before it hands the wire over
+
+    def end(self) -> None:
+        """Give the wire back (after :meth:`begin`): the exchanges handed over meanwhile run now, in this
+        thread, up to the next thread's turn."""
+        self._drive()
+
     def _drive(self) -> None:
         while True:
             with self._lock:
@@ -60,6 +82,9 @@ class Wire:
                     self._running = False
                     return
                 exchange, outcome = self._waiting.popleft()
+            if exchange is None:  # a thread's turn (begin): the wire is its own now, still running
+                outcome.set_result(None)
+                return
             try:
                 result = exchange()
             except BaseException as error:  # the outcome of the thread that handed it over, not ours

@@ -79,8 +79,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 from crashd import fs, uploader
 from crashd import process as processes
@@ -170,8 +170,13 @@ class WorkerUploader:
         return self._process.pid if self._process is not None else None
 
     def send(self, job: Job) -> Answer:
-        """Run *job* in the worker: a report's body inline (small) or in a memfd, a core's report as its
-        descriptor."""
+        """Run *job* in the worker and wait for its answer."""
+        return self.start(job)()
+
+    def start(self, job: Job) -> Callable[[], Answer]:
+        """Hand *job* to the worker: a report's body inline (small) or in a memfd, a core's report as its
+        descriptor; the call returned waits for the answer. The worker is this job's until that call (it
+        must be made): its socket carries one job at a time."""
         if job.kind == "core":
             return self._job(job, job.fd, _size(job.fd))
         if len(job.body) <= MAX_INLINE:
@@ -180,7 +185,7 @@ class WorkerUploader:
         try:
             return self._job(job, fd, len(job.body))
         finally:
-            os.close(fd)
+            os.close(fd)  # the worker has its own copy once it is sent
 
     def prepare(self) -> None:
         """Have the worker running for the job about to come: started now, in a thread, so that its
@@ -217,9 +222,11 @@ class WorkerUploader:
 
     # -- one job
 
-    def _job(self, job: Job, fd: int, sent: int) -> Answer:
-        """*fd* -1: the report's body goes inline, after the JSON."""
-        with self._lock:
+    def _job(self, job: Job, fd: int, sent: int) -> Callable[[], Answer]:
+        """*fd* -1: the report's body goes inline, after the JSON. The lock is held from here until the
+        answer is received (or the send fails)."""
+        self._lock.acquire()
+        try:
             # The HTTP timeouts bound each stall, the budget the whole exchange: a server trickling a
             # byte a second never trips a read timeout. Sending *sent* bytes steadily fits in it.
             seconds = self.connect_timeout + self.read_timeout + sent / MIN_RATE
@@ -244,16 +251,31 @@ class WorkerUploader:
                     sock.sendall(message)  # one datagram: SOCK_SEQPACKET never splits it
                 else:
                     socket.send_fds(sock, [message], [fd])
+            except OSError as error:
+                self._gone(error)
+        except BaseException:
+            self._lock.release()
+            raise
+
+        def answer() -> Answer:
+            try:
                 reply = _receive(sock, seconds + GRACE + sent / SCAN_RATE)  # + indexing the file
-                answer = _answer(reply, job_id)
+                outcome = _answer(reply, job_id)
+                self._backoff = BACKOFF_FIRST  # a working worker: the next failure starts the backoff afresh
             except (OSError, WorkerError) as error:
-                why = str(error) if isinstance(error, WorkerError) else f"the upload worker is gone ({error})"
-                self._fail(why)
-                raise WorkerError(why) from None
-            self._backoff = BACKOFF_FIRST  # a working worker: the next failure starts the backoff afresh
-            if isinstance(answer, BaseException):
-                raise answer
-            return answer
+                self._gone(error)
+            finally:
+                self._lock.release()
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        return answer
+
+    def _gone(self, error: OSError | WorkerError) -> NoReturn:
+        why = str(error) if isinstance(error, WorkerError) else f"the upload worker is gone ({error})"
+        self._fail(why)
+        raise WorkerError(why) from None
 
     def _ensure_worker(self) -> socket.socket:
         if self._socket is not None:

@@ -199,3 +199,56 @@ def test_exchanges_handed_over_meanwhile_run_after_the_running_one_in_order_on_i
     assert isinstance(outcomes["second"], OSError) and str(outcomes["second"]) == "second failed"
     assert not wire.busy and wire.waiting == 0
     assert wire.run(threading.current_thread) is threading.current_thread()  # idle again: no hand-over
+
+
+def test_a_turn_holds_the_wire_until_it_ends_and_its_end_runs_what_was_handed_over_meanwhile():
+    """``begin``/``end`` (Courier.pipeline): an exchange in two parts keeps the wire between them, whatever
+    its thread does meanwhile; another thread's exchange waits, and runs in the thread that ends the turn."""
+    wire = Wire()
+    order: list[str] = []
+    ran_in: list[threading.Thread] = []
+    wire.begin()  # nothing running: the turn is ours at once
+
+    def other() -> None:
+        order.append(wire.run(lambda: ran_in.append(threading.current_thread()) or "other's exchange"))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert wait_until(lambda: wire.waiting == 1, 10)
+    assert order == [] and wire.busy
+    order.append("our turn ends")
+    wire.end()
+    thread.join(10)
+    assert order == ["our turn ends", "other's exchange"]
+    assert ran_in == [threading.current_thread()]
+    assert not wire.busy and wire.waiting == 0
+
+
+def test_a_turn_comes_after_the_exchanges_handed_over_before_it():
+    wire = Wire()
+    order: list[str] = []
+    release = threading.Event()
+
+    def first() -> None:
+        order.append("first")
+        assert release.wait(10)
+
+    def turn() -> None:
+        wire.begin()
+        order.append("turn")
+        wire.end()
+
+    threads = [threading.Thread(target=wire.run, args=(first,))]
+    threads[0].start()
+    assert wait_until(lambda: order == ["first"], 10)
+    threads.append(threading.Thread(target=wire.run, args=(lambda: order.append("second"),)))
+    threads[1].start()
+    assert wait_until(lambda: wire.waiting == 1, 10)
+    threads.append(threading.Thread(target=turn))
+    threads[2].start()
+    assert wait_until(lambda: wire.waiting == 2, 10)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["first", "second", "turn"]
+    assert not wire.busy and wire.waiting == 0
