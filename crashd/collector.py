@@ -235,13 +235,12 @@ def _enrich(
         executable_path(fields)  # refused before crashd looks anything up by them
         own = added_fields(fields, system_facts(), crashd.__version__)
         # The hooks are chosen by the fields with crashd's: the Package it found is checked there too.
-        with waiting():  # their processes run on their own: another report's work goes on meanwhile
-            result = run_hooks(
-                {**fields, **own}, owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
-                extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
-                worker_user=hooks.worker_user, python=hooks.python, output_cap=hooks.output_cap,
-                limits=hooks.limits,
-            )  # fmt: skip
+        result = run_hooks(
+            {**fields, **own}, owner_uid=collected.opened.stat.st_uid, roots=hooks.roots,
+            extra_dirs=hooks.extra_dirs, timeout=hooks.timeout, fallback_user=hooks.fallback_user,
+            worker_user=hooks.worker_user, python=hooks.python, output_cap=hooks.output_cap,
+            limits=hooks.limits, waiting=waiting,  # their process runs on its own: others' work goes on
+        )  # fmt: skip
     except InvalidFieldError as error:
         return invalid(name, str(error))
     for key in result.errors:

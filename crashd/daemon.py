@@ -35,7 +35,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Collection, Generator, Iterable
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,9 +57,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WORKERS = 4  # reports in hand at once: one worked on (Courier.working), the others waiting (wire, hooks)
+# Batches in hand at once, each a thread's: one worked through at a time (Courier.pipeline holds
+# Courier.working), the others while it waits for a report's hooks.
+WORKERS = 4
 # Reports one task works through in its thread when that many are due: one loop-thread-loop hop per batch,
-# not per report (the queued rate; a report alone still goes at once, in a batch of its own).
+# not per report, and the next report prepared while one is on the wire (the queued rate; a report alone
+# still goes at once, in a batch of its own).
 BATCH = 8
 INLINE_ADMIT = 256 * 1024  # a new report this small is judged for duplicates in the loop (Daemon._admitted)
 DUE_LIMIT = 16384  # reports remembered by name (~4 MiB); past that, a streamed rescan finds them
@@ -441,23 +444,21 @@ class Daemon:
                 waiter.cancel()
 
     def _work_through(self, names: list[ReportName]) -> list[tuple[ReportName, Status | None]]:
-        """In a worker thread: each of *names* in turn that the loop has not taken back, until a stop; the
-        outcome of each one begun."""
-        done: list[tuple[ReportName, Status | None]] = []
-        for name in names:
-            if self.stop.is_set():
-                break  # the rest stay waiting, and pending: nothing new starts once a stop is asked
-            try:
-                self.waiting.remove(name)  # atomic: the loop takes a report back the same way
-            except KeyError:
-                continue  # an event came for it first: the loop has it
-            try:
-                status = self.courier.process(self.spool, name, self.limits, self.consent, self.hooks)
-            except Exception:  # a bug must not take the daemon down with it; the report waits for a restart
-                log.exception("%s: processing failed", name.crash)
-                status = None
-            done.append((name, status))
-        return done
+        """In a worker thread: each of *names* in turn that the loop has not taken back, until a stop, through
+        the courier's pipeline (the next report made ready while one is on the wire); the outcome of each
+        one begun."""
+
+        def claimed() -> Iterator[ReportName]:
+            for name in names:
+                if self.stop.is_set():
+                    return  # the rest stay waiting, and pending: nothing new starts once a stop is asked
+                try:
+                    self.waiting.remove(name)  # atomic: the loop takes a report back the same way
+                except KeyError:
+                    continue  # an event came for it first: the loop has it
+                yield name
+
+        return list(self.courier.pipeline(self.spool, claimed(), self.limits, self.consent, self.hooks))
 
     async def _work(self, names: list[ReportName], slots: asyncio.Semaphore) -> None:
         done: list[tuple[ReportName, Status | None]] = []

@@ -32,14 +32,17 @@ POST, answered as before.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
 import random as _random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from crashd import collector, lifecycle, policy
 from crashd.collector import Collected, event, stamped_id
@@ -50,6 +53,7 @@ from crashd.report import Limits, ReportError
 from crashd.spool import OpenReport, ReportName, Spool, UnsafeFileError
 from crashd.state import StateStore
 from crashd.uploader import (
+    Answer,
     CoreUnavailable,
     Job,
     OfflineError,
@@ -63,6 +67,27 @@ from crashd.wire import Wire
 log = logging.getLogger(__name__)
 
 EARLY_LOOK = 64  # reports looked at for one without a .uploaded (start_uploader_early)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Post:
+    """A report's POST, which its delivery waits for: the job, and what records the answer (or the
+    UploadError in its place) — the exchange's second half, done before the next POST goes out."""
+
+    job: Job
+    settle: Callable[[Answer | UploadError], Any]
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """An exchange run whole in its turn on the wire (a core's POST, which records its own start)."""
+
+    run: Callable[[], Any]
+
+
+# A report's delivery as steps (Courier._process): yields what it waits for on the wire, is sent its outcome.
+Steps = Generator[Post | Exchange, Any, T]
 
 
 @dataclass
@@ -110,16 +135,35 @@ class Courier:
         """
         try:
             with self.working:
-                status = self._process(spool, name, limits, consent, hooks)
+                status = self._run(self._process(spool, name, limits, consent, hooks))
         except Exception as error:  # contained per report: the run goes on with the others
-            reason = f"crashd could not process it: {type(error).__name__}: {error}"
-            log.error("%s: %s", name.crash, reason, exc_info=log.isEnabledFor(logging.DEBUG),
-                      extra=event(State.FAILED, name.crash))  # fmt: skip
-            failures = self.failures[name.crash] = self.failures.get(name.crash, 0) + 1
-            when = self.clock() + self.backoff.delay(failures, self.random, server=False)
-            return Status(name.crash, State.FAILED, detail=reason, attempts=failures, next_attempt=when)
+            return self._failed(name, error)
         self.failures.pop(name.crash, None)
         return status
+
+    def pipeline(
+        self,
+        spool: Spool,
+        names: Iterable[ReportName],
+        limits: Limits,
+        consent: Gate | None = None,
+        hooks: HookOptions | None = None,
+    ) -> Iterator[tuple[ReportName, Status | None]]:
+        """:meth:`process` each of *names* in turn, in this thread, and yield each outcome: the next report
+        is read, enriched and made ready while one is on the wire (issue 15, the queued rate).
+
+        A POST is sent, the next report prepared, then the answer received and recorded, and only then
+        the next POST sent: kill-safety is :meth:`process`'s. Done in one thread, it costs no hand-over
+        and no wait for the GIL between the two (four threads doing so cost ~40 % more CPU a report).
+        *names* is read one ahead of the report on the wire, never more.
+        """
+        with self.working:
+            line = _Pipeline(self)
+            reports = (
+                (name, self._process(spool, name, limits, consent, hooks, line.hooks_running))
+                for name in names
+            )
+            yield from line.run(reports)
 
     def _process(
         self,
@@ -128,7 +172,11 @@ class Courier:
         limits: Limits,
         consent: Gate | None,
         hooks: HookOptions | None,
-    ) -> Status | None:
+        waiting: Callable[[], contextlib.AbstractContextManager[object]] | None = None,
+    ) -> Steps[Status | None]:
+        """The steps of :meth:`process`: a generator that yields what it waits for on the wire (a
+        :class:`Post`, an :class:`Exchange`) and is sent its outcome (:meth:`_run`, :class:`_Pipeline`).
+        *waiting*: what a hook process of the report runs in (by default :meth:`waiting`)."""
         opened = collector.open_report(spool, name)
         if not isinstance(opened, OpenReport):
             return opened
@@ -157,7 +205,7 @@ class Courier:
             first = step.step is Step.SEND
             collected = collector.collect(
                 spool, opened, limits, stamp=first, hooks=hooks if first else None, stamps=stamps,
-                waiting=self.waiting,
+                waiting=waiting or self.waiting,
             )  # fmt: skip
             if isinstance(collected, Status):
                 self._remember(record, collected)
@@ -166,7 +214,7 @@ class Courier:
                 record = replace(record, fingerprint=Fingerprint.of(collected.opened.stat))
             with collected:
                 try:
-                    record = self._deliver(spool, collected, record)
+                    record = yield from self._deliver(spool, collected, record)
                 except ReportError as error:  # found only when encoding: not UTF-8, too much text
                     refused = collector.invalid(name, error.detail)
                     self._remember(record, refused)
@@ -193,10 +241,10 @@ class Courier:
             except OSError as error:  # only a shortcut for next time: the verdict stands without it
                 log.warning("%s: cannot record that it is %s: %s", record.name, phase.value, error)
 
-    def _deliver(self, spool: Spool, collected: Collected, record: Record) -> Record:
+    def _deliver(self, spool: Spool, collected: Collected, record: Record) -> Steps[Record]:
         """Send the report if it is not sent yet, write its stamp, then its core if one is due."""
         if record.phase in (State.QUEUED, State.POSTING):
-            record = self._post_report(collected, record)
+            record = yield from self._post_report(collected, record)
         if record.phase is State.SENT:
             _stamp(spool, collected, record)
         if collected.write_back is not None and (record.phase is State.SENT or lifecycle.due(record) is None):
@@ -204,7 +252,7 @@ class Courier:
             record = self.write_back(spool, collected, record)
         core_due = record.core is not None and not record.core.phase.final
         if record.phase is State.SENT and core_due and self._network_allows(core=True):
-            record = self._post_core(collected, record)
+            record = yield from self._post_core(collected, record)
         return record
 
     def write_back(self, spool: Spool, collected: Collected, record: Record) -> Record:
@@ -239,7 +287,7 @@ class Courier:
             log.warning("%s: rewritten, but its delivery record cannot follow it: %s", shown, error)
             return record
 
-    def _post_report(self, collected: Collected, record: Record) -> Record:
+    def _post_report(self, collected: Collected, record: Record) -> Steps[Record]:
         body = encode_report(collected.sent)  # a report crashd refuses fails here, before any state
         # "posting" is saved before the exchange is handed to the wire, not in it: of the records a kill
         # leaves saying so, only the one whose POST was on the wire can have reached the server; the
@@ -250,20 +298,17 @@ class Courier:
         record = self._save(replace(record, phase=State.POSTING, attempts=record.attempts + 1))
         job = Job.of_report(body, self.url, self.system_id, collected.report.limits)
 
-        def exchange() -> tuple[Record, Decision]:
-            try:
-                answer = self.uploader.send(job)
-            except UploadError as error:
-                decision: Decision = self._retry(error, record.attempts)
+        def settle(outcome: Answer | UploadError) -> tuple[Record, Decision]:
+            if isinstance(outcome, UploadError):
+                decision: Decision = self._retry(outcome, record.attempts)
             else:
                 decision = policy.classify(
-                    answer.status, answer.headers, answer.body, self.clock(),
+                    outcome.status, outcome.headers, outcome.body, self.clock(),
                     attempts=record.attempts, backoff=self.backoff, random=self.random,
                 )  # fmt: skip
             return self._save(self._apply(record, decision)), decision
 
-        with self.waiting():
-            record, decision = self.wire.run(exchange)
+        record, decision = yield Post(job, settle)
         self._say(record, decision)
         self._sync(record.name)
         return record
@@ -299,7 +344,7 @@ class Courier:
             log.log(level, "%s: not delivered (%s); next try %s", name, record.last_error, next_try,
                     extra=event(State.FAILED, name))  # fmt: skip
 
-    def _post_core(self, collected: Collected, record: Record) -> Record:
+    def _post_core(self, collected: Collected, record: Record) -> Steps[Record]:
         assert record.core is not None and record.oops_id is not None
         pending, oops_id = record.core, record.oops_id
 
@@ -322,8 +367,7 @@ class Courier:
                 )  # fmt: skip
             return self._save(replace(posting, core=self._apply_core(posting, core, decision)))
 
-        with self.waiting():
-            record = self.wire.run(exchange)
+        record = yield Exchange(exchange)
         self._sync(record.name)
         return record
 
@@ -336,6 +380,50 @@ class Courier:
             yield
         finally:
             self.working.acquire()
+
+    def _run(self, steps: Steps[T]) -> T:
+        """Take *steps* to their end in this thread, each exchange on the wire in its turn."""
+        resume: Callable[[Any], Post | Exchange] = steps.send
+        value: Any = None
+        while True:
+            try:
+                wait = resume(value)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            try:
+                with self.waiting():
+                    value, resume = self.wire.run(functools.partial(self._exchange, wait)), steps.send
+            except Exception as error:  # what the exchange raised is raised where the steps wait for it
+                value, resume = error, steps.throw
+
+    def _exchange(self, wait: Post | Exchange) -> Any:
+        if isinstance(wait, Exchange):
+            return wait.run()
+        return wait.settle(self._start(wait.job)())
+
+    def _start(self, job: Job) -> Callable[[], Answer | UploadError]:
+        """Send *job*; the call returned receives its answer, or the UploadError in its place."""
+        try:
+            receive = self.uploader.start(job)
+        except UploadError as error:
+            return functools.partial(_same, error)
+
+        def outcome() -> Answer | UploadError:
+            try:
+                return receive()
+            except UploadError as error:
+                return error
+
+        return outcome
+
+    def _failed(self, name: ReportName, error: Exception) -> Status:
+        """A report whose processing raised: ``failed``, retried after a backoff that grows each time."""
+        reason = f"crashd could not process it: {type(error).__name__}: {error}"
+        log.error("%s: %s", name.crash, reason, exc_info=log.isEnabledFor(logging.DEBUG),
+                  extra=event(State.FAILED, name.crash))  # fmt: skip
+        failures = self.failures[name.crash] = self.failures.get(name.crash, 0) + 1
+        when = self.clock() + self.backoff.delay(failures, self.random, server=False)
+        return Status(name.crash, State.FAILED, detail=reason, attempts=failures, next_attempt=when)
 
     def _save(self, record: Record) -> Record:
         return self.store.save(record, self.clock(), sync=False)
@@ -371,6 +459,95 @@ class Courier:
         return replace(core, phase=CorePhase.PENDING, next_attempt=decision.when, last_error=decision.reason)
 
 
+class _Pipeline:
+    """:meth:`Courier.pipeline`'s schedule, in one thread. At most one POST is on the wire (*posted*) and one
+    report is read ahead of it (what *waiting* holds); a report's steps after its answer (*ready*: stamps,
+    log line, write-back) run once the next POST is out."""
+
+    def __init__(self, courier: Courier) -> None:
+        self.courier = courier
+        # To resume: (name, steps, what is sent into them or thrown into them, whether it is thrown).
+        self.ready: deque[tuple[ReportName, Steps[Status | None], Any, bool]] = deque()
+        # Ready for the wire, in order: what each report's steps yielded.
+        self.waiting: deque[tuple[ReportName, Steps[Status | None], Post | Exchange]] = deque()
+        # On the wire, sent: the call that receives its answer.
+        self.posted: tuple[ReportName, Steps[Status | None], Post, Callable[[], Answer | UploadError]] | None
+        self.posted = None
+
+    @contextlib.contextmanager
+    def hooks_running(self) -> Iterator[None]:
+        """While a report's hook process runs: the POST on the wire answered and recorded first, so that the
+        wire is free for the other threads (:meth:`Courier.waiting` lets them work meanwhile)."""
+        if self.posted is not None:
+            self._settle()
+        with self.courier.waiting():
+            yield
+
+    def run(
+        self, reports: Iterator[tuple[ReportName, Steps[Status | None]]]
+    ) -> Iterator[tuple[ReportName, Status | None]]:
+        courier = self.courier
+        try:
+            while True:
+                if self.posted is None and self.waiting:
+                    name, steps, wait = self.waiting.popleft()
+                    if isinstance(wait, Post):
+                        courier.wire.begin()
+                        try:
+                            self.posted = (name, steps, wait, courier._start(wait.job))
+                        except Exception as error:  # not the network's (a bug?): the report's, not ours
+                            courier.wire.end()
+                            self.ready.append((name, steps, error, True))
+                        continue
+                    try:  # a core's exchange: whole, in its turn
+                        self.ready.append((name, steps, courier.wire.run(wait.run), False))
+                    except Exception as error:
+                        self.ready.append((name, steps, error, True))
+                    continue
+                if self.ready or (not self.waiting and (report := next(reports, None)) is not None):
+                    name, steps, value, raised = (
+                        self.ready.popleft() if self.ready else (*report, None, False)
+                    )
+                    ended, outcome = self._advance(name, steps, value, raised)
+                    if ended:
+                        yield name, outcome
+                elif self.posted is not None:
+                    self._settle()
+                else:
+                    return
+        finally:  # stopped early (the caller's error, a bug): the answer on its way is still recorded
+            if self.posted is not None:
+                self._settle()
+            for _name, steps, *_ in (*self.ready, *self.waiting):
+                steps.close()
+
+    def _advance(
+        self, name: ReportName, steps: Steps[Status | None], value: Any, raised: bool
+    ) -> tuple[bool, Status | None]:
+        """Run the report's steps to what they wait for next, or to their end: (ended, its outcome)."""
+        try:
+            wait = steps.throw(value) if raised else steps.send(value)
+        except StopIteration as done:
+            self.courier.failures.pop(name.crash, None)
+            return True, done.value
+        except Exception as error:  # contained per report, as in Courier.process
+            return True, self.courier._failed(name, error)
+        self.waiting.append((name, steps, wait))
+        return False, None
+
+    def _settle(self) -> None:
+        """The POST on the wire: its answer received and recorded (its steps go on later), the wire freed."""
+        assert self.posted is not None
+        name, steps, post, receive = self.posted
+        self.posted = None
+        try:
+            self.ready.append((name, steps, post.settle(receive()), False))
+        except Exception as error:  # raised where the steps wait for the answer
+            self.ready.append((name, steps, error, True))
+        finally:
+            self.courier.wire.end()
+
+
 def start_uploader_early(uploader: Uploader, spool: Spool, consent: Gate, look: int = EARLY_LOOK) -> bool:
     """Start the upload worker now (:meth:`~crashd.uploader.Uploader.prepare`: in a thread, returning at
     once) when a report is likely to go out: *consent* is automatic and one of the first *look* reports
@@ -390,6 +567,10 @@ def start_uploader_early(uploader: Uploader, spool: Spool, consent: Gate, look: 
     except Exception:  # only a head start: the first POST starts the worker anyway
         log.debug("could not tell whether to start the upload worker early", exc_info=True)
     return False
+
+
+def _same(error: UploadError) -> UploadError:
+    return error
 
 
 def _stamp(spool: Spool, collected: Collected, record: Record) -> None:

@@ -544,9 +544,13 @@ def test_a_report_enriched_in_memory_is_processed_once_though_its_write_back_com
     processed: Counter[str] = Counter()
 
     class Counting(Courier):
-        def process(self, spool, name, *args, **kwargs):  # type: ignore[no-untyped-def]
-            processed[name.crash] += 1
-            return super().process(spool, name, *args, **kwargs)
+        def pipeline(self, spool, names, *args, **kwargs):  # type: ignore[no-untyped-def]
+            def counted():  # type: ignore[no-untyped-def]
+                for name in names:
+                    processed[name.crash] += 1
+                    yield name
+
+            return super().pipeline(spool, counted(), *args, **kwargs)
 
     courier = Counting(DirectUploader(HttpTransport(5, 5)), daisy.url, TOKEN, StateStore.open(automatic))
     hooks = HookOptions(roots=HookRoots(general=(), package=(), opt=tmp_path / "none"))  # crashd's own only
@@ -581,32 +585,32 @@ def test_a_report_replaced_while_it_waits_in_a_batch_is_taken_back_tidied_and_se
 ):
     """A new crash replacing a report whose turn in its batch has not come is a new arrival: the loop takes
     it back from the batch, the tidy judges it (duplicates are collapsed before anything is sent), and the
-    new crash is sent once. Every worker's first report waits until the take-back is seen, so the
-    interleaving is forced: the replaced report is still waiting behind one of them."""
-    for i in range(5):  # 4 workers: batches of 2, 2 and 1 — two reports wait behind another
+    new crash is sent once. The first report a batch's thread takes waits until the take-back is seen, so
+    the interleaving is forced: the replaced report is still waiting in a batch of its own (a thread works
+    through its whole batch, Courier.pipeline, while the others wait for their turn)."""
+    for i in range(5):  # 4 workers: batches of 2, 2 and 1 — one begun, the other four reports wait
         drop(crash_dir / f"_usr_bin_batch{i}.0.crash", crash(f"batch{i}"))
     courier = Courier(DirectUploader(HttpTransport(5, 5)), daisy.url, TOKEN, StateStore.open(automatic))
     tidy = JudgingTidy()
     taken: list[str] = []
-    first, released = threading.Lock(), threading.Event()
-    process = courier.process
+    first = threading.Lock()
+    pipeline = courier.pipeline
 
-    def held_process(spool, name, *args):  # type: ignore[no-untyped-def]
-        if first.acquire(blocking=False):
-            try:
-                assert wait_until(lambda: len(daemon.waiting) == 2, timeout=10), daemon.waiting
-                target = sorted(daemon.waiting)[0]
-                drop(crash_dir / target.crash, crash(target.crash.split(".")[0][9:], Date="second crash"))
-                # Taken back from its batch: judged as a new arrival.
-                assert wait_until(lambda: target.crash in tidy.judged, timeout=10)
-                taken.append(target.crash)
-            finally:
-                released.set()
-        else:
-            assert released.wait(30)
-        return process(spool, name, *args)
+    def held_pipeline(spool, names, *args):  # type: ignore[no-untyped-def]
+        def held():  # type: ignore[no-untyped-def]
+            for name in names:  # taken from the daemon's batch: claimed
+                if first.acquire(blocking=False):
+                    assert wait_until(lambda: len(daemon.waiting) == 4, timeout=10), daemon.waiting
+                    target = sorted(daemon.waiting)[0]
+                    drop(crash_dir / target.crash, crash(target.crash.split(".")[0][9:], Date="second crash"))
+                    # Taken back from its batch: judged as a new arrival.
+                    assert wait_until(lambda taken=target.crash: taken in tidy.judged, timeout=10)
+                    taken.append(target.crash)
+                yield name
 
-    courier.process = held_process  # type: ignore[method-assign]
+        return pipeline(spool, held(), *args)
+
+    courier.pipeline = held_pipeline  # type: ignore[method-assign]
     with Spool(crash_dir) as spool:
         daemon = Daemon(spool, courier, DEFAULT_LIMITS, lambda _marked: None, idle_timeout=3600, once=True,
                         tidy=tidy)  # type: ignore[arg-type]  # fmt: skip

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import pwd
@@ -23,6 +24,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import bson
 import pytest
@@ -752,3 +754,53 @@ def test_the_worker_exits_non_zero_when_it_cannot_drop_privileges():
             pass_fds=[theirs.fileno()], capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
     assert done.returncode == 3 and "uid or gid 0" in done.stderr, done.stderr
+
+
+def test_the_pipeline_prepares_the_next_report_while_one_is_on_the_wire_and_posts_it_once_that_answer_is_recorded(
+    crash_dir, user
+):
+    """Issue 15, the queued rate: ``Courier.pipeline`` hands a POST to the worker and, before its answer,
+    makes the next report ready (its ``posting`` record written); that report's POST goes out only once
+    the answer before it is recorded — a kill repeats at most the POST on the wire, as with ``process``."""
+    from crashd.delivery import Courier
+    from crashd.spool import ReportName, Spool
+    from crashd.state import StateStore
+
+    events: list[tuple[str, str]] = []
+
+    class Recording(StateStore):
+        def save(self, record, now, *, sync=True):  # type: ignore[no-untyped-def]
+            events.append((record.phase.value, record.name))
+            return super().save(record, now, sync=sync)
+
+    class Watched(WorkerUploader):
+        def start(self, job: Job) -> Callable[[], Any]:
+            name = bson.decode(job.body)["ExecutablePath"].replace("/", "_") + ".0.crash"
+            events.append(("on the wire", name))
+            receive = super().start(job)
+
+            def answer() -> Any:
+                result = receive()
+                events.append(("answered", name))
+                return result
+
+            return answer
+
+    names = [f"_usr_bin_app{i}.0.crash" for i in range(4)]
+    for i, name in enumerate(names):
+        write(crash_dir / name, crash(f"app{i}", _HooksRun="yes"))
+    uploader = Watched(user, 2, 2)
+    try:
+        with DaisyServer(core_policy="never") as daisy, Spool(crash_dir) as spool:  # a POST a report
+            courier = Courier(uploader, daisy.url, TOKEN, Recording.open(crash_dir.parent / "state"), grouped=True)
+            outcomes = list(courier.pipeline(spool, map(ReportName.parse, names), DEFAULT_LIMITS))
+            sent = len(daisy.reports)
+    finally:
+        uploader.close()
+    assert [(name.crash, status and status.state.value) for name, status in outcomes] == [
+        (name, "sent") for name in names
+    ]
+    assert sent == len(names)
+    for before, after in itertools.pairwise(names):
+        assert events.index(("sent", before)) < events.index(("on the wire", after))
+        assert events.index(("posting", after)) < events.index(("answered", before))  # ready meanwhile

@@ -325,9 +325,11 @@ def run_hooks(
     worker_user: str | None = HookOptions.worker_user,
     limits: HookLimits = HookOptions.limits,
     python: str = HookOptions.python,
+    waiting: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> HookResult:
     """Run the general, package and source-package hooks for a report with these text *fields*, owned by
-    *owner_uid*.
+    *owner_uid*; in *waiting* while their process runs (the caller lets others work meanwhile:
+    :meth:`crashd.delivery.Courier.waiting`).
 
     The hooks are chosen from *fields* as given: the collector puts the fields crashd adds itself
     (:mod:`crashd.enrich`: ``Package`` above all) in first. When no hook applies nothing starts — no account
@@ -354,17 +356,18 @@ def run_hooks(
             result = HookResult(skipped={**plan.skipped, **dict.fromkeys(map(str, plan.hooks), str(error))})
         else:
             batches = iter([plan])
-            result = run(
-                fields,
-                lambda _current: next(batches, None),
-                account=account,
-                python=python,
-                timeout=timeout,
-                output_cap=output_cap,
-                limits=limits,
-                owners=[0],
-                reuse=True,
-            )
+            with waiting():
+                result = run(
+                    fields,
+                    lambda _current: next(batches, None),
+                    account=account,
+                    python=python,
+                    timeout=timeout,
+                    output_cap=output_cap,
+                    limits=limits,
+                    owners=[0],
+                    reuse=True,
+                )
     for path, reason in result.skipped.items():
         # A refused hook file (wrong owner, writable by others) is the administrator's to fix: say so.
         if not reason.startswith(("shadowed", "not run", "hooks not run")):
