@@ -7,18 +7,21 @@ reports that failed are retried when their backoff says, until each is final
 or the deadline passes; the loop sleeps until the next retry is due, it never
 polls. Without one, a single round is made and failures stay pending.
 
-Preparation (opening, indexing, encoding) runs on a few threads; the POSTs
-themselves go out one at a time (see :mod:`crashd.delivery`). The delivery records
+A round's reports are worked through in a few batches (:meth:`crashd.delivery.Courier.pipeline`: the
+next report prepared while one is on the wire), one at a time — a batch's thread lets another work
+while a report's hooks run; the POSTs themselves go out one at a time (see :mod:`crashd.delivery`). The
+delivery records
 are made durable once per round (:meth:`crashd.state.StateStore.flush`), before the
 run says what was sent, instead of one fsync per report.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -31,7 +34,7 @@ from crashd.spool import ReportName, Spool
 
 log = logging.getLogger(__name__)
 
-WORKERS = 4  # reports in hand at once: the next ones are prepared while one is on the wire
+WORKERS = 4  # batches a round is cut into, each a thread's: one works while the others' hooks run
 _COUNTED = ("sent", "rejected", "failed", "pending", "expired", "invalid", "skipped", "held")
 
 
@@ -70,10 +73,17 @@ def upload_all(
     """Collect and deliver every report in *spool*; *deadline* is in ``courier.clock()`` time."""
     stop = stop or threading.Event()
 
-    def attempt(name: ReportName) -> Status | None:
-        if stop.is_set() or (deadline is not None and courier.clock() >= deadline):
-            return Status(name.crash, State.PENDING, detail="the timeout ran out before it was sent")
-        return courier.process(spool, name, limits, hooks=hooks)
+    def attempt(batch: list[ReportName]) -> list[tuple[ReportName, Status | None]]:
+        def allowed() -> Iterator[ReportName]:
+            for name in batch:
+                if stop.is_set() or (deadline is not None and courier.clock() >= deadline):
+                    return
+                yield name
+
+        begun = dict(courier.pipeline(spool, allowed(), limits, hooks=hooks))
+        late = "the timeout ran out before it was sent"
+        return [(name, begun[name] if name in begun else Status(name.crash, State.PENDING, detail=late))
+                for name in batch]  # fmt: skip
 
     names = spool.report_names()
     results: dict[ReportName, Status] = {}
@@ -92,7 +102,7 @@ def _rounds(
     names: list[ReportName],
     due: dict[ReportName, float],
     results: dict[ReportName, Status],
-    attempt: Callable[[ReportName], Status | None],
+    attempt: Callable[[list[ReportName]], list[tuple[ReportName, Status | None]]],
     deadline: float | None,
     stop: threading.Event,
     workers: int,
@@ -109,7 +119,9 @@ def _rounds(
                 courier.flush()  # before sleeping on it: what went out is durable now
                 stop.wait(wake - now)
                 continue
-            for name, status in zip(ready, pool.map(attempt, ready), strict=True):
+            size = -(-len(ready) // workers)  # in as many batches as there are threads
+            batches = [ready[start : start + size] for start in range(0, len(ready), size)]
+            for name, status in itertools.chain.from_iterable(pool.map(attempt, batches)):
                 del due[name]
                 if status is None:
                     continue  # the report vanished
