@@ -63,7 +63,7 @@ WORKERS = 4
 # Reports one task works through in its thread when that many are due: one loop-thread-loop hop per batch,
 # not per report, and the next report prepared while one is on the wire (the queued rate; a report alone
 # still goes at once, in a batch of its own).
-BATCH = 8
+BATCH = 32
 INLINE_ADMIT = 256 * 1024  # a new report this small is judged for duplicates in the loop (Daemon._admitted)
 DUE_LIMIT = 16384  # reports remembered by name (~4 MiB); past that, a streamed rescan finds them
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
