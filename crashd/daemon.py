@@ -64,6 +64,10 @@ WORKERS = 4
 # not per report, and the next report prepared while one is on the wire (the queued rate; a report alone
 # still goes at once, in a batch of its own).
 BATCH = 32
+# While reports are in hand, the watch's events are read when a batch ends, or this many seconds after
+# the first: nearly all are crashd's own (stamps, write-backs), and a wake-up each — four to five a report
+# — took the GIL from the report being worked on (issue 15, the queued rate).
+EVENTS_HELD = 0.05
 INLINE_ADMIT = 256 * 1024  # a new report this small is judged for duplicates in the loop (Daemon._admitted)
 DUE_LIMIT = 16384  # reports remembered by name (~4 MiB); past that, a streamed rescan finds them
 _WATCH = Mask.CLOSE_WRITE | Mask.MOVED_TO | Mask.ATTRIB | Mask.ONLYDIR  # written, renamed in, touched
@@ -118,6 +122,9 @@ class Daemon:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     last_activity: float = field(default_factory=time.monotonic)
     heap_released: bool = False  # since the last report was worked on (process.release_free_memory)
+    events_fd: int = -1  # the inotify watch's
+    events_held: float = EVENTS_HELD
+    held_events: asyncio.TimerHandle | None = None  # reports in hand: the watch is read when this fires
 
     async def run(self) -> int:
         self.spool.defer_upload_stamp = True  # stamped after the POST (crashd.collector.collect)
@@ -144,7 +151,8 @@ class Daemon:
         with Inotify() as inotify:
             inotify.add_watch(Path(self.spool.path), _WATCH)
             os.set_blocking(inotify.fd, False)  # asyncinotify 4.4's NONBLOCK flag is O_CLOEXEC's value
-            loop.add_reader(inotify.fd, self._read_events, inotify.fd)  # read by crashd._inotify
+            self.events_fd = inotify.fd
+            loop.add_reader(inotify.fd, self._events, inotify.fd)  # read by crashd._inotify
             self.rescan()
             gc.collect()  # start-up's cycles (imports, settings, the bus), freed before the first idle trims
             sd_notify("READY=1", f"STATUS=watching {self.spool.path}")
@@ -153,6 +161,9 @@ class Daemon:
                 await self._schedule()
             finally:
                 loop.remove_reader(inotify.fd)
+                if self.held_events is not None:  # a batch ending after this reads nothing more
+                    self.held_events.cancel()
+                    self.held_events = None
                 sd_notify("STOPPING=1")
                 self.courier.flush()  # what went out is durable (a worker still in flight saves unsynced)
         code = 1 if self.bus_lost else 0  # non-zero: systemd's Restart=on-failure brings us back
@@ -333,8 +344,26 @@ class Daemon:
         # were read, and a rescan may meet others made before it (a duplicate was sent twice so).
         return st.st_ctime_ns >= self.tidy.swept_ns  # ctime: no user can set it ahead to stay untidied
 
+    def _events(self, fd: int) -> None:
+        """On the loop, when the watch has events: read now, or — reports in hand — held (EVENTS_HELD)."""
+        if not self.busy:
+            self._read_events(fd)
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(fd)
+        self.held_events = loop.call_later(self.events_held, self._release_events)
+
+    def _release_events(self) -> None:
+        """The events held while reports were in hand: read now, and the watch followed again."""
+        if self.held_events is None:
+            return
+        self.held_events.cancel()
+        self.held_events = None
+        self._read_events(self.events_fd)
+        asyncio.get_running_loop().add_reader(self.events_fd, self._events, self.events_fd)
+
     def _read_events(self, fd: int) -> None:
-        """On the loop, when the watch has events: what they ask for (:meth:`_event`)."""
+        """What the watch's events ask for (:meth:`_event`)."""
         data = _inotify.read(fd)
         if data:
             self.last_activity = time.monotonic()
@@ -474,6 +503,7 @@ class Daemon:
                     self.waiting.remove(name)
                     self.busy.discard(name)
             self.busy.difference_update(name for name, _ in done)
+            self._release_events()  # before the outcomes: an event of a report done meanwhile is seen
             self.last_activity = time.monotonic()
             if self.held:  # a kept report came free: count its duplicates (a full sweep)
                 self.untidy, self.fresh = True, None

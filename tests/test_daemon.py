@@ -563,6 +563,57 @@ def test_a_report_enriched_in_memory_is_processed_once_though_its_write_back_com
     assert processed == Counter(names)
 
 
+def test_events_that_come_while_reports_are_in_hand_are_read_in_bulk_and_none_is_lost(
+    daisy, crash_dir, automatic
+):
+    """Issue 15: while reports are in hand, nearly every event is crashd's own, and one wake-up each took
+    the GIL from the report being worked on. They are read when a batch ends (or EVENTS_HELD later):
+    none while the first report is on the wire, and the reports that arrived meanwhile are all sent, once."""
+    drop(crash_dir / "_usr_bin_first.0.crash", crash("first"))
+    on_wire, release = threading.Event(), threading.Event()
+
+    class Held(DirectUploader):
+        def send(self, job):  # type: ignore[no-untyped-def]
+            if not on_wire.is_set():
+                on_wire.set()
+                assert release.wait(30)
+            return super().send(job)
+
+    early: list[bool] = []  # at each read: whether the first report was still on the wire
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    class Counting(Daemon):
+        async def run(self) -> int:
+            loops.append(asyncio.get_running_loop())
+            return await super().run()
+
+        def _read_events(self, fd: int) -> None:
+            early.append(on_wire.is_set() and not release.is_set())
+            super()._read_events(fd)
+
+    courier = Courier(Held(HttpTransport(5, 5)), daisy.url, TOKEN, StateStore.open(automatic))
+    with Spool(crash_dir) as spool:
+        daemon = Counting(spool, courier, DEFAULT_LIMITS, lambda _marked: None, idle_timeout=3600, once=True,
+                          events_held=3600)  # fmt: skip
+
+        def arrive() -> None:
+            assert on_wire.wait(30)
+            for i in range(5):
+                drop(crash_dir / f"_usr_bin_later{i}.0.crash", crash(f"later{i}"))
+            # Two passes of the loop: the second comes after one that polled the watch since the drops.
+            polled = threading.Event()
+            loops[0].call_soon_threadsafe(loops[0].call_soon, polled.set)
+            assert polled.wait(10)
+            release.set()
+
+        thread = threading.Thread(target=arrive)
+        thread.start()
+        assert asyncio.run(asyncio.wait_for(daemon.run(), timeout=60)) == 0
+        thread.join(10)
+    assert sent_paths(daisy) == Counter(["/usr/bin/first", *(f"/usr/bin/later{i}" for i in range(5))])
+    assert early and not any(early)
+
+
 class JudgingTidy:
     """Stands in for crashd.tidy.Tidy: admits everything, and remembers which new reports it judged."""
 
