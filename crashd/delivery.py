@@ -152,9 +152,9 @@ class Courier:
         is read, enriched and made ready while one is on the wire (issue 15, the queued rate).
 
         A POST is sent, the next report prepared, then the answer received and recorded, and only then
-        the next POST sent: kill-safety is :meth:`process`'s. Done in one thread, it costs no hand-over
-        and no wait for the GIL between the two (four threads doing so cost ~40 % more CPU a report).
-        *names* is read one ahead of the report on the wire, never more.
+        the next POST sent: kill-safety is :meth:`process`'s. Report N+1 is made ready while N's job is
+        with the worker and the server, not after its answer, and in the thread that sent N: no other
+        thread has to wake up for it. *names* is read one ahead of the report on the wire, never more.
         """
         from crashd.pipeline import Pipeline  # loaded with the first batch: the idle daemon needs none of it
 
@@ -408,7 +408,8 @@ class Courier:
         try:
             receive = self.uploader.start(job)
         except UploadError as error:
-            return functools.partial(_same, error)
+            failed = error  # outlives the except clause, which unbinds *error*
+            return lambda: failed
 
         def outcome() -> Answer | UploadError:
             try:
@@ -480,10 +481,6 @@ def start_uploader_early(uploader: Uploader, spool: Spool, consent: Gate, look: 
     except Exception:  # only a head start: the first POST starts the worker anyway
         log.debug("could not tell whether to start the upload worker early", exc_info=True)
     return False
-
-
-def _same(error: UploadError) -> UploadError:
-    return error
 
 
 def _stamp(spool: Spool, collected: Collected, record: Record) -> None:

@@ -7,7 +7,8 @@ it waits for on the wire — a :class:`~crashd.delivery.Post` (its POST, and wha
 POST (:meth:`crashd.wire.Wire.begin`), runs report N+1's steps up to its own POST, then receives and
 records N's answer (:meth:`crashd.wire.Wire.end`), and only then sends N+1's: a kill repeats at most the
 POST on the wire, as with :meth:`~crashd.delivery.Courier.process`. Done in one thread, the overlap costs
-no hand-over and no wait for the GIL.
+no hand-over and no wait for the GIL. It is the courier's own schedule (it uses the courier's private
+steps), in a module of its own so that the idle daemon does not load it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ class Pipeline:
     def run(
         self, reports: Iterator[tuple[ReportName, Steps[Status | None]]]
     ) -> Iterator[tuple[ReportName, Status | None]]:
+        """Each report's outcome, in the order the reports end: the wire first (a POST ready goes out as
+        soon as the wire is free), then what waits for its turn to go on, then the next report."""
         courier = self.courier
         try:
             while True:
