@@ -232,9 +232,10 @@ def test_one_reports_hooks_run_while_a_courier_works_on_another(
     tree: Tree, user: pwd.struct_passwd, way: str
 ) -> None:
     """A courier works on one report at a time (its threads take turns for the GIL, issue 15), but lets
-    go while a report waits: two reports' hooks, each waiting for the other to start, both finish. In a
-    pipeline (the daemon's way), the report ahead holds the wire when the hooks' report is reached: its
-    answer is recorded first, so the other thread can take the wire too (it waited for it forever)."""
+    go while a report waits: two reports' hooks, each waiting for the other to start, both finish, and
+    the second report's POST goes out while the first one's hook still runs. In a pipeline (the daemon's
+    way), a report ahead holds the wire when the first hook report is reached: its answer is recorded
+    before the hook runs, or the other thread waits for the wire forever, holding what the first needs."""
     from crashd.delivery import Courier
     from crashd.hooks.options import HookOptions
     from crashd.report import DEFAULT_LIMITS
@@ -253,9 +254,13 @@ def test_one_reports_hooks_run_while_a_courier_works_on_another(
         "        return\n"
         "    open(out + '/' + report['Which'], 'w').close()\n"
         "    end = time.monotonic() + 20\n"
-        "    while len(os.listdir(out)) < 2 and time.monotonic() < end:\n"
+        "    met = lambda: all(os.path.exists(out + '/' + which) for which in '12')\n"
+        "    while not met() and time.monotonic() < end:\n"
         "        time.sleep(0.01)\n"
-        "    report['Met'] = 'yes' if len(os.listdir(out)) == 2 else 'no'\n",
+        "    report['Met'] = 'yes' if met() else 'no'\n"
+        "    while report['Which'] == '1' and not os.path.exists(out + '/posted2') and time.monotonic() < end:\n"
+        "        time.sleep(0.01)\n"
+        "    report['Saw'] = 'yes' if os.path.exists(out + '/posted2') else 'no'\n",
     )
     crash_dir = tree.base.parent / "crash"
     crash_dir.mkdir(mode=0o3777)
@@ -278,17 +283,28 @@ def test_one_reports_hooks_run_while_a_courier_works_on_another(
                 statuses[name.crash] = status
 
         if way == "process":
-            threads = [threading.Thread(target=process, args=(name,)) for name in names]
+            threads = [threading.Thread(target=process, args=(name,), daemon=True) for name in names]
         else:  # one batch with a report ahead of the hooks' one, on the wire when its hooks are reached
             ahead = "_usr_bin_ahead.0.crash"
             write(crash_dir / ahead, crash("ahead", _HooksRun="yes"))
-            threads = [threading.Thread(target=pipeline, args=(ahead, names[0])),
-                       threading.Thread(target=pipeline, args=(names[1],))]  # fmt: skip
+            threads = [threading.Thread(target=pipeline, args=(ahead, names[0]), daemon=True),
+                       threading.Thread(target=pipeline, args=(names[1],), daemon=True)]  # fmt: skip
+
+        def second_in() -> bool:
+            return any((report.document or {}).get("Which") == "2" for report in daisy.reports)
+
+        def watch() -> None:  # tells the first report's hook when the second report's POST is in
+            if wait_until(second_in, 30):
+                (tree.out / "posted2").touch()
+
+        threads.append(threading.Thread(target=watch, daemon=True))  # a deadlock fails the test, not the run
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(60)
         documents = [report.document for report in daisy.reports]
-    assert len(statuses) == len(threads) + (way == "pipeline")
+    assert len(statuses) == 2 + (way == "pipeline")
     assert all(status is not None and status.state.value == "sent" for status in statuses.values()), statuses
     assert sorted(document["Met"] for document in documents if "Met" in document) == ["yes", "yes"], documents
+    first = next(document for document in documents if document.get("Which") == "1")
+    assert first["Saw"] == "yes", documents  # the second report's POST went out while its hook ran
