@@ -8,8 +8,8 @@ or the deadline passes; the loop sleeps until the next retry is due, it never
 polls. Without one, a single round is made and failures stay pending.
 
 A round's reports are worked through in a few batches (:meth:`crashd.delivery.Courier.pipeline`: the
-next report prepared while one is on the wire), one at a time — a batch's thread lets another work
-while a report's hooks run; the POSTs themselves go out one at a time (see :mod:`crashd.delivery`). The
+next report prepared while one is on the wire), one batch at a time — a batch's thread lets another
+work while a report's hooks run — and the POSTs go out one at a time (see :mod:`crashd.delivery`). The
 delivery records
 are made durable once per round (:meth:`crashd.state.StateStore.flush`), before the
 run says what was sent, instead of one fsync per report.
