@@ -33,7 +33,6 @@ import errno
 import fcntl
 import io
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -475,7 +474,7 @@ def _create_temp(dir_fd: int) -> tuple[str, int]:
     apport nor whoopsie ever takes it for a report, a stamp or a record.
     """
     for _ in range(16):
-        tmp = f".crashd-{secrets.token_hex(8)}.tmp"
+        tmp = f".crashd-{os.urandom(8).hex()}.tmp"  # secrets.token_hex, without its imports
         try:
             return tmp, os.open(tmp, _CREATE_FLAGS, 0, dir_fd=dir_fd)
         except FileExistsError:

@@ -481,7 +481,15 @@ def _route(scheme: str, netloc: str) -> _Route:
     return _Route(key, proxy.hostname, proxy.port or 80, False, forward=True, proxy_auth=auth)
 
 
+def proxies_set() -> bool:
+    """Whether the environment names any proxy (``*_proxy``, as ``urllib.request`` reads them): only then
+    is that module, and its ~8 ms of imports, needed at all (a worker's start waits for them)."""
+    return any(name.lower().endswith("_proxy") for name in os.environ)
+
+
 def _proxy(scheme: str, host: str, port: int) -> urllib.parse.SplitResult | None:
+    if not proxies_set():
+        return None
     import urllib.request  # only to read the proxy variables, once per server
 
     proxies = urllib.request.getproxies_environment()

@@ -55,8 +55,9 @@ ahead of the standard library), exec'd — never forked from the threaded daemon
 and never set up in a ``preexec_fn``. It starts as root because the interpreter
 and its library may live where only root can read (a pyenv or venv under
 ``/root``, mode 0700), so it imports and warms up everything a job will touch
-(``http.client``, ``ssl`` and the CA certificates, the IDNA codec; not ``bson``: root encodes)
-*before* it drops privileges; after the drop nothing new may be imported. The
+(``http.client``, ``ssl`` and the CA certificates, the IDNA codec, the proxy
+variables' module when one is set; not ``bson``: root encodes) *before* it
+drops privileges; after the drop nothing new may be imported. The
 root side uses :mod:`crashd.uploader` only for the job, its error classes and
 :class:`~crashd.uploader.Answer` (the HTTP modules are imported only where HTTP
 is spoken) and never opens an ``AF_INET``/``AF_INET6`` socket.
@@ -75,17 +76,19 @@ import os
 import pwd
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from crashd import fs, uploader
 from crashd import process as processes
 from crashd.report import Limits, MalformedReportError, ReportError, read_report
 from crashd.uploader import Answer, CoreUnavailable, Job, UploadError, WorkerError
+
+if TYPE_CHECKING:
+    import subprocess  # the root side's (imported by crashd.process when it starts one); not the worker's
 
 __all__ = ["WorkerUploader", "main"]
 
@@ -215,6 +218,8 @@ class WorkerUploader:
             if sock is not None:
                 sock.close()
             if process is not None:
+                import subprocess  # loaded already: crashd.process started the worker with it
+
                 try:
                     process.wait(timeout=2)
                 except subprocess.TimeoutExpired:
@@ -493,12 +498,14 @@ def _warm_up(connect_timeout: float, read_timeout: float, tls: bool) -> uploader
     """
     import http.client
     import io
-    import urllib.request
 
     if tls:
         uploader.tls_context()
     http.client.parse_headers(io.BytesIO(b"Content-Type: text/plain\r\n\r\n"))
-    urllib.request.getproxies_environment()
+    if uploader.proxies_set():  # the environment is the worker's for good: without one, never needed
+        import urllib.request
+
+        urllib.request.getproxies_environment()
     "x".encode("idna")
     return uploader.HttpTransport(connect_timeout, read_timeout, tls=tls)
 

@@ -495,6 +495,24 @@ def test_the_worker_sends_the_body_root_encoded_as_it_is(crash_dir, daisy, user)
     assert daisy.reports[0].document == document
 
 
+@pytest.mark.parametrize("variable", ["http_proxy", "HTTP_PROXY"])
+def test_the_worker_goes_through_the_administrators_proxy(crash_dir, daisy, user, monkeypatch, variable):
+    """The proxy variables are passed to the worker, which reads them (its proxy module imported before its
+    drop only when one is set): the POST reaches the proxy — here the loopback daisy — in absolute form."""
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, daisy.url)
+    path = write(crash_dir / NAME, crash("app"))
+    uploader = WorkerUploader(user, 2, 2, tls=False)
+    try:
+        with opened(path) as (_fd, report):
+            answer = uploader.send(Job.of_report(encode_report(report), "http://crash.invalid", TOKEN))
+    finally:
+        uploader.close()
+    assert answer.status == 404  # daisy's answer to a route it does not serve: the proxy was reached
+    assert [exchange.path for exchange in daisy.exchanges] == [f"http://crash.invalid/{TOKEN}"]
+
+
 def test_the_worker_reads_with_the_root_sides_limits_and_never_moves_its_offset(crash_dir, daisy, user):
     path = write(crash_dir / NAME, crash("app", Stacktrace="x" * 5000))
     uploader = WorkerUploader(user, 2, 2)
