@@ -128,7 +128,7 @@ class StateStore:
             self._memory[record.name] = record
             return record
         data = _with_check(json.dumps(record.as_json(), sort_keys=True).encode())
-        created = not fs.rewrite_file(self.record_path(record.name), data, mode=0o600)
+        created = not fs.rewrite_file(self._record_file(record.name), data, mode=0o600)
         if record.name in self._legacy:
             self._drop_legacy(record.name)
             self._legacy.discard(record.name)
@@ -146,7 +146,7 @@ class StateStore:
         if self.directory is None or created is None:
             return
         try:
-            fs.fsync_path(self.record_path(name))
+            fs.fsync_path(self._record_file(name))
             if created:
                 fs.fsync_path(self.directory, is_dir=True)
         except BaseException:
@@ -164,7 +164,7 @@ class StateStore:
         try:
             for name in pending:
                 with contextlib.suppress(FileNotFoundError):
-                    fs.fsync_path(self.record_path(name))
+                    fs.fsync_path(self._record_file(name))
             if any(pending.values()):
                 fs.fsync_path(self.directory, is_dir=True)
         except BaseException:
@@ -194,7 +194,7 @@ class StateStore:
             for entry in entries:
                 if entry.name.startswith(".") or not entry.name.endswith(".json"):
                     continue
-                record = self._read_path(Path(entry.path))
+                record = self._read_path(entry.path)
                 if record is not None and exists(record.name):
                     continue
                 with contextlib.suppress(FileNotFoundError):
@@ -206,9 +206,14 @@ class StateStore:
 
     def record_path(self, name: str) -> Path:
         """The record file of report *name*: bounded whatever the name's length or bytes."""
+        return Path(self._record_file(name))
+
+    def _record_file(self, name: str) -> str:
+        """:meth:`record_path` as a string, as delivery uses it several times a report (a ``Path`` and its
+        conversions back cost more than the digest)."""
         assert self.directory is not None
         digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:40]
-        return self.directory / f"{digest}.json"
+        return os.path.join(self.directory, f"{digest}.json")
 
     def _legacy_path(self, name: str) -> Path | None:
         """Where versions before hashed names kept the record (None where that name cannot exist)."""
@@ -225,16 +230,15 @@ class StateStore:
 
     def _read(self, name: str) -> Record | None:
         """The stored record, or None; anything that is not a sound record of ours is started afresh."""
-        record = self._read_path(self.record_path(name), name)
+        record = self._read_path(self._record_file(name), name)
         if record is None and self._has_legacy and (legacy := self._legacy_path(name)) is not None:
             record = self._read_path(legacy, name)  # written before record names were hashed
             if record is not None and record.name == name:
                 self._legacy.add(name)  # moved to the hashed name by its next save
         return record if record is None or record.name == name else None
 
-    def _read_path(self, path: Path, name: str | None = None) -> Record | None:
+    def _read_path(self, path: str | Path, name: str | None = None) -> Record | None:
         """The record in *path* (of report *name*, for the log), or None if absent or unsound."""
-        shown = f"{path} ({name})" if name else str(path)
         try:
             document = json.loads(fs.read_bounded(path, MAX_RECORD, locked=True))
             if not isinstance(document, dict):
@@ -246,10 +250,10 @@ class StateStore:
         except OSError as error:
             if error.errno == errno.ENAMETOOLONG:
                 return None
-            log.warning("state record %s is unreadable (%s): starting it afresh", shown, error)
+            log.warning("state record %s is unreadable (%s): starting it afresh", _shown(path, name), error)
             return None
         except (ValueError, KeyError, TypeError, RecursionError) as error:
-            log.warning("state record %s is unreadable (%s): starting it afresh", shown, error)
+            log.warning("state record %s is unreadable (%s): starting it afresh", _shown(path, name), error)
             return None
 
     def _remove_leftovers(self) -> None:
@@ -267,6 +271,11 @@ class StateStore:
                             os.unlink(entry.path)
                 elif entry.name.endswith(".json") and not _HASHED_NAME.fullmatch(entry.name):
                     self._has_legacy = True
+
+
+def _shown(path: str | Path, name: str | None) -> str:
+    """A record file as the log names it: with its report's name, when known."""
+    return f"{path} ({name})" if name else str(path)
 
 
 def _with_check(data: bytes) -> bytes:
