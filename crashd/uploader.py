@@ -357,7 +357,8 @@ class HttpTransport:
             for name, value in (*_HEADERS, *route.forward_headers, ("Content-Length", str(len(body)))):
                 conn.putheader(name, value)
             if isinstance(body, bytes):
-                conn.endheaders(body)  # the headers, then the body (http.client writes them apart)
+                with _corked(conn.sock):  # http.client writes the headers and the body apart
+                    conn.endheaders(body)
             else:
                 conn.endheaders()
                 for chunk in body:
@@ -417,6 +418,18 @@ _HEADERS = (
     ("X-Whoopsie-Version", VERSION_HEADER),
     ("User-Agent", VERSION_HEADER),
 )
+
+
+@contextlib.contextmanager
+def _corked(sock: socket.socket) -> Iterator[None]:
+    """Writes held back and sent together when the block ends (``TCP_CORK``): a report's request goes
+    out as one segment, and the server is woken once for it, not once for its headers and again for
+    its body (on a virtual machine a wake-up of another CPU costs tens of µs)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    try:
+        yield
+    finally:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
 
 
 def _dropped(sock: socket.socket) -> bool:

@@ -7,6 +7,7 @@ import errno
 import http.client
 import io
 import os
+import select
 import socket
 import ssl
 import threading
@@ -231,6 +232,31 @@ def test_an_https_proxy_or_a_bad_url_is_a_connect_error(proxy_env):
         HttpTransport(connect_timeout=1).post("https://daisy.ubuntu.com/x", b"")
     with pytest.raises(ConnectError, match="not ftp"):
         HttpTransport(connect_timeout=1).post("ftp://daisy.ubuntu.com/x", b"")
+
+
+def test_a_request_reaches_the_server_in_one_piece():
+    """Headers and body are written together (TCP_CORK): the server, woken by the request's first bytes,
+    finds all of it in its first read — it is woken once a report, not once for each half."""
+    body = b"x" * 3000
+    seen: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                select.select([conn], [], [], 10)  # returns with the first bytes that arrive
+                seen.append(conn.recv(65536))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            url = f"http://127.0.0.1:{server.getsockname()[1]}/x"
+            answer = HttpTransport(connect_timeout=5, read_timeout=5).post(url, body)
+        finally:
+            thread.join(10)
+    assert answer.status == 200
+    assert seen[0].startswith(b"POST /x HTTP/1.1\r\n") and seen[0].endswith(b"\r\n\r\n" + body)
 
 
 def test_one_kept_alive_connection_per_server_and_a_fresh_one_after_connection_close(daisy):
