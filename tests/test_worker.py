@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import mmap
 import os
 import pwd
 import shutil
@@ -45,7 +46,15 @@ from crashd.uploader import (
     WorkerError,
     encode_report,
 )
-from crashd.worker import MAX_INLINE, PASSED_ENVIRONMENT, WorkerUploader, _answer, _job_fields
+from crashd.worker import (
+    MAX_ANSWER,
+    MAX_INLINE,
+    PASSED_ENVIRONMENT,
+    WorkerUploader,
+    _answer,
+    _job_fields,
+    _receive,
+)
 from tests.crashd_run import FAST, TOKEN, crash, crashd, popen, state_dir_of, write, write_config
 from tests.daemon_run import drop, run_daemon, wait_until
 from tests.daisy import DaisyServer, Hang, Reset, Respond
@@ -683,6 +692,37 @@ def core_job(fd: int, report: Report, url: str) -> Job:
 
 def _json(value: object) -> bytes:
     return json.dumps(value).encode()
+
+
+SO_SNDBUFFORCE = 32  # Linux's <asm/socket.h>; not in Python's socket module
+
+
+@pytest.mark.parametrize(
+    ("sent", "received"),
+    [
+        (b"x" * 300, b"x" * 300),
+        (b"y" * MAX_ANSWER, b"y" * MAX_ANSWER),  # the largest answer, whole
+        (b"z" * (MAX_ANSWER + 1), "larger than"),  # one byte more: refused, not cut
+        (b"w" * (MAX_ANSWER + 9000), "larger than"),
+        (None, "exited"),  # EOF
+    ],
+)
+def test_the_root_side_takes_one_whole_answer_of_at_most_max_answer_bytes(sent, received):
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    inbox = mmap.mmap(-1, MAX_ANSWER + 1)
+    with ours, theirs, inbox:
+        theirs.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 * MAX_ANSWER)  # past wmem_max (as root)
+        if sent is None:
+            theirs.close()
+        else:
+            theirs.sendall(b"q" * 1000)  # an earlier answer, longer: nothing of it shows in the next
+            assert _receive(ours, inbox, 5) == b"q" * 1000
+            theirs.sendall(sent)
+        if isinstance(received, bytes):
+            assert _receive(ours, inbox, 5) == received
+        else:
+            with pytest.raises(WorkerError, match=received):
+                _receive(ours, inbox, 5)
 
 
 def test_answers_map_back_to_answers_and_errors():
