@@ -72,7 +72,6 @@ import dataclasses
 import functools
 import json
 import logging
-import mmap
 import os
 import pwd
 import signal
@@ -89,6 +88,7 @@ from crashd.report import Limits, MalformedReportError, ReportError, read_report
 from crashd.uploader import Answer, CoreUnavailable, Job, UploadError, WorkerError
 
 if TYPE_CHECKING:
+    import mmap  # the root side's, made with its first worker: an idle daemon has none
     import subprocess  # the root side's (imported by crashd.process when it starts one); not the worker's
 
 __all__ = ["WorkerUploader", "main"]
@@ -310,6 +310,8 @@ class WorkerUploader:
             theirs.close()
         self._process, self._socket = process, ours
         if self._inbox is None:
+            import mmap  # here: the idle daemon, which has no worker, need not load it (issue 15)
+
             # Mapped, not allocated: only the pages an answer is written into are ever touched (a
             # report's answer is a few hundred bytes; the largest, MAX_ANSWER).
             self._inbox = mmap.mmap(-1, MAX_ANSWER + 1)
