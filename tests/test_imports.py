@@ -147,9 +147,8 @@ def test_nothing_below_the_command_line_imports_it() -> None:
 # What the idle daemon must not load (issue 15: < 24 MiB while up). Each was once imported at start-up for
 # a moment that may never come: another command (upload-all, show, ingest-coredump: their options'
 # defaults), a report to enrich (crashd's own fields, the hook runner and its child), a batch to work
-# through (the pipeline), an upload (BSON, HTTP, the buffer answers are received in: mmap), a Retry-After with
-# an HTTP date (email), an ImportError
-# to explain (importlib.metadata).
+# through (the pipeline), an upload (BSON, HTTP, the mapped buffer answers are received in), a
+# Retry-After with an HTTP date (email), an ImportError to explain (importlib.metadata).
 NOT_IDLE = (
     "crashd.upload_all",
     "crashd.pipeline",
