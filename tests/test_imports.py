@@ -168,8 +168,8 @@ NOT_IDLE = (
     "email",
     "importlib.metadata",
 )
-# ...and as root, OpenSSL: root speaks no TLS (crashd.cli.daemon.WITHOUT).
-NOT_IDLE_AS_ROOT = ("ssl", "_ssl", "_hashlib")
+# ...and as root, OpenSSL (root speaks no TLS), bz2 and lzma (crashd.cli.daemon.WITHOUT).
+NOT_IDLE_AS_ROOT = ("ssl", "_ssl", "_hashlib", "bz2", "_bz2", "lzma", "_lzma")
 _LOADED = (
     "import sys\n"
     "from crashd.__main__ import main\n"

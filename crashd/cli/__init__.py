@@ -81,6 +81,13 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
 
 
 class _Peek(argparse.ArgumentParser):
+    """A parser that only finds the command: it never prints help, so its formatter has a fixed width
+    (argparse would otherwise ask ``shutil`` for the terminal's, importing it — and with it bz2 and
+    lzma — before :func:`crashd.cli.daemon.prepare` can keep them out)."""
+
+    def __init__(self) -> None:
+        super().__init__(add_help=False, formatter_class=lambda prog: argparse.HelpFormatter(prog, width=80))
+
     def error(self, message: str) -> None:  # type: ignore[override]  # said by the real parser, if at all
         raise argparse.ArgumentError(None, message)
 
@@ -89,7 +96,7 @@ def _command_of(argv: Sequence[str] | None) -> str | None:
     """The command *argv* names, read with the parser's own global options (so ``-v``, ``--config=F``
     and abbreviations count as they will), before anything is imported for the parser; None when the
     parser itself will have to say what is wrong."""
-    peek = _Peek(add_help=False)
+    peek = _Peek()
     _global_options(peek)
     peek.add_argument("command", nargs="?")
     peek.add_argument("rest", nargs=argparse.REMAINDER)

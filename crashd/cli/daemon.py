@@ -22,18 +22,24 @@ NAME = "daemon"
 # own, DESIGN.md §2) and hashes only names and the machine id, which Python's own sha256 and sha512 do as
 # well. libcrypto, libssl and the ssl module are ~4 MiB of an idle daemon's 24 (issue 15); without them
 # the TLS stack is not even in root's address space. asyncio, hashlib and hmac take them only if present;
-# anything else that asks for them fails at once with ModuleNotFoundError.
-WITHOUT = ("ssl", "_ssl", "_hashlib")
+# anything else that asks for them fails at once with ModuleNotFoundError. Nor bz2 and lzma, which crashd
+# never uses (reports are gzip and zlib): shutil imports them for the archive formats it offers, and the
+# daemon imports shutil (asyncinotify's ctypes.util, to find libc); ~0.2 MiB with their libraries, which
+# shutil does without. Each group is one library, kept out together.
+WITHOUT = (("ssl", "_ssl", "_hashlib"), ("bz2", "_bz2"), ("lzma", "_lzma"))
 
 
 def prepare() -> None:
     """What ``crashd daemon`` does before anything of crashd's library is imported (crashd.cli.main calls
-    it first): as root, keep OpenSSL out of the process. A user's daemon speaks HTTPS itself; and if one of
-    them is loaded already (crashd imported by another program), keeping the rest out would save nothing."""
-    if os.geteuid() != 0 or any(name in sys.modules for name in WITHOUT):
+    it first): as root, keep OpenSSL, bz2 and lzma out of the process. A user's daemon speaks HTTPS itself;
+    and a group already loaded (crashd imported by another program) is left as it is: keeping the rest of
+    its library out would save nothing."""
+    if os.geteuid() != 0:
         return
-    for name in WITHOUT:
-        sys.modules[name] = None  # type: ignore[assignment]  # "import ssl" raises ModuleNotFoundError
+    for group in WITHOUT:
+        if not any(name in sys.modules for name in group):
+            for name in group:
+                sys.modules[name] = None  # type: ignore[assignment]  # "import ssl" raises ModuleNotFoundError
 
 
 def add_parser(commands: Any) -> None:
