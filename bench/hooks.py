@@ -10,9 +10,10 @@ a child per report cannot avoid.
 
 End to end (issue 15's own measure): ``bench.daemon``'s *manual* latency — ``NAME.upload``
 created for a held report → its body at the loopback daisy, each report meeting an idle daemon —
-with a ``crashd.conf`` of ours that gives the daemon one package hook for each report's package
-(``hook_dirs``) and the throwaway user as ``hook_user`` (the reports are root's). The reports come
-a few ms apart, so all but the first meet the kept host.
+on "spec" reports (``bench.reports``: no ``Dependencies`` yet, so their hooks are due), with a
+``crashd.conf`` of ours that gives the daemon one package hook for their package (``hook_dirs``) and
+the throwaway user as ``hook_user`` (the reports are root's); against the same without the hook. The
+reports come a few ms apart, so all but the first meet the kept host.
 
 The hooks run through the real runner (``crashd.hooks.run_hooks``) as a throwaway user made for
 the run (``useradd``; deleted afterwards), from a hook tree of the benchmark's own. The three
@@ -95,22 +96,23 @@ def _end_to_end(user: str, base: Path, count: int) -> tuple[Stats, Stats]:
     """Seconds from ``NAME.upload`` to the body at the server: with one package hook that applies,
     and (the same run's baseline) with none."""
     from bench.daemon import _daisy, _latency_manual
+    from bench.reports import spec_report
 
     hooks = base / "e2e-hooks"
     hooks.mkdir(mode=0o755)
-    for i in range(count):  # each report of bench.upload_rate.write_queue has a package of its own
-        (hooks / f"app{i:03d}.py").write_text("def add_info(report):\n    report['BenchHook'] = 'ran'\n")
+    package = spec_report(0)["Package"].split()[0]  # every "spec" report's: the hook applies to each
+    (hooks / f"{package}.py").write_text("def add_info(report):\n    report['BenchHook'] = 'ran'\n")
     config = base / "crashd.conf"
     config.write_text(f"[crashd]\nhook_dirs = {hooks}\nhook_user = {user}\n")
     work, baseline = base / "e2e", base / "e2e-no-hook"
     work.mkdir()
     baseline.mkdir()
     with _daisy(work / "daisy.log") as daisy:  # a server each: the reports' bodies are alike (daisy: 409)
-        samples = _latency_manual(work, daisy, count, config=config)
+        samples = _latency_manual(work, daisy, count, "spec", config=config)  # hooks due: no Dependencies
     with _daisy(baseline / "daisy.log") as daisy:
-        without = _latency_manual(baseline, daisy, count)
+        without = _latency_manual(baseline, daisy, count, "spec")
     ran = sum(
-        b"\nBenchHook: ran\n" in p.read_bytes() for p in (work / "crash-latency-manual").glob("*.crash")
+        b"\nBenchHook: ran\n" in p.read_bytes() for p in (work / "crash-latency-manual-spec").glob("*.crash")
     )
     if ran != count:  # written back before the upload: every report must have run the hook
         raise RuntimeError(f"the package hook ran for {ran} of {count} reports; see {work}")
